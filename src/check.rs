@@ -1,0 +1,152 @@
+//! `check`: validate a config and the host it runs on; print every problem with its fix.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use crate::config::Config;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The executor will not work safely: `check` exits 1.
+    Error,
+    /// Works, but weaker than it should be.
+    Warning,
+}
+
+/// One problem and how to fix it.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Error or warning.
+    pub severity: Severity,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+fn finding(severity: Severity, problem: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding {
+        severity,
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// A root-owned path that others can write to (or, if `private`, read) is unsafe.
+fn check_private_path(path: &Path, what: &str, private: bool, out: &mut Vec<Finding>) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        out.push(finding(
+            Severity::Error,
+            format!("{what} {} does not exist", path.display()),
+            format!(
+                "create it: install -d -m 0700 -o root {} (scripts/install.sh does)",
+                path.display()
+            ),
+        ));
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        out.push(finding(
+            Severity::Error,
+            format!(
+                "{what} {} is owned by uid {}, not by the executor (uid {euid})",
+                path.display(),
+                meta.uid()
+            ),
+            format!("chown {euid} {}", path.display()),
+        ));
+    }
+    let bad = if private { 0o077 } else { 0o022 };
+    if mode & bad != 0 {
+        out.push(finding(
+            Severity::Error,
+            format!("{what} {} has mode {mode:o}", path.display()),
+            format!(
+                "chmod go-{} {}",
+                if private { "rwx" } else { "w" },
+                path.display()
+            ),
+        ));
+    }
+}
+
+/// Every finding for this config on this host.
+pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let root = nix::unistd::geteuid().is_root();
+    check_private_path(config_path, "config file", true, &mut out);
+    check_private_path(&cfg.state_root, "state_root", true, &mut out);
+    check_private_path(&cfg.builds_root, "builds_root", false, &mut out);
+    if let Some(dir) = cfg.audit.path.parent() {
+        check_private_path(dir, "audit log directory", false, &mut out);
+    }
+    if which::which(&cfg.shell).is_err() {
+        out.push(finding(
+            Severity::Error,
+            format!("shell {:?} not found", cfg.shell),
+            "install it (apt-get install bash) or set shell to an absolute path",
+        ));
+    }
+    if root {
+        match nix::unistd::User::from_name(&cfg.job_user) {
+            Ok(Some(u)) if u.uid.is_root() => out.push(finding(
+                Severity::Error,
+                format!("job_user {:?} is root", cfg.job_user),
+                "set job_user to an unprivileged account",
+            )),
+            Ok(Some(_)) => {}
+            _ => out.push(finding(
+                Severity::Error,
+                format!("job_user {:?} does not exist", cfg.job_user),
+                format!(
+                    "useradd --system --no-create-home --shell /usr/sbin/nologin {}",
+                    cfg.job_user
+                ),
+            )),
+        }
+        if cfg.job_uid_range.is_none() {
+            out.push(finding(
+                Severity::Warning,
+                "concurrent jobs share job_user's uid and could read each other's credentials",
+                "set job_uid_range = [200000, 265535] (uids not used by any account) so each job gets its own uid",
+            ));
+        }
+    } else {
+        out.push(finding(
+            Severity::Warning,
+            "not running as root: isolation is off, jobs run as the executor's own user and can read its config and state",
+            "run gitlab-runner (and so p3-executor) as root with job_user set",
+        ));
+    }
+    out.extend(crate::grant::check(cfg));
+    out
+}
+
+/// Print findings; returns the exit code (0 when there is no error).
+pub fn report(findings: &[Finding]) -> i32 {
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    for f in findings {
+        let tag = match f.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        println!("{tag}: {}\n  fix: {}", f.problem, f.fix);
+    }
+    if errors == 0 {
+        println!(
+            "config ok ({} warning{})",
+            findings.len(),
+            if findings.len() == 1 { "" } else { "s" }
+        );
+        0
+    } else {
+        println!("{errors} error(s): the executor is not ready");
+        1
+    }
+}

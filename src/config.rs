@@ -1,0 +1,610 @@
+//! Executor configuration: one TOML file, unknown keys rejected, validated once at load.
+//!
+//! Every section the executor and its built-in steps use lives here, so a reader sees the whole
+//! surface in one place. Defaults are chosen for a production install under `/var/lib`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Default location of the executor config.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/p3-executor/config.toml";
+
+/// The whole executor configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Root of the executor's private state (per-job workspaces, JWKS cache, uid leases).
+    #[serde(default = "default_state_root")]
+    pub state_root: PathBuf,
+    /// Root under which each job gets its own directory (builds, cache, home, tmp).
+    #[serde(default = "default_builds_root")]
+    pub builds_root: PathBuf,
+    /// Unprivileged user job scripts run as when the executor runs as root.
+    #[serde(default = "default_job_user")]
+    pub job_user: String,
+    /// Optional inclusive uid range: each job then runs under its own private uid (with
+    /// `job_user`'s group), so concurrent jobs cannot read each other's files or signal each
+    /// other's processes. Without it every job shares `job_user`'s uid.
+    #[serde(default)]
+    pub job_uid_range: Option<[u32; 2]>,
+    /// Shell that runs the runner's generated scripts.
+    #[serde(default = "default_shell")]
+    pub shell: String,
+    /// Seconds between SIGTERM and SIGKILL when a job is cancelled.
+    #[serde(default = "default_grace_period")]
+    pub grace_period_secs: u64,
+    /// Workspaces whose cleanup never ran are swept by `gc` once idle this long.
+    #[serde(default = "default_gc_max_age")]
+    pub gc_max_age_secs: u64,
+    /// PATH given to job scripts.
+    #[serde(default = "default_job_path")]
+    pub job_path: String,
+    /// Extra static environment for every job script (not secrets: the job can print them).
+    #[serde(default)]
+    pub job_env: BTreeMap<String, String>,
+    /// Diagnostics.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How a job's identity is verified.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// Where grants and denials are recorded.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Kerberos tools and timings.
+    #[serde(default)]
+    pub kerberos: KerberosConfig,
+    /// System accounts whose keytabs live on this host, by deploy-stage name.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, Account>,
+    /// Devstages a job may request, and who may have each.
+    #[serde(default)]
+    pub devstages: BTreeMap<String, Devstage>,
+    /// Settings the built-in steps receive (nothing secret: jobs can read them).
+    #[serde(default)]
+    pub steps: StepsConfig,
+}
+
+/// Diagnostics settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace` (an `RUST_LOG`-style filter also works).
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// Diagnostics output format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Job identity verification.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Base URL of the GitLab instance; the token's `iss` must equal it.
+    #[serde(default)]
+    pub gitlab_url: String,
+    /// Audience (`aud`) the job's ID token must be minted for.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// Job variable holding the ID token (`id_tokens:` key in `.gitlab-ci.yml`).
+    #[serde(default = "default_token_variable")]
+    pub token_variable: String,
+    /// Job variable naming the requested devstage.
+    #[serde(default = "default_request_variable")]
+    pub request_variable: String,
+    /// JWKS URL; default `<gitlab_url>/oauth/discovery/keys`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A local JWKS file instead of a URL (air-gapped hosts, tests).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// How long a fetched JWKS is trusted before it is fetched again.
+    #[serde(default = "default_jwks_ttl")]
+    pub jwks_cache_ttl_secs: u64,
+    /// Clock-skew allowance for `exp`/`nbf`/`iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Timeout for JWKS and GitLab API requests.
+    #[serde(default = "default_http_timeout")]
+    pub http_timeout_secs: u64,
+    /// Also confirm the job with the GitLab API (`GET /job` with the job token).
+    #[serde(default)]
+    pub confirm_with_gitlab_api: bool,
+    /// GitLab API base for the confirmation; default `<gitlab_url>`.
+    #[serde(default)]
+    pub api_url: Option<String>,
+}
+
+/// Audit log settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Append-only JSON-lines file, hash-chained.
+    #[serde(default = "default_audit_path")]
+    pub path: PathBuf,
+}
+
+/// Kerberos tools and timings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KerberosConfig {
+    /// `kinit` command (name looked up on PATH, or absolute path).
+    #[serde(default = "default_kinit")]
+    pub kinit: String,
+    /// `kdestroy` command.
+    #[serde(default = "default_kdestroy")]
+    pub kdestroy: String,
+    /// `klist` command.
+    #[serde(default = "default_klist")]
+    pub klist: String,
+    /// `KRB5_CONFIG` for the executor's own kinit calls and for jobs (None: system default).
+    #[serde(default)]
+    pub krb5_config: Option<PathBuf>,
+    /// Upper bound on every kinit/kdestroy/klist call (MIT kinit can hang ~27 s on a mute KDC).
+    #[serde(default = "default_kinit_timeout")]
+    pub timeout_secs: u64,
+    /// Before each run stage, renew or re-obtain a ticket with less life left than this.
+    #[serde(default = "default_renew_threshold")]
+    pub renew_threshold_secs: u64,
+}
+
+/// A Kerberos system account whose keytab stays on this host.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    /// Kerberos principal, e.g. `svc_client_uat@EXAMPLE.COM`.
+    pub principal: String,
+    /// Keytab on the host; must be readable by root only.
+    pub keytab: PathBuf,
+    /// Requested ticket lifetime in seconds.
+    #[serde(default = "default_ticket_lifetime")]
+    pub ticket_lifetime_secs: u64,
+    /// Requested renewable lifetime in seconds (0: not renewable).
+    #[serde(default = "default_renewable_lifetime")]
+    pub renewable_lifetime_secs: u64,
+    /// S3 access for this account, if any.
+    #[serde(default)]
+    pub s3: Option<S3Account>,
+}
+
+/// S3 settings and credential source for an account.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Account {
+    /// AWS region (S3-compatible stores usually accept `us-east-1`).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Endpoint URL for S3-compatible stores.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Path-style addressing (`https://host/bucket/key`).
+    #[serde(default)]
+    pub path_style: bool,
+    /// argv of an AWS `credential_process` command, run with the job's KRB5CCNAME.
+    #[serde(default)]
+    pub credential_process: Option<Vec<String>>,
+    /// Host-side shared-credentials profile (alternative to `credential_process`).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Host-side shared-credentials file for `profile` (default `~root/.aws/credentials`).
+    #[serde(default)]
+    pub shared_credentials_file: Option<PathBuf>,
+    /// Refresh credentials expiring within this many seconds before each run stage.
+    #[serde(default = "default_s3_refresh")]
+    pub refresh_threshold_secs: u64,
+    /// Upper bound on the credential_process call.
+    #[serde(default = "default_process_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// Ref kinds GitLab reports in `ref_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefType {
+    /// A branch.
+    Branch,
+    /// A tag.
+    Tag,
+}
+
+/// Who may be granted a devstage, and with which account.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Devstage {
+    /// Account (deploy stage) whose credentials the job gets, e.g. `client_uat` for `client_prod`.
+    pub deploy_account: String,
+    /// Project path globs (`group/sub/*`); the verified `project_path` must match one.
+    pub projects: Vec<String>,
+    /// Allowed ref types.
+    #[serde(default = "default_ref_types")]
+    pub ref_types: Vec<RefType>,
+    /// The ref must be protected.
+    #[serde(default)]
+    pub protected_ref: bool,
+    /// Regex a branch name must match (when the ref is a branch).
+    #[serde(default)]
+    pub branch_pattern: Option<String>,
+    /// Regex a tag must match (when the ref is a tag), e.g. `^v\d+\.\d+\.\d+$`.
+    #[serde(default)]
+    pub tag_pattern: Option<String>,
+    /// Allowed `pipeline_source` values (None: any).
+    #[serde(default)]
+    pub pipeline_sources: Option<Vec<String>>,
+    /// Required protected environment (job `environment:` name), if any.
+    #[serde(default)]
+    pub environment: Option<String>,
+}
+
+/// Settings handed to the built-in steps.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepsConfig {
+    /// `p3-executor image build`.
+    #[serde(default)]
+    pub image: ImageConfig,
+    /// `p3-executor p3 ...`.
+    #[serde(default)]
+    pub p3: P3Config,
+}
+
+/// Image build settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Builder to use (`buildah`, `podman`, `docker`, `kaniko`, or an absolute path); None: first found.
+    #[serde(default)]
+    pub builder: Option<String>,
+    /// Extra arguments for the builder (e.g. `--storage-driver=vfs`).
+    #[serde(default)]
+    pub builder_args: Vec<String>,
+    /// Registry to tag into when the job has none (`CI_REGISTRY_IMAGE`).
+    #[serde(default)]
+    pub registry: Option<String>,
+    /// Devstage that only builds from release tags.
+    #[serde(default = "default_prod_devstage")]
+    pub prod_devstage: String,
+    /// Release tag pattern.
+    #[serde(default = "default_release_pattern")]
+    pub release_tag_pattern: String,
+}
+
+/// P3 client command templates: argv arrays with `{placeholder}`s, never run through a shell.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct P3Config {
+    /// Deploy one job.
+    #[serde(default)]
+    pub deploy: Vec<String>,
+    /// Remove one job.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Show one job.
+    #[serde(default)]
+    pub status: Vec<String>,
+    /// Upper bound on one P3 client call.
+    #[serde(default = "default_p3_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_state_root() -> PathBuf {
+    "/var/lib/p3-executor".into()
+}
+fn default_builds_root() -> PathBuf {
+    "/var/lib/p3-executor/builds".into()
+}
+fn default_job_user() -> String {
+    "p3-job".into()
+}
+fn default_shell() -> String {
+    "bash".into()
+}
+fn default_grace_period() -> u64 {
+    30
+}
+fn default_gc_max_age() -> u64 {
+    24 * 3600
+}
+fn default_job_path() -> String {
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_audience() -> String {
+    "p3-executor".into()
+}
+fn default_token_variable() -> String {
+    "P3_ID_TOKEN".into()
+}
+fn default_request_variable() -> String {
+    "P3_DEVSTAGE".into()
+}
+fn default_jwks_ttl() -> u64 {
+    3600
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_http_timeout() -> u64 {
+    10
+}
+fn default_audit_path() -> PathBuf {
+    "/var/log/p3-executor/audit.jsonl".into()
+}
+fn default_kinit() -> String {
+    "kinit".into()
+}
+fn default_kdestroy() -> String {
+    "kdestroy".into()
+}
+fn default_klist() -> String {
+    "klist".into()
+}
+fn default_kinit_timeout() -> u64 {
+    15
+}
+fn default_renew_threshold() -> u64 {
+    3600
+}
+fn default_ticket_lifetime() -> u64 {
+    10 * 3600
+}
+fn default_renewable_lifetime() -> u64 {
+    7 * 24 * 3600
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_s3_refresh() -> u64 {
+    600
+}
+fn default_process_timeout() -> u64 {
+    30
+}
+fn default_ref_types() -> Vec<RefType> {
+    vec![RefType::Branch, RefType::Tag]
+}
+fn default_prod_devstage() -> String {
+    "client_prod".into()
+}
+fn default_release_pattern() -> String {
+    r"^v\d+\.\d+\.\d+$".into()
+}
+fn default_p3_timeout() -> u64 {
+    300
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            gitlab_url: String::new(),
+            audience: default_audience(),
+            token_variable: default_token_variable(),
+            request_variable: default_request_variable(),
+            jwks_url: None,
+            jwks_file: None,
+            jwks_cache_ttl_secs: default_jwks_ttl(),
+            leeway_secs: default_leeway(),
+            http_timeout_secs: default_http_timeout(),
+            confirm_with_gitlab_api: false,
+            api_url: None,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            path: default_audit_path(),
+        }
+    }
+}
+
+impl Default for KerberosConfig {
+    fn default() -> Self {
+        Self {
+            kinit: default_kinit(),
+            kdestroy: default_kdestroy(),
+            klist: default_klist(),
+            krb5_config: None,
+            timeout_secs: default_kinit_timeout(),
+            renew_threshold_secs: default_renew_threshold(),
+        }
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            builder: None,
+            builder_args: Vec::new(),
+            registry: None,
+            prod_devstage: default_prod_devstage(),
+            release_tag_pattern: default_release_pattern(),
+        }
+    }
+}
+
+impl Default for P3Config {
+    fn default() -> Self {
+        Self {
+            deploy: Vec::new(),
+            remove: Vec::new(),
+            status: Vec::new(),
+            timeout_secs: default_p3_timeout(),
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate the config at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text).map_err(|message| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parse and validate TOML text; the error names the offending key and line.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Consistency checks that TOML types cannot express.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let mut problems = Vec::new();
+        for (key, path) in [
+            ("state_root", &self.state_root),
+            ("builds_root", &self.builds_root),
+        ] {
+            if !path.is_absolute() {
+                problems.push(format!("{key} must be an absolute path, got {path:?}"));
+            }
+        }
+        if let Some([lo, hi]) = self.job_uid_range {
+            if lo < 1000 || hi < lo {
+                problems.push(format!(
+                    "job_uid_range [{lo}, {hi}] must be ascending and above 1000 (system uids)"
+                ));
+            }
+        }
+        for (name, stage) in &self.devstages {
+            if !self.accounts.contains_key(&stage.deploy_account) {
+                problems.push(format!(
+                    "devstages.{name}.deploy_account = {:?} names no [accounts.{}] section (known: {})",
+                    stage.deploy_account,
+                    stage.deploy_account,
+                    self.accounts.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            if stage.projects.is_empty() {
+                problems.push(format!(
+                    "devstages.{name}.projects is empty: list the project path globs allowed"
+                ));
+            }
+            for (key, pattern) in [
+                ("branch_pattern", &stage.branch_pattern),
+                ("tag_pattern", &stage.tag_pattern),
+            ] {
+                if let Some(p) = pattern {
+                    if let Err(e) = regex::Regex::new(p) {
+                        problems.push(format!("devstages.{name}.{key}: invalid regex: {e}"));
+                    }
+                }
+            }
+            for glob in &stage.projects {
+                if let Err(e) = globset::Glob::new(glob) {
+                    problems.push(format!(
+                        "devstages.{name}.projects: invalid glob {glob:?}: {e}"
+                    ));
+                }
+            }
+        }
+        for (name, account) in &self.accounts {
+            if !account.keytab.is_absolute() {
+                problems.push(format!("accounts.{name}.keytab must be an absolute path"));
+            }
+            if let Some(s3) = &account.s3 {
+                if s3.credential_process.is_some() == s3.profile.is_some() {
+                    problems.push(format!(
+                        "accounts.{name}.s3: set exactly one of credential_process or profile"
+                    ));
+                }
+                if matches!(&s3.credential_process, Some(argv) if argv.is_empty()) {
+                    problems.push(format!("accounts.{name}.s3.credential_process is empty"));
+                }
+            }
+        }
+        if !self.devstages.is_empty() && self.identity.gitlab_url.is_empty() {
+            problems.push(
+                "identity.gitlab_url is required when devstages are defined (the ID token's issuer)"
+                    .into(),
+            );
+        }
+        if let Err(e) = regex::Regex::new(&self.steps.image.release_tag_pattern) {
+            problems.push(format!(
+                "steps.image.release_tag_pattern: invalid regex: {e}"
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// JWKS URL in effect.
+    pub fn jwks_url(&self) -> String {
+        self.identity.jwks_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}/oauth/discovery/keys",
+                self.identity.gitlab_url.trim_end_matches('/')
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_takes_defaults() {
+        let cfg = Config::parse("").unwrap();
+        assert_eq!(cfg.shell, "bash");
+        assert_eq!(cfg.identity.token_variable, "P3_ID_TOKEN");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::parse("shell = \"bash\"\n\ngrace_perod_secs = 3\n").unwrap_err();
+        assert!(err.contains("grace_perod_secs"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_nested_table_is_rejected() {
+        let err = Config::parse("[kerberos]\ntimeout = 3\n").unwrap_err();
+        assert!(err.contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn devstage_must_name_a_known_account() {
+        let err = Config::parse(
+            "[identity]\ngitlab_url = \"https://g\"\n[devstages.client_dev]\ndeploy_account = \"nope\"\nprojects = [\"a/*\"]\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("devstages.client_dev.deploy_account"), "{err}");
+    }
+}

@@ -1,0 +1,138 @@
+//! The executor's error type and its one mapping to runner exit codes.
+//!
+//! Every failure is classified exactly once, here: a *build failure* is the job's fault (its
+//! script failed, policy denied what it asked for, its input was wrong); a *system failure* is
+//! the host's fault (bad config, KDC down, cannot spawn) and makes the runner retry prepare.
+
+use std::path::PathBuf;
+
+/// Library result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which side of the runner's contract a failure falls on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The job's fault: exit with `BUILD_FAILURE_EXIT_CODE`.
+    Build,
+    /// The host's fault: exit with `SYSTEM_FAILURE_EXIT_CODE`.
+    System,
+}
+
+/// Everything that can go wrong in the executor.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The executor config cannot be read or is invalid.
+    #[error("invalid executor config {path}:\n{message}")]
+    Config {
+        /// Config file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// The runner's job payload is missing or malformed.
+    #[error("job payload (JOB_RESPONSE_FILE) {0}")]
+    Payload(String),
+    /// The per-job workspace is missing or unusable.
+    #[error("job workspace: {0}")]
+    Workspace(String),
+    /// The job script could not be started or supervised.
+    #[error("cannot run job script: {0}")]
+    Spawn(String),
+    /// The job asked for something it is not allowed to have.
+    #[error("{0}")]
+    Denied(String),
+    /// Credentials could not be obtained, refreshed or destroyed on the host side.
+    #[error("{0}")]
+    Credentials(String),
+    /// Bad arguments or input to a built-in step.
+    #[error("{0}")]
+    Usage(String),
+    /// An I/O error with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the executor was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The one place that decides build versus system failure.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Error::Denied(_) | Error::Usage(_) => FailureKind::Build,
+            Error::Config { .. }
+            | Error::Payload(_)
+            | Error::Workspace(_)
+            | Error::Spawn(_)
+            | Error::Credentials(_)
+            | Error::Io { .. } => FailureKind::System,
+        }
+    }
+
+    /// Wrap an I/O error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Exit codes the runner told us to use (section 6 of the protocol).
+#[derive(Debug, Clone, Copy)]
+pub struct ExitCodes {
+    /// `BUILD_FAILURE_EXIT_CODE`, default 1.
+    pub build_failure: i32,
+    /// `SYSTEM_FAILURE_EXIT_CODE`, default 2.
+    pub system_failure: i32,
+}
+
+impl ExitCodes {
+    /// Read the codes from the runner's environment, falling back to the protocol defaults.
+    pub fn from_env() -> Self {
+        let read = |name: &str, default: i32| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            build_failure: read("BUILD_FAILURE_EXIT_CODE", 1),
+            system_failure: read("SYSTEM_FAILURE_EXIT_CODE", 2),
+        }
+    }
+
+    /// Exit code for a failure kind.
+    pub fn for_kind(&self, kind: FailureKind) -> i32 {
+        match kind {
+            FailureKind::Build => self.build_failure,
+            FailureKind::System => self.system_failure,
+        }
+    }
+}
+
+/// Classify an `anyhow` error from the CLI edge: our own errors keep their kind, anything else
+/// (an unexpected I/O failure in a step, say) is a system failure.
+pub fn kind_of(err: &anyhow::Error) -> FailureKind {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Error>())
+        .map(Error::kind)
+        .unwrap_or(FailureKind::System)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denial_is_the_jobs_fault_and_config_the_hosts() {
+        assert_eq!(Error::Denied("x".into()).kind(), FailureKind::Build);
+        assert_eq!(Error::Credentials("kdc".into()).kind(), FailureKind::System);
+        let wrapped = anyhow::Error::new(Error::Usage("bad".into())).context("step");
+        assert_eq!(kind_of(&wrapped), FailureKind::Build);
+        assert_eq!(kind_of(&anyhow::anyhow!("other")), FailureKind::System);
+    }
+}

@@ -1,0 +1,69 @@
+//! `gc`: sweep jobs whose cleanup never ran (runner crash, SIGKILL, host reboot).
+
+use std::time::{Duration, SystemTime};
+
+use chrono::Utc;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::process;
+use crate::workspace::{self, JobPaths, JobState};
+
+/// One swept (or, in a dry run, sweepable) job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// Job id.
+    pub job_id: u64,
+    /// Seconds since the job's last activity.
+    pub idle_secs: u64,
+}
+
+/// Seconds since the job last did anything, from its state or its directories' mtime.
+fn idle_secs(cfg: &Config, paths: &JobPaths) -> u64 {
+    if let Ok(state) = JobState::load(paths) {
+        return (Utc::now() - state.last_activity).num_seconds().max(0) as u64;
+    }
+    let lease = workspace::leased_uid(cfg, paths.job_id)
+        .map(|uid| cfg.state_root.join("uids").join(uid.to_string()));
+    [
+        Some(paths.workspace.clone()),
+        Some(paths.job_root.clone()),
+        lease,
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|p| std::fs::symlink_metadata(p).ok()?.modified().ok())
+    .max()
+    .and_then(|m| SystemTime::now().duration_since(m).ok())
+    .unwrap_or(Duration::ZERO)
+    .as_secs()
+}
+
+/// Remove every job idle longer than `max_age_secs` (config default when None) whose
+/// processes are gone. With `dry_run`, only report.
+pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<Vec<Swept>> {
+    let max_age = max_age_secs.unwrap_or(cfg.gc_max_age_secs);
+    let mut swept = Vec::new();
+    for job_id in workspace::known_jobs(cfg) {
+        let paths = JobPaths::new(cfg, job_id);
+        let idle = idle_secs(cfg, &paths);
+        if idle < max_age {
+            continue;
+        }
+        // A job with a private uid that still has processes is alive (a long build step that
+        // has not called run again): leave it alone.
+        if let Ok(state) = JobState::load(&paths) {
+            if state.ids.private_uid && !process::pids_of_uid(state.ids.uid).is_empty() {
+                continue;
+            }
+        }
+        if !dry_run {
+            crate::runner::cleanup::teardown(cfg, job_id, "gc")?;
+        }
+        swept.push(Swept {
+            job_id,
+            idle_secs: idle,
+        });
+    }
+    Ok(swept)
+}

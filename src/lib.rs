@@ -1,0 +1,20 @@
+//! p3-executor: a GitLab Runner custom executor that verifies who a job is, grants it the
+//! Kerberos and S3 credentials its devstage policy allows, audits every decision, and removes
+//! every credential when the job ends. See ARCHITECTURE.md for how one job flows through it.
+
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gc;
+pub mod grant;
+pub mod job;
+pub mod logging;
+pub mod process;
+pub mod runner;
+pub mod steps;
+pub mod workspace;

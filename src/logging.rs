@@ -1,0 +1,22 @@
+//! Diagnostics to stderr (stdout belongs to the runner protocol and the job log).
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Install the global subscriber. `P3_EXECUTOR_LOG` overrides the configured level.
+pub fn init(cfg: &LogConfig) {
+    let filter = std::env::var("P3_EXECUTOR_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&cfg.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.without_time().try_init(),
+    };
+}

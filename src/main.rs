@@ -1,0 +1,133 @@
+//! p3-executor binary: parse the command line, dispatch, and map the outcome to an exit code in
+//! one place.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use p3_executor::cli::{Cli, Command};
+use p3_executor::config::{Config, LogConfig};
+use p3_executor::error::{ExitCodes, FailureKind, kind_of};
+use p3_executor::job::JobContext;
+use p3_executor::{audit, check, demo, gc, logging, runner, steps};
+
+/// What a command ended with, before it becomes an exit code.
+enum Outcome {
+    /// Exit 0.
+    Success,
+    /// A job script (or step) exited non-zero with this code: a build failure.
+    ScriptFailed(i32),
+    /// A host tool's own exit code (check, gc, audit verify, steps).
+    Code(i32),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let codes = ExitCodes::from_env();
+    let result = dispatch(cli);
+    let code = match result {
+        Ok(Outcome::Success) => 0,
+        Ok(Outcome::Code(c)) => c,
+        Ok(Outcome::ScriptFailed(c)) => {
+            // Keep the script's real code for `allow_failure: exit_codes`.
+            record_build_exit_code(c);
+            codes.build_failure
+        }
+        Err(err) => {
+            eprintln!("p3-executor: error: {err:#}");
+            let kind = kind_of(&err);
+            if kind == FailureKind::Build {
+                // The runner never clears this file; a stale code from an earlier stage must
+                // not be reported for this failure.
+                record_build_exit_code(codes.build_failure);
+            }
+            codes.for_kind(kind)
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn record_build_exit_code(code: i32) {
+    if let Err(e) = runner::write_build_exit_code(code) {
+        eprintln!("p3-executor: warning: {e}");
+    }
+}
+
+/// Load the executor config and start logging with its settings.
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    match Config::load(path) {
+        Ok(cfg) => {
+            logging::init(&cfg.log);
+            Ok(cfg)
+        }
+        Err(e) => {
+            logging::init(&LogConfig::default());
+            Err(e.into())
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
+    let path = cli.config;
+    match cli.command {
+        Command::Config => {
+            let cfg = load_config(&path)?;
+            runner::config::execute(&cfg, &JobContext::from_env()?)?;
+            Ok(Outcome::Success)
+        }
+        Command::Prepare => {
+            let cfg = load_config(&path)?;
+            runner::prepare::execute(&cfg, &JobContext::from_env()?)?;
+            Ok(Outcome::Success)
+        }
+        Command::Run { script, stage } => {
+            let cfg = load_config(&path)?;
+            let job = JobContext::from_env()?;
+            let outcome = runner::run::execute(&cfg, &job, &script, &stage)?;
+            Ok(match outcome.code {
+                0 => Outcome::Success,
+                c => Outcome::ScriptFailed(c),
+            })
+        }
+        Command::Cleanup => {
+            let cfg = load_config(&path)?;
+            runner::cleanup::execute(&cfg, &JobContext::from_env()?)?;
+            Ok(Outcome::Success)
+        }
+        Command::Gc {
+            max_age_secs,
+            dry_run,
+        } => {
+            let cfg = load_config(&path)?;
+            let swept = gc::sweep(&cfg, max_age_secs, dry_run)?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for s in &swept {
+                println!("{verb} job {} (idle {} s)", s.job_id, s.idle_secs);
+            }
+            println!("{} job(s) {verb}", swept.len());
+            Ok(Outcome::Success)
+        }
+        Command::Check => {
+            let cfg = load_config(&path)?;
+            Ok(Outcome::Code(check::report(&check::check(&cfg, &path))))
+        }
+        Command::Demo(args) => {
+            logging::init(&LogConfig::default());
+            Ok(Outcome::Code(demo::run(args)?))
+        }
+        Command::Audit(cmd) => {
+            let cfg = load_config(&path)?;
+            Ok(Outcome::Code(audit::run(&cfg, cmd)?))
+        }
+        Command::S3(args) => step(|| steps::s3::run(args)),
+        Command::Image(cmd) => step(|| steps::image::run(cmd)),
+        Command::P3(cmd) => step(|| steps::p3::run(cmd)),
+        Command::Release(args) => step(|| steps::release::run(args)),
+    }
+}
+
+/// Built-in steps run inside the job: no executor config, default logging.
+fn step(f: impl FnOnce() -> anyhow::Result<i32>) -> anyhow::Result<Outcome> {
+    logging::init(&LogConfig::default());
+    Ok(Outcome::Code(f()?))
+}

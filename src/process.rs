@@ -1,0 +1,359 @@
+//! Running a job script: own process group, optional user switch, signal forwarding, and a
+//! guarantee that no process the job started outlives the call.
+//!
+//! The executor makes itself a *child subreaper*, so every process the script starts, even one
+//! that double-forks or calls `setsid` to leave the process group, stays its descendant and is
+//! found and killed when the stage ends or is cancelled.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+
+/// How to run one script.
+#[derive(Debug, Clone)]
+pub struct ScriptSpec {
+    /// Shell binary (name or path).
+    pub shell: String,
+    /// Script file written by the runner.
+    pub script: PathBuf,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Complete environment of the script (nothing is inherited).
+    pub env: Vec<(OsString, OsString)>,
+    /// Switch to this uid/gid before exec (the executor runs as root).
+    pub user: Option<(u32, u32)>,
+    /// SIGTERM → SIGKILL grace period on cancellation.
+    pub grace: Duration,
+}
+
+/// How a script ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScriptOutcome {
+    /// Exit code (128+N when killed by signal N).
+    pub code: i32,
+    /// The run was cancelled by a signal from the runner.
+    pub cancelled: bool,
+}
+
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+fn forwarded_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set
+}
+
+/// Run a script to completion under supervision; see the module docs.
+pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
+    // Block the signals we forward before any thread or child exists; the sigwait thread takes
+    // them. std resets the signal mask in the child.
+    forwarded_set()
+        .thread_block()
+        .map_err(|e| Error::Spawn(format!("block signals: {e}")))?;
+    become_subreaper();
+
+    let shell = which::which(&spec.shell)
+        .map_err(|e| Error::Spawn(format!("shell {:?} not found on PATH: {e}", spec.shell)))?;
+    let mut cmd = Command::new(&shell);
+    cmd.env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The forwarded signals are blocked in this process; the job must receive them.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+
+    // The runner's script file is root-only in the runner's private temp dir. When switching
+    // user, hand the script over as a read-only in-memory file on fd 3 instead of copying it
+    // into a directory the job could race on.
+    let _script_fd: Option<OwnedFd> = match spec.user {
+        Some((uid, gid)) => {
+            let fd = script_memfd(&spec.script)?;
+            let raw = fd.as_raw_fd();
+            cmd.arg("/dev/fd/3");
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly in that case.
+                    let moved = if raw == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(raw, 3)
+                    };
+                    if moved < 0
+                        || libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            Some(fd)
+        }
+        None => {
+            cmd.arg(&spec.script);
+            None
+        }
+    };
+
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::Spawn(format!(
+            "{} {}: {e}",
+            shell.display(),
+            spec.script.display()
+        ))
+    })?;
+    let pgid = child.id() as i32;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let group = Arc::new(AtomicI32::new(pgid));
+    spawn_signal_forwarder(group.clone(), cancelled.clone(), spec.grace);
+
+    let status = child
+        .wait()
+        .map_err(|e| Error::Spawn(format!("wait for job script: {e}")))?;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+
+    // The script is gone; whatever it left behind (background jobs, daemons) goes too, or it
+    // would hold the runner's output pipes open and outlive the job.
+    let was_cancelled = cancelled.load(Ordering::SeqCst);
+    let grace = if was_cancelled {
+        spec.grace
+    } else {
+        spec.grace.min(Duration::from_secs(5))
+    };
+    terminate_descendants(pgid, grace);
+    Ok(ScriptOutcome {
+        code,
+        cancelled: was_cancelled || cancelled.load(Ordering::SeqCst),
+    })
+}
+
+/// Make this process the reaper of its orphaned descendants (Linux ≥ 3.4).
+fn become_subreaper() {
+    // SAFETY: plain prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// Copy the script into a sealed, read-only memfd.
+fn script_memfd(script: &Path) -> Result<OwnedFd> {
+    let content = std::fs::read(script)
+        .map_err(|e| Error::Spawn(format!("read script {}: {e}", script.display())))?;
+    // SAFETY: memfd_create with a static C string; the fd is owned below.
+    let raw = unsafe {
+        libc::memfd_create(
+            c"p3-job-script".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if raw < 0 {
+        return Err(Error::Spawn(format!(
+            "memfd_create: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: raw is a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut file = std::fs::File::from(fd);
+    use std::io::Write;
+    file.write_all(&content)
+        .map_err(|e| Error::Spawn(format!("write script memfd: {e}")))?;
+    let fd = OwnedFd::from(file);
+    // SAFETY: fcntl/fchmod on an fd we own.
+    unsafe {
+        libc::fchmod(fd.as_raw_fd(), 0o444);
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
+        );
+    }
+    Ok(fd)
+}
+
+/// On SIGTERM/SIGINT/SIGHUP/SIGQUIT: forward SIGTERM to the job's group and descendants, wait
+/// the grace period, then SIGKILL them.
+fn spawn_signal_forwarder(group: Arc<AtomicI32>, cancelled: Arc<AtomicBool>, grace: Duration) {
+    std::thread::spawn(move || {
+        let set = forwarded_set();
+        let mut first: Option<Instant> = None;
+        loop {
+            let Ok(sig) = set.wait() else { return };
+            tracing::warn!(signal = ?sig, "cancellation requested: stopping the job's processes");
+            cancelled.store(true, Ordering::SeqCst);
+            let pgid = group.load(Ordering::SeqCst);
+            if first.is_none() {
+                first = Some(Instant::now());
+                signal_all(pgid, Signal::SIGTERM);
+                let deadline = Instant::now() + grace;
+                std::thread::spawn(move || {
+                    while Instant::now() < deadline {
+                        if !group_alive(pgid) && descendants().is_empty() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    signal_all(pgid, Signal::SIGKILL);
+                });
+            }
+        }
+    });
+}
+
+/// Send `sig` to the process group and to every descendant of this process.
+fn signal_all(pgid: i32, sig: Signal) {
+    let _ = signal::killpg(Pid::from_raw(pgid), sig);
+    for pid in descendants() {
+        let _ = signal::kill(Pid::from_raw(pid), sig);
+    }
+}
+
+fn group_alive(pgid: i32) -> bool {
+    signal::killpg(Pid::from_raw(pgid), None).is_ok()
+}
+
+/// Every live descendant of this process, from /proc.
+pub fn descendants() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for (pid, ppid) in proc_parents() {
+        children.entry(ppid).or_default().push(pid);
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![me];
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).into_iter().flatten() {
+            if seen.insert(c) {
+                out.push(c);
+                stack.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn proc_parents() -> Vec<(i32, i32)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Field 4 (ppid) follows the parenthesised command name, which may contain spaces.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
+}
+
+/// Reap zombies; true when this process has no children left.
+fn reap() -> bool {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return false,
+            Ok(_) => continue,
+            Err(_) => return true, // ECHILD
+        }
+    }
+}
+
+/// After the script exited: SIGTERM what it left behind, wait up to `grace`, SIGKILL the rest,
+/// and reap until no descendant is left (bounded, in case of an unkillable D-state process).
+fn terminate_descendants(pgid: i32, grace: Duration) {
+    if reap() && !group_alive(pgid) {
+        return;
+    }
+    tracing::info!("stopping processes the job script left running");
+    signal_all(pgid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if reap() && !group_alive(pgid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hard_deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < hard_deadline {
+        signal_all(pgid, Signal::SIGKILL);
+        if reap() && !group_alive(pgid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::error!("some job processes did not die after SIGKILL");
+}
+
+/// Kill every process owned by `uid` (a private per-job uid only: never a shared one).
+pub fn kill_uid(uid: u32) -> usize {
+    if uid == 0 || uid == nix::unistd::getuid().as_raw() {
+        return 0;
+    }
+    let mut killed = 0;
+    for _ in 0..50 {
+        let pids = pids_of_uid(uid);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in &pids {
+            if signal::kill(Pid::from_raw(*pid), Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    killed
+}
+
+/// Processes whose real uid is `uid`.
+pub fn pids_of_uid(uid: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            let real: u32 = line.split_whitespace().nth(1)?.parse().ok()?;
+            // Zombies still count as owned; they vanish once reaped by their parent.
+            (real == uid).then_some(pid)
+        })
+        .collect()
+}

@@ -1,0 +1,44 @@
+//! `cleanup`: destroy the job's credentials, kill what is left of it, remove its directories.
+//!
+//! Idempotent, and safe after a prepare that never ran or stopped half-way: every step works
+//! from the job id in JOB_RESPONSE_FILE and tolerates missing pieces.
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::job::JobContext;
+use crate::process;
+use crate::workspace::{self, JobPaths, JobState};
+
+/// Tear down everything belonging to `job_id`; used by cleanup and gc.
+///
+/// Runs every step even when one fails and returns the first error.
+pub fn teardown(cfg: &Config, job_id: u64, reason: &str) -> Result<()> {
+    let paths = JobPaths::new(cfg, job_id);
+    let state = JobState::load(&paths).ok();
+    let mut first_err = None;
+    if let Some(state) = &state {
+        if state.ids.private_uid {
+            // Nothing the job started may survive, even processes that left its process group.
+            process::kill_uid(state.ids.uid);
+        }
+        if let Err(e) = crate::grant::revoke(cfg, &paths, state, reason) {
+            tracing::error!("job {job_id}: destroying credentials failed: {e}");
+            first_err.get_or_insert(e);
+        }
+    } else if let Some(uid) = workspace::leased_uid(cfg, job_id) {
+        process::kill_uid(uid);
+    }
+    for dir in [&paths.job_root, &paths.workspace] {
+        if let Err(e) = workspace::remove_tree(dir) {
+            tracing::error!("job {job_id}: {e}");
+            first_err.get_or_insert(e);
+        }
+    }
+    workspace::release_uid(cfg, job_id);
+    first_err.map_or(Ok(()), Err)
+}
+
+/// `p3-executor cleanup`.
+pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
+    teardown(cfg, job.job_id(), "cleanup")
+}

@@ -1,0 +1,121 @@
+//! `prepare`: create the job's workspace, decide and obtain its credentials, print a banner.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::job::JobContext;
+use crate::workspace::{self, JobIdentityIds, JobPaths, JobState};
+
+/// Who a job runs as on this host.
+pub fn resolve_ids(cfg: &Config, job_id: u64) -> Result<(JobIdentityIds, String)> {
+    let me = nix::unistd::getuid();
+    if !me.is_root() {
+        let user = nix::unistd::User::from_uid(me)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| me.to_string());
+        return Ok((
+            JobIdentityIds {
+                uid: me.as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                private_uid: false,
+                switch_user: false,
+            },
+            user,
+        ));
+    }
+    let user = nix::unistd::User::from_name(&cfg.job_user)
+        .map_err(|e| Error::Workspace(format!("look up job_user {:?}: {e}", cfg.job_user)))?
+        .ok_or_else(|| {
+            Error::Workspace(format!(
+                "job_user {:?} does not exist; create it (scripts/install.sh does: \
+                 useradd --system --no-create-home --shell /usr/sbin/nologin {})",
+                cfg.job_user, cfg.job_user
+            ))
+        })?;
+    if user.uid.is_root() {
+        return Err(Error::Workspace(format!(
+            "job_user {:?} is root: jobs must run unprivileged",
+            cfg.job_user
+        )));
+    }
+    let private = workspace::lease_uid(cfg, job_id)?;
+    Ok((
+        JobIdentityIds {
+            uid: private.unwrap_or(user.uid.as_raw()),
+            gid: user.gid.as_raw(),
+            private_uid: private.is_some(),
+            switch_user: true,
+        },
+        user.name,
+    ))
+}
+
+/// `p3-executor prepare`.
+pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
+    // Jobs whose cleanup never ran (runner crash, SIGKILL) are swept here too.
+    if let Err(e) = crate::gc::sweep(cfg, None, false) {
+        tracing::warn!("opportunistic gc failed: {e}");
+    }
+    let job_id = job.job_id();
+    let paths = JobPaths::new(cfg, job_id);
+    let (ids, user) = resolve_ids(cfg, job_id)?;
+    workspace::create(cfg, &paths, ids)?;
+    let now = Utc::now();
+    let mut state = JobState {
+        job_id,
+        created: now,
+        last_activity: now,
+        ids,
+        user,
+        env: BTreeMap::new(),
+        grant: None,
+    };
+    // Save before obtaining credentials so a failure half-way still leaves cleanup what it
+    // needs to find and destroy them.
+    state.save(&paths)?;
+    let granted = crate::grant::prepare(cfg, job, &paths, &mut state);
+    state.save(&paths)?;
+    granted?;
+    print_banner(cfg, &state);
+    Ok(())
+}
+
+fn print_banner(cfg: &Config, state: &JobState) {
+    let who = if state.ids.switch_user {
+        let private = if state.ids.private_uid {
+            format!(", private uid {}", state.ids.uid)
+        } else {
+            String::new()
+        };
+        format!("user {}{private}", state.user)
+    } else {
+        format!(
+            "{} (isolation off: executor not running as root)",
+            state.user
+        )
+    };
+    println!(
+        "p3-executor {} on {}: job {} runs as {who}",
+        env!("CARGO_PKG_VERSION"),
+        super::hostname(),
+        state.job_id,
+    );
+    match &state.grant {
+        Some(g) => println!(
+            "p3-executor: devstage {} granted: deploy stage {}, Kerberos principal {}{}",
+            g.devstage,
+            g.deploy_account,
+            g.principal,
+            if g.s3 { ", S3 credentials" } else { "" }
+        ),
+        None => println!(
+            "p3-executor: no devstage requested ({}); the job runs without credentials",
+            cfg.identity.request_variable
+        ),
+    }
+}

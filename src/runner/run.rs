@@ -1,0 +1,75 @@
+//! `run <script> <stage>`: run one runner-generated script as the job user.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::job::JobContext;
+use crate::process::{self, ScriptOutcome, ScriptSpec};
+use crate::workspace::{JobPaths, JobState};
+
+/// Variables passed through from the runner's own environment (locale and terminal only).
+const PASSTHROUGH: [&str; 4] = ["LANG", "LC_ALL", "TZ", "TERM"];
+
+/// The complete environment of a job script: nothing from the runner process leaks in except
+/// locale, so the job sees neither JOB_RESPONSE_FILE nor the executor's own settings.
+pub fn script_env(cfg: &Config, paths: &JobPaths, state: &JobState) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = PASSTHROUGH
+        .iter()
+        .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
+        .collect();
+    let fixed = [
+        ("PATH", cfg.job_path.clone()),
+        ("HOME", paths.home.display().to_string()),
+        ("TMPDIR", paths.tmp.display().to_string()),
+        ("USER", state.user.clone()),
+        ("LOGNAME", state.user.clone()),
+        ("SHELL", cfg.shell.clone()),
+    ];
+    env.extend(fixed.into_iter().map(|(k, v)| (k.into(), v.into())));
+    env.extend(
+        cfg.job_env
+            .iter()
+            .chain(state.env.iter())
+            .map(|(k, v)| (k.into(), v.into())),
+    );
+    env
+}
+
+/// `p3-executor run <script> <stage>`: returns the script's outcome.
+pub fn execute(
+    cfg: &Config,
+    job: &JobContext,
+    script: &Path,
+    stage: &str,
+) -> Result<ScriptOutcome> {
+    let paths = JobPaths::new(cfg, job.job_id());
+    let mut state = JobState::load(&paths)?;
+    if !script.is_file() {
+        return Err(Error::Spawn(format!(
+            "script {} for stage {stage} does not exist",
+            script.display()
+        )));
+    }
+    // Multi-hour jobs: renew the ticket / refresh S3 credentials before each stage as needed.
+    crate::grant::refresh(cfg, job, &paths, &mut state)?;
+    state.last_activity = Utc::now();
+    state.save(&paths)?;
+    tracing::debug!(stage, "running job script");
+    let spec = ScriptSpec {
+        shell: cfg.shell.clone(),
+        script: script.to_path_buf(),
+        cwd: paths.builds_dir.clone(),
+        env: script_env(cfg, &paths, &state),
+        user: state
+            .ids
+            .switch_user
+            .then_some((state.ids.uid, state.ids.gid)),
+        grace: Duration::from_secs(cfg.grace_period_secs),
+    };
+    process::run_script(&spec)
+}

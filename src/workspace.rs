@@ -1,0 +1,366 @@
+//! Per-job directories and the small state file shared by the separate runner calls.
+//!
+//! Two trees per job, both named by the GitLab job id from JOB_RESPONSE_FILE (never by a job
+//! variable):
+//! - the *workspace* `<state_root>/jobs/<id>/`, root-only (0700): `state.json`, which later calls
+//!   trust, so the job must not be able to touch it;
+//! - the *job root* `<builds_root>/<id>/`, owned by the job's uid (0700): `builds/`, `cache/`,
+//!   `home/`, `tmp/` and `creds/` (ticket cache, AWS files). Another job's uid cannot enter it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Every path belonging to one job, derived from the config and the job id alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobPaths {
+    /// GitLab job id.
+    pub job_id: u64,
+    /// Root-only workspace holding `state.json`.
+    pub workspace: PathBuf,
+    /// The job-owned root.
+    pub job_root: PathBuf,
+    /// `builds_dir` reported to the runner.
+    pub builds_dir: PathBuf,
+    /// `cache_dir` reported to the runner.
+    pub cache_dir: PathBuf,
+    /// HOME of the job.
+    pub home: PathBuf,
+    /// TMPDIR of the job.
+    pub tmp: PathBuf,
+    /// Credentials handed to the job (ticket cache, AWS config).
+    pub creds: PathBuf,
+}
+
+impl JobPaths {
+    /// Paths for `job_id` under the configured roots.
+    pub fn new(cfg: &Config, job_id: u64) -> Self {
+        let workspace = cfg.state_root.join("jobs").join(job_id.to_string());
+        let job_root = cfg.builds_root.join(job_id.to_string());
+        Self {
+            job_id,
+            workspace,
+            builds_dir: job_root.join("builds"),
+            cache_dir: job_root.join("cache"),
+            home: job_root.join("home"),
+            tmp: job_root.join("tmp"),
+            creds: job_root.join("creds"),
+            job_root,
+        }
+    }
+
+    /// `state.json` inside the workspace.
+    pub fn state_file(&self) -> PathBuf {
+        self.workspace.join("state.json")
+    }
+}
+
+/// Who the job's processes run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobIdentityIds {
+    /// uid of the job's processes.
+    pub uid: u32,
+    /// gid of the job's processes.
+    pub gid: u32,
+    /// The uid belongs to this job alone (leased from `job_uid_range`).
+    pub private_uid: bool,
+    /// The executor switches to this uid (it runs as root).
+    pub switch_user: bool,
+}
+
+/// What a credential grant left in the workspace, for refresh, cleanup and audit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GrantState {
+    /// Devstage granted.
+    pub devstage: String,
+    /// Deploy stage (account name) whose credentials the job holds.
+    pub deploy_account: String,
+    /// Kerberos principal.
+    pub principal: String,
+    /// Ticket cache file (inside `creds/`).
+    pub ccache: PathBuf,
+    /// When the ticket expires.
+    pub ticket_expires: Option<DateTime<Utc>>,
+    /// When the ticket's renewable life ends.
+    pub ticket_renew_until: Option<DateTime<Utc>>,
+    /// When the S3 credentials expire, if the account has S3 and they expire.
+    pub s3_expires: Option<DateTime<Utc>>,
+    /// The account has S3 credentials in `creds/`.
+    pub s3: bool,
+    /// Facts about the verified job, copied into later audit records.
+    pub audit_context: BTreeMap<String, serde_json::Value>,
+}
+
+/// State shared between prepare, run and cleanup of one job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobState {
+    /// GitLab job id.
+    pub job_id: u64,
+    /// When prepare created the workspace.
+    pub created: DateTime<Utc>,
+    /// Last prepare/run call; `gc` sweeps workspaces idle for too long.
+    pub last_activity: DateTime<Utc>,
+    /// Who the job runs as.
+    pub ids: JobIdentityIds,
+    /// Name of the job user (for USER/LOGNAME).
+    pub user: String,
+    /// Environment injected into every job script (credential locations, never secrets'
+    /// values other than what the job is granted).
+    pub env: BTreeMap<String, String>,
+    /// The credential grant, if any.
+    pub grant: Option<GrantState>,
+}
+
+/// Create a directory with `mode` if missing; refuse a symlink or non-directory in its place.
+pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            if meta.permissions().mode() & 0o7777 != mode {
+                fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+            }
+            Ok(())
+        }
+        Ok(_) => Err(Error::Workspace(format!(
+            "{} exists and is not a directory",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
+            .map_err(|e| Error::io(format!("create {}", path.display()), e)),
+        Err(e) => Err(Error::io(format!("stat {}", path.display()), e)),
+    }
+}
+
+/// Create the workspace and the job root for a job running as `ids`.
+///
+/// Idempotent: a prepare retried by the runner starts from a fresh job root.
+pub fn create(cfg: &Config, paths: &JobPaths, ids: JobIdentityIds) -> Result<()> {
+    ensure_dir(&cfg.state_root, 0o700)?;
+    ensure_dir(&cfg.state_root.join("jobs"), 0o700)?;
+    // Jobs must traverse builds_root to reach their own root, but not list it.
+    ensure_dir(&cfg.builds_root, 0o711)?;
+    ensure_dir(&paths.workspace, 0o700)?;
+    remove_tree(&paths.job_root)?;
+    // Build the job root as root first, hand it over last: no window in which the job owns a
+    // directory root is still writing into.
+    ensure_dir(&paths.job_root, 0o700)?;
+    for dir in [
+        &paths.builds_dir,
+        &paths.cache_dir,
+        &paths.home,
+        &paths.tmp,
+        &paths.creds,
+    ] {
+        ensure_dir(dir, 0o700)?;
+        chown(dir, ids)?;
+    }
+    chown(&paths.job_root, ids)
+}
+
+fn chown(path: &Path, ids: JobIdentityIds) -> Result<()> {
+    if !ids.switch_user {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, Some(ids.uid), Some(ids.gid))
+        .map_err(|e| Error::io(format!("chown {}", path.display()), e))
+}
+
+/// Remove a directory tree if present. Symlinks inside are removed, never followed.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+impl JobState {
+    /// Load the state written by prepare.
+    pub fn load(paths: &JobPaths) -> Result<Self> {
+        let file = paths.state_file();
+        let bytes = fs::read(&file).map_err(|e| {
+            Error::Workspace(format!(
+                "{} cannot be read ({e}); did prepare run for job {}?",
+                file.display(),
+                paths.job_id
+            ))
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Workspace(format!("{} is corrupt: {e}", file.display())))
+    }
+
+    /// Write the state atomically (temp file + rename), root-only.
+    pub fn save(&self, paths: &JobPaths) -> Result<()> {
+        let file = paths.state_file();
+        let tmp = paths.workspace.join(".state.json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(self).expect("state serializes"))?;
+            f.sync_all()?;
+            fs::rename(&tmp, &file)
+        };
+        write().map_err(|e| Error::io(format!("write {}", file.display()), e))
+    }
+}
+
+/// Lease a private uid from the configured range for `job_id` (or return the one it holds).
+///
+/// A lease is a file `<state_root>/uids/<uid>` created with O_EXCL, holding the job id, so two
+/// prepares never pick the same uid.
+pub fn lease_uid(cfg: &Config, job_id: u64) -> Result<Option<u32>> {
+    let Some([lo, hi]) = cfg.job_uid_range else {
+        return Ok(None);
+    };
+    let dir = cfg.state_root.join("uids");
+    ensure_dir(&cfg.state_root, 0o700)?;
+    ensure_dir(&dir, 0o700)?;
+    if let Some(uid) = leased_uid(cfg, job_id) {
+        return Ok(Some(uid));
+    }
+    let span = u64::from(hi - lo) + 1;
+    // Start at a job-dependent offset so concurrent prepares rarely contend for the same file.
+    let start = job_id % span;
+    for i in 0..span {
+        let uid = lo + ((start + i) % span) as u32;
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join(uid.to_string()))
+        {
+            Ok(mut f) => {
+                f.write_all(job_id.to_string().as_bytes())
+                    .map_err(|e| Error::io("write uid lease", e))?;
+                return Ok(Some(uid));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(format!("lease uid in {}", dir.display()), e)),
+        }
+    }
+    Err(Error::Workspace(format!(
+        "every uid in job_uid_range [{lo}, {hi}] is leased; run `p3-executor gc` or widen the range"
+    )))
+}
+
+/// The uid leased to `job_id`, if any.
+pub fn leased_uid(cfg: &Config, job_id: u64) -> Option<u32> {
+    leases(cfg)
+        .into_iter()
+        .find(|(_, owner)| *owner == job_id)
+        .map(|(uid, _)| uid)
+}
+
+/// Every uid lease as (uid, job id).
+pub fn leases(cfg: &Config) -> Vec<(u32, u64)> {
+    let Ok(entries) = fs::read_dir(cfg.state_root.join("uids")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let uid = e.file_name().to_str()?.parse().ok()?;
+            let owner = fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+            Some((uid, owner))
+        })
+        .collect()
+}
+
+/// Release every uid lease held by `job_id`.
+pub fn release_uid(cfg: &Config, job_id: u64) {
+    for (uid, owner) in leases(cfg) {
+        if owner == job_id {
+            let _ = fs::remove_file(cfg.state_root.join("uids").join(uid.to_string()));
+        }
+    }
+}
+
+/// Job ids that have a workspace or a job root on this host.
+pub fn known_jobs(cfg: &Config) -> Vec<u64> {
+    let mut ids: Vec<u64> = [cfg.state_root.join("jobs"), cfg.builds_root.clone()]
+        .iter()
+        .filter_map(|d| fs::read_dir(d).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    ids.extend(leases(cfg).into_iter().map(|(_, job)| job));
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(root: &Path) -> Config {
+        let mut cfg = Config::parse("").unwrap();
+        cfg.state_root = root.join("state");
+        cfg.builds_root = root.join("builds");
+        cfg
+    }
+
+    #[test]
+    fn paths_are_per_job_and_never_shared() {
+        let cfg = Config::parse("").unwrap();
+        let a = JobPaths::new(&cfg, 1);
+        let b = JobPaths::new(&cfg, 2);
+        assert_ne!(a.builds_dir, b.builds_dir);
+        assert_ne!(a.cache_dir, b.cache_dir);
+        assert!(a.builds_dir.starts_with(&a.job_root));
+    }
+
+    #[test]
+    fn uid_leases_are_exclusive_and_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = cfg(dir.path());
+        cfg.job_uid_range = Some([5000, 5001]);
+        let a = lease_uid(&cfg, 10).unwrap().unwrap();
+        let b = lease_uid(&cfg, 11).unwrap().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(
+            lease_uid(&cfg, 10).unwrap(),
+            Some(a),
+            "a retry keeps its uid"
+        );
+        assert!(lease_uid(&cfg, 12).is_err(), "range exhausted");
+        release_uid(&cfg, 10);
+        assert_eq!(lease_uid(&cfg, 12).unwrap(), Some(a));
+    }
+
+    #[test]
+    fn create_is_idempotent_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path());
+        let paths = JobPaths::new(&cfg, 7);
+        let ids = JobIdentityIds {
+            uid: 0,
+            gid: 0,
+            private_uid: false,
+            switch_user: false,
+        };
+        create(&cfg, &paths, ids).unwrap();
+        fs::write(paths.builds_dir.join("leftover"), "x").unwrap();
+        create(&cfg, &paths, ids).unwrap();
+        assert!(!paths.builds_dir.join("leftover").exists());
+        let mode = fs::metadata(&paths.workspace).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(known_jobs(&cfg), vec![7]);
+    }
+}
