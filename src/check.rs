@@ -33,8 +33,8 @@ fn finding(severity: Severity, problem: impl Into<String>, fix: impl Into<String
     }
 }
 
-/// A root-owned path that others can write to (or, if `private`, read) is unsafe.
-fn check_private_path(path: &Path, what: &str, private: bool, out: &mut Vec<Finding>) {
+/// A path the executor trusts must be its own and must not grant `forbidden` mode bits.
+fn check_private_path(path: &Path, what: &str, forbidden: u32, out: &mut Vec<Finding>) {
     let Ok(meta) = std::fs::metadata(path) else {
         out.push(finding(
             Severity::Error,
@@ -77,11 +77,13 @@ fn check_private_path(path: &Path, what: &str, private: bool, out: &mut Vec<Find
 pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
     let mut out = Vec::new();
     let root = nix::unistd::geteuid().is_root();
-    check_private_path(config_path, "config file", true, &mut out);
-    check_private_path(&cfg.state_root, "state_root", true, &mut out);
-    check_private_path(&cfg.builds_root, "builds_root", false, &mut out);
+    // Config: private. State root: traversable (jobs reach their credentials dir), never
+    // listable or writable. Builds root and audit dir: not writable by others.
+    check_private_path(config_path, "config file", 0o077, &mut out);
+    check_private_path(&cfg.state_root, "state_root", 0o066, &mut out);
+    check_private_path(&cfg.builds_root, "builds_root", 0o066, &mut out);
     if let Some(dir) = cfg.audit.path.parent() {
-        check_private_path(dir, "audit log directory", false, &mut out);
+        check_private_path(dir, "audit log directory", 0o022, &mut out);
     }
     if which::which(&cfg.shell).is_err() {
         out.push(finding(

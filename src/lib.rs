@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod check;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -5,7 +5,10 @@
 //! - the *workspace* `<state_root>/jobs/<id>/`, root-only (0700): `state.json`, which later calls
 //!   trust, so the job must not be able to touch it;
 //! - the *job root* `<builds_root>/<id>/`, owned by the job's uid (0700): `builds/`, `cache/`,
-//!   `home/`, `tmp/` and `creds/` (ticket cache, AWS files). Another job's uid cannot enter it.
+//!   `home/`, `tmp/`. Another job's uid cannot enter it.
+//! - the *credentials dir* `<state_root>/creds/<id>/`, owned by root (0711) so the job cannot
+//!   plant symlinks where root writes, holding files owned by the job's uid (0600): the ticket
+//!   cache and AWS files. `state_root` and `creds/` are 0711: traversable, not listable.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -36,7 +39,7 @@ pub struct JobPaths {
     pub home: PathBuf,
     /// TMPDIR of the job.
     pub tmp: PathBuf,
-    /// Credentials handed to the job (ticket cache, AWS config).
+    /// Root-owned directory of the credential files handed to the job.
     pub creds: PathBuf,
 }
 
@@ -52,7 +55,7 @@ impl JobPaths {
             cache_dir: job_root.join("cache"),
             home: job_root.join("home"),
             tmp: job_root.join("tmp"),
-            creds: job_root.join("creds"),
+            creds: cfg.state_root.join("creds").join(job_id.to_string()),
             job_root,
         }
     }
@@ -147,8 +150,11 @@ pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
 ///
 /// Idempotent: a prepare retried by the runner starts from a fresh job root.
 pub fn create(cfg: &Config, paths: &JobPaths, ids: JobIdentityIds) -> Result<()> {
-    ensure_dir(&cfg.state_root, 0o700)?;
+    // Traversable so jobs reach their own credentials dir; nothing in it is listable.
+    ensure_dir(&cfg.state_root, 0o711)?;
     ensure_dir(&cfg.state_root.join("jobs"), 0o700)?;
+    ensure_dir(&cfg.state_root.join("creds"), 0o711)?;
+    ensure_dir(&paths.creds, 0o711)?;
     // Jobs must traverse builds_root to reach their own root, but not list it.
     ensure_dir(&cfg.builds_root, 0o711)?;
     ensure_dir(&paths.workspace, 0o700)?;
@@ -156,13 +162,7 @@ pub fn create(cfg: &Config, paths: &JobPaths, ids: JobIdentityIds) -> Result<()>
     // Build the job root as root first, hand it over last: no window in which the job owns a
     // directory root is still writing into.
     ensure_dir(&paths.job_root, 0o700)?;
-    for dir in [
-        &paths.builds_dir,
-        &paths.cache_dir,
-        &paths.home,
-        &paths.tmp,
-        &paths.creds,
-    ] {
+    for dir in [&paths.builds_dir, &paths.cache_dir, &paths.home, &paths.tmp] {
         ensure_dir(dir, 0o700)?;
         chown(dir, ids)?;
     }
@@ -229,7 +229,7 @@ pub fn lease_uid(cfg: &Config, job_id: u64) -> Result<Option<u32>> {
         return Ok(None);
     };
     let dir = cfg.state_root.join("uids");
-    ensure_dir(&cfg.state_root, 0o700)?;
+    ensure_dir(&cfg.state_root, 0o711)?;
     ensure_dir(&dir, 0o700)?;
     if let Some(uid) = leased_uid(cfg, job_id) {
         return Ok(Some(uid));
@@ -293,12 +293,16 @@ pub fn release_uid(cfg: &Config, job_id: u64) {
 
 /// Job ids that have a workspace or a job root on this host.
 pub fn known_jobs(cfg: &Config) -> Vec<u64> {
-    let mut ids: Vec<u64> = [cfg.state_root.join("jobs"), cfg.builds_root.clone()]
-        .iter()
-        .filter_map(|d| fs::read_dir(d).ok())
-        .flat_map(|entries| entries.flatten())
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
+    let mut ids: Vec<u64> = [
+        cfg.state_root.join("jobs"),
+        cfg.state_root.join("creds"),
+        cfg.builds_root.clone(),
+    ]
+    .iter()
+    .filter_map(|d| fs::read_dir(d).ok())
+    .flat_map(|entries| entries.flatten())
+    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+    .collect();
     ids.extend(leases(cfg).into_iter().map(|(_, job)| job));
     ids.sort_unstable();
     ids.dedup();

@@ -28,7 +28,7 @@ pub fn teardown(cfg: &Config, job_id: u64, reason: &str) -> Result<()> {
     } else if let Some(uid) = workspace::leased_uid(cfg, job_id) {
         process::kill_uid(uid);
     }
-    for dir in [&paths.job_root, &paths.workspace] {
+    for dir in [&paths.creds, &paths.job_root, &paths.workspace] {
         if let Err(e) = workspace::remove_tree(dir) {
             tracing::error!("job {job_id}: {e}");
             first_err.get_or_insert(e);

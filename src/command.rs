@@ -1,0 +1,128 @@
+//! Running host tools (kinit, credential_process, buildah, the P3 client) with an argv, a
+//! timeout and captured output. Never through a shell.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a bounded command failed to produce an exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The program could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// Program name.
+        program: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The program ran past its timeout and was killed.
+    #[error("{program} did not finish within {} s and was killed", timeout.as_secs_f32())]
+    Timeout {
+        /// Program name.
+        program: String,
+        /// The bound.
+        timeout: Duration,
+    },
+}
+
+/// Captured result of a bounded command.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    /// stderr as trimmed text (for error messages: tools like kinit say exactly what is wrong).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
+    }
+}
+
+/// Run `cmd` with stdin closed, capturing stdout and stderr, killing its whole process group
+/// if it runs longer than `timeout`.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, CommandError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|source| CommandError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    // Drain both pipes on threads so a chatty tool cannot block on a full pipe.
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + timeout;
+    let mut sleep = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.wait();
+                return Err(CommandError::Timeout { program, timeout });
+            }
+            Ok(None) => {
+                std::thread::sleep(sleep);
+                sleep = (sleep * 2).min(Duration::from_millis(20));
+            }
+            Err(source) => return Err(CommandError::Spawn { program, source }),
+        }
+    };
+    Ok(Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_output_and_status() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let out = run_bounded(cmd, Duration::from_secs(5)).unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr_text(), "err");
+    }
+
+    #[test]
+    fn kills_a_command_that_hangs_including_its_children() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 30 & sleep 30"]);
+        let start = Instant::now();
+        let err = run_bounded(cmd, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn missing_program_is_a_spawn_error() {
+        let err = run_bounded(Command::new("/nonexistent/tool"), Duration::from_secs(1));
+        assert!(matches!(err, Err(CommandError::Spawn { .. })));
+    }
+}
