@@ -59,16 +59,15 @@ fn check_private_path(path: &Path, what: &str, forbidden: u32, out: &mut Vec<Fin
             format!("chown {euid} {}", path.display()),
         ));
     }
-    let bad = if private { 0o077 } else { 0o022 };
-    if mode & bad != 0 {
+    if mode & forbidden != 0 {
         out.push(finding(
             Severity::Error,
-            format!("{what} {} has mode {mode:o}", path.display()),
             format!(
-                "chmod go-{} {}",
-                if private { "rwx" } else { "w" },
-                path.display()
+                "{what} {} has mode {mode:o}: group/others must not have {:o}",
+                path.display(),
+                mode & forbidden
             ),
+            format!("chmod {:o} {}", mode & !forbidden, path.display()),
         ));
     }
 }
