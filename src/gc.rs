@@ -6,7 +6,6 @@ use chrono::Utc;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::process;
 use crate::workspace::{self, JobPaths, JobState};
 
 /// One swept (or, in a dry run, sweepable) job.
@@ -50,12 +49,10 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
         if idle < max_age {
             continue;
         }
-        // A job with a private uid that still has processes is alive (a long build step that
-        // has not called run again): leave it alone.
-        if let Ok(state) = JobState::load(&paths) {
-            if state.ids.private_uid && !process::pids_of_uid(state.ids.uid).is_empty() {
-                continue;
-            }
+        // A job whose `run` is still supervising a script (a long build step) is alive,
+        // however long ago it started: leave it alone. A dead executor holds no lock.
+        if workspace::is_active(&paths) {
+            continue;
         }
         if !dry_run {
             crate::runner::cleanup::teardown(cfg, job_id, "gc")?;

@@ -125,6 +125,15 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
         }
     };
 
+    // SAFETY: prctl only. Registered last because a uid change clears the death signal.
+    unsafe {
+        cmd.pre_exec(|| {
+            // If the executor itself is SIGKILLed (runner's force kill), take the script down
+            // too; what it started is then killed by uid in cleanup or gc.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().map_err(|e| {
         Error::Spawn(format!(
             "{} {}: {e}",
@@ -350,9 +359,15 @@ pub fn pids_of_uid(uid: u32) -> Vec<i32> {
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            // A zombie is already dead: nothing to kill, and its reaping is its parent's job.
+            if status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+            {
+                return None;
+            }
             let line = status.lines().find(|l| l.starts_with("Uid:"))?;
             let real: u32 = line.split_whitespace().nth(1)?.parse().ok()?;
-            // Zombies still count as owned; they vanish once reaped by their parent.
             (real == uid).then_some(pid)
         })
         .collect()

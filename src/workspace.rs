@@ -122,6 +122,42 @@ pub struct JobState {
     pub grant: Option<GrantState>,
 }
 
+/// Mark the job as active for as long as the returned file stays open.
+///
+/// `run` holds this (shared) lock while the job script runs; `gc` never sweeps a job whose lock
+/// is held. The kernel drops the lock when the process dies, even by SIGKILL, so a crashed
+/// runner cannot keep a job "active" forever.
+pub fn hold_active(paths: &JobPaths) -> Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(paths.workspace.join("active.lock"))
+        .map_err(|e| Error::io("open the job's active lock", e))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_SH) } != 0 {
+        return Err(Error::io(
+            "lock the job's active lock",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(file)
+}
+
+/// True when some executor process currently holds the job's active lock.
+pub fn is_active(paths: &JobPaths) -> bool {
+    let Ok(file) = fs::OpenOptions::new()
+        .write(true)
+        .open(paths.workspace.join("active.lock"))
+    else {
+        return false;
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: flock on an fd we own; the lock is released when `file` drops.
+    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
 /// Create a directory with `mode` if missing; refuse a symlink or non-directory in its place.
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
     match fs::symlink_metadata(path) {

@@ -49,6 +49,7 @@ pub fn execute(
 ) -> Result<ScriptOutcome> {
     let paths = JobPaths::new(cfg, job.job_id());
     let mut state = JobState::load(&paths)?;
+    let _active = crate::workspace::hold_active(&paths)?;
     if !script.is_file() {
         return Err(Error::Spawn(format!(
             "script {} for stage {stage} does not exist",
