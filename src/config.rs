@@ -600,6 +600,13 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        let cfg = Config::parse(include_str!("../executor-config/config.toml")).unwrap();
+        assert_eq!(cfg.devstages["client_prod"].deploy_account, "client_uat");
+        assert_eq!(cfg.job_uid_range, Some([200000, 265535]));
+    }
+
+    #[test]
     fn devstage_must_name_a_known_account() {
         let err = Config::parse(
             "[identity]\ngitlab_url = \"https://g\"\n[devstages.client_dev]\ndeploy_account = \"nope\"\nprojects = [\"a/*\"]\n",

