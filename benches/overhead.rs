@@ -27,6 +27,7 @@ esac
 "#;
 
 /// Wall time and peak RSS (KiB) of one child.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also yields its rusage
 fn measure(cmd: &mut Command) -> (Duration, i64) {
     let start = Instant::now();
     let child = cmd
