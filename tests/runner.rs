@@ -6,7 +6,8 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{Host, JobResult, is_root, processes_of};
+use common::{JobResult, host as new_host, is_root, processes_of};
+use p3_executor::demo::driver::Host;
 
 fn state_of(host: &Host, job: u64) -> serde_json::Value {
     let text = std::fs::read_to_string(host.root().join(format!("state/jobs/{job}/state.json")))
@@ -16,7 +17,7 @@ fn state_of(host: &Host, job: u64) -> serde_json::Value {
 
 #[test]
 fn passing_job_clones_builds_and_cleans_up() {
-    let host = Host::new("");
+    let host = new_host("");
     let mut job = host
         .job(
             101,
@@ -47,7 +48,7 @@ fn passing_job_clones_builds_and_cleans_up() {
 
 #[test]
 fn config_prints_only_json_with_private_dirs() {
-    let host = Host::new("");
+    let host = new_host("");
     let mut a = host.job(201, "true");
     let mut b = host.job(202, "true");
     let out = a.command(&["config"]).output().unwrap();
@@ -63,7 +64,7 @@ fn config_prints_only_json_with_private_dirs() {
 
 #[test]
 fn failing_script_is_a_build_failure_with_the_real_exit_code() {
-    let host = Host::new("");
+    let host = new_host("");
     let mut job = host
         .job(102, "echo before\nexit 42\necho never")
         .after("echo after-ran");
@@ -80,7 +81,7 @@ fn failing_script_is_a_build_failure_with_the_real_exit_code() {
 
 #[test]
 fn job_variables_cannot_redirect_paths_or_identity() {
-    let host = Host::new("");
+    let host = new_host("");
     let victim = host.root().join("victim");
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::write(victim.join("keep"), "x").unwrap();
@@ -99,7 +100,7 @@ fn job_variables_cannot_redirect_paths_or_identity() {
 
 #[test]
 fn executor_fault_is_a_system_failure() {
-    let host = Host::new("shell = \"/nonexistent/bash\"\n");
+    let host = new_host("shell = \"/nonexistent/bash\"\n");
     let mut job = host.job(104, "true");
     assert_eq!(job.config(), 0);
     assert_eq!(job.prepare(), 0);
@@ -111,7 +112,7 @@ fn executor_fault_is_a_system_failure() {
 
 #[test]
 fn run_without_prepare_is_a_system_failure() {
-    let host = Host::new("");
+    let host = new_host("");
     let mut job = host.job(105, "true");
     job.config();
     let code = job.run_stage("prepare_script");
@@ -121,7 +122,7 @@ fn run_without_prepare_is_a_system_failure() {
 
 #[test]
 fn invalid_or_missing_payload_is_a_clear_system_failure() {
-    let host = Host::new("");
+    let host = new_host("");
     let mut job = host.job(106, "true");
     job.raw_payload = Some("{\"id\": \"glcbt-not-a-number\"}".into());
     assert_eq!(job.prepare(), 2);
@@ -143,7 +144,7 @@ fn invalid_or_missing_payload_is_a_clear_system_failure() {
 
 #[test]
 fn invalid_config_names_the_key_and_line() {
-    let host = Host::new("grace_period = 3\n");
+    let host = new_host("grace_period = 3\n");
     let mut job = host.job(107, "true");
     assert_eq!(job.config(), 2);
     assert!(job.log.contains("grace_period"), "{}", job.log);
@@ -154,7 +155,7 @@ fn invalid_config_names_the_key_and_line() {
 
 #[test]
 fn cleanup_is_idempotent_and_works_without_prepare() {
-    let host = Host::new("");
+    let host = new_host("");
     let mut job = host.job(108, "true");
     assert_eq!(job.cleanup(), 0, "{}", job.log);
     job.config();
@@ -166,7 +167,7 @@ fn cleanup_is_idempotent_and_works_without_prepare() {
 
 #[test]
 fn prepare_retry_starts_from_a_fresh_job_root() {
-    let host = Host::new("");
+    let host = new_host("");
     let mut job = host.job(109, "true");
     job.config();
     assert_eq!(job.prepare(), 0);
@@ -186,7 +187,7 @@ fn cancelled_job_leaves_no_process_behind() {
         eprintln!("skipped: needs root for a private job uid");
         return;
     }
-    let host = Host::new("");
+    let host = new_host("");
     // A background process, one that leaves the process group, and a foreground sleep.
     let mut job = host.job(
         110,
@@ -233,7 +234,7 @@ fn background_process_does_not_outlive_its_stage() {
         eprintln!("skipped: needs root for a private job uid");
         return;
     }
-    let host = Host::new("");
+    let host = new_host("");
     let mut job = host.job(111, "sleep 1000 &\necho done");
     job.config();
     job.prepare();
@@ -252,7 +253,7 @@ fn sigkilled_job_is_swept_by_gc() {
         eprintln!("skipped: needs root for a private job uid");
         return;
     }
-    let host = Host::new("");
+    let host = new_host("");
     let mut job = host.job(112, "sleep 1000 &\necho started-marker\nsleep 1001");
     job.config();
     job.prepare();
@@ -300,7 +301,7 @@ fn sigkilled_job_is_swept_by_gc() {
 
 #[test]
 fn concurrent_jobs_share_nothing() {
-    let host = Host::new("");
+    let host = new_host("");
     let builds = host.root().join("builds");
     let script = |other: u64| {
         format!(
@@ -333,7 +334,7 @@ fn job_user_cannot_read_config_state_or_other_jobs() {
         eprintln!("skipped: needs root for a job user");
         return;
     }
-    let host = Host::new("");
+    let host = new_host("");
     let mut other = host.job(116, "true");
     other.config();
     other.prepare();
@@ -352,7 +353,7 @@ fn job_user_cannot_read_config_state_or_other_jobs() {
 
 #[test]
 fn check_reports_problems_with_fixes() {
-    let host = Host::new("");
+    let host = new_host("");
     let text = std::fs::read_to_string(&host.config).unwrap();
     std::fs::write(
         &host.config,
