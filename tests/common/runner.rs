@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-pub use p3_executor::demo::driver::{Job, JobResult, shell_quote};
+pub use p3_executor::demo::driver::JobResult;
 
 /// Path of the executor binary under test.
 pub fn exe() -> PathBuf {
