@@ -34,13 +34,18 @@ fn finding(severity: Severity, problem: impl Into<String>, fix: impl Into<String
 }
 
 /// A path the executor trusts must be its own and must not grant `forbidden` mode bits.
-fn check_private_path(path: &Path, what: &str, forbidden: u32, out: &mut Vec<Finding>) {
+fn check_private_path(
+    path: &Path,
+    what: &str,
+    (forbidden, wanted): (u32, u32),
+    out: &mut Vec<Finding>,
+) {
     let Ok(meta) = std::fs::metadata(path) else {
         out.push(finding(
             Severity::Error,
             format!("{what} {} does not exist", path.display()),
             format!(
-                "create it: install -d -m 0700 -o root {} (scripts/install.sh does)",
+                "create it: install -d -m {wanted:04o} -o root {} (scripts/install.sh does)",
                 path.display()
             ),
         ));
@@ -67,7 +72,7 @@ fn check_private_path(path: &Path, what: &str, forbidden: u32, out: &mut Vec<Fin
                 path.display(),
                 mode & forbidden
             ),
-            format!("chmod {:o} {}", mode & !forbidden, path.display()),
+            format!("chmod {wanted:04o} {}", path.display()),
         ));
     }
 }
@@ -78,11 +83,11 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
     let root = nix::unistd::geteuid().is_root();
     // Config: private. State root: traversable (jobs reach their credentials dir), never
     // listable or writable. Builds root and audit dir: not writable by others.
-    check_private_path(config_path, "config file", 0o077, &mut out);
-    check_private_path(&cfg.state_root, "state_root", 0o066, &mut out);
-    check_private_path(&cfg.builds_root, "builds_root", 0o066, &mut out);
+    check_private_path(config_path, "config file", (0o077, 0o600), &mut out);
+    check_private_path(&cfg.state_root, "state_root", (0o066, 0o711), &mut out);
+    check_private_path(&cfg.builds_root, "builds_root", (0o066, 0o711), &mut out);
     if let Some(dir) = cfg.audit.path.parent() {
-        check_private_path(dir, "audit log directory", 0o022, &mut out);
+        check_private_path(dir, "audit log directory", (0o022, 0o750), &mut out);
     }
     if which::which(&cfg.shell).is_err() {
         out.push(finding(
@@ -90,6 +95,25 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
             format!("shell {:?} not found", cfg.shell),
             "install it (apt-get install bash) or set shell to an absolute path",
         ));
+    }
+    // The runner's generated scripts call git (get_sources) and gitlab-runner (caches,
+    // artifacts) from the job's PATH.
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    for (tool, severity, why) in [
+        ("git", Severity::Error, "get_sources clones with it"),
+        (
+            "gitlab-runner",
+            Severity::Warning,
+            "cache and artifact stages call it",
+        ),
+    ] {
+        if which::which_in(tool, Some(&cfg.job_path), &cwd).is_err() {
+            out.push(finding(
+                severity,
+                format!("{tool} is not on job_path ({why})"),
+                format!("install {tool} or add its directory to job_path"),
+            ));
+        }
     }
     if root {
         match nix::unistd::User::from_name(&cfg.job_user) {
