@@ -113,18 +113,19 @@ impl JwksStore {
     /// The cached set if fresh, else a fetched one; refetched once if it lacks `kid`.
     fn set_with_kid(&self, url: &str, kid: &str) -> Result<JwkSet, IdentityError> {
         let now = unix_now();
-        let (set, fetched_at) = match self.read_cache(url, now) {
+        let (set, fetched_at, just_fetched) = match self.read_cache(url, now) {
             Some(cached) if now - cached.fetched_at < self.ttl_secs => {
-                (cached.jwks, cached.fetched_at)
+                (cached.jwks, cached.fetched_at, false)
             }
-            _ => (self.fetch_and_store(url, now)?, now),
+            _ => (self.fetch_and_store(url, now)?, now, true),
         };
         if set.find(kid).is_some() {
             return Ok(set);
         }
-        // GitLab may have rotated its key since the set was cached. Refetch, unless the set is
-        // so recent that the unknown kid is much more likely garbage than a rotation.
-        if fetched_at < now && now - fetched_at >= self.refetch_min_interval_secs {
+        // GitLab may have rotated its key since the set was cached. Refetch (once), unless this
+        // call just fetched it or the set is so recent that the unknown kid is much more likely
+        // garbage than a rotation.
+        if !just_fetched && now - fetched_at >= self.refetch_min_interval_secs {
             tracing::info!(kid, "ID token key not in cached JWKS; refetching once");
             return self.fetch_and_store(url, now);
         }
