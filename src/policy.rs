@@ -41,6 +41,23 @@ impl Decision {
     }
 }
 
+impl std::fmt::Display for Decision {
+    /// One line for the job log and the audit record: `devstages.x.rule: reason` for a denial.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::Grant {
+                devstage,
+                deploy_account,
+                principal,
+            } => write!(
+                f,
+                "devstage {devstage} granted: credentials of account {deploy_account} ({principal})"
+            ),
+            Decision::Deny { rule, reason } => write!(f, "{rule}: {reason}"),
+        }
+    }
+}
+
 /// Decide whether `identity` may have devstage `requested`. Rules are checked in a fixed order
 /// (projects, ref_types, protected_ref, branch_pattern, tag_pattern, pipeline_sources,
 /// environment) and the first failure is reported.
@@ -463,6 +480,11 @@ environment = "production"
         };
         assert_eq!(rule, "devstages.client_prod.tag_pattern");
         assert_eq!(reason, r#"tag "v1.2" does not match ^v\d+\.\d+\.\d+$"#);
+        let shown = decide(&tag("v1.2", true), "client_prod", &cfg()).to_string();
+        assert_eq!(
+            shown,
+            r#"devstages.client_prod.tag_pattern: tag "v1.2" does not match ^v\d+\.\d+\.\d+$"#
+        );
     }
 
     #[test]
