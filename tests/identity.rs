@@ -451,6 +451,18 @@ fn cache_older_than_ttl_is_refetched() {
     std::fs::write(&file, "{not json").unwrap();
     verify();
     assert_eq!(fx.jwks.hits(), 3);
+    verify();
+    assert_eq!(fx.jwks.hits(), 3);
+
+    // A cache file others could have written is not trusted (it decides which keys are valid).
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    verify();
+    assert_eq!(fx.jwks.hits(), 4, "group/world-writable cache ignored");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "and replaced by a private one"
+    );
 }
 
 #[test]

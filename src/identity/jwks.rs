@@ -9,7 +9,7 @@
 //! make every job hit GitLab.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -132,9 +132,19 @@ impl JwksStore {
         Ok(set)
     }
 
-    /// The cache entry for `url`, if readable and not from the future.
+    /// The cache entry for `url`, if readable, written by us, and not from the future.
     fn read_cache(&self, url: &str, now: u64) -> Option<CachedJwks> {
         let path = self.cache_file()?;
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        // Whoever can write this file decides which keys sign valid tokens: only trust a
+        // regular file owned by the executor's user and writable by nobody else.
+        if !meta.file_type().is_file()
+            || meta.uid() != nix::unistd::geteuid().as_raw()
+            || meta.mode() & 0o022 != 0
+        {
+            tracing::warn!(path = %path.display(), "ignoring JWKS cache not owned by us or writable by others");
+            return None;
+        }
         let bytes = std::fs::read(&path).ok()?;
         match serde_json::from_slice::<CachedJwks>(&bytes) {
             // A fetch time ahead of the clock would keep the entry "fresh" forever.
