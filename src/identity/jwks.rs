@@ -11,6 +11,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jsonwebtoken::DecodingKey;
@@ -23,6 +24,15 @@ use crate::config::Config;
 
 /// Largest JWKS response accepted (GitLab's is a few KiB).
 const MAX_JWKS_BYTES: u64 = 1024 * 1024;
+
+/// HTTP fetches made by this process (successful or not).
+static FETCHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process has requested a JWKS over HTTP, for benchmarks and tests that
+/// show a warm cache costs no request (a test HTTP server's own count works across processes).
+pub fn fetch_count() -> u64 {
+    FETCHES.load(Ordering::Relaxed)
+}
 
 /// Where the keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +234,7 @@ fn fetch(url: &str, timeout: Duration) -> Result<JwkSet, IdentityError> {
         detail,
     };
     tracing::debug!(url, "fetching JWKS");
+    FETCHES.fetch_add(1, Ordering::Relaxed);
     let client = reqwest::blocking::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
