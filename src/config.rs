@@ -123,6 +123,10 @@ pub struct IdentityConfig {
     /// Timeout for JWKS and GitLab API requests.
     #[serde(default = "default_http_timeout")]
     pub http_timeout_secs: u64,
+    /// On a token whose `kid` is not in the cached JWKS, refetch the JWKS only if the cached
+    /// copy is at least this old, so tokens with made-up key ids cannot make every job hit GitLab.
+    #[serde(default = "default_jwks_refetch_min_interval")]
+    pub jwks_refetch_min_interval_secs: u64,
     /// Also confirm the job with the GitLab API (`GET /job` with the job token).
     #[serde(default)]
     pub confirm_with_gitlab_api: bool,
@@ -344,6 +348,9 @@ fn default_leeway() -> u64 {
 fn default_http_timeout() -> u64 {
     10
 }
+fn default_jwks_refetch_min_interval() -> u64 {
+    30
+}
 fn default_audit_path() -> PathBuf {
     "/var/log/p3-executor/audit.jsonl".into()
 }
@@ -411,6 +418,7 @@ impl Default for IdentityConfig {
             jwks_cache_ttl_secs: default_jwks_ttl(),
             leeway_secs: default_leeway(),
             http_timeout_secs: default_http_timeout(),
+            jwks_refetch_min_interval_secs: default_jwks_refetch_min_interval(),
             confirm_with_gitlab_api: false,
             api_url: None,
         }

@@ -1,0 +1,439 @@
+//! Test fixtures for GitLab ID tokens: an RSA key that signs RS256 tokens like GitLab does,
+//! realistic GitLab claim sets, and tiny loopback HTTP servers (a JWKS endpoint, or any
+//! stand-in) that count the requests they serve.
+//!
+//! Include from an integration test with:
+//! ```ignore
+//! #[path = "common/tokens.rs"]
+//! mod tokens;
+//! ```
+//!
+//! Typical use:
+//! ```ignore
+//! let minter = tokens::TokenMinter::new();
+//! let jwks = tokens::JwksServer::start(&minter.jwks_json());
+//! let claims = tokens::gitlab_claims(tokens::ISSUER, "p3-executor", 42, "client/app", "main", "branch", true);
+//! let token = minter.mint(claims);
+//! let payload = tokens::job_payload_json(42, &[("P3_ID_TOKEN", &token), ("P3_DEVSTAGE", "client_uat")]);
+//! // cfg: identity.gitlab_url = tokens::ISSUER, identity.jwks_url = jwks.url.clone()
+//! ```
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+/// Issuer used by [`gitlab_claims`] callers in tests: what `identity.gitlab_url` should be.
+pub const ISSUER: &str = "https://gitlab.example.com";
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// A freshly generated 2048-bit RSA key (PKCS#8 PEM), made with the `openssl` CLI so the
+/// tests need no extra crate.
+pub fn generate_rsa_pem() -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("run openssl genpkey");
+    assert!(
+        out.status.success(),
+        "openssl genpkey failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Signs RS256 tokens with its own RSA key, as GitLab's instance key does.
+pub struct TokenMinter {
+    kid: String,
+    key: EncodingKey,
+    jwk: Value,
+}
+
+impl Default for TokenMinter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TokenMinter {
+    /// A new key with key id `test-key-1`.
+    pub fn new() -> Self {
+        Self::with_kid("test-key-1")
+    }
+
+    /// A new key with the given key id.
+    pub fn with_kid(kid: &str) -> Self {
+        let pem = generate_rsa_pem();
+        let key = EncodingKey::from_rsa_pem(&pem).expect("RSA PEM");
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).expect("JWK from key");
+        jwk.common.key_id = Some(kid.to_string());
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        Self {
+            kid: kid.to_string(),
+            key,
+            jwk: serde_json::to_value(jwk).expect("JWK JSON"),
+        }
+    }
+
+    /// This key's id (`kid`).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key as one JWK (`kty`, `n`, `e`, `kid`, `use`, `alg`), as GitLab publishes it.
+    pub fn jwk(&self) -> Value {
+        self.jwk.clone()
+    }
+
+    /// A JWKS document holding only this key.
+    pub fn jwks_json(&self) -> String {
+        jwks_json_of(&[self])
+    }
+
+    /// Sign `claims` with RS256 and this key's `kid`.
+    pub fn mint(&self, claims: Value) -> String {
+        self.mint_with_kid(claims, &self.kid)
+    }
+
+    /// Sign with this key but announce another `kid` in the header (unknown-key tests).
+    pub fn mint_with_kid(&self, claims: Value, kid: &str) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.to_string());
+        header.typ = Some("JWT".into());
+        jsonwebtoken::encode(&header, &claims, &self.key).expect("sign token")
+    }
+}
+
+/// A JWKS document holding the public keys of several minters (key rotation tests).
+pub fn jwks_json_of(minters: &[&TokenMinter]) -> String {
+    json!({ "keys": minters.iter().map(|m| m.jwk()).collect::<Vec<_>>() }).to_string()
+}
+
+/// A token with an `alg` of `none` and no signature: must always be rejected.
+pub fn unsigned_token(claims: &Value, kid: &str) -> String {
+    let header = json!({"alg": "none", "typ": "JWT", "kid": kid});
+    format!(
+        "{}.{}.",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    )
+}
+
+/// A token signed with HS256 using `secret` (e.g. the public key's modulus: key confusion).
+pub fn hs256_token(claims: &Value, kid: &str, secret: &[u8]) -> String {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).expect("sign HS256")
+}
+
+/// Unpadded base64url, enough for hand-made tokens.
+pub fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+static JTI_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A realistic GitLab ID token claim set (GitLab 16/17), valid from now for one hour.
+///
+/// Like GitLab, ids and booleans are *strings* (`"job_id": "42"`, `"ref_protected": "true"`).
+/// `ref_type` is `"branch"` or `"tag"`. `namespace_path` is the project path's parent.
+/// Adjust any claim afterwards, e.g. `claims["pipeline_source"] = json!("merge_request_event")`,
+/// `claims["exp"] = json!(tokens::now() - 60)`.
+pub fn gitlab_claims(
+    issuer: &str,
+    audience: &str,
+    job_id: u64,
+    project_path: &str,
+    ref_name: &str,
+    ref_type: &str,
+    protected: bool,
+) -> Value {
+    let now = now();
+    let namespace = project_path
+        .rsplit_once('/')
+        .map(|(ns, _)| ns)
+        .unwrap_or(project_path);
+    let ref_path = match ref_type {
+        "tag" => format!("refs/tags/{ref_name}"),
+        _ => format!("refs/heads/{ref_name}"),
+    };
+    let jti = format!(
+        "{:08x}-test-{}-{}",
+        now,
+        job_id,
+        JTI_COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    json!({
+        "namespace_id": "7",
+        "namespace_path": namespace,
+        "project_id": "12",
+        "project_path": project_path,
+        "user_id": "5",
+        "user_login": "alice",
+        "user_email": "alice@example.com",
+        "user_access_level": "developer",
+        "user_identities": [],
+        "pipeline_id": "900",
+        "pipeline_source": "push",
+        "job_id": job_id.to_string(),
+        "ref": ref_name,
+        "ref_type": ref_type,
+        "ref_path": ref_path,
+        "ref_protected": protected.to_string(),
+        "runner_id": 3,
+        "runner_environment": "self-hosted",
+        "sha": "4f0c3a1e9d2b7c6a5f8e0d1c2b3a49586f7e6d5c",
+        "project_visibility": "private",
+        "ci_config_ref_uri": format!("gitlab.example.com/{project_path}//.gitlab-ci.yml@{ref_path}"),
+        "ci_config_sha": "4f0c3a1e9d2b7c6a5f8e0d1c2b3a49586f7e6d5c",
+        "jti": jti,
+        "iss": issuer,
+        "iat": now,
+        "nbf": now - 5,
+        "exp": now + 3600,
+        "sub": format!("project_path:{project_path}:ref_type:{ref_type}:ref:{ref_name}"),
+        "aud": audience,
+    })
+}
+
+/// A JOB_RESPONSE_FILE-shaped payload for job `job_id` with the given variables (in order:
+/// later definitions win, as in the runner). Job token: [`JOB_TOKEN`].
+pub fn job_payload_json(job_id: u64, variables: &[(&str, &str)]) -> String {
+    let vars: Vec<Value> = variables
+        .iter()
+        .map(|(k, v)| json!({"key": k, "value": v, "public": false, "masked": true}))
+        .collect();
+    json!({
+        "id": job_id,
+        "token": JOB_TOKEN,
+        "job_info": {"name": "deploy", "stage": "deploy", "project_id": 12, "project_name": "app"},
+        "git_info": {"repo_url": format!("https://gitlab-ci-token:{JOB_TOKEN}@gitlab.example.com/client/app.git"),
+                     "ref": "main", "sha": "4f0c3a1e", "ref_type": "branch"},
+        "variables": vars,
+    })
+    .to_string()
+}
+
+/// The job token [`job_payload_json`] puts in payloads.
+pub const JOB_TOKEN: &str = "glcbt-64_test-job-token-xyz";
+
+/// One parsed HTTP request, as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// Path with query, e.g. `/api/v4/job`.
+    pub path: String,
+    /// Headers with lower-cased names.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// First header value by (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A handler: request → (status, JSON body).
+pub type Handler = dyn Fn(&Request) -> (u16, String) + Send + Sync;
+
+/// A one-thread HTTP/1.1 server on a loopback port that answers each request with a handler
+/// and counts requests. Stopped when dropped.
+pub struct HttpStub {
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    /// Requests served so far.
+    pub hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpStub {
+    /// Start serving `handler`.
+    pub fn start(handler: Arc<Handler>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (hits2, stop2) = (hits.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                if let Some(request) = read_request(&stream) {
+                    hits2.fetch_add(1, Ordering::SeqCst);
+                    let (status, body) = handler(&request);
+                    write_response(stream, status, &body);
+                }
+            }
+        });
+        Self {
+            base_url: format!("http://{addr}"),
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Requests served so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpStub {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.base_url.trim_start_matches("http://"));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_request(stream: &TcpStream) -> Option<Request> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).ok()? == 0 {
+            break;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    Some(Request {
+        method,
+        path,
+        headers,
+    })
+}
+
+fn write_response(mut stream: TcpStream, status: u16, body: &str) {
+    let reason = match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        _ => "Status",
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.flush();
+}
+
+/// GitLab's `/oauth/discovery/keys` stand-in: serves a JWKS document (replaceable, for key
+/// rotation) at any path and counts fetches.
+pub struct JwksServer {
+    /// The JWKS URL (`<base>/oauth/discovery/keys`).
+    pub url: String,
+    /// Fetches so far.
+    pub hits: Arc<AtomicUsize>,
+    body: Arc<Mutex<(u16, String)>>,
+    _stub: HttpStub,
+}
+
+impl JwksServer {
+    /// Serve `jwks_json` with status 200.
+    pub fn start(jwks_json: &str) -> Self {
+        let body = Arc::new(Mutex::new((200u16, jwks_json.to_string())));
+        let served = body.clone();
+        let stub = HttpStub::start(Arc::new(move |_req: &Request| {
+            served.lock().expect("jwks body").clone()
+        }));
+        Self {
+            url: format!("{}/oauth/discovery/keys", stub.base_url),
+            hits: stub.hits.clone(),
+            body,
+            _stub: stub,
+        }
+    }
+
+    /// Fetches so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Serve another document from now on (GitLab rotated its keys).
+    pub fn set_jwks(&self, jwks_json: &str) {
+        *self.body.lock().expect("jwks body") = (200, jwks_json.to_string());
+    }
+
+    /// Answer with another status and body from now on (a broken GitLab).
+    pub fn set_response(&self, status: u16, body: &str) {
+        *self.body.lock().expect("jwks body") = (status, body.to_string());
+    }
+}
+
+/// A loopback URL nobody listens on (connection refused): a GitLab that is down.
+pub fn unused_local_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    drop(listener);
+    format!("http://{addr}/oauth/discovery/keys")
+}
+
+/// A loopback listener that accepts connections and never answers (a hung GitLab). Keep it
+/// alive for the test's duration.
+pub fn silent_listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let url = format!(
+        "http://{}/oauth/discovery/keys",
+        listener.local_addr().expect("local addr")
+    );
+    (listener, url)
+}
