@@ -141,11 +141,10 @@ impl Kdc {
 
     /// Run one `kadmin.local` query against the realm's database; panics on failure.
     pub fn kadmin(&self, query: &str) -> String {
-        let out = self.run(
+        self.run(
             Command::new(tool("kadmin.local")).args(["-r", REALM, "-q", query]),
             &format!("kadmin.local -q {query:?}"),
-        );
-        out
+        )
     }
 
     /// Add `<name>@REALM` (random key, renewable 7 d) and export its keytab to
