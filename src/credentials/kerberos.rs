@@ -259,6 +259,12 @@ fn kinit_error(account: &Account, kcfg: &KerberosConfig, out: &Output) -> Kerber
     }
 }
 
+/// The `KRB5CCNAME` value for a file cache at `ccache` (`FILE:<path>`), for the job's
+/// environment.
+pub fn krb5ccname(ccache: &Path) -> String {
+    format!("FILE:{}", ccache.display())
+}
+
 fn cache_name(path: &Path) -> OsString {
     let mut name = OsString::from("FILE:");
     name.push(path.as_os_str());
@@ -512,14 +518,15 @@ pub fn check(cfg: &Config) -> Vec<Finding> {
         return out;
     }
     let k = &cfg.kerberos;
-    let mut tools_ok = true;
+    // The keytab/principal check below needs klist; without it only the file checks run.
+    let mut klist_found = true;
     for (configured, key) in [
         (&k.kinit, "kinit"),
         (&k.klist, "klist"),
         (&k.kdestroy, "kdestroy"),
     ] {
         if let Err(e) = resolve_tool(configured, key) {
-            tools_ok &= key != "klist";
+            klist_found &= key != "klist";
             out.push(Finding {
                 severity: Severity::Error,
                 problem: format!("{key}: {e}"),
@@ -616,7 +623,7 @@ pub fn check(cfg: &Config) -> Vec<Finding> {
                 }
             }
         }
-        if !tools_ok {
+        if !klist_found {
             continue;
         }
         match keytab_principals(k, keytab) {
