@@ -707,7 +707,8 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check the hash chain; report the first record that was edited, removed or reordered.
+    /// Check the hash chain; report the first record that was edited, removed or reordered
+    /// (exit 1; also when the log does not exist).
     Verify,
 }
 
@@ -744,6 +745,14 @@ pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         AuditCommand::Verify => {
+            if !path.exists() {
+                // Absent evidence is not verified evidence: the log may have been deleted.
+                println!(
+                    "audit log {} does not exist: nothing recorded yet, or it was removed",
+                    path.display()
+                );
+                return Ok(1);
+            }
             let v = verify(path)?;
             match v.broken {
                 None => {
