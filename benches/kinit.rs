@@ -1,0 +1,168 @@
+//! Credential setup cost against a throwaway MIT KDC: a bare `kinit -kt` next to
+//! `credentials::kerberos::obtain` (kinit + reading the ticket back + chown + rename), measured
+//! interleaved in the same run so both see the same machine load.
+//!
+//! ```text
+//! cargo bench --bench kinit --profile dev            # debug build: no 10-minute release build
+//! P3_BENCH_RUNS=200 cargo bench --bench kinit        # release profile, more runs
+//! ```
+//!
+//! Target (issue 3): prepare with a grant within 1.3x of a bare kinit. To measure full prepare,
+//! add a [`Candidate`] to `candidates()` that runs it (the KDC, keytab and krb5.conf are in
+//! [`Setup`]); the report prints every candidate's median against the bare kinit.
+
+#[path = "../tests/common/kdc.rs"]
+mod kdc;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use p3_executor::config::Config;
+use p3_executor::credentials::kerberos;
+
+/// What every candidate gets: a running realm with one account configured.
+pub struct Setup {
+    /// The running KDC.
+    pub kdc: kdc::Kdc,
+    /// Executor config with `[accounts.bench]` and `kerberos.krb5_config` for the realm.
+    pub cfg: Config,
+    /// A root-owned directory to put caches in.
+    pub dir: tempfile::TempDir,
+}
+
+/// One measured operation.
+pub struct Candidate {
+    /// Label in the report.
+    pub name: &'static str,
+    /// Runs the operation once; panics on failure.
+    pub run: Box<dyn FnMut(&Setup)>,
+}
+
+fn setup() -> Setup {
+    let kdc = kdc::Kdc::start(&["svc_bench"]);
+    let cfg = Config::parse(&format!(
+        "[kerberos]\nkrb5_config = {:?}\n[accounts.bench]\nprincipal = {:?}\nkeytab = {:?}\n",
+        kdc.krb5_conf(),
+        kdc.principal("svc_bench"),
+        kdc.keytab("svc_bench")
+    ))
+    .expect("bench config");
+    Setup {
+        kdc,
+        cfg,
+        dir: tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+/// The baseline: exactly the kinit `obtain` runs, started directly.
+fn bare_kinit(s: &Setup) {
+    let a = &s.cfg.accounts["bench"];
+    let cache: PathBuf = s.dir.path().join("bare");
+    let status = Command::new("kinit")
+        .arg("-kt")
+        .arg(&a.keytab)
+        .args(["-l", &format!("{}s", a.ticket_lifetime_secs)])
+        .args(["-r", &format!("{}s", a.renewable_lifetime_secs)])
+        .arg("-c")
+        .arg(format!("FILE:{}", cache.display()))
+        .arg(&a.principal)
+        .env("KRB5_CONFIG", s.kdc.krb5_conf())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("kinit");
+    assert!(status.success(), "bare kinit failed");
+}
+
+fn candidates() -> Vec<Candidate> {
+    let owner = nix::unistd::geteuid().is_root().then_some((65534, 65534));
+    vec![Candidate {
+        name: "kerberos::obtain",
+        run: Box::new(move |s: &Setup| {
+            kerberos::obtain(
+                &s.cfg.kerberos,
+                &s.cfg.accounts["bench"],
+                &s.dir.path().join("krb5cc"),
+                owner,
+            )
+            .expect("obtain");
+        }),
+    }]
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; there are no options of our own.
+    let runs: usize = std::env::var("P3_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+        .max(3);
+    let s = setup();
+    let mut cands = candidates();
+    // Warm up the KDC, page cache and dynamic loader.
+    for _ in 0..5 {
+        bare_kinit(&s);
+        for c in cands.iter_mut() {
+            (c.run)(&s);
+        }
+    }
+    let mut base = Vec::with_capacity(runs);
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); cands.len()];
+    for _ in 0..runs {
+        let t = Instant::now();
+        bare_kinit(&s);
+        base.push(t.elapsed());
+        for (c, out) in cands.iter_mut().zip(times.iter_mut()) {
+            let t = Instant::now();
+            (c.run)(&s);
+            out.push(t.elapsed());
+        }
+    }
+    let base_median = median(&mut base);
+    println!(
+        "credential setup against a local MIT KDC, {runs} interleaved runs each ({} build)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    println!(
+        "{:<22} median {:>10}  p10 {:>10}  p90 {:>10}",
+        "bare kinit -kt",
+        ms(base_median),
+        ms(pct(&base, 0.1)),
+        ms(pct(&base, 0.9))
+    );
+    for (c, mut t) in cands.iter().zip(times) {
+        let m = median(&mut t);
+        let ratio = m.as_secs_f64() / base_median.as_secs_f64();
+        println!(
+            "{:<22} median {:>10}  p10 {:>10}  p90 {:>10}  = {ratio:.2}x bare kinit (target <= 1.30x){}",
+            c.name,
+            ms(m),
+            ms(pct(&t, 0.1)),
+            ms(pct(&t, 0.9)),
+            if ratio <= 1.3 {
+                ""
+            } else {
+                "  ** over target **"
+            }
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Credentials handed to a granted job. Each kind lives in its own module; nothing here decides
+//! *whether* a job gets them (that is policy), only how they are obtained, refreshed and destroyed.
+
+pub mod kerberos;
