@@ -1,39 +1,394 @@
 //! Credential grants for one job: identity → policy → credentials → audit.
 //!
-//! This is the only module that connects the verified identity to the credentials a job gets.
+//! The only module that connects a job's verified identity to the credentials it gets. Every
+//! decision and every credential event becomes one audit record; a grant whose record cannot
+//! be written is withdrawn (fail closed).
 
-use crate::config::Config;
-use crate::error::Result;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::audit::{self, AuditEvent, AuditRecord, Decision as Outcome};
+use crate::config::{Config, RefType};
+use crate::credentials::kerberos;
+use crate::error::{Error, Result};
+use crate::identity::{self, Identity, IdentitySource};
 use crate::job::JobContext;
-use crate::workspace::{JobPaths, JobState};
+use crate::policy::{self, Decision};
+use crate::workspace::{GrantState, JobPaths, JobState};
 
-/// Decide and obtain the credentials a job asked for (no request: nothing to do).
+/// Ticket cache file name in the job's credentials dir.
+pub const CCACHE_FILE: &str = "krb5cc";
+/// Settings for the built-in steps, readable by the job.
+pub const STEPS_FILE: &str = "steps.json";
+
+/// Decide and obtain the credentials a job asked for. Without a request the job runs plain.
 pub fn prepare(
     cfg: &Config,
     job: &JobContext,
-    _paths: &JobPaths,
-    _state: &mut JobState,
+    paths: &JobPaths,
+    state: &mut JobState,
 ) -> Result<()> {
-    let _request = job.variable(&cfg.identity.request_variable);
-    Ok(())
+    write_steps_file(cfg, paths, state)?;
+    let Some(requested) = job
+        .variable(&cfg.identity.request_variable)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(());
+    };
+    let identity = match identity::verify(cfg, job) {
+        Ok(identity) => identity,
+        Err(e) => {
+            let mut rec = base_record(
+                cfg,
+                job,
+                None,
+                AuditEvent::Deny,
+                Outcome::Denied,
+                e.to_string(),
+            );
+            rec.devstage = Some(requested.to_string());
+            if e.is_system() {
+                rec.decision = Outcome::Failed;
+            }
+            record_best_effort(cfg, rec);
+            return Err(if e.is_system() {
+                Error::Credentials(format!("cannot verify the job's identity: {e}"))
+            } else {
+                Error::Denied(format!("devstage {requested} denied: {e}"))
+            });
+        }
+    };
+    match policy::decide(&identity, requested, cfg) {
+        Decision::Deny { rule, reason } => {
+            let mut rec = base_record(
+                cfg,
+                job,
+                Some(&identity),
+                AuditEvent::Deny,
+                Outcome::Denied,
+                format!("{rule}: {reason}"),
+            );
+            rec.devstage = Some(requested.to_string());
+            record_best_effort(cfg, rec);
+            Err(Error::Denied(format!(
+                "devstage {requested} denied: {rule}: {reason}"
+            )))
+        }
+        Decision::Grant {
+            devstage,
+            deploy_account,
+            principal,
+        } => grant(
+            cfg,
+            job,
+            paths,
+            state,
+            &identity,
+            devstage,
+            deploy_account,
+            principal,
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn grant(
+    cfg: &Config,
+    job: &JobContext,
+    paths: &JobPaths,
+    state: &mut JobState,
+    identity: &Identity,
+    devstage: String,
+    deploy_account: String,
+    principal: String,
+) -> Result<()> {
+    let account = cfg.accounts.get(&deploy_account).ok_or_else(|| {
+        Error::Credentials(format!("account {deploy_account} vanished from config"))
+    })?;
+    let ccache = paths.creds.join(CCACHE_FILE);
+    let template = base_record(
+        cfg,
+        job,
+        Some(identity),
+        AuditEvent::Grant,
+        Outcome::Granted,
+        String::new(),
+    );
+    let mut grant = GrantState {
+        devstage: devstage.clone(),
+        deploy_account: deploy_account.clone(),
+        principal: principal.clone(),
+        ccache: ccache.clone(),
+        audit_context: audit_context(&template),
+        ..GrantState::default()
+    };
+    // Record where the credentials will be before obtaining them: a prepare that fails half-way
+    // still leaves cleanup what it needs to destroy them.
+    state.grant = Some(grant.clone());
+    state.save(paths)?;
+    let owner = owner(state);
+    let mut rec = template.clone();
+    rec.devstage = Some(devstage.clone());
+    rec.deploy_stage = Some(deploy_account.clone());
+    rec.account = Some(deploy_account.clone());
+    rec.principal = Some(principal.clone());
+    rec.keytab_sha256 = kerberos::keytab_fingerprint(&account.keytab).ok();
+    let ticket = match kerberos::obtain(&cfg.kerberos, account, &ccache, owner) {
+        Ok(t) => t,
+        Err(e) => {
+            rec.decision = Outcome::Failed;
+            rec.reason = format!("kinit failed: {e}");
+            record_best_effort(cfg, rec);
+            return Err(Error::Credentials(format!(
+                "devstage {devstage} was granted, but its Kerberos ticket (account {deploy_account}, {principal}) could not be obtained: {e}"
+            )));
+        }
+    };
+    grant.ticket_expires = Some(ticket.expires);
+    grant.ticket_renew_until = ticket.renew_until;
+    let mut env = BTreeMap::from([
+        ("KRB5CCNAME".to_string(), kerberos::krb5ccname(&ccache)),
+        ("P3_DEVSTAGE".to_string(), devstage.clone()),
+        ("P3_DEPLOY_STAGE".to_string(), deploy_account.clone()),
+        ("P3_SYSTEM_ACCOUNT".to_string(), principal.clone()),
+    ]);
+    if let Some(krb5_config) = &cfg.kerberos.krb5_config {
+        env.insert("KRB5_CONFIG".into(), krb5_config.display().to_string());
+    }
+    rec.reason = format!("devstages.{devstage}: every rule satisfied");
+    rec.extra.insert(
+        "ticket_expires".into(),
+        Value::String(ticket.expires.to_rfc3339()),
+    );
+    // Fail closed: an unrecorded grant is withdrawn.
+    if let Err(e) = audit::append(&cfg.audit, rec) {
+        let _ = kerberos::destroy(&cfg.kerberos, &ccache);
+        return Err(Error::Credentials(format!(
+            "cannot write the audit record for the grant, so it is withdrawn: {e}"
+        )));
+    }
+    state.env.extend(env);
+    state.grant = Some(grant);
+    state.save(paths)
 }
 
 /// Renew or refresh credentials that are close to expiry, before a run stage.
 pub fn refresh(
-    _cfg: &Config,
+    cfg: &Config,
     _job: &JobContext,
-    _paths: &JobPaths,
-    _state: &mut JobState,
+    paths: &JobPaths,
+    state: &mut JobState,
 ) -> Result<()> {
-    Ok(())
+    let Some(grant) = state.grant.clone() else {
+        return Ok(());
+    };
+    let Some(account) = cfg.accounts.get(&grant.deploy_account) else {
+        return Err(Error::Credentials(format!(
+            "account {} of this job's grant is no longer configured",
+            grant.deploy_account
+        )));
+    };
+    let threshold = Duration::from_secs(cfg.kerberos.renew_threshold_secs);
+    // Cheap check first: the expiry recorded at the last kinit. Only near expiry is the cache
+    // read and a new ticket obtained.
+    let near = grant
+        .ticket_expires
+        .is_none_or(|exp| (exp - Utc::now()).to_std().unwrap_or_default() < threshold);
+    if !near {
+        return Ok(());
+    }
+    let mut rec = record_from_grant(&grant, AuditEvent::Renew, Outcome::Succeeded, String::new());
+    match kerberos::refresh_if_needed(
+        &cfg.kerberos,
+        account,
+        &grant.ccache,
+        owner(state),
+        threshold,
+        Utc::now(),
+    ) {
+        Ok(Some(ticket)) => {
+            rec.reason = "ticket close to expiry: obtained a fresh one from the keytab".into();
+            rec.extra.insert(
+                "ticket_expires".into(),
+                Value::String(ticket.expires.to_rfc3339()),
+            );
+            record_best_effort(cfg, rec);
+            if let Some(g) = state.grant.as_mut() {
+                g.ticket_expires = Some(ticket.expires);
+                g.ticket_renew_until = ticket.renew_until;
+            }
+            state.save(paths)
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            rec.decision = Outcome::Failed;
+            rec.reason = format!("renewal failed: {e}");
+            record_best_effort(cfg, rec);
+            Err(Error::Credentials(format!(
+                "cannot renew the job's Kerberos ticket: {e}"
+            )))
+        }
+    }
 }
 
 /// Destroy a job's credentials and record it.
-pub fn revoke(_cfg: &Config, _paths: &JobPaths, _state: &JobState, _reason: &str) -> Result<()> {
-    Ok(())
+pub fn revoke(cfg: &Config, paths: &JobPaths, state: &JobState, reason: &str) -> Result<()> {
+    let Some(grant) = &state.grant else {
+        return Ok(());
+    };
+    let event = if reason == "gc" {
+        AuditEvent::Gc
+    } else {
+        AuditEvent::Cleanup
+    };
+    let result = kerberos::destroy(&cfg.kerberos, &grant.ccache);
+    let mut rec = record_from_grant(
+        grant,
+        event,
+        Outcome::Succeeded,
+        format!("{reason}: credentials destroyed"),
+    );
+    if let Err(e) = &result {
+        rec.decision = Outcome::Failed;
+        rec.reason = format!("{reason}: destroying the ticket cache failed: {e}");
+    }
+    let _ = paths;
+    record_best_effort(cfg, rec);
+    result.map_err(|e| Error::Credentials(e.to_string()))
 }
 
 /// Host checks for accounts and keytabs, for `p3-executor check`.
-pub fn check(_cfg: &Config) -> Vec<crate::check::Finding> {
-    Vec::new()
+pub fn check(cfg: &Config) -> Vec<crate::check::Finding> {
+    kerberos::check(cfg)
+}
+
+fn owner(state: &JobState) -> Option<(u32, u32)> {
+    state
+        .ids
+        .switch_user
+        .then_some((state.ids.uid, state.ids.gid))
+}
+
+/// The settings the built-in steps need, in a file the job can read (never secrets).
+fn write_steps_file(cfg: &Config, paths: &JobPaths, state: &mut JobState) -> Result<()> {
+    let file = paths.creds.join(STEPS_FILE);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&file)?;
+        f.write_all(&serde_json::to_vec_pretty(&cfg.steps).expect("steps serialize"))
+    };
+    write().map_err(|e| Error::io(format!("write {}", file.display()), e))?;
+    state
+        .env
+        .insert("P3_STEPS_CONFIG".into(), file.display().to_string());
+    Ok(())
+}
+
+/// An audit record with what is known about the job: the payload's job id always, verified
+/// claims when there is an identity (never job variables).
+fn base_record(
+    cfg: &Config,
+    job: &JobContext,
+    identity: Option<&Identity>,
+    event: AuditEvent,
+    decision: Outcome,
+    reason: String,
+) -> AuditRecord {
+    let mut rec = AuditRecord::new(event, decision, reason);
+    rec.job_id = Some(job.job_id());
+    rec.identity_source = Some("none".into());
+    if let Some(id) = identity {
+        rec.job_url = Some(format!(
+            "{}/{}/-/jobs/{}",
+            cfg.identity.gitlab_url.trim_end_matches('/'),
+            id.project_path,
+            id.job_id
+        ));
+        rec.pipeline_id = Some(id.pipeline_id);
+        rec.project = Some(id.project_path.clone());
+        rec.git_ref = Some(id.ref_name.clone());
+        rec.ref_type = Some(match id.ref_type {
+            RefType::Branch => "branch".into(),
+            RefType::Tag => "tag".into(),
+        });
+        rec.ref_protected = Some(id.ref_protected);
+        rec.user = Some(id.user_login.clone());
+        rec.identity_source = Some(
+            match id.source {
+                IdentitySource::IdToken => "id_token",
+                IdentitySource::IdTokenAndGitlabApi => "id_token+gitlab_api",
+            }
+            .into(),
+        );
+        rec.token_jti = Some(id.jti.clone());
+    }
+    rec
+}
+
+/// Identity facts of a grant, kept in the job's state for its later records.
+fn audit_context(rec: &AuditRecord) -> BTreeMap<String, Value> {
+    match serde_json::to_value(rec) {
+        Ok(Value::Object(map)) => map
+            .into_iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "job_id"
+                        | "job_url"
+                        | "pipeline_id"
+                        | "project"
+                        | "ref"
+                        | "ref_type"
+                        | "ref_protected"
+                        | "user"
+                        | "identity_source"
+                        | "token_jti"
+                )
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// A record for a later event of a grant (renew, cleanup, gc), carrying its identity facts.
+fn record_from_grant(
+    grant: &GrantState,
+    event: AuditEvent,
+    decision: Outcome,
+    reason: String,
+) -> AuditRecord {
+    let mut rec = AuditRecord::new(event, decision, reason);
+    if let Ok(Value::Object(mut map)) = serde_json::to_value(&rec) {
+        map.extend(grant.audit_context.clone());
+        if let Ok(merged) = serde_json::from_value(Value::Object(map)) {
+            rec = merged;
+        }
+    }
+    rec.devstage = Some(grant.devstage.clone());
+    rec.deploy_stage = Some(grant.deploy_account.clone());
+    rec.account = Some(grant.deploy_account.clone());
+    rec.principal = Some(grant.principal.clone());
+    rec
+}
+
+/// Denials and credential events are recorded; a failure to record is loud but does not
+/// change the outcome (a denial stays a denial).
+fn record_best_effort(cfg: &Config, rec: AuditRecord) {
+    if let Err(e) = audit::append(&cfg.audit, rec) {
+        tracing::error!(
+            "cannot write audit record to {}: {e}",
+            cfg.audit.path.display()
+        );
+    }
 }

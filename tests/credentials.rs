@@ -1,0 +1,387 @@
+//! End-to-end: verified identity → policy → Kerberos ticket → audit, through the runner
+//! protocol, against a real MIT KDC and real RS256 ID tokens served from a loopback JWKS.
+
+#[path = "common/kdc.rs"]
+mod kdc;
+#[path = "common/runner.rs"]
+mod runner;
+#[path = "common/tokens.rs"]
+mod tokens;
+
+use p3_executor::demo::driver::{Host, Job};
+use runner::{JobResult, is_root};
+use serde_json::Value;
+use tokens::{ISSUER, JwksServer, TokenMinter, gitlab_claims};
+
+const PROJECT: &str = "data-ml/forecast";
+
+struct Env {
+    kdc: kdc::Kdc,
+    minter: TokenMinter,
+    jwks: JwksServer,
+    host: Host,
+}
+
+fn env_with(extra: &str) -> Env {
+    let kdc = kdc::Kdc::start(&["svc_client_dev", "svc_client_uat"]);
+    let minter = TokenMinter::new();
+    let jwks = JwksServer::start(&minter.jwks_json());
+    let config = format!(
+        r#"
+[identity]
+gitlab_url = "{ISSUER}"
+jwks_url = "{jwks}"
+
+[kerberos]
+krb5_config = "{krb5}"
+timeout_secs = 5
+{extra}
+
+[accounts.client_dev]
+principal = "{dev}"
+keytab = "{dev_kt}"
+
+[accounts.client_uat]
+principal = "{uat}"
+keytab = "{uat_kt}"
+
+[devstages.client_dev]
+deploy_account = "client_dev"
+projects = ["data-ml/*"]
+
+[devstages.client_uat]
+deploy_account = "client_uat"
+projects = ["data-ml/*"]
+ref_types = ["branch"]
+protected_ref = true
+branch_pattern = '^main$'
+pipeline_sources = ["push", "web", "schedule"]
+
+[devstages.client_prod]
+deploy_account = "client_uat"
+projects = ["data-ml/*"]
+ref_types = ["tag"]
+protected_ref = true
+tag_pattern = '^v\d+\.\d+\.\d+$'
+"#,
+        jwks = jwks.url,
+        krb5 = kdc.krb5_conf().display(),
+        dev = kdc.principal("svc_client_dev"),
+        dev_kt = kdc.keytab("svc_client_dev").display(),
+        uat = kdc.principal("svc_client_uat"),
+        uat_kt = kdc.keytab("svc_client_uat").display(),
+    );
+    let host = runner::host(&config);
+    Env {
+        kdc,
+        minter,
+        jwks,
+        host,
+    }
+}
+
+fn env() -> Env {
+    env_with("")
+}
+
+impl Env {
+    /// A job with a valid ID token for `ref` and a devstage request.
+    fn job(
+        &self,
+        id: u64,
+        git_ref: &str,
+        ref_type: &str,
+        protected: bool,
+        devstage: &str,
+        script: &str,
+    ) -> Job {
+        let claims = gitlab_claims(
+            ISSUER,
+            "p3-executor",
+            id,
+            PROJECT,
+            git_ref,
+            ref_type,
+            protected,
+        );
+        self.job_with_token(id, &self.minter.mint(claims), devstage, script)
+    }
+
+    fn job_with_token(&self, id: u64, token: &str, devstage: &str, script: &str) -> Job {
+        self.host
+            .job(id, script)
+            .var("P3_ID_TOKEN", token)
+            .var("P3_DEVSTAGE", devstage)
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        let path = self.host.root().join("audit/audit.jsonl");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn audit_for(&self, job: u64) -> Vec<(String, String)> {
+        self.audit()
+            .iter()
+            .filter(|r| r["job_id"] == job)
+            .map(|r| {
+                (
+                    r["event"].as_str().unwrap().to_string(),
+                    r["decision"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn verify_audit(&self) {
+        let out = self.host.exec(&["audit", "verify"]);
+        assert!(out.status.success(), "audit verify: {out:?}");
+    }
+}
+
+const SHOW: &str = "klist | grep -i 'default principal'\necho \"devstage=$P3_DEVSTAGE deploy=$P3_DEPLOY_STAGE account=$P3_SYSTEM_ACCOUNT\"\necho \"cache=$KRB5CCNAME\"";
+
+fn assert_granted(env: &Env, job: &mut Job, principal: &str, devstage: &str, deploy: &str) {
+    let result = job.run_all();
+    assert_eq!(result, JobResult::Success, "{}", job.log);
+    assert!(
+        job.log.contains(&format!("Default principal: {principal}")),
+        "{}",
+        job.log
+    );
+    assert!(
+        job.log.contains(&format!(
+            "devstage={devstage} deploy={deploy} account={principal}"
+        )),
+        "{}",
+        job.log
+    );
+    assert!(
+        !job.log.contains(".keytab"),
+        "keytab path leaked: {}",
+        job.log
+    );
+    let creds = env.host.root().join(format!("state/creds/{}", job.id));
+    assert!(!creds.exists(), "credentials outlived the job");
+    assert_eq!(
+        env.audit_for(job.id),
+        vec![
+            ("grant".to_string(), "granted".to_string()),
+            ("cleanup".to_string(), "succeeded".to_string())
+        ]
+    );
+}
+
+fn assert_denied(env: &Env, job: &mut Job, needle: &str) {
+    let result = job.run_all();
+    assert_eq!(result, JobResult::BuildFailure(Some(1)), "{}", job.log);
+    assert!(job.log.contains("denied"), "{}", job.log);
+    assert!(
+        job.log.contains(needle),
+        "expected {needle:?} in:\n{}",
+        job.log
+    );
+    assert!(
+        !job.calls.iter().any(|(c, _)| c == "build_script"),
+        "a denied job must not run"
+    );
+    assert_eq!(
+        env.audit_for(job.id),
+        vec![("deny".to_string(), "denied".to_string())]
+    );
+}
+
+#[test]
+fn policy_table_end_to_end() {
+    let env = env();
+    let dev = env.kdc.principal("svc_client_dev");
+    let uat = env.kdc.principal("svc_client_uat");
+
+    // dev branch → client_dev granted
+    let mut j = env.job(501, "feature/x", "branch", false, "client_dev", SHOW);
+    assert_granted(&env, &mut j, &dev, "client_dev", "client_dev");
+    // unprotected feature branch → client_uat and client_prod denied
+    let mut j = env.job(502, "feature/x", "branch", false, "client_uat", SHOW);
+    assert_denied(&env, &mut j, "devstages.client_uat.");
+    let mut j = env.job(503, "feature/x", "branch", false, "client_prod", SHOW);
+    assert_denied(&env, &mut j, "devstages.client_prod.");
+    // protected main → client_uat granted
+    let mut j = env.job(504, "main", "branch", true, "client_uat", SHOW);
+    assert_granted(&env, &mut j, &uat, "client_uat", "client_uat");
+    // protected release tag → client_prod granted via the client_uat account
+    let mut j = env.job(505, "v1.2.3", "tag", true, "client_prod", SHOW);
+    assert_granted(&env, &mut j, &uat, "client_prod", "client_uat");
+    // release-looking tag that is not protected → denied
+    let mut j = env.job(506, "v1.2.3", "tag", false, "client_prod", SHOW);
+    assert_denied(&env, &mut j, "devstages.client_prod.protected_ref");
+    // forged predefined variables have no effect
+    let mut j = env
+        .job(507, "feature/x", "branch", false, "client_prod", SHOW)
+        .var("CI_COMMIT_REF_PROTECTED", "true")
+        .var("CI_COMMIT_TAG", "v9.9.9")
+        .var("CI_COMMIT_REF_NAME", "v9.9.9");
+    assert_denied(&env, &mut j, "devstages.client_prod.");
+    // token for another job → denied
+    let other = gitlab_claims(ISSUER, "p3-executor", 9999, PROJECT, "main", "branch", true);
+    let mut j = env.job_with_token(508, &env.minter.mint(other), "client_uat", SHOW);
+    assert_denied(&env, &mut j, "9999");
+    // expired token → denied
+    let mut expired = gitlab_claims(ISSUER, "p3-executor", 509, PROJECT, "main", "branch", true);
+    let now = tokens::now();
+    expired["iat"] = (now - 7200).into();
+    expired["nbf"] = (now - 7200).into();
+    expired["exp"] = (now - 3600).into();
+    let mut j = env.job_with_token(509, &env.minter.mint(expired), "client_uat", SHOW);
+    assert_denied(&env, &mut j, "expired");
+    // wrong audience → denied
+    let wrong_aud = gitlab_claims(ISSUER, "someone-else", 510, PROJECT, "main", "branch", true);
+    let mut j = env.job_with_token(510, &env.minter.mint(wrong_aud), "client_uat", SHOW);
+    assert_denied(&env, &mut j, "audience");
+    // unknown devstage → denied with the list of known ones
+    let mut j = env.job(511, "main", "branch", true, "client_qa", SHOW);
+    assert_denied(&env, &mut j, "client_dev, client_prod, client_uat");
+    // a request without a token → denied with what to add to .gitlab-ci.yml
+    let mut j = env.host.job(512, SHOW).var("P3_DEVSTAGE", "client_dev");
+    assert_denied(&env, &mut j, "id_tokens:");
+    // no request → a plain job without credentials
+    let mut j = env.host.job(513, "echo \"cache=[${KRB5CCNAME:-none}]\"");
+    assert_eq!(j.run_all(), JobResult::Success, "{}", j.log);
+    assert!(j.log.contains("cache=[none]"), "{}", j.log);
+    assert!(env.audit_for(513).is_empty());
+
+    env.verify_audit();
+    // One JWKS fetch served every job: the cache works across processes.
+    assert_eq!(env.jwks.hits(), 1, "JWKS fetched per job");
+}
+
+#[test]
+fn job_cannot_read_keytabs_or_other_jobs_caches() {
+    if !is_root() {
+        eprintln!("skipped: needs root for private job uids");
+        return;
+    }
+    let env = env();
+    // The fixture's keytabs live in a temp dir; put one where a host would, root-only.
+    let keytab = env.kdc.keytab("svc_client_uat");
+    let mut holder = env.job(520, "main", "branch", true, "client_uat", "true");
+    holder.config();
+    assert_eq!(holder.prepare(), 0, "{}", holder.log);
+    let other_cache = env.host.root().join("state/creds/520/krb5cc");
+    assert!(other_cache.exists());
+    let probe = format!(
+        "for f in {keytab} {other}; do if cat $f >/dev/null 2>&1; then echo LEAK:$f; else echo denied:$f; fi; done\nif ls {creds} >/dev/null 2>&1; then echo LEAK:list; fi\nklist >/dev/null && echo own-cache-ok",
+        keytab = keytab.display(),
+        other = other_cache.display(),
+        creds = env.host.root().join("state/creds").display(),
+    );
+    let mut job = env.job(521, "feature/y", "branch", false, "client_dev", &probe);
+    assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
+    assert!(!job.log.contains("LEAK"), "{}", job.log);
+    assert_eq!(job.log.matches("denied:").count(), 2, "{}", job.log);
+    assert!(job.log.contains("own-cache-ok"), "{}", job.log);
+    holder.cleanup();
+    assert!(!other_cache.exists());
+}
+
+#[test]
+fn ticket_is_renewed_before_stages_when_close_to_expiry() {
+    // Lifetime below the renewal threshold: every run stage must re-obtain the ticket.
+    let env = env_with("renew_threshold_secs = 7200");
+    let text = std::fs::read_to_string(&env.host.config).unwrap().replace(
+        "[accounts.client_dev]\n",
+        "[accounts.client_dev]\nticket_lifetime_secs = 3600\n",
+    );
+    std::fs::write(&env.host.config, text).unwrap();
+    let mut job = env.job(530, "feature/z", "branch", false, "client_dev", "klist");
+    assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
+    let events: Vec<String> = env.audit_for(530).into_iter().map(|(e, _)| e).collect();
+    assert_eq!(events.first().map(String::as_str), Some("grant"));
+    assert_eq!(events.last().map(String::as_str), Some("cleanup"));
+    let renewals = events.iter().filter(|e| *e == "renew").count();
+    // prepare_script, get_sources, build_script, cleanup_file_variables
+    assert_eq!(renewals, 4, "{events:?}");
+    env.verify_audit();
+}
+
+#[test]
+fn kdc_down_is_a_system_failure_with_kinits_message() {
+    let mut env = env();
+    env.kdc.stop();
+    let mut job = env.job(540, "main", "branch", true, "client_uat", "true");
+    let result = job.run_all();
+    assert_eq!(result, JobResult::SystemFailure, "{}", job.log);
+    assert!(job.log.contains("Cannot contact any KDC"), "{}", job.log);
+    assert!(!env.host.root().join("state/creds/540").exists());
+    let audit = env.audit_for(540);
+    assert_eq!(
+        audit.first(),
+        Some(&("grant".to_string(), "failed".to_string()))
+    );
+}
+
+#[test]
+fn fifty_concurrent_jobs_each_see_only_their_own_principal() {
+    let env = env();
+    let dev = env.kdc.principal("svc_client_dev");
+    let uat = env.kdc.principal("svc_client_uat");
+    let mut jobs: Vec<(Job, String)> = (0..50u64)
+        .map(|i| {
+            let id = 600 + i;
+            match i % 3 {
+                0 => (
+                    env.job(id, "feature/a", "branch", false, "client_dev", SHOW),
+                    dev.clone(),
+                ),
+                1 => (
+                    env.job(id, "main", "branch", true, "client_uat", SHOW),
+                    uat.clone(),
+                ),
+                _ => (
+                    env.job(id, "v2.0.0", "tag", true, "client_prod", SHOW),
+                    uat.clone(),
+                ),
+            }
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for chunk in jobs.chunks_mut(10) {
+            s.spawn(move || {
+                for (job, _) in chunk.iter_mut() {
+                    assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
+                }
+            });
+        }
+    });
+    for (job, principal) in &jobs {
+        assert!(
+            job.log.contains(&format!("Default principal: {principal}")),
+            "{}",
+            job.log
+        );
+        assert_eq!(
+            job.log.matches("Default principal").count(),
+            1,
+            "{}",
+            job.log
+        );
+        assert_eq!(
+            env.audit_for(job.id),
+            vec![
+                ("grant".to_string(), "granted".to_string()),
+                ("cleanup".to_string(), "succeeded".to_string())
+            ]
+        );
+    }
+    assert_eq!(env.audit().len(), 100);
+    env.verify_audit();
+    assert!(
+        std::fs::read_dir(env.host.root().join("state/creds"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a credential outlived its job"
+    );
+}
