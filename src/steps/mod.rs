@@ -10,5 +10,6 @@ pub mod p3;
 pub mod p3toml;
 pub mod release;
 pub mod s3;
+pub mod stream;
 pub mod tag;
 pub mod template;
