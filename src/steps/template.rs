@@ -226,7 +226,9 @@ mod tests {
 
     #[test]
     fn render_table() {
-        let cases: &[(&[&str], Result<&[&str], &str>)] = &[
+        // (template, expected argv or error fragment)
+        type Case<'a> = (&'a [&'a str], Result<&'a [&'a str], &'a str>);
+        let cases: &[Case] = &[
             (&["p3", "deploy", "{job}"], Ok(&["p3", "deploy", "nightly"])),
             (
                 &["--name={job}-{devstage}"],
