@@ -350,7 +350,13 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<i32> {
     match cmd {
         ImageCommand::Build(args) => {
             let ctx = StepContext::from_env(args.steps_config.as_deref())?;
-            build(&ctx, &args)?;
+            build(&ctx, &args).map_err(|e| match e {
+                // The job's fault (a build failure for the runner), not the host's.
+                ImageError::Refused(_) | ImageError::Usage(_) | ImageError::Failed { .. } => {
+                    anyhow::Error::new(crate::error::Error::Usage(e.to_string()))
+                }
+                other => other.into(),
+            })?;
             Ok(0)
         }
     }

@@ -352,7 +352,13 @@ pub fn run(cmd: P3Command) -> anyhow::Result<i32> {
         P3Command::Status(a) => (Action::Status, a),
     };
     let ctx = StepContext::from_env(args.steps_config.as_deref())?;
-    Ok(run_action(&ctx, action, &args)?)
+    run_action(&ctx, action, &args).map_err(|e| match e {
+        // A bad p3.toml or a missing input is the job's fault; a broken template is the host's.
+        P3Error::File(_) | P3Error::Missing(_) => {
+            anyhow::Error::new(crate::error::Error::Usage(e.to_string()))
+        }
+        other => other.into(),
+    })
 }
 
 /// The step with its context given.

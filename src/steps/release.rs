@@ -356,7 +356,13 @@ fn read(path: &Path) -> Result<String, ReleaseError> {
 /// Run the step; returns the process exit code.
 pub fn run(args: ReleaseArgs) -> anyhow::Result<i32> {
     let ctx = StepContext::from_env(args.steps_config.as_deref())?;
-    release(&ctx, &args)?;
+    release(&ctx, &args).map_err(|e| match e {
+        ReleaseError::NotARelease(_) => {
+            anyhow::Error::new(crate::error::Error::Denied(e.to_string()))
+        }
+        ReleaseError::Usage(_) => anyhow::Error::new(crate::error::Error::Usage(e.to_string())),
+        other => other.into(),
+    })?;
     Ok(0)
 }
 
