@@ -147,6 +147,26 @@ pub const PLACEHOLDERS: &[&str] = &[
     "env",
 ];
 
+/// Problems in the configured templates (unknown placeholders, unbalanced braces), one line
+/// each naming the key, for `p3-executor check` and config validation. Empty templates are
+/// not problems here: a site without P3 leaves them unset.
+pub fn validate_templates(cfg: &P3Config) -> Vec<String> {
+    [Action::Deploy, Action::Remove, Action::Status]
+        .into_iter()
+        .filter(|a| !a.template(cfg).is_empty())
+        .filter_map(|a| {
+            let known: Vec<&str> = PLACEHOLDERS
+                .iter()
+                .copied()
+                .filter(|p| a == Action::Deploy || *p != "image")
+                .collect();
+            template::validate(a.template(cfg), &known)
+                .err()
+                .map(|e| format!("steps.p3.{}: {e}", a.name()))
+        })
+        .collect()
+}
+
 /// The values for one job. `{schedule}`, `{cpu}` and `{memory}` are optional (their element is
 /// dropped when unset); `{env}` is one `KEY=VALUE` per variable; `{image}` exists only when an
 /// image is known, so a remove template that names it fails loudly instead of guessing.
@@ -534,6 +554,19 @@ mod tests {
         assert!(err.to_string().contains("{image}"), "{err}");
         let err = plan(Action::Status, &cfg(), &[job("a", None)], &facts(None)).unwrap_err();
         assert!(err.to_string().contains("steps.p3.status"), "{err}");
+    }
+
+    #[test]
+    fn template_validation_names_key_and_placeholder() {
+        assert!(validate_templates(&cfg()).is_empty());
+        assert!(validate_templates(&P3Config::default()).is_empty());
+        let mut c = cfg();
+        c.remove.push("--image={image}".into());
+        c.status = vec!["p3".into(), "{jbo}".into()];
+        let problems = validate_templates(&c);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("steps.p3.remove:") && problems[0].contains("{image}"));
+        assert!(problems[1].starts_with("steps.p3.status:") && problems[1].contains("{jbo}"));
     }
 
     #[test]
