@@ -224,3 +224,29 @@ fn prod_from_a_branch_is_refused_before_building() {
         "the builder touched its store"
     );
 }
+
+#[test]
+fn target_stops_at_the_named_stage() {
+    let f = Fixture::new();
+    // The last stage cannot build (its COPY source is missing): only --target avoids it.
+    std::fs::write(
+        f.path("ctx/Containerfile"),
+        "FROM scratch AS app\nCOPY hello.txt /hello.txt\nFROM app AS broken\nCOPY missing.txt /x\n",
+    )
+    .unwrap();
+    let out = f.build("client_uat", None, &[]);
+    assert!(
+        !out.status.success(),
+        "the broken stage built:\n{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("build failed"),
+        "{}",
+        text(&out)
+    );
+    let out = f.build("client_uat", None, &["--target=app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let image = f.inspect(&format!("{REPO}:0123abcd-client_uat"));
+    assert_eq!(labels(&image)["org.p3-executor.devstage"], "client_uat");
+}
