@@ -286,6 +286,16 @@ pub struct ImageConfig {
     /// Release tag pattern.
     #[serde(default = "default_release_pattern")]
     pub release_tag_pattern: String,
+    /// Extra options for the builder's build subcommand (e.g. `--isolation=chroot` for
+    /// buildah without a daemon); `builder_args` are the builder's global options.
+    #[serde(default)]
+    pub build_options: Vec<String>,
+    /// Extra options for the builder's push subcommand (e.g. `--tls-verify=false`).
+    #[serde(default)]
+    pub push_options: Vec<String>,
+    /// Upper bound on one build or push, in seconds (the job timeout also applies).
+    #[serde(default = "default_image_timeout")]
+    pub timeout_secs: u64,
 }
 
 /// P3 client command templates: argv arrays with `{placeholder}`s, never run through a shell.
@@ -393,6 +403,9 @@ fn default_prod_devstage() -> String {
 fn default_release_pattern() -> String {
     r"^v\d+\.\d+\.\d+$".into()
 }
+fn default_image_timeout() -> u64 {
+    3600
+}
 fn default_p3_timeout() -> u64 {
     300
 }
@@ -454,6 +467,9 @@ impl Default for ImageConfig {
             registry: None,
             prod_devstage: default_prod_devstage(),
             release_tag_pattern: default_release_pattern(),
+            build_options: Vec::new(),
+            push_options: Vec::new(),
+            timeout_secs: default_image_timeout(),
         }
     }
 }

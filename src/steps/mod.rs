@@ -1,7 +1,15 @@
 //! Built-in steps that jobs call from `.gitlab-ci.yml`. They run inside the job, as the job
 //! user, with the job's credentials: they enforce nothing the executor's policy does not.
+//!
+//! Decisions are pure and live in their own small modules ([`tag`], [`template`], [`p3toml`]);
+//! the step modules ([`image`], [`p3`], [`release`]) do the I/O around them.
 
+pub mod context;
 pub mod image;
 pub mod p3;
+pub mod p3toml;
 pub mod release;
 pub mod s3;
+pub mod stream;
+pub mod tag;
+pub mod template;
