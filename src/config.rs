@@ -576,6 +576,8 @@ impl Config {
                     .into(),
             );
         }
+        // A template typo would otherwise surface only in a deploy job, long after the edit.
+        problems.extend(crate::steps::p3::validate_templates(&self.steps.p3));
         if let Err(e) = regex::Regex::new(&self.steps.image.release_tag_pattern) {
             problems.push(format!(
                 "steps.image.release_tag_pattern: invalid regex: {e}"
