@@ -258,6 +258,28 @@ fn policy_table_end_to_end() {
 }
 
 #[test]
+fn granted_job_deploys_with_the_deploy_stage_account_and_its_own_devstage() {
+    let env = env_with("");
+    // The built-in step runs inside the job: put the binary on the job's PATH and give the
+    // executor P3 templates, which reach the job through P3_STEPS_CONFIG.
+    let bin_dir = runner::exe().parent().unwrap().to_path_buf();
+    let text = std::fs::read_to_string(&env.host.config).unwrap();
+    let text = format!(
+        "job_path = \"{}:/usr/bin:/bin\"\n{text}\n[steps.p3]\ndeploy = [\"p3\", \"apply\", \"--account={{deploy_stage}}\", \"--run-as={{devstage}}\", \"--name={{job}}\", \"--image={{image}}\"]\n",
+        bin_dir.display()
+    );
+    std::fs::write(&env.host.config, text).unwrap();
+    let script = "cat > p3.toml <<'EOF'\n[[job]]\nname = \"nightly\"\ncommand = \"python -m scoring\"\nEOF\np3-executor p3 deploy --file p3.toml --image registry/app@sha256:abc --dry-run";
+    let mut job = env.job(550, "v1.2.3", "tag", true, "client_prod", script);
+    assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
+    assert!(
+        job.log.contains("--account=client_uat") && job.log.contains("--run-as=client_prod"),
+        "{}",
+        job.log
+    );
+}
+
+#[test]
 fn job_cannot_read_keytabs_or_other_jobs_caches() {
     if !is_root() {
         eprintln!("skipped: needs root for private job uids");
