@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod command;
 pub mod config;
+pub mod credentials;
 pub mod demo;
 pub mod error;
 pub mod gc;
