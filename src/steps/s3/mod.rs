@@ -206,18 +206,22 @@ pub fn run(args: S3Args) -> anyhow::Result<i32> {
     // Transfers wait on the network and the disk, not the CPU: a few workers suffice, and
     // more would only compete with the job on a shared runner.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    // Reading the umask means setting it; do it before any other thread exists.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    nix::sys::stat::umask(umask);
+    let file_mode = 0o666 & !umask.bits();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .max_blocking_threads(64)
         .enable_all()
         .build()?;
-    let code = rt.block_on(execute(args));
+    let code = rt.block_on(execute(args, file_mode));
     // Dropping in-flight tasks removes their temporary files; do not wait for stuck reads.
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(code)
 }
 
-async fn execute(args: S3Args) -> i32 {
+async fn execute(args: S3Args, file_mode: u32) -> i32 {
     let g = &args.global;
     let (client, endpoint) = client::build(&client::ClientOptions {
         endpoint_url: g.endpoint_url.clone(),
@@ -227,14 +231,16 @@ async fn execute(args: S3Args) -> i32 {
     })
     .await;
     let progress = progress::Progress::start(progress::Mode::detect(g.no_progress), g.quiet);
-    let ctx = Arc::new(transfer::Ctx::new(
+    let mut ctx = transfer::Ctx::new(
         client,
         endpoint,
         g.part_size,
         g.concurrency,
         g.max_memory,
         progress.clone(),
-    ));
+    );
+    ctx.file_mode = file_mode;
+    let ctx = Arc::new(ctx);
     let work = dispatch(ctx.clone(), args.command);
     let result = tokio::select! {
         r = work => r,

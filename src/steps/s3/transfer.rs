@@ -49,6 +49,9 @@ pub struct Ctx {
     pub progress: Arc<Progress>,
     /// Multipart uploads in progress (upload id → bucket, key), aborted on interruption.
     uploads: Mutex<HashMap<String, (String, String)>>,
+    /// Mode of downloaded files (0666 minus the umask, like any new file; the temporary
+    /// file they start as is 0600).
+    pub file_mode: u32,
 }
 
 impl Ctx {
@@ -74,6 +77,7 @@ impl Ctx {
             memory_kib,
             progress,
             uploads: Mutex::new(HashMap::new()),
+            file_mode: 0o644,
         }
     }
 
@@ -121,6 +125,20 @@ impl Ctx {
             }
         }
     }
+}
+
+/// A 200 response to CompleteMultipartUpload that the SDK could not parse but that is not an
+/// `<Error>` document: the upload did complete. (moto names the result element
+/// `CompleteMultipartUploadResponse`; S3 reports late failures as a 200 with `<Error>`.)
+fn completed_anyway<E>(
+    err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    let Some(raw) = err.raw_response() else {
+        return false;
+    };
+    let body = raw.body().bytes().unwrap_or_default();
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    raw.status().as_u16() == 200 && !has(b"<Error>") && has(b"<ETag>")
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -230,26 +248,29 @@ async fn put_multipart(
         .insert(upload_id.clone(), (dst.bucket.clone(), dst.key.clone()));
 
     let result = match upload_parts(&ctx, file, &path, size, &dst, &upload_id).await {
-        Ok(parts) => ctx
-            .client
-            .complete_multipart_upload()
-            .bucket(&dst.bucket)
-            .key(&dst.key)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                classify(
+        Ok(parts) => {
+            let done = ctx
+                .client
+                .complete_multipart_upload()
+                .bucket(&dst.bucket)
+                .key(&dst.key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await;
+            match done {
+                Ok(_) => Ok(()),
+                Err(e) if completed_anyway(&e) => Ok(()),
+                Err(e) => Err(classify(
                     e,
                     &ctx.target("CompleteMultipartUpload", &dst.bucket, Some(&dst.key)),
-                )
-            }),
+                )),
+            }
+        }
         Err(e) => Err(e),
     };
     if result.is_err() {
@@ -429,6 +450,8 @@ pub async fn download(
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
         let _ = file.set_modified(t);
     }
+    use std::os::unix::fs::PermissionsExt;
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(ctx.file_mode));
     tmp.persist(&dest).map_err(|e| {
         S3Error::local(
             &dest,
