@@ -26,6 +26,29 @@ use super::plan::{Entry, parse_etag, part_size_candidates};
 use super::progress::Progress;
 use super::uri::S3Uri;
 
+/// Bytes of a ranged download collected before they are written out.
+const WRITE_BATCH: u64 = 4 * 1024 * 1024;
+
+/// Write `chunks` contiguously at `offset`, off the async threads.
+async fn write_batch(
+    file: Arc<std::fs::File>,
+    dest: &Path,
+    offset: u64,
+    chunks: Vec<Bytes>,
+) -> Result<(), S3Error> {
+    tokio::task::spawn_blocking(move || {
+        let mut pos = offset;
+        for c in &chunks {
+            file.write_all_at(c, pos)?;
+            pos += c.len() as u64;
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await
+    .expect("write task panicked")
+    .map_err(|e| S3Error::local(dest, "cannot write", e))
+}
+
 /// Largest object CopyObject accepts.
 const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
 /// Most keys one DeleteObjects request takes.
@@ -492,12 +515,15 @@ async fn get_single(
             endpoint: ctx.endpoint.clone(),
             detail: format!("download interrupted: {e}"),
         })?
-        .into_bytes();
+        .into_segments()
+        .collect::<Vec<Bytes>>();
     // A plain (single-part, non-KMS) ETag is the MD5 of the content: check it.
     if let Some((md5_hex, None)) = etag.as_deref().and_then(parse_etag)
         && !kms
     {
-        let got = hex::encode(Md5::digest(&data));
+        let mut h = Md5::new();
+        data.iter().for_each(|c| h.update(c));
+        let got = hex::encode(h.finalize());
         if got != md5_hex {
             return Err(S3Error::Integrity {
                 uri: src.to_string(),
@@ -505,12 +531,14 @@ async fn get_single(
             });
         }
     }
-    let len = data.len() as u64;
-    let dest_owned = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || file.write_all_at(&data, 0))
-        .await
-        .expect("write task panicked")
-        .map_err(|e| S3Error::local(dest_owned, "cannot write", e))?;
+    let len: u64 = data.iter().map(|c| c.len() as u64).sum();
+    if len != info.size {
+        return Err(S3Error::Integrity {
+            uri: src.to_string(),
+            detail: format!("received {len} bytes, expected {}", info.size),
+        });
+    }
+    write_batch(file, dest, 0, data).await?;
     ctx.progress.add_bytes(len);
     Ok(())
 }
@@ -552,31 +580,51 @@ async fn get_ranges(
                 .send()
                 .await
                 .map_err(|e| classify(e, &target))?;
-            let data = out
-                .body
-                .collect()
-                .await
-                .map_err(|e| S3Error::Endpoint {
+            // Stream the range to its place in the file in bounded batches: the part is never
+            // held in memory whole.
+            let mut body = out.body;
+            let mut batch: Vec<Bytes> = Vec::new();
+            let (mut batch_len, mut written) = (0u64, 0u64);
+            loop {
+                let chunk = body.try_next().await.map_err(|e| S3Error::Endpoint {
                     uri: src.to_string(),
                     endpoint: ctx.endpoint.clone(),
                     detail: format!("download interrupted: {e}"),
-                })?
-                .into_bytes();
-            if data.len() as u64 != len {
+                })?;
+                let last = chunk.is_none();
+                if let Some(chunk) = chunk {
+                    batch_len += chunk.len() as u64;
+                    batch.push(chunk);
+                }
+                if batch_len >= WRITE_BATCH || (last && batch_len > 0) {
+                    if written + batch_len > len {
+                        break;
+                    }
+                    write_batch(
+                        file.clone(),
+                        &dest,
+                        start + written,
+                        std::mem::take(&mut batch),
+                    )
+                    .await?;
+                    ctx.progress.add_bytes(batch_len);
+                    written += batch_len;
+                    batch_len = 0;
+                }
+                if last {
+                    break;
+                }
+            }
+            if written + batch_len != len {
                 return Err(S3Error::Integrity {
                     uri: src.to_string(),
                     detail: format!(
                         "range at {start} returned {} bytes, expected {len}",
-                        data.len()
+                        written + batch_len
                     ),
                 });
             }
-            tokio::task::spawn_blocking(move || file.write_all_at(&data, start))
-                .await
-                .expect("write task panicked")
-                .map_err(|e| S3Error::local(&dest, "cannot write", e))?;
             drop(permit);
-            ctx.progress.add_bytes(len);
             Ok(())
         });
     }
