@@ -241,6 +241,59 @@ fn interrupted_upload_leaves_no_object_and_no_multipart_upload() {
     assert!(keys(&srv, "int-bkt", "").is_empty());
 }
 
+#[test]
+fn interrupted_download_leaves_no_file_behind() {
+    let srv = S3Server::start();
+    srv.create_bucket("intd-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.bin");
+    std::fs::File::create(&src)
+        .unwrap()
+        .set_len(300 * MIB as u64)
+        .unwrap();
+    ok(srv.p3(&["s3", "cp", p(&src), "s3://intd-bkt/big.bin", "--quiet"]));
+    std::fs::remove_file(&src).unwrap();
+
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let mut cmd = srv.p3(&[
+        "s3",
+        "cp",
+        "s3://intd-bkt/big.bin",
+        p(&out.join("big.bin")),
+        "--part-size",
+        "5MiB",
+        "--max-memory",
+        "5MiB",
+    ]);
+    cmd.env("P3_S3_PROGRESS_INTERVAL", "0.05")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("stderr closed before progress")
+            .unwrap();
+        if line.starts_with("progress: 0/1 files, ") && !line.contains(", 0 Bytes/") {
+            break;
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 fn tree(root: &Path) {
     write(&root.join("a.txt"), b"alpha");
     write(&root.join("b.bin"), &data(70_000, 3));
