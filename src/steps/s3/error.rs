@@ -291,3 +291,76 @@ fn from_code(code: &str, message: &str, status: u16, target: &Target<'_>, uri: S
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(key: Option<&str>) -> Target<'_> {
+        Target {
+            op: "GetObject",
+            bucket: "bkt",
+            key,
+            endpoint: "http://e",
+        }
+    }
+
+    fn classify_code(code: &str, status: u16, key: Option<&str>) -> S3Error {
+        let target = t(key);
+        let uri = target.uri();
+        from_code(code, "server says", status, &target, uri)
+    }
+
+    #[test]
+    fn service_codes_become_clear_errors() {
+        let e = classify_code("AccessDenied", 403, Some("k"));
+        assert_eq!(
+            e.to_string(),
+            "s3://bkt/k: access denied (GetObject): server says"
+        );
+        let e = classify_code("ExpiredToken", 400, Some("k"));
+        assert!(matches!(e, S3Error::Expired { .. }));
+        assert!(e.to_string().contains("have expired"), "{e}");
+        assert!(e.is_fatal());
+        let e = classify_code("SignatureDoesNotMatch", 403, None);
+        assert!(matches!(e, S3Error::BadCredentials { .. }), "{e}");
+        let e = classify_code("NoSuchBucket", 404, Some("k"));
+        assert_eq!(e.to_string(), "s3://bkt/k: no such bucket \"bkt\"");
+        let e = classify_code("NoSuchKey", 404, Some("k"));
+        assert_eq!(e.to_string(), "s3://bkt/k: no such key");
+        assert!(!e.is_fatal(), "other files may still exist");
+        let e = classify_code("SlowDown", 503, Some("k"));
+        assert_eq!(
+            e.to_string(),
+            "s3://bkt/k: GetObject failed: SlowDown: server says"
+        );
+    }
+
+    #[test]
+    fn head_responses_without_a_body_go_by_status() {
+        let target = t(Some("k"));
+        assert!(matches!(
+            from_code("", "", 404, &target, target.uri()),
+            S3Error::NoSuchKey { .. }
+        ));
+        let target = t(None);
+        assert!(matches!(
+            from_code("", "", 404, &target, target.uri()),
+            S3Error::NoSuchBucket { .. }
+        ));
+        assert!(matches!(
+            from_code("", "", 403, &target, target.uri()),
+            S3Error::AccessDenied { .. }
+        ));
+    }
+
+    #[test]
+    fn credential_chain_detail_is_one_line() {
+        assert_eq!(
+            credential_detail(
+                "dispatch failure: no credentials found in chain. Attempted:\n  Environment"
+            ),
+            "no credentials found in chain"
+        );
+    }
+}
