@@ -11,8 +11,11 @@ cd "$(dirname "$0")/.."
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 apt_pkgs=()
-for pair in git:git krb5kdc:krb5-kdc kinit:krb5-user buildah:buildah skopeo:skopeo rsync:rsync \
-            node:nodejs npm:npm; do
+# name:package; kadmin.local comes with krb5-admin-server. /usr/bin/aws is the AWS CLI that
+# jobs (running as an unprivileged uid) use in the end-to-end tests.
+for pair in git:git krb5kdc:krb5-kdc kinit:krb5-user kadmin.local:krb5-admin-server \
+            buildah:buildah skopeo:skopeo rsync:rsync openssl:openssl node:nodejs npm:npm \
+            /usr/bin/aws:awscli; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || apt_pkgs+=("${pair#*:}")
 done
 if ((${#apt_pkgs[@]})); then

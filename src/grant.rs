@@ -13,8 +13,9 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::audit::{self, AuditEvent, AuditRecord, Decision as Outcome};
+use crate::config::S3Account;
 use crate::config::{Config, RefType};
-use crate::credentials::kerberos;
+use crate::credentials::{aws, kerberos};
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity, IdentitySource};
 use crate::job::JobContext;
@@ -166,9 +167,28 @@ fn grant(
         "ticket_expires".into(),
         Value::String(ticket.expires.to_rfc3339()),
     );
+    let s3_rec = match &account.s3 {
+        Some(s3) => match obtain_s3(cfg, paths, state, &deploy_account, s3) {
+            Ok((s3_env, expires, s3_rec)) => {
+                env.extend(s3_env);
+                grant.s3 = true;
+                grant.s3_expires = expires;
+                Some(s3_rec)
+            }
+            Err((e, failed)) => {
+                let _ = kerberos::destroy(&cfg.kerberos, &ccache);
+                record_best_effort(cfg, failed);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     // Fail closed: an unrecorded grant is withdrawn.
-    if let Err(e) = audit::append(&cfg.audit, rec) {
+    let recorded = audit::append(&cfg.audit, rec)
+        .and_then(|_| s3_rec.map_or(Ok(()), |r| audit::append(&cfg.audit, r).map(drop)));
+    if let Err(e) = recorded {
         let _ = kerberos::destroy(&cfg.kerberos, &ccache);
+        let _ = aws::remove_job_files(&paths.creds);
         return Err(Error::Credentials(format!(
             "cannot write the audit record for the grant, so it is withdrawn: {e}"
         )));
@@ -176,6 +196,62 @@ fn grant(
     state.env.extend(env);
     state.grant = Some(grant);
     state.save(paths)
+}
+
+/// Retrieve the account's S3 credentials with the job's fresh ticket and hand them to the job
+/// as AWS config files. Returns the job's AWS environment, the expiry, and the audit record
+/// (account, source, expiry; never a secret); on failure the error and a failure record.
+fn obtain_s3(
+    cfg: &Config,
+    paths: &JobPaths,
+    state: &JobState,
+    account_name: &str,
+    s3: &S3Account,
+) -> std::result::Result<
+    (
+        BTreeMap<String, String>,
+        Option<chrono::DateTime<Utc>>,
+        AuditRecord,
+    ),
+    (Error, AuditRecord),
+> {
+    let grant = state.grant.clone().unwrap_or_default();
+    let mut rec = record_from_grant(
+        &grant,
+        AuditEvent::S3Credentials,
+        Outcome::Granted,
+        String::new(),
+    );
+    rec.extra.insert(
+        "source".into(),
+        Value::String(aws::S3Credentials::source_of(s3).into()),
+    );
+    let ccname = kerberos::krb5ccname(&grant.ccache);
+    let written =
+        aws::retrieve(s3, Some(&ccname), cfg.kerberos.krb5_config.as_deref()).and_then(|creds| {
+            aws::write_job_files(&paths.creds, account_name, s3, &creds, owner(state))
+                .map(|env| (env, creds.expiration))
+        });
+    match written {
+        Ok((env, expires)) => {
+            rec.reason = format!("S3 credentials for account {account_name} issued");
+            rec.extra.insert(
+                "s3_expires".into(),
+                expires.map_or(Value::Null, |t| Value::String(t.to_rfc3339())),
+            );
+            Ok((env, expires, rec))
+        }
+        Err(e) => {
+            rec.decision = Outcome::Failed;
+            rec.reason = format!("S3 credentials for account {account_name} failed: {e}");
+            Err((
+                Error::Credentials(format!(
+                    "S3 credentials for account {account_name} could not be obtained: {e}"
+                )),
+                rec,
+            ))
+        }
+    }
 }
 
 /// Renew or refresh credentials that are close to expiry, before a run stage.
@@ -194,47 +270,69 @@ pub fn refresh(
             grant.deploy_account
         )));
     };
+    let now = Utc::now();
     let threshold = Duration::from_secs(cfg.kerberos.renew_threshold_secs);
     // Cheap check first: the expiry recorded at the last kinit. Only near expiry is the cache
-    // read and a new ticket obtained.
+    // read and a new ticket obtained, so a stage of a healthy job costs no Kerberos traffic.
     let near = grant
         .ticket_expires
-        .is_none_or(|exp| (exp - Utc::now()).to_std().unwrap_or_default() < threshold);
-    if !near {
-        return Ok(());
-    }
-    let mut rec = record_from_grant(&grant, AuditEvent::Renew, Outcome::Succeeded, String::new());
-    match kerberos::refresh_if_needed(
-        &cfg.kerberos,
-        account,
-        &grant.ccache,
-        owner(state),
-        threshold,
-        Utc::now(),
-    ) {
-        Ok(Some(ticket)) => {
-            rec.reason = "ticket close to expiry: obtained a fresh one from the keytab".into();
-            rec.extra.insert(
-                "ticket_expires".into(),
-                Value::String(ticket.expires.to_rfc3339()),
-            );
-            record_best_effort(cfg, rec);
-            if let Some(g) = state.grant.as_mut() {
-                g.ticket_expires = Some(ticket.expires);
-                g.ticket_renew_until = ticket.renew_until;
+        .is_none_or(|exp| (exp - now).to_std().unwrap_or_default() < threshold);
+    let mut changed = false;
+    if near {
+        let mut rec =
+            record_from_grant(&grant, AuditEvent::Renew, Outcome::Succeeded, String::new());
+        match kerberos::refresh_if_needed(
+            &cfg.kerberos,
+            account,
+            &grant.ccache,
+            owner(state),
+            threshold,
+            now,
+        ) {
+            Ok(Some(ticket)) => {
+                rec.reason = "ticket close to expiry: obtained a fresh one from the keytab".into();
+                rec.extra.insert(
+                    "ticket_expires".into(),
+                    Value::String(ticket.expires.to_rfc3339()),
+                );
+                record_best_effort(cfg, rec);
+                if let Some(g) = state.grant.as_mut() {
+                    g.ticket_expires = Some(ticket.expires);
+                    g.ticket_renew_until = ticket.renew_until;
+                }
+                changed = true;
             }
-            state.save(paths)
-        }
-        Ok(None) => Ok(()),
-        Err(e) => {
-            rec.decision = Outcome::Failed;
-            rec.reason = format!("renewal failed: {e}");
-            record_best_effort(cfg, rec);
-            Err(Error::Credentials(format!(
-                "cannot renew the job's Kerberos ticket: {e}"
-            )))
+            Ok(None) => {}
+            Err(e) => {
+                rec.decision = Outcome::Failed;
+                rec.reason = format!("renewal failed: {e}");
+                record_best_effort(cfg, rec);
+                return Err(Error::Credentials(format!(
+                    "cannot renew the job's Kerberos ticket: {e}"
+                )));
+            }
         }
     }
+    if let (true, Some(s3)) = (grant.s3, &account.s3) {
+        let s3_threshold = Duration::from_secs(s3.refresh_threshold_secs);
+        if aws::needs_refresh(grant.s3_expires, s3_threshold, now) {
+            let (env, expires, rec) = obtain_s3(cfg, paths, state, &grant.deploy_account, s3)
+                .map_err(|(e, rec)| {
+                    record_best_effort(cfg, rec);
+                    e
+                })?;
+            record_best_effort(cfg, rec);
+            state.env.extend(env);
+            if let Some(g) = state.grant.as_mut() {
+                g.s3_expires = expires;
+            }
+            changed = true;
+        }
+    }
+    if changed {
+        state.save(paths)?;
+    }
+    Ok(())
 }
 
 /// Destroy a job's credentials and record it.
@@ -247,7 +345,15 @@ pub fn revoke(cfg: &Config, paths: &JobPaths, state: &JobState, reason: &str) ->
     } else {
         AuditEvent::Cleanup
     };
-    let result = kerberos::destroy(&cfg.kerberos, &grant.ccache);
+    let result = kerberos::destroy(&cfg.kerberos, &grant.ccache)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            if grant.s3 {
+                aws::remove_job_files(&paths.creds).map_err(|e| e.to_string())
+            } else {
+                Ok(())
+            }
+        });
     let mut rec = record_from_grant(
         grant,
         event,
@@ -256,11 +362,10 @@ pub fn revoke(cfg: &Config, paths: &JobPaths, state: &JobState, reason: &str) ->
     );
     if let Err(e) = &result {
         rec.decision = Outcome::Failed;
-        rec.reason = format!("{reason}: destroying the ticket cache failed: {e}");
+        rec.reason = format!("{reason}: destroying credentials failed: {e}");
     }
-    let _ = paths;
     record_best_effort(cfg, rec);
-    result.map_err(|e| Error::Credentials(e.to_string()))
+    result.map_err(Error::Credentials)
 }
 
 /// Host checks for accounts and keytabs, for `p3-executor check`.

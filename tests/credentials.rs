@@ -5,6 +5,8 @@
 mod kdc;
 #[path = "common/runner.rs"]
 mod runner;
+#[path = "common/s3.rs"]
+mod s3srv;
 #[path = "common/tokens.rs"]
 mod tokens;
 
@@ -277,6 +279,68 @@ fn granted_job_deploys_with_the_deploy_stage_account_and_its_own_devstage() {
         "{}",
         job.log
     );
+}
+
+/// A stand-in for a site's S3 credential service client (AWS credential_process contract):
+/// it refuses to answer without the job's Kerberos ticket, as the real one authenticates with it.
+const CREDENTIAL_PROCESS: &str = r#"#!/bin/sh
+klist -s || { echo "no valid Kerberos ticket in $KRB5CCNAME" >&2; exit 3; }
+exp=$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)
+printf '{"Version": 1, "AccessKeyId": "S3RVER", "SecretAccessKey": "S3RVER", "Expiration": "%s"}\n' "$exp"
+"#;
+
+#[test]
+fn granted_job_uses_s3_with_no_credentials_of_its_own() {
+    let srv = s3srv::S3Server::start();
+    srv.create_bucket("job-data");
+    let env = env();
+    let helper = env.host.root().join("s3-credentials");
+    std::fs::write(&helper, CREDENTIAL_PROCESS).unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The job's own AWS CLI must be usable by the job's uid (root's pyenv is not). Debian's
+    // AWS CLI (2.9) predates AWS_ENDPOINT_URL_S3 support, hence --endpoint-url in the script.
+    let aws = std::path::Path::new("/usr/bin/aws");
+    assert!(
+        aws.exists(),
+        "install the AWS CLI for jobs: apt-get install awscli"
+    );
+    let bin_dir = runner::exe().parent().unwrap().to_path_buf();
+    let text = std::fs::read_to_string(&env.host.config).unwrap().replace(
+        "[accounts.client_uat]",
+        &format!(
+            "[accounts.client_dev.s3]\nendpoint_url = \"{}\"\npath_style = true\ncredential_process = [\"{}\"]\n\n[accounts.client_uat]",
+            srv.endpoint(),
+            helper.display()
+        ),
+    );
+    std::fs::write(
+        &env.host.config,
+        format!("job_path = \"{}:/usr/bin:/bin\"\n{text}", bin_dir.display()),
+    )
+    .unwrap();
+    let script = "echo hello-s3 > hello.txt\np3-executor s3 cp --no-progress hello.txt s3://job-data/out/hello.txt\np3-executor s3 ls s3://job-data/out/\n/usr/bin/aws --endpoint-url \"$AWS_ENDPOINT_URL_S3\" s3 ls s3://job-data/out/\nenv | grep -c '^AWS_ACCESS_KEY_ID=' || true";
+    let mut job = env.job(560, "feature/s3", "branch", false, "client_dev", script);
+    assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
+    assert!(job.log.matches("hello.txt").count() >= 3, "{}", job.log);
+    assert!(!job.log.contains("aws_secret_access_key"), "{}", job.log);
+    // The object really landed, read back with the host's own AWS CLI.
+    let back = srv.aws_ok(&["s3", "cp", "s3://job-data/out/hello.txt", "-"]);
+    assert_eq!(back, "hello-s3\n");
+    let events: Vec<(String, String)> = env.audit_for(560);
+    assert_eq!(
+        events,
+        vec![
+            ("grant".to_string(), "granted".to_string()),
+            ("s3_credentials".to_string(), "granted".to_string()),
+            ("cleanup".to_string(), "succeeded".to_string())
+        ]
+    );
+    let audit = std::fs::read_to_string(env.host.root().join("audit/audit.jsonl")).unwrap();
+    assert!(
+        !audit.contains("S3RVER\""),
+        "a secret reached the audit log"
+    );
+    assert!(!env.host.root().join("state/creds/560").exists());
 }
 
 #[test]
