@@ -177,7 +177,7 @@ fn grant(
             }
             Err((e, failed)) => {
                 let _ = kerberos::destroy(&cfg.kerberos, &ccache);
-                record_best_effort(cfg, failed);
+                record_best_effort(cfg, *failed);
                 return Err(e);
             }
         },
@@ -198,6 +198,13 @@ fn grant(
     state.save(paths)
 }
 
+/// The job's AWS environment, the credentials' expiry, and the audit record of the retrieval.
+type S3Grant = (
+    BTreeMap<String, String>,
+    Option<chrono::DateTime<Utc>>,
+    AuditRecord,
+);
+
 /// Retrieve the account's S3 credentials with the job's fresh ticket and hand them to the job
 /// as AWS config files. Returns the job's AWS environment, the expiry, and the audit record
 /// (account, source, expiry; never a secret); on failure the error and a failure record.
@@ -207,14 +214,7 @@ fn obtain_s3(
     state: &JobState,
     account_name: &str,
     s3: &S3Account,
-) -> std::result::Result<
-    (
-        BTreeMap<String, String>,
-        Option<chrono::DateTime<Utc>>,
-        AuditRecord,
-    ),
-    (Error, AuditRecord),
-> {
+) -> std::result::Result<S3Grant, (Error, Box<AuditRecord>)> {
     let grant = state.grant.clone().unwrap_or_default();
     let mut rec = record_from_grant(
         &grant,
@@ -248,7 +248,7 @@ fn obtain_s3(
                 Error::Credentials(format!(
                     "S3 credentials for account {account_name} could not be obtained: {e}"
                 )),
-                rec,
+                Box::new(rec),
             ))
         }
     }
