@@ -2,6 +2,8 @@
 //! runner stand-in (`driver`) that the demo and the end-to-end tests share.
 
 pub mod driver;
+pub mod realm;
+pub mod tokens;
 
 use anyhow::Context;
 
