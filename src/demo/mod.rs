@@ -52,13 +52,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// Checks on a finished job: one message per thing that did not happen as expected.
+type Check<'a> = Box<dyn Fn(&JobResult, &Job) -> Vec<String> + 'a>;
+
 /// One job of the story and what must have happened to it.
 struct Scene<'a> {
     title: &'a str,
     expect: &'a str,
     job: Job,
-    /// Checks on the finished job: each failing one is a message.
-    check: Box<dyn Fn(&JobResult, &Job) -> Vec<String> + 'a>,
+    check: Check<'a>,
 }
 
 fn header(n: usize, total: usize, title: &str, expect: &str) {
