@@ -137,6 +137,8 @@ fn full_demo(exe: PathBuf, keep: bool) -> anyhow::Result<i32> {
         ))
     };
     let uat_principal = realm.principal(UAT);
+    // Where prepare puts the grant's ticket cache: it must be gone once cleanup ran.
+    let creds = host.root().join("state/creds/2001");
 
     let release_script = format!(
         r#"echo "job runs as uid $(id -u), gid $(id -g)"
@@ -197,6 +199,9 @@ klist 2>&1 || echo "no Kerberos ticket: a plain job gets no credentials""#,
                 }
                 if root && !job.log.contains("keytab not readable by the job") {
                     f.push("the job could read the keytab".into());
+                }
+                if creds.exists() {
+                    f.push(format!("{} outlived the job", creds.display()));
                 }
                 f
             }),
@@ -384,11 +389,15 @@ if cat "$P3_EXECUTOR_CONFIG_PROBE" >/dev/null 2>&1; then echo "config readable (
     );
     job.echo = true;
     let result = job.run_all();
-    let ok = verdict(&if result == JobResult::Success {
-        Vec::new()
-    } else {
-        vec![format!("job ended with {result:?}")]
-    });
+    let mut failures = Vec::new();
+    if result != JobResult::Success {
+        failures.push(format!("job ended with {result:?}"));
+    }
+    let workspace = host.root().join("builds/1001");
+    if workspace.exists() {
+        failures.push(format!("{} outlived the job", workspace.display()));
+    }
+    let ok = verdict(&failures);
     finish(ok, keep, host, None)
 }
 
