@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Set up and run the demo on a Debian machine: installs what the demo uses (bash, git, and the
-# MIT Kerberos KDC/client tools for the credential part), builds p3-executor, and runs one job
-# through config → prepare → run → cleanup exactly as GitLab Runner would, on an embedded
-# default config. No GitLab needed. Run as root to see job isolation (a private job uid).
+# Set up and run the demo on a Debian machine: installs what the demo uses (git, openssl, and the
+# MIT Kerberos KDC, admin and client tools for a throwaway realm), builds p3-executor, and runs
+# `p3-executor demo`: jobs driven through config → prepare → run → cleanup exactly as GitLab
+# Runner would, on an embedded default config (a release tag granted a Kerberos ticket by policy,
+# a branch forging protected-tag variables denied, a plain job), then the audit log. No GitLab
+# needed. Run as root to see job isolation (private job uids). `--keep` keeps the temp trees.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 missing=()
-for pair in git:git krb5kdc:krb5-kdc kinit:krb5-user; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+for pair in git:git openssl:openssl krb5kdc:krb5-kdc kadmin.local:krb5-admin-server kinit:krb5-user; do
+  # krb5kdc and kadmin.local live in /usr/sbin, not on a non-root PATH.
+  PATH="$PATH:/usr/sbin:/sbin" command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then
   as_root apt-get update -qq

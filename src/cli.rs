@@ -44,7 +44,8 @@ pub enum Command {
     },
     /// Validate the config and this host; print every problem with a fix.
     Check,
-    /// Run a complete demo job through the four runner calls, on an embedded config.
+    /// Run the demo locally, no GitLab needed: jobs through the four runner calls on an embedded
+    /// config (with MIT Kerberos: a policy grant, a forged-variable denial, the audit log).
     Demo(crate::demo::DemoArgs),
     /// Inspect and verify the audit log.
     #[command(subcommand)]

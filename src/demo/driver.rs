@@ -253,7 +253,7 @@ impl Job {
         );
         let code = out.status.code().unwrap_or(-1);
         if self.echo {
-            println!("\x1b[36m── {call} (exit {code}) ──\x1b[0m");
+            println!("{}", paint("36", &format!("── {call} (exit {code}) ──")));
             print!("{text}");
         }
         self.log.push_str(&text);
@@ -426,6 +426,19 @@ impl JobResult {
             2 => JobResult::SystemFailure,
             other => JobResult::Unknown(other),
         }
+    }
+}
+
+/// `text` in the SGR colour `sgr` (e.g. `"36"`, `"1;32"`) when stdout is a terminal or a CI log
+/// (GitLab renders ANSI colours), plain when piped elsewhere or when `NO_COLOR` is set.
+pub fn paint(sgr: &str, text: &str) -> String {
+    use std::io::IsTerminal;
+    let color = std::env::var_os("NO_COLOR").is_none()
+        && (std::io::stdout().is_terminal() || std::env::var_os("CI").is_some());
+    if color {
+        format!("\x1b[{sgr}m{text}\x1b[0m")
+    } else {
+        text.to_string()
     }
 }
 

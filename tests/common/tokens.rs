@@ -1,6 +1,7 @@
-//! Test fixtures for GitLab ID tokens: an RSA key that signs RS256 tokens like GitLab does,
-//! realistic GitLab claim sets, and tiny loopback HTTP servers (a JWKS endpoint, or any
-//! stand-in) that count the requests they serve.
+//! Test fixtures for GitLab ID tokens: the minting part lives in the library
+//! ([`p3_executor::demo::tokens`], shared with `p3-executor demo`) and is re-exported here, next
+//! to hand-made attack tokens and tiny loopback HTTP servers (a JWKS endpoint, or any stand-in)
+//! that count the requests they serve.
 //!
 //! Include from an integration test with:
 //! ```ignore
@@ -21,114 +22,17 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-/// Issuer used by [`gitlab_claims`] callers in tests: what `identity.gitlab_url` should be.
-pub const ISSUER: &str = "https://gitlab.example.com";
-
-/// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-/// A freshly generated 2048-bit RSA key (PKCS#8 PEM), made with the `openssl` CLI so the
-/// tests need no extra crate.
-pub fn generate_rsa_pem() -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
-        .output()
-        .expect("run openssl genpkey");
-    assert!(
-        out.status.success(),
-        "openssl genpkey failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// Signs RS256 tokens with its own RSA key, as GitLab's instance key does.
-pub struct TokenMinter {
-    kid: String,
-    key: EncodingKey,
-    jwk: Value,
-}
-
-impl Default for TokenMinter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl TokenMinter {
-    /// A new key with key id `test-key-1`.
-    pub fn new() -> Self {
-        Self::with_kid("test-key-1")
-    }
-
-    /// A new key with the given key id.
-    pub fn with_kid(kid: &str) -> Self {
-        let pem = generate_rsa_pem();
-        let key = EncodingKey::from_rsa_pem(&pem).expect("RSA PEM");
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).expect("JWK from key");
-        jwk.common.key_id = Some(kid.to_string());
-        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        Self {
-            kid: kid.to_string(),
-            key,
-            jwk: serde_json::to_value(jwk).expect("JWK JSON"),
-        }
-    }
-
-    /// This key's id (`kid`).
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
-    /// The public key as one JWK (`kty`, `n`, `e`, `kid`, `use`, `alg`), as GitLab publishes it.
-    pub fn jwk(&self) -> Value {
-        self.jwk.clone()
-    }
-
-    /// A JWKS document holding only this key.
-    pub fn jwks_json(&self) -> String {
-        jwks_json_of(&[self])
-    }
-
-    /// Sign `claims` with RS256 and this key's `kid`.
-    pub fn mint(&self, claims: Value) -> String {
-        self.mint_with_kid(claims, &self.kid)
-    }
-
-    /// Sign with this key but announce another `kid` in the header (unknown-key tests).
-    pub fn mint_with_kid(&self, claims: Value, kid: &str) -> String {
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(kid.to_string());
-        header.typ = Some("JWT".into());
-        jsonwebtoken::encode(&header, &claims, &self.key).expect("sign token")
-    }
-}
-
-/// A JWKS document holding the public keys of several minters (key rotation tests).
-pub fn jwks_json_of(minters: &[&TokenMinter]) -> String {
-    json!({ "keys": minters.iter().map(|m| m.jwk()).collect::<Vec<_>>() }).to_string()
-}
+#[allow(unused_imports)] // Re-exported for whichever test needs them.
+pub use p3_executor::demo::tokens::{
+    ISSUER, TokenMinter, generate_rsa_pem, gitlab_claims, jwks_json_of, now,
+};
 
 /// A token with an `alg` of `none` and no signature: must always be rejected.
 pub fn unsigned_token(claims: &Value, kid: &str) -> String {
@@ -161,71 +65,6 @@ pub fn b64url(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-static JTI_COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A realistic GitLab ID token claim set (GitLab 16/17), valid from now for one hour.
-///
-/// Like GitLab, ids and booleans are *strings* (`"job_id": "42"`, `"ref_protected": "true"`).
-/// `ref_type` is `"branch"` or `"tag"`. `namespace_path` is the project path's parent.
-/// Adjust any claim afterwards, e.g. `claims["pipeline_source"] = json!("merge_request_event")`,
-/// `claims["exp"] = json!(tokens::now() - 60)`.
-pub fn gitlab_claims(
-    issuer: &str,
-    audience: &str,
-    job_id: u64,
-    project_path: &str,
-    ref_name: &str,
-    ref_type: &str,
-    protected: bool,
-) -> Value {
-    let now = now();
-    let namespace = project_path
-        .rsplit_once('/')
-        .map(|(ns, _)| ns)
-        .unwrap_or(project_path);
-    let ref_path = match ref_type {
-        "tag" => format!("refs/tags/{ref_name}"),
-        _ => format!("refs/heads/{ref_name}"),
-    };
-    let jti = format!(
-        "{:08x}-test-{}-{}",
-        now,
-        job_id,
-        JTI_COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    json!({
-        "namespace_id": "7",
-        "namespace_path": namespace,
-        "project_id": "12",
-        "project_path": project_path,
-        "user_id": "5",
-        "user_login": "alice",
-        "user_email": "alice@example.com",
-        "user_access_level": "developer",
-        "user_identities": [],
-        "pipeline_id": "900",
-        "pipeline_source": "push",
-        "job_id": job_id.to_string(),
-        "ref": ref_name,
-        "ref_type": ref_type,
-        "ref_path": ref_path,
-        "ref_protected": protected.to_string(),
-        "runner_id": 3,
-        "runner_environment": "self-hosted",
-        "sha": "4f0c3a1e9d2b7c6a5f8e0d1c2b3a49586f7e6d5c",
-        "project_visibility": "private",
-        "ci_config_ref_uri": format!("gitlab.example.com/{project_path}//.gitlab-ci.yml@{ref_path}"),
-        "ci_config_sha": "4f0c3a1e9d2b7c6a5f8e0d1c2b3a49586f7e6d5c",
-        "jti": jti,
-        "iss": issuer,
-        "iat": now,
-        "nbf": now - 5,
-        "exp": now + 3600,
-        "sub": format!("project_path:{project_path}:ref_type:{ref_type}:ref:{ref_name}"),
-        "aud": audience,
-    })
 }
 
 /// A JOB_RESPONSE_FILE-shaped payload for job `job_id` with the given variables (in order:
