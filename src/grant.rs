@@ -318,7 +318,7 @@ pub fn refresh(
         if aws::needs_refresh(grant.s3_expires, s3_threshold, now) {
             let (env, expires, rec) = obtain_s3(cfg, paths, state, &grant.deploy_account, s3)
                 .map_err(|(e, rec)| {
-                    record_best_effort(cfg, rec);
+                    record_best_effort(cfg, *rec);
                     e
                 })?;
             record_best_effort(cfg, rec);
