@@ -7,9 +7,9 @@
 //! P3_BENCH_RUNS=200 cargo bench --bench kinit        # release profile, more runs
 //! ```
 //!
-//! Target (issue 3): prepare with a grant within 1.3x of a bare kinit. To measure full prepare,
-//! add a [`Candidate`] to `candidates()` that runs it (the KDC, keytab and krb5.conf are in
-//! [`Setup`]); the report prints every candidate's median against the bare kinit.
+//! Target (issue 3): prepare with a grant within 1.3x of a bare kinit. The `p3-executor prepare`
+//! candidate runs the real binary for a fresh job each time: ID token verified against a JWKS
+//! file, policy, kinit, chown, state and an fsynced audit record.
 
 #[path = "../tests/common/kdc.rs"]
 mod kdc;
@@ -18,8 +18,13 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::cell::RefCell;
+use std::os::unix::fs::PermissionsExt;
+use std::rc::Rc;
+
 use p3_executor::config::Config;
 use p3_executor::credentials::kerberos;
+use p3_executor::demo::tokens::{ISSUER, TokenMinter, gitlab_claims};
 
 /// What every candidate gets: a running realm with one account configured.
 pub struct Setup {
@@ -76,20 +81,129 @@ fn bare_kinit(s: &Setup) {
     assert!(status.success(), "bare kinit failed");
 }
 
-fn candidates() -> Vec<Candidate> {
+/// Everything `p3-executor prepare` needs for a granted job: an executor config with identity
+/// (JWKS file), policy, the account and an audit log, and one payload per job with a valid
+/// ID token (minted up front, so minting is not measured).
+struct PrepareBench {
+    root: tempfile::TempDir,
+    config: PathBuf,
+    payloads: Vec<(u64, PathBuf)>,
+    next: usize,
+}
+
+impl PrepareBench {
+    fn new(s: &Setup, jobs: usize) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let minter = TokenMinter::new();
+        let jwks = root.path().join("jwks.json");
+        std::fs::write(&jwks, minter.jwks_json()).unwrap();
+        let a = &s.cfg.accounts["bench"];
+        let isolation = if nix::unistd::geteuid().is_root() {
+            "job_user = \"nobody\"\njob_uid_range = [410000, 419999]\n"
+        } else {
+            ""
+        };
+        let config = root.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_root = {state:?}\nbuilds_root = {builds:?}\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = {audit:?}\n[identity]\ngitlab_url = {ISSUER:?}\njwks_file = {jwks:?}\n[kerberos]\nkrb5_config = {krb5:?}\n[accounts.bench]\nprincipal = {principal:?}\nkeytab = {keytab:?}\n[devstages.client_dev]\ndeploy_account = \"bench\"\nprojects = [\"data-ml/*\"]\n",
+                state = root.path().join("state"),
+                builds = root.path().join("builds"),
+                audit = root.path().join("audit.jsonl"),
+                krb5 = s.kdc.krb5_conf(),
+                principal = a.principal,
+                keytab = a.keytab,
+            ),
+        )
+        .unwrap();
+        let payloads = (0..jobs as u64)
+            .map(|i| {
+                let id = 70_000 + i;
+                let claims = gitlab_claims(
+                    ISSUER,
+                    "p3-executor",
+                    id,
+                    "data-ml/bench",
+                    "main",
+                    "branch",
+                    true,
+                );
+                let payload = serde_json::json!({
+                    "id": id, "token": "glcbt-bench",
+                    "variables": [
+                        {"key": "P3_ID_TOKEN", "value": minter.mint(claims), "masked": true},
+                        {"key": "P3_DEVSTAGE", "value": "client_dev"}
+                    ]
+                });
+                let path = root.path().join(format!("payload-{id}.json"));
+                std::fs::write(&path, payload.to_string()).unwrap();
+                (id, path)
+            })
+            .collect();
+        Self {
+            root,
+            config,
+            payloads,
+            next: 0,
+        }
+    }
+
+    fn call(&self, payload: &PathBuf, call: &str) {
+        let status = Command::new(env!("CARGO_BIN_EXE_p3-executor"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg(call)
+            .env("JOB_RESPONSE_FILE", payload)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("p3-executor");
+        assert!(
+            status.success(),
+            "p3-executor {call} failed (config in {:?})",
+            self.root.path()
+        );
+    }
+}
+
+impl Drop for PrepareBench {
+    fn drop(&mut self) {
+        for (_, payload) in &self.payloads[..self.next] {
+            self.call(payload, "cleanup");
+        }
+    }
+}
+
+fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
     let owner = nix::unistd::geteuid().is_root().then_some((65534, 65534));
-    vec![Candidate {
-        name: "kerberos::obtain",
-        run: Box::new(move |s: &Setup| {
-            kerberos::obtain(
-                &s.cfg.kerberos,
-                &s.cfg.accounts["bench"],
-                &s.dir.path().join("krb5cc"),
-                owner,
-            )
-            .expect("obtain");
-        }),
-    }]
+    // One job per measured call: prepare of a fresh job, as the runner does it.
+    let prepare = Rc::new(RefCell::new(PrepareBench::new(s, runs + 10)));
+    vec![
+        Candidate {
+            name: "p3-executor prepare",
+            run: Box::new(move |_s: &Setup| {
+                let mut b = prepare.borrow_mut();
+                let (_, payload) = b.payloads[b.next].clone();
+                b.next += 1;
+                b.call(&payload, "prepare");
+            }),
+        },
+        Candidate {
+            name: "kerberos::obtain",
+            run: Box::new(move |s: &Setup| {
+                kerberos::obtain(
+                    &s.cfg.kerberos,
+                    &s.cfg.accounts["bench"],
+                    &s.dir.path().join("krb5cc"),
+                    owner,
+                )
+                .expect("obtain");
+            }),
+        },
+    ]
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -113,7 +227,7 @@ fn main() {
         .unwrap_or(50)
         .max(3);
     let s = setup();
-    let mut cands = candidates();
+    let mut cands = candidates(&s, runs);
     // Warm up the KDC, page cache and dynamic loader.
     for _ in 0..5 {
         bare_kinit(&s);
