@@ -3,7 +3,8 @@
 #
 #   scripts/install.sh [--binary PATH] [--prefix /usr/local] [--job-user p3-job] [--no-deps]
 #
-# Builds the release binary (unless --binary is given), installs it, creates the job user,
+# Builds the release binaries (unless --binary names a built p3-executor, with
+# p3-executor-steps next to it), installs both, creates the job user,
 # the config directory (0700, with the annotated example config if none exists yet), the state
 # root and the audit log directory, a gc cron entry, and finally runs `p3-executor check`.
 set -euo pipefail
@@ -39,6 +40,8 @@ if [[ -z $binary ]]; then
   binary=target/release/p3-executor
 fi
 install -D -m 0755 "$binary" "$prefix/bin/p3-executor"
+# The built-in steps; `p3-executor <step>` runs it from the same directory.
+install -D -m 0755 "$(dirname "$binary")/p3-executor-steps" "$prefix/bin/p3-executor-steps"
 
 if ! id -u "$job_user" >/dev/null 2>&1; then
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$job_user"

@@ -9,7 +9,7 @@ use p3_executor::cli::{Cli, Command};
 use p3_executor::config::{Config, LogConfig};
 use p3_executor::error::{ExitCodes, FailureKind, kind_of};
 use p3_executor::job::JobContext;
-use p3_executor::{audit, check, demo, gc, logging, runner, steps};
+use p3_executor::{audit, check, demo, gc, logging, runner};
 
 /// What a command ended with, before it becomes an exit code.
 enum Outcome {
@@ -119,15 +119,30 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let cfg = load_config(&path)?;
             Ok(Outcome::Code(audit::run(&cfg, cmd)?))
         }
-        Command::S3(args) => step(|| steps::s3::run(args)),
-        Command::Image(cmd) => step(|| steps::image::run(cmd)),
-        Command::P3(cmd) => step(|| steps::p3::run(cmd)),
-        Command::Release(args) => step(|| steps::release::run(args)),
+        Command::S3(_) | Command::Image(_) | Command::P3(_) | Command::Release(_) => {
+            Err(exec_steps())
+        }
     }
 }
 
-/// Built-in steps run inside the job: no executor config, default logging.
-fn step(f: impl FnOnce() -> anyhow::Result<i32>) -> anyhow::Result<Outcome> {
-    logging::init(&LogConfig::default());
-    Ok(Outcome::Code(f()?))
+/// Built-in steps live in the sibling binary `p3-executor-steps` (same arguments).
+///
+/// The runner starts `p3-executor` four or more times per job; keeping the AWS SDK and the
+/// steps' other heavy dependencies out of this binary keeps every one of those starts fast.
+/// Returns only if the exec failed.
+fn exec_steps() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let steps = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("p3-executor-steps")))
+        .filter(|p| p.is_file());
+    let Some(steps) = steps else {
+        return anyhow::anyhow!(
+            "p3-executor-steps is not installed next to p3-executor: install both binaries (scripts/install.sh does)"
+        );
+    };
+    let err = std::process::Command::new(&steps)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    anyhow::anyhow!("cannot run {}: {err}", steps.display())
 }
