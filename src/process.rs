@@ -349,8 +349,13 @@ pub fn kill_uid(uid: u32) -> usize {
     killed
 }
 
-/// Processes whose real uid is `uid`.
+/// Processes whose uid is `uid`.
+///
+/// `/proc/<pid>` is owned by the process's effective uid, so one `stat` per process finds the
+/// job's processes without reading every status file (cleanup runs for every job, on hosts
+/// with hundreds of processes). The status file then confirms the real uid and skips zombies.
 pub fn pids_of_uid(uid: u32) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -358,6 +363,9 @@ pub fn pids_of_uid(uid: u32) -> Vec<i32> {
         .flatten()
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            if e.metadata().ok()?.uid() != uid {
+                return None;
+            }
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             // A zombie is already dead: nothing to kill, and its reaping is its parent's job.
             if status
