@@ -651,6 +651,44 @@ fn s3_to_s3_copies_single_and_recursive() {
     ]);
     assert_eq!(std::fs::read(&back).unwrap(), b"epsilon");
 
+    // Multipart copy (UploadPartCopy), forced at a small size through the hidden threshold.
+    let big = data(12 * MIB, 9);
+    write(&dir.path().join("big.bin"), &big);
+    ok(srv.p3(&[
+        "s3",
+        "cp",
+        p(&dir.path().join("big.bin")),
+        "s3://cpa-bkt/big.bin",
+    ]));
+    ok(srv.p3(&[
+        "s3",
+        "cp",
+        "s3://cpa-bkt/big.bin",
+        "s3://cpb-bkt/big-copy.bin",
+        "--copy-threshold",
+        "10MiB",
+        "--part-size",
+        "5MiB",
+    ]));
+    let head = srv.aws_ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "cpb-bkt",
+        "--key",
+        "big-copy.bin",
+    ]);
+    assert!(head.contains("-3\\\""), "copied in three parts: {head}");
+    let back = dir.path().join("big-back.bin");
+    srv.aws_ok(&[
+        "s3",
+        "cp",
+        "s3://cpb-bkt/big-copy.bin",
+        p(&back),
+        "--only-show-errors",
+    ]);
+    assert_eq!(std::fs::read(&back).unwrap(), big);
+
     let r = ok(srv.p3(&[
         "s3",
         "cp",

@@ -61,6 +61,9 @@ pub struct GlobalOpts {
     /// Attempts per request (retries back off exponentially on throttling, 5xx, I/O errors).
     #[arg(long, global = true, default_value_t = 5)]
     pub max_attempts: u32,
+    /// Objects above this size are copied S3→S3 in parts (UploadPartCopy); at most 5GiB.
+    #[arg(long, global = true, default_value = "5GiB", value_parser = parse_size, hide = true)]
+    pub copy_threshold: u64,
     /// No progress bar or progress lines.
     #[arg(long, global = true)]
     pub no_progress: bool,
@@ -240,6 +243,7 @@ async fn execute(args: S3Args, file_mode: u32) -> i32 {
         progress.clone(),
     );
     ctx.file_mode = file_mode;
+    ctx.copy_threshold = g.copy_threshold;
     let ctx = Arc::new(ctx);
     let work = dispatch(ctx.clone(), args.command);
     let result = tokio::select! {
