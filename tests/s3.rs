@@ -598,6 +598,38 @@ fn ls_lists_buckets_prefixes_objects_and_summaries() {
 }
 
 #[test]
+fn listings_and_deletes_page_past_1000_keys() {
+    let srv = S3Server::start();
+    srv.create_bucket("many-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("many");
+    for i in 0..1100 {
+        write(&local.join(format!("f{i:04}")), format!("{i}").as_bytes());
+    }
+    ok(srv.p3(&[
+        "s3",
+        "cp",
+        "--recursive",
+        "--quiet",
+        p(&local),
+        "s3://many-bkt/m",
+    ]));
+    let r = ok(srv.p3(&["s3", "ls", "--recursive", "--summarize", "s3://many-bkt/m/"]));
+    assert!(
+        r.stdout.contains("Total Objects: 1100"),
+        "{}",
+        &r.stdout[r.stdout.len() - 100..]
+    );
+    // A second sync sees all 1100 on the server (both listing pages) and copies nothing.
+    let r = ok(srv.p3(&["s3", "sync", p(&local), "s3://many-bkt/m"]));
+    assert_eq!(r.stdout, "");
+    // DeleteObjects takes 1000 keys per request: two batches.
+    let r = ok(srv.p3(&["s3", "rm", "--recursive", "s3://many-bkt/m"]));
+    assert_eq!(lines_starting(&r.stdout, "delete: "), 1100);
+    assert!(keys(&srv, "many-bkt", "").is_empty());
+}
+
+#[test]
 fn rm_deletes_one_object_or_a_filtered_prefix() {
     let srv = S3Server::start();
     srv.create_bucket("rm-bkt");
