@@ -926,7 +926,7 @@ fn job_uses_only_the_files_prepare_wrote() {
         &script,
         "#!/bin/sh\n[ -n \"$KRB5CCNAME\" ] || { echo 'no ticket' >&2; exit 1; }\n\
          echo '{\"Version\": 1, \"AccessKeyId\": \"S3RVER\", \"SecretAccessKey\": \"S3RVER\", \
-         \"SessionToken\": \"tok\", \"Expiration\": \"2099-01-01T00:00:00Z\"}'\n",
+         \"SessionToken\": \"SESSION-TOKEN-SECRET-0123\", \"Expiration\": \"2099-01-01T00:00:00Z\"}'\n",
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -962,7 +962,14 @@ fn job_uses_only_the_files_prepare_wrote() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_p3-executor"));
     job_env(&mut cmd);
     cmd.args(["s3", "ls", "s3://job-bkt/results/"]);
-    assert!(ok(cmd).stdout.contains(" out.txt"));
+    let listed = ok(cmd);
+    assert!(listed.stdout.contains(" out.txt"));
+    // The env handed to the job names files, never secrets.
+    assert!(
+        env.values().all(|v| !v.contains("SESSION-TOKEN-SECRET")),
+        "{env:?}"
+    );
+    assert!(!listed.stderr.contains("SESSION-TOKEN-SECRET"));
 
     let mut cmd = Command::new(s3srv::require_tool("aws", "pip install awscli"));
     job_env(&mut cmd);
