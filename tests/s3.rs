@@ -598,6 +598,38 @@ fn ls_lists_buckets_prefixes_objects_and_summaries() {
 }
 
 #[test]
+fn listings_and_deletes_page_past_1000_keys() {
+    let srv = S3Server::start();
+    srv.create_bucket("many-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("many");
+    for i in 0..1100 {
+        write(&local.join(format!("f{i:04}")), format!("{i}").as_bytes());
+    }
+    ok(srv.p3(&[
+        "s3",
+        "cp",
+        "--recursive",
+        "--quiet",
+        p(&local),
+        "s3://many-bkt/m",
+    ]));
+    let r = ok(srv.p3(&["s3", "ls", "--recursive", "--summarize", "s3://many-bkt/m/"]));
+    assert!(
+        r.stdout.contains("Total Objects: 1100"),
+        "{}",
+        &r.stdout[r.stdout.len() - 100..]
+    );
+    // A second sync sees all 1100 on the server (both listing pages) and copies nothing.
+    let r = ok(srv.p3(&["s3", "sync", p(&local), "s3://many-bkt/m"]));
+    assert_eq!(r.stdout, "");
+    // DeleteObjects takes 1000 keys per request: two batches.
+    let r = ok(srv.p3(&["s3", "rm", "--recursive", "s3://many-bkt/m"]));
+    assert_eq!(lines_starting(&r.stdout, "delete: "), 1100);
+    assert!(keys(&srv, "many-bkt", "").is_empty());
+}
+
+#[test]
 fn rm_deletes_one_object_or_a_filtered_prefix() {
     let srv = S3Server::start();
     srv.create_bucket("rm-bkt");
@@ -650,6 +682,44 @@ fn s3_to_s3_copies_single_and_recursive() {
         "--only-show-errors",
     ]);
     assert_eq!(std::fs::read(&back).unwrap(), b"epsilon");
+
+    // Multipart copy (UploadPartCopy), forced at a small size through the hidden threshold.
+    let big = data(12 * MIB, 9);
+    write(&dir.path().join("big.bin"), &big);
+    ok(srv.p3(&[
+        "s3",
+        "cp",
+        p(&dir.path().join("big.bin")),
+        "s3://cpa-bkt/big.bin",
+    ]));
+    ok(srv.p3(&[
+        "s3",
+        "cp",
+        "s3://cpa-bkt/big.bin",
+        "s3://cpb-bkt/big-copy.bin",
+        "--copy-threshold",
+        "10MiB",
+        "--part-size",
+        "5MiB",
+    ]));
+    let head = srv.aws_ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "cpb-bkt",
+        "--key",
+        "big-copy.bin",
+    ]);
+    assert!(head.contains("-3\\\""), "copied in three parts: {head}");
+    let back = dir.path().join("big-back.bin");
+    srv.aws_ok(&[
+        "s3",
+        "cp",
+        "s3://cpb-bkt/big-copy.bin",
+        p(&back),
+        "--only-show-errors",
+    ]);
+    assert_eq!(std::fs::read(&back).unwrap(), big);
 
     let r = ok(srv.p3(&[
         "s3",
@@ -856,7 +926,7 @@ fn job_uses_only_the_files_prepare_wrote() {
         &script,
         "#!/bin/sh\n[ -n \"$KRB5CCNAME\" ] || { echo 'no ticket' >&2; exit 1; }\n\
          echo '{\"Version\": 1, \"AccessKeyId\": \"S3RVER\", \"SecretAccessKey\": \"S3RVER\", \
-         \"SessionToken\": \"tok\", \"Expiration\": \"2099-01-01T00:00:00Z\"}'\n",
+         \"SessionToken\": \"SESSION-TOKEN-SECRET-0123\", \"Expiration\": \"2099-01-01T00:00:00Z\"}'\n",
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -892,7 +962,14 @@ fn job_uses_only_the_files_prepare_wrote() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_p3-executor"));
     job_env(&mut cmd);
     cmd.args(["s3", "ls", "s3://job-bkt/results/"]);
-    assert!(ok(cmd).stdout.contains(" out.txt"));
+    let listed = ok(cmd);
+    assert!(listed.stdout.contains(" out.txt"));
+    // The env handed to the job names files, never secrets.
+    assert!(
+        env.values().all(|v| !v.contains("SESSION-TOKEN-SECRET")),
+        "{env:?}"
+    );
+    assert!(!listed.stderr.contains("SESSION-TOKEN-SECRET"));
 
     let mut cmd = Command::new(s3srv::require_tool("aws", "pip install awscli"));
     job_env(&mut cmd);

@@ -69,9 +69,9 @@ impl fmt::Debug for S3Credentials {
     }
 }
 
-/// Where the credentials came from, for the audit record.
 impl S3Credentials {
-    /// `credential_process` or `profile`, as named in the config.
+    /// Where an account's credentials come from, for the audit record: `credential_process`
+    /// or `profile`, as named in the config.
     pub fn source_of(account: &S3Account) -> &'static str {
         if account.credential_process.is_some() {
             "credential_process"

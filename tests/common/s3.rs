@@ -67,6 +67,9 @@ impl S3Server {
             .args(["-d", data.to_str().unwrap(), "-a", "127.0.0.1", "-p"])
             .arg(port.to_string())
             .arg("-s")
+            // s3rver encrypts ListObjects continuation tokens with DES, which Node 17+ only
+            // offers with the legacy OpenSSL provider: without it listings past 1000 keys fail.
+            .env("NODE_OPTIONS", "--openssl-legacy-provider")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

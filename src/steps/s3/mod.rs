@@ -61,6 +61,9 @@ pub struct GlobalOpts {
     /// Attempts per request (retries back off exponentially on throttling, 5xx, I/O errors).
     #[arg(long, global = true, default_value_t = 5)]
     pub max_attempts: u32,
+    /// Objects above this size are copied S3→S3 in parts (UploadPartCopy); at most 5GiB.
+    #[arg(long, global = true, default_value = "5GiB", value_parser = parse_size, hide = true)]
+    pub copy_threshold: u64,
     /// No progress bar or progress lines.
     #[arg(long, global = true)]
     pub no_progress: bool,
@@ -206,6 +209,7 @@ pub fn run(args: S3Args) -> anyhow::Result<i32> {
     // Transfers wait on the network and the disk, not the CPU: a few workers suffice, and
     // more would only compete with the job on a shared runner.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    bound_heap_growth();
     // Reading the umask means setting it; do it before any other thread exists.
     let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     nix::sys::stat::umask(umask);
@@ -219,6 +223,18 @@ pub fn run(args: S3Args) -> anyhow::Result<i32> {
     // Dropping in-flight tasks removes their temporary files; do not wait for stuck reads.
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(code)
+}
+
+/// Part buffers are large (16 MiB by default). glibc raises its mmap threshold to the size of
+/// freed mmapped blocks, after which such buffers come from the heap arenas and freed ones are
+/// kept, so RSS drifts well above `--max-memory`. A fixed 1 MiB threshold keeps every part
+/// buffer a fresh mmap that is returned to the kernel when the part is done.
+fn bound_heap_growth() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 async fn execute(args: S3Args, file_mode: u32) -> i32 {
@@ -240,6 +256,7 @@ async fn execute(args: S3Args, file_mode: u32) -> i32 {
         progress.clone(),
     );
     ctx.file_mode = file_mode;
+    ctx.copy_threshold = g.copy_threshold;
     let ctx = Arc::new(ctx);
     let work = dispatch(ctx.clone(), args.command);
     let result = tokio::select! {

@@ -49,6 +49,15 @@ async fn write_batch(
     .map_err(|e| S3Error::local(dest, "cannot write", e))
 }
 
+/// S3 accepts at most this many parts per multipart upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// `wanted`, or the smallest whole MiB that keeps `size` within [`MAX_PARTS`] parts.
+pub fn upload_part_size(size: u64, wanted: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    wanted.max(size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB)
+}
+
 /// Largest object CopyObject accepts.
 const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
 /// Most keys one DeleteObjects request takes.
@@ -75,6 +84,8 @@ pub struct Ctx {
     /// Mode of downloaded files (0666 minus the umask, like any new file; the temporary
     /// file they start as is 0600).
     pub file_mode: u32,
+    /// Objects larger than this are copied with UploadPartCopy (at most CopyObject's 5 GiB).
+    pub copy_threshold: u64,
 }
 
 impl Ctx {
@@ -101,6 +112,7 @@ impl Ctx {
             progress,
             uploads: Mutex::new(HashMap::new()),
             file_mode: 0o644,
+            copy_threshold: MAX_COPY_OBJECT,
         }
     }
 
@@ -319,7 +331,7 @@ async fn upload_parts(
     dst: &S3Uri,
     upload_id: &str,
 ) -> Result<Vec<CompletedPart>, S3Error> {
-    let part_size = ctx.part_size;
+    let part_size = upload_part_size(size, ctx.part_size);
     let count = size.div_ceil(part_size);
     let mut parts = Vec::with_capacity(count as usize);
     // Dropping the set (on error or interruption) cancels the parts still in flight.
@@ -634,19 +646,18 @@ async fn get_ranges(
     Ok(())
 }
 
-/// Server-side copy (no data through this host).
-pub async fn copy(ctx: &Ctx, src: &S3Uri, size: u64, dst: &S3Uri) -> Result<(), S3Error> {
-    if size > MAX_COPY_OBJECT {
-        return Err(S3Error::Usage(format!(
-            "{src}: copies of objects over 5 GiB are not supported yet; download and upload instead"
-        )));
-    }
+/// Server-side copy (no data through this host): CopyObject, or a parallel multipart copy
+/// (UploadPartCopy) above CopyObject's 5 GiB limit.
+pub async fn copy(ctx: &Arc<Ctx>, src: &S3Uri, size: u64, dst: &S3Uri) -> Result<(), S3Error> {
     // CopySource is `bucket/key`, URL-encoded (keys may hold spaces, `+`, `%`, unicode).
     let source = format!(
         "{}/{}",
         src.bucket,
         percent_encoding::utf8_percent_encode(&src.key, KEY_ENCODE)
     );
+    if size > ctx.copy_threshold.min(MAX_COPY_OBJECT) {
+        return copy_multipart(ctx, source, src, size, dst).await;
+    }
     ctx.client
         .copy_object()
         .bucket(&dst.bucket)
@@ -657,6 +668,131 @@ pub async fn copy(ctx: &Ctx, src: &S3Uri, size: u64, dst: &S3Uri) -> Result<(), 
         .map_err(|e| classify(e, &ctx.target("CopyObject", &src.bucket, Some(&src.key))))?;
     ctx.progress.add_bytes(size);
     Ok(())
+}
+
+async fn copy_multipart(
+    ctx: &Arc<Ctx>,
+    source: String,
+    src: &S3Uri,
+    size: u64,
+    dst: &S3Uri,
+) -> Result<(), S3Error> {
+    // Parts are copied by the server, so they can be large (a tenth of the threshold, 512 MiB
+    // by default): few requests, no local memory.
+    let part_size = upload_part_size(size, ctx.part_size.max(ctx.copy_threshold / 10));
+    let created = ctx
+        .client
+        .create_multipart_upload()
+        .bucket(&dst.bucket)
+        .key(&dst.key)
+        .send()
+        .await
+        .map_err(|e| {
+            classify(
+                e,
+                &ctx.target("CreateMultipartUpload", &dst.bucket, Some(&dst.key)),
+            )
+        })?;
+    let upload_id = created.upload_id().unwrap_or_default().to_string();
+    ctx.uploads
+        .lock()
+        .expect("lock")
+        .insert(upload_id.clone(), (dst.bucket.clone(), dst.key.clone()));
+    let mut set = JoinSet::new();
+    let mut parts = Vec::new();
+    let mut result = Ok(());
+    for index in 0..size.div_ceil(part_size) {
+        while set.len() >= ctx.part_parallelism.max(4) {
+            match join_one(&mut set).await {
+                Ok(p) => parts.push(p),
+                Err(e) => result = Err(e),
+            }
+        }
+        if result.is_err() {
+            break;
+        }
+        let start = index * part_size;
+        let end = (start + part_size).min(size) - 1;
+        let (ctx, source, src, dst, upload_id) = (
+            ctx.clone(),
+            source.clone(),
+            src.clone(),
+            dst.clone(),
+            upload_id.clone(),
+        );
+        set.spawn(async move {
+            let number = (index + 1) as i32;
+            let out = ctx
+                .client
+                .upload_part_copy()
+                .bucket(&dst.bucket)
+                .key(&dst.key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .copy_source(source)
+                .copy_source_range(format!("bytes={start}-{end}"))
+                .send()
+                .await
+                .map_err(|e| {
+                    classify(
+                        e,
+                        &ctx.target("UploadPartCopy", &src.bucket, Some(&src.key)),
+                    )
+                })?;
+            ctx.progress.add_bytes(end + 1 - start);
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(
+                    out.copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .map(str::to_string),
+                )
+                .build())
+        });
+    }
+    while result.is_ok() && !set.is_empty() {
+        match join_one(&mut set).await {
+            Ok(p) => parts.push(p),
+            Err(e) => result = Err(e),
+        }
+    }
+    drop(set);
+    if result.is_ok() {
+        parts.sort_by_key(|p| p.part_number());
+        let done = ctx
+            .client
+            .complete_multipart_upload()
+            .bucket(&dst.bucket)
+            .key(&dst.key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        result = match done {
+            Ok(_) => Ok(()),
+            Err(e) if completed_anyway(&e) => Ok(()),
+            Err(e) => Err(classify(
+                e,
+                &ctx.target("CompleteMultipartUpload", &dst.bucket, Some(&dst.key)),
+            )),
+        };
+    }
+    if result.is_err() {
+        let _ = ctx
+            .client
+            .abort_multipart_upload()
+            .bucket(&dst.bucket)
+            .key(&dst.key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+    }
+    ctx.uploads.lock().expect("lock").remove(&upload_id);
+    result
 }
 
 /// Everything but unreserved characters and `/` is encoded in a CopySource.
@@ -867,4 +1003,19 @@ fn md5_range(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<[u8
         done += n as u64;
     }
     Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_grows_to_stay_within_10000_parts() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(upload_part_size(100 * MIB, 16 * MIB), 16 * MIB);
+        let huge = 1024 * 1024 * MIB; // 1 TiB
+        let ps = upload_part_size(huge, 16 * MIB);
+        assert!(huge.div_ceil(ps) <= MAX_PARTS);
+        assert_eq!(ps % MIB, 0);
+    }
 }
