@@ -28,51 +28,8 @@ fn env_with(extra: &str) -> Env {
     let kdc = kdc::Kdc::start(&["svc_client_dev", "svc_client_uat"]);
     let minter = TokenMinter::new();
     let jwks = JwksServer::start(&minter.jwks_json());
-    let config = format!(
-        r#"
-[identity]
-gitlab_url = "{ISSUER}"
-jwks_url = "{jwks}"
-
-[kerberos]
-krb5_config = "{krb5}"
-timeout_secs = 5
-{extra}
-
-[accounts.client_dev]
-principal = "{dev}"
-keytab = "{dev_kt}"
-
-[accounts.client_uat]
-principal = "{uat}"
-keytab = "{uat_kt}"
-
-[devstages.client_dev]
-deploy_account = "client_dev"
-projects = ["data-ml/*"]
-
-[devstages.client_uat]
-deploy_account = "client_uat"
-projects = ["data-ml/*"]
-ref_types = ["branch"]
-protected_ref = true
-branch_pattern = '^main$'
-pipeline_sources = ["push", "web", "schedule"]
-
-[devstages.client_prod]
-deploy_account = "client_uat"
-projects = ["data-ml/*"]
-ref_types = ["tag"]
-protected_ref = true
-tag_pattern = '^v\d+\.\d+\.\d+$'
-"#,
-        jwks = jwks.url,
-        krb5 = kdc.krb5_conf().display(),
-        dev = kdc.principal("svc_client_dev"),
-        dev_kt = kdc.keytab("svc_client_dev").display(),
-        uat = kdc.principal("svc_client_uat"),
-        uat_kt = kdc.keytab("svc_client_uat").display(),
-    );
+    let config =
+        p3_executor::demo::policy_config(&kdc, &format!("jwks_url = \"{}\"", jwks.url), extra);
     let host = runner::host(&config);
     Env {
         kdc,

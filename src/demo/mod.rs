@@ -97,7 +97,10 @@ fn full_demo(exe: PathBuf, keep: bool) -> anyhow::Result<i32> {
     // The public half goes where an air-gapped runner host would keep GitLab's keys.
     let jwks_file = realm.dir().join("gitlab-jwks.json");
     std::fs::write(&jwks_file, minter.jwks_json()).context("write the demo's JWKS file")?;
-    let host = Host::new(exe.clone(), &embedded_config(&realm, &jwks_file));
+    let host = Host::new(
+        exe.clone(),
+        &policy_config(&realm, &format!("jwks_file = {jwks_file:?}"), ""),
+    );
     let uat_keytab = realm.keytab(UAT);
 
     println!("Set up:");
@@ -276,19 +279,23 @@ klist 2>&1 || echo "no Kerberos ticket: a plain job gets no credentials""#,
     finish(ok, keep, host, Some(realm))
 }
 
-/// The example config's policy, pointed at the demo realm and JWKS file. Host::new adds the
-/// roots, job user, uid range and audit path.
-fn embedded_config(realm: &Realm, jwks_file: &std::path::Path) -> String {
+/// The executor config of the demo (and of the end-to-end tests): the team's three devstages
+/// as in `executor-config/config.toml` (client_dev from any ref, client_uat from protected
+/// `main`, client_prod from protected release tags via the client_uat account), two accounts
+/// in `realm`, the JWKS source line `jwks` (`jwks_file = ...` or `jwks_url = ...`) and extra
+/// `[kerberos]` lines.
+pub fn policy_config(realm: &Realm, jwks: &str, kerberos_extra: &str) -> String {
     format!(
         r#"
 [identity]
 gitlab_url = "{ISSUER}"
 audience = "p3-executor"
-jwks_file = "{jwks}"
+{jwks}
 
 [kerberos]
 krb5_config = "{krb5}"
 timeout_secs = 10
+{kerberos_extra}
 
 [accounts.client_dev]
 principal = "{dev}"
@@ -320,7 +327,6 @@ protected_ref = true
 tag_pattern = '^v\d+\.\d+\.\d+$'
 pipeline_sources = ["push", "web"]
 "#,
-        jwks = jwks_file.display(),
         krb5 = realm.krb5_conf().display(),
         dev = realm.principal(DEV),
         dev_kt = realm.keytab(DEV).display(),
