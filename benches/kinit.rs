@@ -42,6 +42,8 @@ pub struct Candidate {
     pub name: &'static str,
     /// Runs the operation once; panics on failure.
     pub run: Box<dyn FnMut(&Setup)>,
+    /// Runs after each measured run, untimed (e.g. the cleanup that follows a prepare).
+    pub after: Option<Box<dyn FnMut(&Setup)>>,
 }
 
 fn setup() -> Setup {
@@ -169,18 +171,11 @@ impl PrepareBench {
     }
 }
 
-impl Drop for PrepareBench {
-    fn drop(&mut self) {
-        for (_, payload) in &self.payloads[..self.next] {
-            self.call(payload, "cleanup");
-        }
-    }
-}
-
 fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
     let owner = nix::unistd::geteuid().is_root().then_some((65534, 65534));
     // One job per measured call: prepare of a fresh job, as the runner does it.
     let prepare = Rc::new(RefCell::new(PrepareBench::new(s, runs + 10)));
+    let cleanup = prepare.clone();
     vec![
         Candidate {
             name: "p3-executor prepare",
@@ -190,6 +185,12 @@ fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
                 b.next += 1;
                 b.call(&payload, "prepare");
             }),
+            // As on a runner host, each job is cleaned up before the next one arrives.
+            after: Some(Box::new(move |_s: &Setup| {
+                let b = cleanup.borrow();
+                let (_, payload) = b.payloads[b.next - 1].clone();
+                b.call(&payload, "cleanup");
+            })),
         },
         Candidate {
             name: "kerberos::obtain",
@@ -202,6 +203,7 @@ fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
                 )
                 .expect("obtain");
             }),
+            after: None,
         },
     ]
 }
@@ -233,6 +235,9 @@ fn main() {
         bare_kinit(&s);
         for c in cands.iter_mut() {
             (c.run)(&s);
+            if let Some(after) = c.after.as_mut() {
+                after(&s);
+            }
         }
     }
     let mut base = Vec::with_capacity(runs);
@@ -245,6 +250,9 @@ fn main() {
             let t = Instant::now();
             (c.run)(&s);
             out.push(t.elapsed());
+            if let Some(after) = c.after.as_mut() {
+                after(&s);
+            }
         }
     }
     let base_median = median(&mut base);

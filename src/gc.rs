@@ -2,11 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use chrono::Utc;
-
 use crate::config::Config;
 use crate::error::Result;
-use crate::workspace::{self, JobPaths, JobState};
+use crate::workspace::{self, JobPaths};
 
 /// One swept (or, in a dry run, sweepable) job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,16 +15,18 @@ pub struct Swept {
     pub idle_secs: u64,
 }
 
-/// Seconds since the job last did anything, from its state or its directories' mtime.
-fn idle_secs(cfg: &Config, paths: &JobPaths) -> u64 {
-    if let Ok(state) = JobState::load(paths) {
-        return (Utc::now() - state.last_activity).num_seconds().max(0) as u64;
-    }
-    let lease = workspace::leased_uid(cfg, paths.job_id)
-        .map(|uid| cfg.state_root.join("uids").join(uid.to_string()));
+/// Seconds since the job last did anything: the newest mtime of its directories and uid
+/// lease. Every prepare and run saves `state.json` by renaming it into the workspace, which
+/// updates the workspace's mtime, so no file needs to be read: prepare sweeps on every job.
+fn idle_secs(cfg: &Config, paths: &JobPaths, leases: &[(u32, u64)]) -> u64 {
+    let lease = leases
+        .iter()
+        .find(|(_, job)| *job == paths.job_id)
+        .map(|(uid, _)| cfg.state_root.join("uids").join(uid.to_string()));
     [
         Some(paths.workspace.clone()),
         Some(paths.job_root.clone()),
+        Some(paths.creds.clone()),
         lease,
     ]
     .into_iter()
@@ -43,9 +43,10 @@ fn idle_secs(cfg: &Config, paths: &JobPaths) -> u64 {
 pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<Vec<Swept>> {
     let max_age = max_age_secs.unwrap_or(cfg.gc_max_age_secs);
     let mut swept = Vec::new();
+    let leases = workspace::leases(cfg);
     for job_id in workspace::known_jobs(cfg) {
         let paths = JobPaths::new(cfg, job_id);
-        let idle = idle_secs(cfg, &paths);
+        let idle = idle_secs(cfg, &paths, &leases);
         if idle < max_age {
             continue;
         }
