@@ -36,14 +36,17 @@ pub struct Setup {
     pub dir: tempfile::TempDir,
 }
 
+/// A step run against the setup.
+type Step = Box<dyn FnMut(&Setup)>;
+
 /// One measured operation.
 pub struct Candidate {
     /// Label in the report.
     pub name: &'static str,
     /// Runs the operation once; panics on failure.
-    pub run: Box<dyn FnMut(&Setup)>,
+    pub run: Step,
     /// Runs after each measured run, untimed (e.g. the cleanup that follows a prepare).
-    pub after: Option<Box<dyn FnMut(&Setup)>>,
+    pub after: Option<Step>,
 }
 
 fn setup() -> Setup {
