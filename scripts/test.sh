@@ -39,6 +39,8 @@ command -v moto_server >/dev/null 2>&1 || pip_pkgs+=('moto[server]')
 if ((${#pip_pkgs[@]})); then
   echo "test.sh: installing ${pip_pkgs[*]} (pip)"
   python3 -m pip install -q "${pip_pkgs[@]}"
+  # pyenv (as on our build machines) needs new shims for the installed commands.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
   hash -r
 fi
 
