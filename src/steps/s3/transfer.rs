@@ -282,14 +282,28 @@ async fn put_multipart(
         .expect("lock")
         .insert(upload_id.clone(), (dst.bucket.clone(), dst.key.clone()));
 
-    let result = match upload_parts(&ctx, file, &path, size, &dst, &upload_id).await {
-        Ok(parts) => {
+    let parts = upload_parts(&ctx, file, &path, size, &dst, &upload_id).await;
+    finish_multipart(&ctx, &dst, &upload_id, parts).await
+}
+
+/// Complete a multipart upload with its parts, or abort it when the parts (or the completion)
+/// failed: never leave an invisible, billed, half-uploaded object behind. Deregisters the
+/// upload from the interruption handler either way.
+async fn finish_multipart(
+    ctx: &Ctx,
+    dst: &S3Uri,
+    upload_id: &str,
+    parts: Result<Vec<CompletedPart>, S3Error>,
+) -> Result<(), S3Error> {
+    let result = match parts {
+        Ok(mut parts) => {
+            parts.sort_by_key(|p| p.part_number());
             let done = ctx
                 .client
                 .complete_multipart_upload()
                 .bucket(&dst.bucket)
                 .key(&dst.key)
-                .upload_id(&upload_id)
+                .upload_id(upload_id)
                 .multipart_upload(
                     CompletedMultipartUpload::builder()
                         .set_parts(Some(parts))
@@ -309,17 +323,16 @@ async fn put_multipart(
         Err(e) => Err(e),
     };
     if result.is_err() {
-        // Never leave an invisible, billed, half-uploaded object behind.
         let _ = ctx
             .client
             .abort_multipart_upload()
             .bucket(&dst.bucket)
             .key(&dst.key)
-            .upload_id(&upload_id)
+            .upload_id(upload_id)
             .send()
             .await;
     }
-    ctx.uploads.lock().expect("lock").remove(&upload_id);
+    ctx.uploads.lock().expect("lock").remove(upload_id);
     result
 }
 
@@ -757,42 +770,7 @@ async fn copy_multipart(
         }
     }
     drop(set);
-    if result.is_ok() {
-        parts.sort_by_key(|p| p.part_number());
-        let done = ctx
-            .client
-            .complete_multipart_upload()
-            .bucket(&dst.bucket)
-            .key(&dst.key)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await;
-        result = match done {
-            Ok(_) => Ok(()),
-            Err(e) if completed_anyway(&e) => Ok(()),
-            Err(e) => Err(classify(
-                e,
-                &ctx.target("CompleteMultipartUpload", &dst.bucket, Some(&dst.key)),
-            )),
-        };
-    }
-    if result.is_err() {
-        let _ = ctx
-            .client
-            .abort_multipart_upload()
-            .bucket(&dst.bucket)
-            .key(&dst.key)
-            .upload_id(&upload_id)
-            .send()
-            .await;
-    }
-    ctx.uploads.lock().expect("lock").remove(&upload_id);
-    result
+    finish_multipart(ctx, dst, &upload_id, result.map(|()| parts)).await
 }
 
 /// Everything but unreserved characters and `/` is encoded in a CopySource.
