@@ -89,6 +89,20 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
     if let Some(dir) = cfg.audit.path.parent() {
         check_private_path(dir, "audit log directory", (0o022, 0o750), &mut out);
     }
+    // `p3-executor <step>` runs the steps binary installed next to this one.
+    if let Ok(exe) = std::env::current_exe() {
+        let steps = exe.with_file_name("p3-executor-steps");
+        if !steps.is_file() {
+            out.push(finding(
+                Severity::Warning,
+                format!(
+                    "{} is missing: jobs cannot run the built-in steps (s3, image, p3, release)",
+                    steps.display()
+                ),
+                "install it next to p3-executor (scripts/install.sh does)",
+            ));
+        }
+    }
     if which::which(&cfg.shell).is_err() {
         out.push(finding(
             Severity::Error,
