@@ -246,26 +246,20 @@ exp=$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)
 printf '{"Version": 1, "AccessKeyId": "S3RVER", "SecretAccessKey": "S3RVER", "Expiration": "%s"}\n' "$exp"
 "#;
 
-#[test]
-fn granted_job_uses_s3_with_no_credentials_of_its_own() {
+/// An S3 server with bucket `job-data`, and `env`'s client_dev account given S3 through
+/// [`CREDENTIAL_PROCESS`] (`s3_extra`: more `[accounts.client_dev.s3]` lines); the built-in
+/// steps and `/usr/bin` are on the job's PATH.
+fn with_s3(env: &Env, s3_extra: &str) -> s3srv::S3Server {
     let srv = s3srv::S3Server::start();
     srv.create_bucket("job-data");
-    let env = env();
     let helper = env.host.root().join("s3-credentials");
     std::fs::write(&helper, CREDENTIAL_PROCESS).unwrap();
     std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    // The job's own AWS CLI must be usable by the job's uid (root's pyenv is not). Debian's
-    // AWS CLI (2.9) predates AWS_ENDPOINT_URL_S3 support, hence --endpoint-url in the script.
-    let aws = std::path::Path::new("/usr/bin/aws");
-    assert!(
-        aws.exists(),
-        "install the AWS CLI for jobs: apt-get install awscli"
-    );
     let bin_dir = runner::exe().parent().unwrap().to_path_buf();
     let text = std::fs::read_to_string(&env.host.config).unwrap().replace(
         "[accounts.client_uat]",
         &format!(
-            "[accounts.client_dev.s3]\nendpoint_url = \"{}\"\npath_style = true\ncredential_process = [\"{}\"]\n\n[accounts.client_uat]",
+            "[accounts.client_dev.s3]\nendpoint_url = \"{}\"\npath_style = true\ncredential_process = [\"{}\"]\n{s3_extra}\n\n[accounts.client_uat]",
             srv.endpoint(),
             helper.display()
         ),
@@ -275,6 +269,19 @@ fn granted_job_uses_s3_with_no_credentials_of_its_own() {
         format!("job_path = \"{}:/usr/bin:/bin\"\n{text}", bin_dir.display()),
     )
     .unwrap();
+    srv
+}
+
+#[test]
+fn granted_job_uses_s3_with_no_credentials_of_its_own() {
+    let env = env();
+    let srv = with_s3(&env, "");
+    // The job's own AWS CLI must be usable by the job's uid (root's pyenv is not). Debian's
+    // AWS CLI (2.9) predates AWS_ENDPOINT_URL_S3 support, hence --endpoint-url in the script.
+    assert!(
+        std::path::Path::new("/usr/bin/aws").exists(),
+        "install the AWS CLI for jobs: apt-get install awscli"
+    );
     let script = "echo hello-s3 > hello.txt\np3-executor s3 cp --no-progress hello.txt s3://job-data/out/hello.txt\np3-executor s3 ls s3://job-data/out/\n/usr/bin/aws --endpoint-url \"$AWS_ENDPOINT_URL_S3\" s3 ls s3://job-data/out/\nenv | grep -c '^AWS_ACCESS_KEY_ID=' || true";
     let mut job = env.job(560, "feature/s3", "branch", false, "client_dev", script);
     assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
@@ -298,6 +305,29 @@ fn granted_job_uses_s3_with_no_credentials_of_its_own() {
         "a secret reached the audit log"
     );
     assert!(!env.host.root().join("state/creds/560").exists());
+}
+
+#[test]
+fn s3_credentials_close_to_expiry_are_refreshed_before_each_stage() {
+    let env = env();
+    // The credential process hands out one-hour credentials; refreshing below two hours
+    // means every stage must fetch new ones.
+    let _srv = with_s3(&env, "refresh_threshold_secs = 7200");
+    let mut job = env.job(
+        570,
+        "feature/s3",
+        "branch",
+        false,
+        "client_dev",
+        "p3-executor s3 ls s3://job-data/",
+    );
+    assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
+    let events: Vec<String> = env.audit_for(570).into_iter().map(|(e, _)| e).collect();
+    let s3 = events.iter().filter(|e| *e == "s3_credentials").count();
+    // prepare, then prepare_script, get_sources, build_script, cleanup_file_variables
+    assert_eq!(s3, 5, "{events:?}");
+    assert_eq!(events.last().map(String::as_str), Some("cleanup"));
+    env.verify_audit();
 }
 
 #[test]
