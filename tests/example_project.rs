@@ -370,9 +370,6 @@ fn gitlab_ci_local_validates_and_selects_jobs_per_ref() {
         listed(d, &tag("CI_COMMIT_REF_PROTECTED=true")),
         set(&[
             "test/on_success",
-            "build:uat/on_success",
-            "deploy:uat/on_success",
-            "remove:uat/manual",
             "build:prod/on_success",
             "deploy:prod/on_success",
             "remove:prod/manual",
@@ -395,4 +392,71 @@ fn gitlab_ci_local_validates_and_selects_jobs_per_ref() {
         d,
         &[&default_branch[..], &["--validate-dependency-chain"]].concat(),
     );
+}
+
+/// The example pipeline and the example runner policy agree: every devstage the pipeline
+/// requests on a ref is one `executor-config/config.toml` grants there (and prod is refused on
+/// the refs where the pipeline does not offer it).
+#[test]
+fn example_pipeline_requests_only_what_the_example_policy_grants() {
+    use p3_executor::config::{Config, RefType};
+    use p3_executor::identity::{Identity, IdentitySource};
+    use p3_executor::policy::decide;
+
+    let cfg = Config::parse(include_str!("../executor-config/config.toml")).unwrap();
+    let id = |ref_name: &str, ref_type: RefType, protected: bool| Identity {
+        project_path: "data-ml/forecast".into(),
+        project_id: 12,
+        namespace_path: "data-ml".into(),
+        ref_name: ref_name.into(),
+        ref_type,
+        ref_protected: protected,
+        ref_path: String::new(),
+        environment: None,
+        environment_protected: false,
+        pipeline_source: "push".into(),
+        pipeline_id: 1,
+        user_login: "alice".into(),
+        job_id: 1,
+        jti: "j".into(),
+        sha: "abc".into(),
+        source: IdentitySource::IdToken,
+    };
+    // (ref, the devstages the example pipeline requests there — see the gitlab-ci-local test)
+    let cases = [
+        (
+            id("feature/x", RefType::Branch, false),
+            vec!["client_dev"],
+            vec!["client_uat", "client_prod"],
+        ),
+        (
+            id("main", RefType::Branch, true),
+            vec!["client_dev", "client_uat"],
+            vec!["client_prod"],
+        ),
+        (
+            id("v1.2.3", RefType::Tag, true),
+            vec!["client_prod"],
+            vec![],
+        ),
+        (
+            id("v1.2.3", RefType::Tag, false),
+            vec![],
+            vec!["client_prod"],
+        ),
+    ];
+    for (identity, requested, refused) in cases {
+        for devstage in requested {
+            let d = decide(&identity, devstage, &cfg);
+            assert!(d.is_grant(), "{devstage} on {}: {d}", identity.ref_name);
+        }
+        for devstage in refused {
+            let d = decide(&identity, devstage, &cfg);
+            assert!(
+                !d.is_grant(),
+                "{devstage} on {}: granted",
+                identity.ref_name
+            );
+        }
+    }
 }
