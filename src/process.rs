@@ -308,7 +308,8 @@ fn terminate_descendants(pgid: i32, grace: Duration) {
     if reap() && !group_alive(pgid) {
         return;
     }
-    tracing::info!("stopping processes the job script left running");
+    // Common and harmless (git leaves its background maintenance after a fetch): debug only.
+    tracing::debug!("stopping processes the job script left running");
     signal_all(pgid, Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
