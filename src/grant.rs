@@ -42,6 +42,13 @@ pub fn prepare(
     else {
         return Ok(());
     };
+    if cfg.devstages.is_empty() {
+        // Not a host fault to retry: this runner simply offers no credentials.
+        return Err(Error::Denied(format!(
+            "devstage {requested} requested, but this runner grants no devstages; remove {} or run the job on a p3-executor runner that offers it",
+            cfg.identity.request_variable
+        )));
+    }
     let identity = match identity::verify(cfg, job) {
         Ok(identity) => identity,
         Err(e) => {

@@ -369,3 +369,16 @@ fn check_reports_problems_with_fixes() {
         assert!(text.contains("no-such-user-p3"), "{text}");
     }
 }
+
+#[test]
+fn devstage_request_on_a_runner_without_devstages_is_a_clear_build_failure() {
+    let host = new_host("");
+    let mut job = host.job(118, "true").var("P3_DEVSTAGE", "client_dev");
+    assert_eq!(
+        job.run_all(),
+        JobResult::BuildFailure(Some(1)),
+        "{}",
+        job.log
+    );
+    assert!(job.log.contains("grants no devstages"), "{}", job.log);
+}
