@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
+/// The `job_env` key through which `config` tells the later calls the job's workspace.
+pub const ANNOUNCED_WORKSPACE: &str = "P3_EXECUTOR_WORKSPACE";
+
 /// Every path belonging to one job, derived from the config and the job id alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobPaths {
@@ -57,6 +60,23 @@ impl JobPaths {
             tmp: job_root.join("tmp"),
             creds: cfg.state_root.join("creds").join(job_id.to_string()),
             job_root,
+        }
+    }
+
+    /// Check the workspace `config` announced to the later calls (its `job_env`, which job
+    /// variables cannot shadow) against the one this call computes: a config edited while the
+    /// job runs would otherwise make run or cleanup look in the wrong place.
+    pub fn check_announced(&self) -> Result<()> {
+        match std::env::var_os(ANNOUNCED_WORKSPACE) {
+            Some(announced) if Path::new(&announced) != self.workspace => {
+                Err(Error::Workspace(format!(
+                    "config_exec announced workspace {} but this call computes {}: was state_root changed while job {} was running?",
+                    Path::new(&announced).display(),
+                    self.workspace.display(),
+                    self.job_id
+                )))
+            }
+            _ => Ok(()),
         }
     }
 

@@ -382,3 +382,18 @@ fn devstage_request_on_a_runner_without_devstages_is_a_clear_build_failure() {
     );
     assert!(job.log.contains("grants no devstages"), "{}", job.log);
 }
+
+#[test]
+fn a_workspace_moved_between_calls_is_a_system_failure() {
+    let host = new_host("");
+    let mut job = host.job(119, "true");
+    job.config();
+    assert_eq!(job.prepare(), 0, "{}", job.log);
+    // As if state_root had been edited after config_exec ran.
+    job.job_env
+        .insert("P3_EXECUTOR_WORKSPACE".into(), "/elsewhere/jobs/119".into());
+    assert_eq!(job.run_stage("prepare_script"), 2, "{}", job.log);
+    assert!(job.log.contains("was state_root changed"), "{}", job.log);
+    job.cleanup();
+    assert!(!host.root().join("state/jobs/119").exists());
+}

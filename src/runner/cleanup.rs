@@ -40,5 +40,9 @@ pub fn teardown(cfg: &Config, job_id: u64, reason: &str) -> Result<()> {
 
 /// `p3-executor cleanup`.
 pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
-    teardown(cfg, job.job_id(), "cleanup")
+    // Clean up what this config knows about even on a mismatch, then report it: the job's
+    // old workspace needs an operator (or gc with the old config).
+    let announced = JobPaths::new(cfg, job.job_id()).check_announced();
+    teardown(cfg, job.job_id(), "cleanup")?;
+    announced
 }

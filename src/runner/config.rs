@@ -58,7 +58,7 @@ pub fn output(cfg: &Config, job: &JobContext) -> ConfigOutput {
             version: env!("CARGO_PKG_VERSION").into(),
         },
         job_env: [(
-            "P3_EXECUTOR_WORKSPACE".to_string(),
+            crate::workspace::ANNOUNCED_WORKSPACE.to_string(),
             paths.workspace.display().to_string(),
         )]
         .into(),

@@ -48,6 +48,7 @@ pub fn execute(
     stage: &str,
 ) -> Result<ScriptOutcome> {
     let paths = JobPaths::new(cfg, job.job_id());
+    paths.check_announced()?;
     let mut state = JobState::load(&paths)?;
     let _active = crate::workspace::hold_active(&paths)?;
     if !script.is_file() {
