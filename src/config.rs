@@ -485,6 +485,15 @@ impl Default for P3Config {
     }
 }
 
+/// Syntax check of a pattern without compiling it: every runner call validates the config,
+/// and building the automaton is only needed where a pattern is matched (policy, steps).
+fn check_regex(pattern: &str) -> std::result::Result<(), String> {
+    regex_syntax::Parser::new()
+        .parse(pattern)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 impl Config {
     /// Read, parse and validate the config at `path`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -542,7 +551,7 @@ impl Config {
                 ("tag_pattern", &stage.tag_pattern),
             ] {
                 if let Some(p) = pattern {
-                    if let Err(e) = regex::Regex::new(p) {
+                    if let Err(e) = check_regex(p) {
                         problems.push(format!("devstages.{name}.{key}: invalid regex: {e}"));
                     }
                 }
@@ -578,7 +587,7 @@ impl Config {
         }
         // A template typo would otherwise surface only in a deploy job, long after the edit.
         problems.extend(crate::steps::p3::validate_templates(&self.steps.p3));
-        if let Err(e) = regex::Regex::new(&self.steps.image.release_tag_pattern) {
+        if let Err(e) = check_regex(&self.steps.image.release_tag_pattern) {
             problems.push(format!(
                 "steps.image.release_tag_pattern: invalid regex: {e}"
             ));
@@ -630,6 +639,18 @@ mod tests {
         let cfg = Config::parse(include_str!("../executor-config/config.toml")).unwrap();
         assert_eq!(cfg.devstages["client_prod"].deploy_account, "client_uat");
         assert_eq!(cfg.job_uid_range, Some([200000, 265535]));
+    }
+
+    #[test]
+    fn invalid_patterns_are_named() {
+        let err = Config::parse(
+            "[identity]\ngitlab_url = \"https://g\"\n[accounts.a]\nprincipal = \"p\"\nkeytab = \"/k\"\n[devstages.d]\ndeploy_account = \"a\"\nprojects = [\"x/*\"]\ntag_pattern = \"^v(\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("devstages.d.tag_pattern: invalid regex"),
+            "{err}"
+        );
     }
 
     #[test]

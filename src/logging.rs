@@ -1,25 +1,34 @@
 //! Diagnostics to stderr (stdout belongs to the runner protocol and the job log).
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat};
 
 /// Install the global subscriber. `P3_EXECUTOR_LOG` overrides the configured level.
+///
+/// `Targets` (`warn,p3_executor=debug` syntax) rather than `EnvFilter`: the latter compiles
+/// regular expressions at start-up, and the runner starts the executor for every stage.
 pub fn init(cfg: &LogConfig) {
-    let filter = std::env::var("P3_EXECUTOR_LOG")
+    let filter: Targets = std::env::var("P3_EXECUTOR_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(directives(&cfg.level)).ok())
-        .unwrap_or_else(|| EnvFilter::new("warn,p3_executor=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .and_then(|f| f.parse().ok())
+        .or_else(|| directives(&cfg.level).parse().ok())
+        .unwrap_or_else(|| {
+            Targets::new()
+                .with_default(tracing::Level::WARN)
+                .with_target("p3_executor", tracing::Level::INFO)
+        });
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         // Colour only for a person at a terminal; job logs and files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match cfg.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.without_time().try_init(),
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
+        LogFormat::Text => registry.with(fmt.without_time()).try_init(),
     };
 }
 
