@@ -44,10 +44,21 @@ pub fn prepare(
     };
     if cfg.devstages.is_empty() {
         // Not a host fault to retry: this runner simply offers no credentials.
-        return Err(Error::Denied(format!(
+        let reason = format!(
             "devstage {requested} requested, but this runner grants no devstages; remove {} or run the job on a p3-executor runner that offers it",
             cfg.identity.request_variable
-        )));
+        );
+        let mut rec = base_record(
+            cfg,
+            job,
+            None,
+            AuditEvent::Deny,
+            Outcome::Denied,
+            reason.clone(),
+        );
+        rec.devstage = Some(requested.to_string());
+        record_best_effort(cfg, rec);
+        return Err(Error::Denied(reason));
     }
     let identity = match identity::verify(cfg, job) {
         Ok(identity) => identity,

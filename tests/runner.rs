@@ -381,6 +381,11 @@ fn devstage_request_on_a_runner_without_devstages_is_a_clear_build_failure() {
         job.log
     );
     assert!(job.log.contains("grants no devstages"), "{}", job.log);
+    let audit = std::fs::read_to_string(host.root().join("audit/audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"deny\"") && audit.contains("\"job_id\":118"),
+        "{audit}"
+    );
 }
 
 #[test]
