@@ -402,3 +402,26 @@ fn a_workspace_moved_between_calls_is_a_system_failure() {
     job.cleanup();
     assert!(!host.root().join("state/jobs/119").exists());
 }
+
+#[test]
+fn check_warns_that_isolation_is_off_when_not_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root to drop to another user");
+        return;
+    }
+    let host = new_host("");
+    // A copy of the config the unprivileged user can read.
+    let config = host.root().join("user-config.toml");
+    std::fs::copy(&host.config, &config).unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::exe())
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("isolation is off"), "{text}");
+}
