@@ -380,6 +380,34 @@ fn ticket_is_renewed_before_stages_when_close_to_expiry() {
 }
 
 #[test]
+fn gc_destroys_the_credentials_of_a_job_whose_cleanup_never_ran() {
+    let env = env();
+    let mut job = env.job(580, "main", "branch", true, "client_uat", "klist");
+    job.config();
+    assert_eq!(job.prepare(), 0, "{}", job.log);
+    assert_eq!(job.run_stage("get_sources"), 0, "{}", job.log);
+    assert_eq!(job.run_stage("build_script"), 0, "{}", job.log);
+    let cache = env.host.root().join("state/creds/580/krb5cc");
+    assert!(cache.exists());
+    // The runner dies here: no cleanup. gc with the default age keeps the young job...
+    env.host.exec(&["gc"]);
+    assert!(cache.exists(), "gc removed a young job's ticket");
+    // ...and removes it once it is old enough.
+    let out = env.host.exec(&["gc", "--max-age-secs", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!cache.exists(), "the ticket outlived its job");
+    assert!(!env.host.root().join("state/jobs/580").exists());
+    assert_eq!(
+        env.audit_for(580),
+        vec![
+            ("grant".to_string(), "granted".to_string()),
+            ("gc".to_string(), "succeeded".to_string())
+        ]
+    );
+    env.verify_audit();
+}
+
+#[test]
 fn kdc_down_is_a_system_failure_with_kinits_message() {
     let mut env = env();
     env.kdc.stop();
