@@ -15,9 +15,8 @@ pub struct Swept {
     pub idle_secs: u64,
 }
 
-/// Seconds since the job last did anything: the newest mtime of its directories and uid
-/// lease. Every prepare and run saves `state.json` by renaming it into the workspace, which
-/// updates the workspace's mtime, so no file needs to be read: prepare sweeps on every job.
+/// Seconds since the job last did anything: the newest mtime of its directories, its uid lease
+/// and its active lock (touched by every `run`). No file is read: prepare sweeps on every job.
 fn idle_secs(cfg: &Config, paths: &JobPaths, leases: &[(u32, u64)]) -> u64 {
     let lease = leases
         .iter()
@@ -25,6 +24,7 @@ fn idle_secs(cfg: &Config, paths: &JobPaths, leases: &[(u32, u64)]) -> u64 {
         .map(|(uid, _)| cfg.state_root.join("uids").join(uid.to_string()));
     [
         Some(paths.workspace.clone()),
+        Some(paths.workspace.join("active.lock")),
         Some(paths.job_root.clone()),
         Some(paths.creds.clone()),
         lease,

@@ -129,8 +129,6 @@ pub struct JobState {
     pub job_id: u64,
     /// When prepare created the workspace.
     pub created: DateTime<Utc>,
-    /// Last prepare/run call; `gc` sweeps workspaces idle for too long.
-    pub last_activity: DateTime<Utc>,
     /// Who the job runs as.
     pub ids: JobIdentityIds,
     /// Name of the job user (for USER/LOGNAME).
@@ -145,7 +143,7 @@ pub struct JobState {
 /// Mark the job as active for as long as the returned file stays open.
 ///
 /// `run` holds this (shared) lock while the job script runs; `gc` never sweeps a job whose lock
-/// is held. The kernel drops the lock when the process dies, even by SIGKILL, so a crashed
+/// is held, and reads the job's last activity from the lock's mtime. The kernel drops the lock when the process dies, even by SIGKILL, so a crashed
 /// runner cannot keep a job "active" forever.
 pub fn hold_active(paths: &JobPaths) -> Result<fs::File> {
     let file = fs::OpenOptions::new()
@@ -162,6 +160,9 @@ pub fn hold_active(paths: &JobPaths) -> Result<fs::File> {
             std::io::Error::last_os_error(),
         ));
     }
+    // The lock's mtime is the job's last activity for gc: one futimens on an fd we hold,
+    // instead of rewriting state.json at every stage.
+    let _ = file.set_modified(std::time::SystemTime::now());
     Ok(file)
 }
 

@@ -69,7 +69,6 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     let mut state = JobState {
         job_id,
         created: now,
-        last_activity: now,
         ids,
         user,
         env: BTreeMap::new(),

@@ -4,8 +4,6 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use chrono::Utc;
-
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::JobContext;
@@ -59,8 +57,6 @@ pub fn execute(
     }
     // Multi-hour jobs: renew the ticket / refresh S3 credentials before each stage as needed.
     crate::grant::refresh(cfg, job, &paths, &mut state)?;
-    state.last_activity = Utc::now();
-    state.save(&paths)?;
     tracing::debug!(stage, "running job script");
     let spec = ScriptSpec {
         shell: cfg.shell.clone(),
