@@ -109,24 +109,35 @@ pub fn prepare(
             paths,
             state,
             &identity,
-            devstage,
-            deploy_account,
-            principal,
+            Granted {
+                devstage,
+                deploy_account,
+                principal,
+            },
         ),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What policy granted: the devstage, and the account (deploy stage) and principal serving it.
+struct Granted {
+    devstage: String,
+    deploy_account: String,
+    principal: String,
+}
+
 fn grant(
     cfg: &Config,
     job: &JobContext,
     paths: &JobPaths,
     state: &mut JobState,
     identity: &Identity,
-    devstage: String,
-    deploy_account: String,
-    principal: String,
+    granted: Granted,
 ) -> Result<()> {
+    let Granted {
+        devstage,
+        deploy_account,
+        principal,
+    } = granted;
     let account = cfg.accounts.get(&deploy_account).ok_or_else(|| {
         Error::Credentials(format!("account {deploy_account} vanished from config"))
     })?;
