@@ -815,13 +815,16 @@ fn errors_name_the_object_and_the_cause() {
         r.stderr
     );
 
-    // No credentials at all.
+    // No credentials at all: a clear error, and never the host's instance metadata (a job
+    // without a grant must not fall back to the runner host's cloud role).
     let mut cmd = srv.p3(&["s3", "ls", "s3://err-bkt"]);
     cmd.env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY");
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_EC2_METADATA_DISABLED");
     let r = run(cmd);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no S3 credentials"), "{}", r.stderr);
+    assert!(!r.stderr.contains("IMDS"), "{}", r.stderr);
 
     let r = run(srv.p3(&["s3", "cp", p(&file), p(&file)]));
     assert_eq!(r.code, 2);

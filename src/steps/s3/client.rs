@@ -29,12 +29,25 @@ pub struct ClientOptions {
 
 /// Build the client; also returns the endpoint in use, for error messages.
 pub async fn build(opts: &ClientOptions) -> (aws_sdk_s3::Client, String) {
+    // Only the job's own sources: flags, environment, and the profile files prepare wrote.
+    // Never instance metadata: on a cloud runner host that would hand a job without a grant
+    // the host's own role (and it fills the job log with IMDS warnings when absent).
     let region = RegionProviderChain::first_try(opts.region.clone().map(Region::new))
-        .or_default_provider()
+        .or_else(aws_config::environment::region::EnvironmentVariableRegionProvider::new())
+        .or_else(aws_config::profile::ProfileFileRegionProvider::new())
         // S3-compatible stores accept any region; us-east-1 is what the AWS CLI assumes too.
         .or_else(Region::from_static("us-east-1"));
+    let credentials = aws_config::meta::credentials::CredentialsProviderChain::first_try(
+        "Environment",
+        aws_config::environment::credentials::EnvironmentVariableCredentialsProvider::new(),
+    )
+    .or_else(
+        "Profile",
+        aws_config::profile::ProfileFileCredentialsProvider::builder().build(),
+    );
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
+        .credentials_provider(credentials)
         // Standard mode retries throttling, 5xx and I/O errors with jittered exponential
         // backoff; a short first backoff keeps a wrong endpoint from hanging for long.
         .retry_config(
