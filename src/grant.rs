@@ -28,6 +28,8 @@ pub const CCACHE_FILE: &str = "krb5cc";
 pub const STEPS_FILE: &str = "steps.json";
 
 /// Decide and obtain the credentials a job asked for. Without a request the job runs plain.
+///
+/// Updates `state` (env, grant); the caller saves it afterwards, on success and on failure.
 pub fn prepare(
     cfg: &Config,
     job: &JobContext,
@@ -224,7 +226,8 @@ fn grant(
     }
     state.env.extend(env);
     state.grant = Some(grant);
-    state.save(paths)
+    // prepare saves the state once more right after this returns, whatever the outcome.
+    Ok(())
 }
 
 /// The job's AWS environment, the credentials' expiry, and the audit record of the retrieval.
