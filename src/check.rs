@@ -160,6 +160,30 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
             "run gitlab-runner (and so p3-executor) as root with job_user set",
         ));
     }
+    // A broken chain also blocks every grant (appends refuse a damaged tail): say so here.
+    if cfg.audit.path.exists() {
+        match crate::audit::verify(&cfg.audit.path) {
+            Ok(v) => {
+                if let Some(b) = v.broken {
+                    out.push(finding(
+                        Severity::Error,
+                        format!(
+                            "audit log {} is broken at line {}: {}",
+                            cfg.audit.path.display(),
+                            b.line,
+                            b.message
+                        ),
+                        "investigate (p3-executor audit verify), then move the log aside so a new chain starts; keep the old one as evidence",
+                    ));
+                }
+            }
+            Err(e) => out.push(finding(
+                Severity::Error,
+                format!("audit log {} cannot be read: {e}", cfg.audit.path.display()),
+                "fix its permissions (root, 0640) or move it aside",
+            )),
+        }
+    }
     out.extend(crate::grant::check(cfg));
     out
 }

@@ -365,6 +365,19 @@ fn check_reports_problems_with_fixes() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("state_root"), "{text}");
     assert!(text.contains("fix:"), "{text}");
+    assert!(
+        !text.contains("audit log /"),
+        "no log yet, nothing to say: {text}"
+    );
+    // A tampered audit log is reported.
+    let audit = host.root().join("audit/audit.jsonl");
+    std::fs::create_dir_all(audit.parent().unwrap()).unwrap();
+    std::fs::write(&audit, "{\"seq\": 1, \"prev\": \"x\", \"hash\": \"y\"}\n").unwrap();
+    let text = String::from_utf8_lossy(&host.exec(&["check"]).stdout).to_string();
+    assert!(
+        text.contains("audit log /") && text.contains("line 1"),
+        "{text}"
+    );
     if is_root() {
         assert!(text.contains("no-such-user-p3"), "{text}");
     }
