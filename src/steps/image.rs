@@ -226,18 +226,22 @@ pub fn commands(plan: &BuildPlan) -> Vec<Vec<String>> {
     }
     let file = plan.file.display().to_string();
     let context = plan.context.display().to_string();
+    // buildah, podman and docker share the `build --file --tag ... <context>` form.
+    let cli_build = || {
+        let mut build = plan.global.clone();
+        build.extend([
+            "build".into(),
+            format!("--file={file}"),
+            format!("--tag={reference}"),
+        ]);
+        build.extend(common.iter().cloned());
+        build.extend(plan.build_options.iter().cloned());
+        build.push(context.clone());
+        build
+    };
     match plan.kind {
         BuilderKind::Buildah | BuilderKind::Podman => {
-            let mut build = plan.global.clone();
-            build.extend([
-                "build".into(),
-                format!("--file={file}"),
-                format!("--tag={reference}"),
-            ]);
-            build.extend(common);
-            build.extend(plan.build_options.iter().cloned());
-            build.push(context);
-            let mut cmds = vec![build];
+            let mut cmds = vec![cli_build()];
             if let Some(dest) = &plan.push_to {
                 let mut push = plan.global.clone();
                 push.extend([
@@ -254,16 +258,7 @@ pub fn commands(plan: &BuildPlan) -> Vec<Vec<String>> {
             cmds
         }
         BuilderKind::Docker => {
-            let mut build = plan.global.clone();
-            build.extend([
-                "build".into(),
-                format!("--file={file}"),
-                format!("--tag={reference}"),
-            ]);
-            build.extend(common);
-            build.extend(plan.build_options.iter().cloned());
-            build.push(context);
-            let mut cmds = vec![build];
+            let mut cmds = vec![cli_build()];
             if plan.push_to.is_some() {
                 let mut push = plan.global.clone();
                 push.push("push".into());
