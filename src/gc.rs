@@ -44,7 +44,7 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
     let max_age = max_age_secs.unwrap_or(cfg.gc_max_age_secs);
     let mut swept = Vec::new();
     let leases = workspace::leases(cfg);
-    for job_id in workspace::known_jobs(cfg) {
+    for job_id in workspace::known_jobs(cfg, &leases) {
         let paths = JobPaths::new(cfg, job_id);
         let idle = idle_secs(cfg, &paths, &leases);
         if idle < max_age {

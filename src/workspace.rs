@@ -349,8 +349,9 @@ pub fn release_uid(cfg: &Config, job_id: u64) {
     }
 }
 
-/// Job ids that have a workspace or a job root on this host.
-pub fn known_jobs(cfg: &Config) -> Vec<u64> {
+/// Job ids that have a workspace, a job root, a credentials dir or a uid lease (`leases`, as
+/// read by [`leases`]: the caller reads them once per sweep) on this host.
+pub fn known_jobs(cfg: &Config, leases: &[(u32, u64)]) -> Vec<u64> {
     let mut ids: Vec<u64> = [
         cfg.state_root.join("jobs"),
         cfg.state_root.join("creds"),
@@ -361,7 +362,7 @@ pub fn known_jobs(cfg: &Config) -> Vec<u64> {
     .flat_map(|entries| entries.flatten())
     .filter_map(|e| e.file_name().to_str()?.parse().ok())
     .collect();
-    ids.extend(leases(cfg).into_iter().map(|(_, job)| job));
+    ids.extend(leases.iter().map(|(_, job)| *job));
     ids.sort_unstable();
     ids.dedup();
     ids
@@ -423,6 +424,6 @@ mod tests {
         assert!(!paths.builds_dir.join("leftover").exists());
         let mode = fs::metadata(&paths.workspace).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        assert_eq!(known_jobs(&cfg), vec![7]);
+        assert_eq!(known_jobs(&cfg, &leases(&cfg)), vec![7]);
     }
 }

@@ -28,7 +28,14 @@ fn passing_job_clones_builds_and_cleans_up() {
     assert_eq!(result, JobResult::Success, "log:\n{}", job.log);
     assert!(job.log.contains("hello from the repository"), "{}", job.log);
     assert!(job.log.contains("after-script-ran"), "{}", job.log);
-    assert!(job.log.contains("p3-executor"), "banner: {}", job.log);
+    // prepare's banner: version, host and who the job runs as.
+    assert!(
+        job.log
+            .contains(&format!("p3-executor {} on ", env!("CARGO_PKG_VERSION")))
+            && job.log.contains(": job 101 runs as "),
+        "banner: {}",
+        job.log
+    );
     assert!(
         job.log.contains(&format!("pwd: {}", job.project_dir())),
         "{}",
