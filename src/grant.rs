@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::audit::{self, AuditEvent, AuditRecord, Decision as Outcome};
-use crate::config::S3Account;
+use crate::config::{Account, S3Account};
 use crate::config::{Config, RefType};
 use crate::credentials::{aws, kerberos};
 use crate::error::{Error, Result};
@@ -178,7 +178,8 @@ fn grant(
             rec.reason = format!("kinit failed: {e}");
             record_best_effort(cfg, rec);
             return Err(Error::Credentials(format!(
-                "devstage {devstage} was granted, but its Kerberos ticket (account {deploy_account}, {principal}) could not be obtained: {e}"
+                "devstage {devstage} was granted, but its Kerberos ticket (account {deploy_account}, {principal}) could not be obtained: {}",
+                for_job_log(&e, &deploy_account, account)
             )));
         }
     };
@@ -340,7 +341,8 @@ pub fn refresh(
                 rec.reason = format!("renewal failed: {e}");
                 record_best_effort(cfg, rec);
                 return Err(Error::Credentials(format!(
-                    "cannot renew the job's Kerberos ticket: {e}"
+                    "cannot renew the job's Kerberos ticket: {}",
+                    for_job_log(&e, &grant.deploy_account, account)
                 )));
             }
         }
@@ -398,6 +400,16 @@ pub fn revoke(cfg: &Config, paths: &JobPaths, state: &JobState, reason: &str) ->
     }
     record_best_effort(cfg, rec);
     result.map_err(Error::Credentials)
+}
+
+/// A credential error as the job log shows it. Everyone on the project reads job logs, so the
+/// host's keytab paths are replaced by the account's name; the audit record and
+/// `p3-executor check` keep the full text for operators. kinit's own words stay.
+fn for_job_log(err: &kerberos::KerberosError, account_name: &str, account: &Account) -> String {
+    err.to_string().replace(
+        &account.keytab.display().to_string(),
+        &format!("<keytab of account {account_name}>"),
+    )
 }
 
 /// Host checks for accounts and keytabs, for `p3-executor check`.

@@ -408,6 +408,41 @@ fn gc_destroys_the_credentials_of_a_job_whose_cleanup_never_ran() {
 }
 
 #[test]
+fn a_wrong_keytab_fails_with_kinits_words_but_no_host_path_in_the_job_log() {
+    let env = env();
+    // client_dev's keytab holds only the client_uat key.
+    let dev_keytab = env.kdc.keytab("svc_client_dev");
+    let uat_keytab = env.kdc.keytab("svc_client_uat");
+    let text = std::fs::read_to_string(&env.host.config).unwrap();
+    let text = text.replacen(
+        &format!("keytab = \"{}\"", dev_keytab.display()),
+        &format!("keytab = \"{}\"", uat_keytab.display()),
+        1,
+    );
+    std::fs::write(&env.host.config, text).unwrap();
+    let mut job = env.job(590, "feature/k", "branch", false, "client_dev", "true");
+    assert_eq!(job.run_all(), JobResult::SystemFailure, "{}", job.log);
+    assert!(
+        job.log.contains("Keytab contains no suitable keys"),
+        "{}",
+        job.log
+    );
+    assert!(
+        job.log.contains("<keytab of account client_dev>"),
+        "{}",
+        job.log
+    );
+    assert!(
+        !job.log.contains(&uat_keytab.display().to_string()),
+        "keytab path in the job log: {}",
+        job.log
+    );
+    // Operators still get the whole story in the audit record.
+    let audit = std::fs::read_to_string(env.host.root().join("audit/audit.jsonl")).unwrap();
+    assert!(audit.contains(&uat_keytab.display().to_string()), "{audit}");
+}
+
+#[test]
 fn kdc_down_is_a_system_failure_with_kinits_message() {
     let mut env = env();
     env.kdc.stop();
