@@ -157,7 +157,7 @@ fn grant(
         deploy_account: deploy_account.clone(),
         principal: principal.clone(),
         ccache: ccache.clone(),
-        audit_context: audit_context(&template),
+        audit_context: Some(template.clone()),
         ..GrantState::default()
     };
     // Record where the credentials will be before obtaining them: a prepare that fails half-way
@@ -485,45 +485,25 @@ fn base_record(
     rec
 }
 
-/// Identity facts of a grant, kept in the job's state for its later records.
-fn audit_context(rec: &AuditRecord) -> BTreeMap<String, Value> {
-    match serde_json::to_value(rec) {
-        Ok(Value::Object(map)) => map
-            .into_iter()
-            .filter(|(k, _)| {
-                matches!(
-                    k.as_str(),
-                    "job_id"
-                        | "job_url"
-                        | "pipeline_id"
-                        | "project"
-                        | "ref"
-                        | "ref_type"
-                        | "ref_protected"
-                        | "user"
-                        | "identity_source"
-                        | "token_jti"
-                )
-            })
-            .collect(),
-        _ => BTreeMap::new(),
-    }
-}
-
-/// A record for a later event of a grant (renew, cleanup, gc), carrying its identity facts.
+/// A record for a later event of a grant (renew, S3, cleanup, gc): the grant's record of the
+/// verified job (kept in the job's state), with this event's outcome.
 fn record_from_grant(
     grant: &GrantState,
     event: AuditEvent,
     decision: Outcome,
     reason: String,
 ) -> AuditRecord {
-    let mut rec = AuditRecord::new(event, decision, reason);
-    if let Ok(Value::Object(mut map)) = serde_json::to_value(&rec) {
-        map.extend(grant.audit_context.clone());
-        if let Ok(merged) = serde_json::from_value(Value::Object(map)) {
-            rec = merged;
-        }
-    }
+    let mut rec = match &grant.audit_context {
+        Some(job) => AuditRecord {
+            time: Utc::now(),
+            event,
+            decision,
+            reason,
+            extra: BTreeMap::new(),
+            ..job.clone()
+        },
+        None => AuditRecord::new(event, decision, reason),
+    };
     rec.devstage = Some(grant.devstage.clone());
     rec.deploy_stage = Some(grant.deploy_account.clone());
     rec.account = Some(grant.deploy_account.clone());

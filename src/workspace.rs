@@ -118,8 +118,9 @@ pub struct GrantState {
     pub s3_expires: Option<DateTime<Utc>>,
     /// The account has S3 credentials in `creds/`.
     pub s3: bool,
-    /// Facts about the verified job, copied into later audit records.
-    pub audit_context: BTreeMap<String, serde_json::Value>,
+    /// The grant's audit record of the verified job (before its outcome): later records of
+    /// this grant (renew, S3, cleanup, gc) repeat its identity facts.
+    pub audit_context: Option<crate::audit::AuditRecord>,
 }
 
 /// State shared between prepare, run and cleanup of one job.
