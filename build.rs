@@ -10,6 +10,12 @@ fn main() {
     if target.contains("linux-gnu") && linker_supports_relr() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+    // Tests keep their scratch trees in target/tmp (.cargo/config.toml points TMPDIR there,
+    // outside the private /tmp of a job's sandbox). Cargo creates it only in its own target
+    // dir, which CARGO_TARGET_DIR may move elsewhere.
+    if let Ok(dir) = std::env::var("CARGO_MANIFEST_DIR") {
+        let _ = std::fs::create_dir_all(std::path::Path::new(&dir).join("target/tmp"));
+    }
     println!("cargo:rerun-if-changed=build.rs");
 }
 

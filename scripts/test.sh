@@ -54,4 +54,14 @@ fi
 unset AWS_CA_BUNDLE AWS_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN \
       AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE AWS_REGION AWS_DEFAULT_REGION AWS_ENDPOINT_URL
 
+# Scratch trees (temp hosts, realms, repositories) that jobs must reach live outside the
+# private /tmp a job's sandbox gets: under target/tmp, or elsewhere if the checkout itself
+# is in one of the sandbox's private dirs.
+TMPDIR="$PWD/target/tmp"
+case "$TMPDIR" in
+  /tmp/*|/var/tmp/*|/dev/shm/*) TMPDIR=/var/lib/p3-executor-tests/tmp ;;
+esac
+export TMPDIR
+mkdir -p "$TMPDIR"
+
 cargo test --locked "$@"

@@ -27,6 +27,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuditConfig, Config};
+use crate::terminal::escape;
 
 /// `prev` of the first record in a log.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -589,8 +590,8 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
     }
 }
 
-/// Print the records of the log at `path` matching `filter` to `out`: a table, or with `json`
-/// the stored lines unchanged. Returns how many were printed. Lines that are not records are
+/// Print the records of the log at `path` matching `filter` to `out`: a table (one row per
+/// record, its text fields escaped for the terminal), or with `json` the stored lines unchanged. Returns how many were printed. Lines that are not records are
 /// reported on stderr and skipped (`audit verify` says what is wrong with them).
 pub fn show(
     path: &Path,
@@ -610,7 +611,12 @@ pub fn show(
         let record: AuditRecord = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("audit log line {}: not a record ({e}); skipped", i + 1);
+                // serde's messages can quote the line's content.
+                eprintln!(
+                    "audit log line {}: not a record ({}); skipped",
+                    i + 1,
+                    escape(&e.to_string())
+                );
                 continue;
             }
         };
@@ -642,12 +648,15 @@ const HEADER: [&str; 9] = [
     "REASON",
 ];
 
+/// One table row. Every text field may hold what a job supplied (its requested devstage, the
+/// reason quoting it), so each is [`escape`]d: a record is always exactly one row, and no
+/// control or escape sequence reaches the operator's terminal.
 fn table_row(r: &AuditRecord) -> [String; 9] {
     let dash = || "-".to_string();
-    let opt = |v: &Option<String>| v.clone().unwrap_or_else(dash);
+    let opt = |v: &Option<String>| v.as_deref().map_or_else(dash, |s| escape(s).into_owned());
     let git_ref = match (&r.git_ref, r.ref_protected) {
-        (Some(g), Some(true)) => format!("{g} (protected)"),
-        (Some(g), _) => g.clone(),
+        (Some(g), Some(true)) => format!("{} (protected)", escape(g)),
+        (Some(g), _) => escape(g).into_owned(),
         (None, _) => dash(),
     };
     let stage = match (&r.devstage, &r.deploy_stage) {
@@ -663,7 +672,7 @@ fn table_row(r: &AuditRecord) -> [String; 9] {
         opt(&r.principal),
         r.event.to_string(),
         r.decision.to_string(),
-        r.reason.clone(),
+        escape(&r.reason).into_owned(),
     ]
 }
 
@@ -770,7 +779,7 @@ pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
                         path.display(),
                         b.line,
                         b.seq.map(|s| format!(" (seq {s})")).unwrap_or_default(),
-                        b.message,
+                        escape(&b.message),
                         v.records,
                         v.head
                     );
@@ -821,6 +830,33 @@ mod tests {
         );
         assert!(parse_since("yesterday", now).is_err());
         assert!(parse_since("", now).is_err());
+    }
+
+    #[test]
+    fn a_hostile_record_is_one_escaped_row() {
+        let mut r = AuditRecord::new(
+            AuditEvent::Deny,
+            Decision::Denied,
+            "devstage x\n2026-01-01 00:00:00  999  grant  granted\x1b[2J requested",
+        );
+        r.devstage = Some("client_dev\n999  grant  granted\x1b]0;owned\x07".into());
+        r.project = Some("grp/app\u{202e}".into());
+        r.git_ref = Some("main\r".into());
+        r.ref_protected = Some(true);
+        let mut out = Vec::new();
+        print_table(&[table_row(&r)], &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(!out.contains(['\x1b', '\x07', '\r', '\u{202e}']), "{out:?}");
+        let row = out.lines().nth(1).unwrap();
+        for shown in [
+            r"client_dev\n999  grant  granted\x1b]0;owned\x07 → -",
+            r"grp/app\u{202e}",
+            r"main\r (protected)",
+            r"devstage x\n2026-01-01 00:00:00  999  grant  granted\x1b[2J requested",
+        ] {
+            assert!(row.contains(shown), "{shown} not in {row}");
+        }
     }
 
     #[test]

@@ -67,6 +67,33 @@ pub struct Config {
     /// Settings the built-in steps receive (nothing secret: jobs can read them).
     #[serde(default)]
     pub steps: StepsConfig,
+    /// The per-job sandbox around every job script.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// The per-job sandbox: namespaces around every job script (see `sandbox/`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Run every job script in its own mount, PID and IPC namespaces with `no_new_privs`, a
+    /// private `/tmp`, and the state root hidden. Turning it off is an explicit choice that
+    /// `check` warns about; it has no effect when the executor does not run as root.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Size limit of the job's private `/tmp`, `/var/tmp` and `/dev/shm` tmpfs (tmpfs `size=`
+    /// syntax: `512m`, `4g`, `25%`).
+    #[serde(default = "default_tmpfs_size")]
+    pub tmpfs_size: String,
+    /// Further host paths made unreachable inside the sandbox: a directory is covered by an
+    /// empty root-owned tmpfs, a file by `/dev/null`. The state root, the builds root, the
+    /// keytabs and the audit log are always hidden.
+    #[serde(default)]
+    pub hide: Vec<PathBuf>,
+    /// World-writable places searched for anything a job uid left behind before the uid is
+    /// leased to another job (files are removed; a uid that cannot be cleaned is quarantined).
+    #[serde(default = "default_scrub_dirs")]
+    pub scrub_dirs: Vec<PathBuf>,
 }
 
 /// Diagnostics settings.
@@ -316,6 +343,18 @@ pub struct P3Config {
     pub timeout_secs: u64,
 }
 
+fn default_true() -> bool {
+    true
+}
+fn default_tmpfs_size() -> String {
+    "50%".into()
+}
+fn default_scrub_dirs() -> Vec<PathBuf> {
+    ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue"]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect()
+}
 fn default_state_root() -> PathBuf {
     "/var/lib/p3-executor".into()
 }
@@ -438,6 +477,17 @@ impl Default for IdentityConfig {
     }
 }
 
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            tmpfs_size: default_tmpfs_size(),
+            hide: Vec::new(),
+            scrub_dirs: default_scrub_dirs(),
+        }
+    }
+}
+
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
@@ -529,6 +579,26 @@ impl Config {
             if lo < 1000 || hi < lo {
                 problems.push(format!(
                     "job_uid_range [{lo}, {hi}] must be ascending and above 1000 (system uids)"
+                ));
+            }
+        }
+        // Interpolated into tmpfs mount options: no separators, only a size.
+        let size = &self.sandbox.tmpfs_size;
+        if size.is_empty()
+            || !size
+                .trim_end_matches(['k', 'm', 'g', 'K', 'M', 'G', '%'])
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            || !size.as_bytes()[0].is_ascii_digit()
+        {
+            problems.push(format!(
+                "sandbox.tmpfs_size = {size:?} is not a size like \"512m\", \"4g\" or \"25%\""
+            ));
+        }
+        for path in self.sandbox.hide.iter().chain(&self.sandbox.scrub_dirs) {
+            if !path.is_absolute() {
+                problems.push(format!(
+                    "sandbox.hide and sandbox.scrub_dirs take absolute paths, got {path:?}"
                 ));
             }
         }

@@ -47,6 +47,16 @@ pub enum Error {
     /// Bad arguments or input to a built-in step.
     #[error("{0}")]
     Usage(String),
+    /// A file read on a job's behalf is larger than the executor accepts.
+    #[error("{what} {path} is larger than the {limit}-byte limit; refusing to read it")]
+    TooLarge {
+        /// What the file is (`job payload (JOB_RESPONSE_FILE)`, `job script`, ...).
+        what: String,
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// An I/O error with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -68,6 +78,7 @@ impl Error {
             | Error::Workspace(_)
             | Error::Spawn(_)
             | Error::Credentials(_)
+            | Error::TooLarge { .. }
             | Error::Io { .. } => FailureKind::System,
         }
     }

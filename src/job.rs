@@ -118,8 +118,17 @@ impl JobContext {
 
     /// Read the payload from a file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read(path)
-            .map_err(|e| Error::Payload(format!("{} cannot be read: {e}", path.display())))?;
+        let text = crate::limits::read_bounded(
+            path,
+            crate::limits::MAX_PAYLOAD_BYTES,
+            "job payload (JOB_RESPONSE_FILE)",
+        )
+        .map_err(|e| match e {
+            Error::Io { source, .. } => {
+                Error::Payload(format!("{} cannot be read: {source}", path.display()))
+            }
+            other => other,
+        })?;
         Self::from_json(&text).map_err(|e| match e {
             Error::Payload(m) => Error::Payload(format!("{}: {m}", path.display())),
             other => other,

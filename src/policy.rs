@@ -4,6 +4,11 @@
 //! verified ID token. Every denial names the config rule that failed
 //! (`devstages.<name>.<key>`) and the value that failed it, so a developer reading the job log
 //! knows what to change, and an operator reading the audit log knows why.
+//!
+//! Values that come from the job (the requested devstage, project path, ref name, pipeline
+//! source, environment) are always quoted with `{:?}`: Rust's Debug escaping covers every
+//! character [`crate::terminal::is_unsafe`] names (tested there), so a message is one line
+//! that cannot carry a newline or an escape sequence into the job log or the audit `reason`.
 
 use globset::GlobBuilder;
 use regex::Regex;
@@ -498,6 +503,76 @@ environment = "production"
             "{reason}"
         );
         assert!(reason.contains("P3_DEVSTAGE"), "{reason}");
+    }
+
+    #[test]
+    fn job_supplied_values_are_escaped_in_every_denial() {
+        const EVIL: &str = "x\n2026-01-01 grant granted\x1b[2J\u{9b}\u{202e}";
+        let hostile_env = Identity {
+            environment: Some(EVIL.into()),
+            environment_protected: true,
+            ..tag("v1.2.3", true)
+        };
+        let cases: Vec<(Identity, &str, &str)> = vec![
+            (branch("main", true), EVIL, "devstages"),
+            (
+                Identity {
+                    project_path: format!("other/{EVIL}"),
+                    ..branch("main", true)
+                },
+                "client_dev",
+                "devstages.client_dev.projects",
+            ),
+            (
+                branch(EVIL, false),
+                "client_prod",
+                "devstages.client_prod.ref_types",
+            ),
+            (
+                branch(EVIL, false),
+                "client_uat",
+                "devstages.client_uat.protected_ref",
+            ),
+            (
+                branch(EVIL, true),
+                "client_uat",
+                "devstages.client_uat.branch_pattern",
+            ),
+            (
+                tag(EVIL, true),
+                "client_prod",
+                "devstages.client_prod.tag_pattern",
+            ),
+            (
+                Identity {
+                    pipeline_source: EVIL.into(),
+                    ..branch("main", true)
+                },
+                "client_uat",
+                "devstages.client_uat.pipeline_sources",
+            ),
+            (
+                hostile_env,
+                "client_prod_own",
+                "devstages.client_prod_own.environment",
+            ),
+        ];
+        for (identity, requested, expected_rule) in cases {
+            let decision = decide(&identity, requested, &cfg());
+            let Decision::Deny { rule, reason } = &decision else {
+                panic!("{expected_rule}: granted");
+            };
+            assert_eq!(rule, expected_rule, "{reason}");
+            let shown = decision.to_string();
+            assert!(
+                !shown.chars().any(crate::terminal::is_unsafe),
+                "{expected_rule}: {shown:?}"
+            );
+            assert!(
+                shown.contains(r#"x\n2026-01-01 grant granted\u{1b}[2J\u{9b}\u{202e}""#),
+                "{expected_rule}: {shown}"
+            );
+        }
     }
 
     #[test]

@@ -54,7 +54,8 @@ const FORWARDED: [Signal; 4] = [
     Signal::SIGQUIT,
 ];
 
-fn forwarded_set() -> SigSet {
+/// The signals the supervisor forwards to the job (blocked in the supervisor, taken by sigwait).
+pub(crate) fn forwarded_set() -> SigSet {
     let mut set = SigSet::empty();
     for s in FORWARDED {
         set.add(s);
@@ -76,9 +77,11 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
     let mut cmd = Command::new(&shell);
     cmd.env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
         .stdin(Stdio::null())
         .process_group(0);
+    if spec.user.is_none() {
+        cmd.current_dir(&spec.cwd);
+    }
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -97,6 +100,8 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
         Some((uid, gid)) => {
             let fd = script_memfd(&spec.script)?;
             let raw = fd.as_raw_fd();
+            let cwd = std::ffi::CString::new(spec.cwd.as_os_str().as_encoded_bytes())
+                .map_err(|_| Error::Spawn("builds dir contains a NUL byte".into()))?;
             cmd.arg("/dev/fd/3");
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
@@ -114,6 +119,16 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
                     {
                         return Err(std::io::Error::last_os_error());
                     }
+                    // Entered only as the job uid and never through a symlink: the job owns
+                    // this directory and could point it at another job's tree.
+                    let dir = libc::open(
+                        cwd.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    );
+                    if dir < 0 || libc::fchdir(dir) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(dir);
                     Ok(())
                 });
             }
@@ -176,10 +191,12 @@ fn become_subreaper() {
     }
 }
 
+/// Largest job script the executor reads (the runner's scripts are a few hundred KiB at most).
+pub const MAX_SCRIPT_BYTES: u64 = 64 << 20;
+
 /// Copy the script into a sealed, read-only memfd.
-fn script_memfd(script: &Path) -> Result<OwnedFd> {
-    let content = std::fs::read(script)
-        .map_err(|e| Error::Spawn(format!("read script {}: {e}", script.display())))?;
+pub(crate) fn script_memfd(script: &Path) -> Result<OwnedFd> {
+    let content = crate::limits::read_bounded(script, MAX_SCRIPT_BYTES, "job script")?;
     // SAFETY: memfd_create with a static C string; the fd is owned below.
     let raw = unsafe {
         libc::memfd_create(
@@ -200,14 +217,18 @@ fn script_memfd(script: &Path) -> Result<OwnedFd> {
     file.write_all(&content)
         .map_err(|e| Error::Spawn(format!("write script memfd: {e}")))?;
     let fd = OwnedFd::from(file);
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
     // SAFETY: fcntl/fchmod on an fd we own.
-    unsafe {
-        libc::fchmod(fd.as_raw_fd(), 0o444);
-        libc::fcntl(
-            fd.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
-        );
+    let sealed = unsafe {
+        libc::fchmod(fd.as_raw_fd(), 0o444) == 0
+            && libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) == 0
+            && libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) & seals == seals
+    };
+    if !sealed {
+        return Err(Error::Spawn(format!(
+            "seal the job script memfd read-only: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(fd)
 }
@@ -329,7 +350,8 @@ fn terminate_descendants(pgid: i32, grace: Duration) {
     tracing::error!("some job processes did not die after SIGKILL");
 }
 
-/// Kill every process owned by `uid` (a private per-job uid only: never a shared one).
+/// Kill every process holding `uid` in any uid field (a private per-job uid only: never a
+/// shared one).
 pub fn kill_uid(uid: u32) -> usize {
     if uid == 0 || uid == nix::unistd::getuid().as_raw() {
         return 0;
@@ -350,13 +372,12 @@ pub fn kill_uid(uid: u32) -> usize {
     killed
 }
 
-/// Processes whose uid is `uid`.
+/// Processes that hold `uid` as their real, effective, saved or filesystem uid.
 ///
-/// `/proc/<pid>` is owned by the process's effective uid, so one `stat` per process finds the
-/// job's processes without reading every status file (cleanup runs for every job, on hosts
-/// with hundreds of processes). The status file then confirms the real uid and skips zombies.
+/// Every field counts: a process that exec'd a setuid binary keeps the job's real uid with
+/// another effective uid, and one that called setresuid may keep it only as the saved uid.
+/// Zombies are skipped (already dead; reaping them is their parent's job).
 pub fn pids_of_uid(uid: u32) -> Vec<i32> {
-    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -364,20 +385,81 @@ pub fn pids_of_uid(uid: u32) -> Vec<i32> {
         .flatten()
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            if e.metadata().ok()?.uid() != uid {
-                return None;
-            }
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            // A zombie is already dead: nothing to kill, and its reaping is its parent's job.
-            if status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'))
-            {
-                return None;
-            }
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-            let real: u32 = line.split_whitespace().nth(1)?.parse().ok()?;
-            (real == uid).then_some(pid)
+            status_holds_uid(&status, uid).then_some(pid)
         })
         .collect()
+}
+
+/// Does a `/proc/<pid>/status` text belong to a live process holding `uid` in any uid field?
+fn status_holds_uid(status: &str, uid: u32) -> bool {
+    if status
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains('Z'))
+    {
+        return false;
+    }
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .is_some_and(|ids| ids.split_whitespace().any(|f| f.parse() == Ok(uid)))
+}
+
+/// A process handle that cannot be confused with a recycled pid.
+#[derive(Debug)]
+pub struct PidFd(OwnedFd);
+
+impl PidFd {
+    /// A pidfd for `pid` (Linux 5.3+).
+    pub fn open(pid: Pid) -> std::io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// Send `sig` (an exited process is not an error worth reporting).
+    pub fn signal(&self, sig: Signal) {
+        // SAFETY: pidfd_send_signal with our fd, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: &str, uids: &str) -> String {
+        format!("Name:\tx\nState:\t{state}\nTgid:\t1\nUid:\t{uids}\nGid:\t0\t0\t0\t0\n")
+    }
+
+    #[test]
+    fn a_uid_in_any_field_counts_and_zombies_do_not() {
+        let cases = [
+            ("S (sleeping)", "5000\t5000\t5000\t5000", true),
+            ("S (sleeping)", "5000\t0\t0\t0", true), // exec'd a setuid-root binary
+            ("R (running)", "0\t0\t5000\t0", true),  // kept only as the saved uid
+            ("S (sleeping)", "0\t0\t0\t5000", true), // filesystem uid
+            ("S (sleeping)", "50000\t50000\t50000\t50000", false),
+            ("Z (zombie)", "5000\t5000\t5000\t5000", false),
+        ];
+        for (state, uids, want) in cases {
+            assert_eq!(
+                status_holds_uid(&status(state, uids), 5000),
+                want,
+                "{state} {uids}"
+            );
+        }
+    }
 }

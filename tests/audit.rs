@@ -9,6 +9,9 @@ use std::process::Command;
 use p3_executor::audit::{self, AuditEvent, AuditRecord, Decision, GENESIS};
 use p3_executor::config::AuditConfig;
 
+#[path = "common/runner.rs"]
+mod runner;
+
 const WRITERS: usize = 8;
 const PER_WRITER: usize = 50;
 
@@ -359,4 +362,88 @@ fn show_filters_by_job_project_and_time() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(shown, vec![written[2].clone()]);
+}
+
+/// A denied job's request variable forges a "granted" row with a newline and sends escape
+/// sequences (clear screen, window title, 8-bit CSI, bidi override). `audit show` must print
+/// every record as exactly one row with all of it visibly escaped, while `--json` and the log
+/// keep the exact original string.
+#[test]
+fn show_escapes_what_a_denied_job_requested() {
+    if !runner::is_root() {
+        eprintln!("skipped: needs root for private job uids");
+        return;
+    }
+    const FORGED: &str = "client_dev\n2026-01-01 00:00:00  999  client/app  main (protected)  client_prod → client_prod  svc_client_prod@EXAMPLE.COM  grant  granted  devstages.client_prod: every rule satisfied\x1b[2J\x1b]0;owned\x07\u{9b}31m\u{202e}end";
+    // No devstages on this runner: the request is denied and recorded as it was made.
+    let host = runner::host("");
+    let mut job = host.job(8801, "true").var("P3_DEVSTAGE", FORGED);
+    assert_ne!(
+        job.run_all(),
+        runner::JobResult::Success,
+        "the request must be denied: {}",
+        job.log
+    );
+
+    let log = host.root().join("audit/audit.jsonl");
+    let stored = lines(&log);
+    let records: Vec<AuditRecord> = stored
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let denial = records
+        .iter()
+        .find(|r| r.event == AuditEvent::Deny)
+        .expect("a deny record");
+    assert_eq!(denial.devstage.as_deref(), Some(FORGED));
+    assert_eq!(denial.job_id, Some(8801));
+
+    let out = host.exec(&["audit", "show"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains(['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}']),
+        "raw control or bidi characters reach the terminal: {text:?}"
+    );
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        rows.len(),
+        1 + records.len(),
+        "one header and exactly one row per record: {text}"
+    );
+    for row in &rows[1..] {
+        assert!(
+            row.starts_with(|c: char| c.is_ascii_digit()) && row.contains("  8801  "),
+            "every row is a record of job 8801, none forged: {row}"
+        );
+    }
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r.starts_with("2026-01-01 00:00:00  999")),
+        "no forged row: {text}"
+    );
+    let deny_row = rows
+        .iter()
+        .find(|r| r.contains("  denied  "))
+        .expect("the deny row");
+    assert!(
+        deny_row.contains(r"client_dev\n2026-01-01 00:00:00  999  client/app  main (protected)")
+            && deny_row
+                .contains(r"every rule satisfied\x1b[2J\x1b]0;owned\x07\u{9b}31m\u{202e}end → -"),
+        "the devstage is shown escaped: {deny_row}"
+    );
+
+    // The JSON log and `--json` are unchanged: the exact stored lines, the exact string.
+    let out = host.exec(&["audit", "show", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let json = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(json, stored.join("\n") + "\n");
+    let shown: Vec<AuditRecord> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(shown, records);
+    let verify = host.exec(&["audit", "verify"]);
+    assert!(verify.status.success(), "{verify:?}");
 }

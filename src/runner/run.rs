@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::job::JobContext;
 use crate::process::{self, ScriptOutcome, ScriptSpec};
+use crate::sandbox::Sandbox;
 use crate::workspace::{JobPaths, JobState};
 
 /// Variables passed through from the runner's own environment (locale and terminal only).
@@ -49,11 +50,20 @@ pub fn execute(
     paths.check_announced()?;
     let mut state = JobState::load(&paths)?;
     let _active = crate::workspace::hold_active(&paths)?;
-    if !script.is_file() {
-        return Err(Error::Spawn(format!(
-            "script {} for stage {stage} does not exist",
-            script.display()
-        )));
+    match std::fs::metadata(script) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(Error::Spawn(format!(
+                "script {} for stage {stage} is not a regular file",
+                script.display()
+            )));
+        }
+        Err(e) => {
+            return Err(Error::Spawn(format!(
+                "script {} for stage {stage} cannot be read: {e}",
+                script.display()
+            )));
+        }
     }
     // Multi-hour jobs: renew the ticket / refresh S3 credentials before each stage as needed.
     crate::grant::refresh(cfg, job, &paths, &mut state)?;
@@ -69,5 +79,10 @@ pub fn execute(
             .then_some((state.ids.uid, state.ids.gid)),
         grace: Duration::from_secs(cfg.grace_period_secs),
     };
-    process::run_script(&spec)
+    if state.ids.switch_user && cfg.sandbox.enabled {
+        let sandbox = Sandbox::for_job(cfg, &paths, state.ids.uid)?;
+        crate::sandbox::run_script(&spec, sandbox)
+    } else {
+        process::run_script(&spec)
+    }
 }

@@ -18,6 +18,7 @@ use super::stream::run_streaming;
 use super::tag::{self, ImageName, LabelInput, TagError, TagInput};
 use super::template::quote_argv;
 use crate::command::CommandError;
+use crate::terminal::escape;
 
 /// Subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -291,7 +292,8 @@ pub fn commands(plan: &BuildPlan) -> Vec<Vec<String>> {
     }
 }
 
-/// The argv as printed in the log: build-arg values are masked (they may carry tokens).
+/// The argv as printed in the log: build-arg values are masked (they may carry tokens), and
+/// each argument is escaped for the terminal before it is quoted.
 pub fn printable(argv: &[String]) -> String {
     let masked: Vec<String> = argv
         .iter()
@@ -302,6 +304,8 @@ pub fn printable(argv: &[String]) -> String {
             ),
             None => a.clone(),
         })
+        // One line on the terminal whatever a path or label holds.
+        .map(|a| escape(&a).into_owned())
         .collect();
     quote_argv(&masked)
 }
@@ -461,12 +465,17 @@ pub fn build(ctx: &StepContext, args: &BuildArgs) -> Result<Option<String>, Imag
     };
     let timeout = Duration::from_secs(cfg.timeout_secs);
     eprintln!(
-        "image: building {} for devstage {devstage}",
-        name.reference()
+        "image: building {} for devstage {}",
+        escape(&name.reference()),
+        escape(&devstage)
     );
     for (i, argv) in commands(&plan).into_iter().enumerate() {
         let what = if i == 0 { "build" } else { "push" };
-        eprintln!("image: $ {} {}", program.display(), printable(&argv));
+        eprintln!(
+            "image: $ {} {}",
+            escape(&program.display().to_string()),
+            printable(&argv)
+        );
         let mut cmd = Command::new(&program);
         cmd.args(&argv);
         if let (Some(auth), BuilderKind::Docker | BuilderKind::Kaniko) = (&auth_file, kind) {
@@ -481,7 +490,7 @@ pub fn build(ctx: &StepContext, args: &BuildArgs) -> Result<Option<String>, Imag
         }
     }
     if !args.push {
-        eprintln!("image: built {} (not pushed)", name.reference());
+        eprintln!("image: built {} (not pushed)", escape(&name.reference()));
         return Ok(None);
     }
     let digest = match kind {
@@ -498,9 +507,10 @@ pub fn build(ctx: &StepContext, args: &BuildArgs) -> Result<Option<String>, Imag
         .map_err(io(format!("cannot write {}", args.dotenv.display())))?;
     let pinned = format!("{}@{digest}", name.repository);
     eprintln!(
-        "image: pushed {} as {pinned}; wrote P3_IMAGE to {}",
-        name.reference(),
-        args.dotenv.display()
+        "image: pushed {} as {}; wrote P3_IMAGE to {}",
+        escape(&name.reference()),
+        escape(&pinned),
+        escape(&args.dotenv.display().to_string())
     );
     Ok(Some(pinned))
 }
@@ -625,6 +635,8 @@ mod tests {
     fn printing_masks_build_arg_values_and_auth_is_base64() {
         let line = printable(&["--build-arg=TOKEN=s3cret".into(), "x y".into()]);
         assert_eq!(line, "'--build-arg=TOKEN=***' 'x y'");
+        let line = printable(&["--label=a=b\x1b[2J".into(), "--file=c\nd".into()]);
+        assert_eq!(line, r"'--label=a=b\x1b[2J' '--file=c\nd'");
         let json = auth_json("reg:5000", "u", &Secret::new("p"));
         assert_eq!(json, r#"{"auths":{"reg:5000":{"auth":"dTpw"}}}"#);
     }

@@ -22,6 +22,7 @@ use super::p3toml::{P3File, P3TomlError, ResolvedJob};
 use super::template::{self, TemplateError, Value, Values, quote_argv};
 use crate::command::run_bounded;
 use crate::config::P3Config;
+use crate::terminal::escape;
 
 /// Subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -292,17 +293,18 @@ pub fn execute(
         .collect()
 }
 
-/// The result table: job, action, result, duration, error text.
+/// The result table: job, action, result, duration, error text. Job names and the client's
+/// error text are [`escape`]d (the error's line breaks shown as ` | `): one line per job.
 pub fn table(results: &[JobResult]) -> String {
     let rows: Vec<[String; 5]> = results
         .iter()
         .map(|r| {
             [
-                r.job.clone(),
+                escape(&r.job).into_owned(),
                 r.action.name().into(),
                 if r.ok { "ok" } else { "FAILED" }.into(),
                 format!("{:.1}s", r.duration_ms as f64 / 1000.0),
-                r.error.clone().unwrap_or_default().replace('\n', " | "),
+                escape(&r.error.clone().unwrap_or_default().replace('\n', " | ")).into_owned(),
             ]
         })
         .collect();
@@ -329,6 +331,12 @@ pub fn table(results: &[JobResult]) -> String {
         out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
     }
     out
+}
+
+/// An argv as one line for a person: each argument [`escape`]d, then quoted.
+fn shown_argv(argv: &[String]) -> String {
+    let escaped: Vec<String> = argv.iter().map(|a| escape(a).into_owned()).collect();
+    quote_argv(&escaped)
 }
 
 /// JSON report of a run (read by `release`).
@@ -410,22 +418,29 @@ pub fn run_action(ctx: &StepContext, action: Action, args: &P3Args) -> Result<i3
     let calls = plan(action, &ctx.config.p3, &jobs, &facts)?;
     if calls.is_empty() {
         println!(
-            "p3 {}: {} declares no job for devstage {devstage}; nothing to do",
+            "p3 {}: {} declares no job for devstage {}; nothing to do",
             action.name(),
-            args.file.display()
+            escape(&args.file.display().to_string()),
+            escape(&devstage)
         );
         return Ok(0);
     }
     if args.dry_run {
         for call in &calls {
-            println!("would run for job {}: {}", call.job, quote_argv(&call.argv));
+            println!(
+                "would run for job {}: {}",
+                escape(&call.job),
+                shown_argv(&call.argv)
+            );
         }
         return Ok(0);
     }
     eprintln!(
-        "p3 {}: {} job(s) as devstage {devstage}, authenticated as deploy stage {deploy_stage}",
+        "p3 {}: {} job(s) as devstage {}, authenticated as deploy stage {}",
         action.name(),
-        calls.len()
+        calls.len(),
+        escape(&devstage),
+        escape(&deploy_stage)
     );
     let env = vec![
         ("P3_DEVSTAGE".to_string(), devstage.clone()),
@@ -434,8 +449,10 @@ pub fn run_action(ctx: &StepContext, action: Action, args: &P3Args) -> Result<i3
     let timeout = Duration::from_secs(ctx.config.p3.timeout_secs);
     let results = execute(action, &calls, &env, timeout);
     if action == Action::Status {
+        // The client's own output keeps its lines; each is escaped.
         for r in &results {
-            println!("== {} ==\n{}", r.job, r.output);
+            let output: Vec<_> = r.output.lines().map(escape).collect();
+            println!("== {} ==\n{}", escape(&r.job), output.join("\n"));
         }
     }
     print!("{}", table(&results));
@@ -586,6 +603,29 @@ mod tests {
         assert_eq!(
             lines[2],
             "b      deploy  FAILED  1.5s      exit status: 3: quota | exceeded"
+        );
+    }
+
+    #[test]
+    fn table_and_argv_escape_what_the_client_and_job_supplied() {
+        let r = JobResult {
+            job: "ingest\x1b[2J".into(),
+            action: Action::Deploy,
+            ok: false,
+            duration_ms: 1500,
+            error: Some("exit status: 3: \x1b]0;owned\x07bad\nforged  deploy  ok\r".into()),
+            output: String::new(),
+        };
+        let t = table(&[r]);
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(!t.contains(['\x1b', '\x07', '\r']), "{t:?}");
+        assert_eq!(
+            t.lines().nth(1).unwrap(),
+            r"ingest\x1b[2J  deploy  FAILED  1.5s      exit status: 3: \x1b]0;owned\x07bad | forged  deploy  ok\r"
+        );
+        assert_eq!(
+            shown_argv(&["p3".into(), "a\nb".into(), "it's".into()]),
+            r"p3 'a\nb' 'it'\''s'"
         );
     }
 }

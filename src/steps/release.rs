@@ -441,7 +441,8 @@ pub fn release(ctx: &StepContext, args: &ReleaseArgs) -> Result<Outcome, Release
         Outcome::Updated => "updated",
     };
     println!(
-        "release {verb}: {tag} with {} image(s) and {} deployment(s)",
+        "release {verb}: {} with {} image(s) and {} deployment(s)",
+        crate::terminal::escape(tag),
         images.len(),
         deploys.len()
     );

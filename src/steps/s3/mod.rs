@@ -23,6 +23,8 @@ use error::S3Error;
 use plan::{Compare, FilterKind, Filters, parse_size};
 use uri::{Location, S3Uri};
 
+use crate::terminal::escape;
+
 /// Exit code after Ctrl-C / SIGTERM (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
@@ -276,12 +278,13 @@ async fn execute(args: S3Args, file_mode: u32) -> i32 {
             eprintln!("p3-executor s3: interrupted");
             EXIT_INTERRUPTED
         }
+        // Errors name keys and paths: escaped so each stays one visible line.
         Err(e @ S3Error::Usage(_)) => {
-            eprintln!("p3-executor s3: error: {e}");
+            eprintln!("p3-executor s3: error: {}", escape(&e.to_string()));
             2
         }
         Err(e) => {
-            eprintln!("p3-executor s3: error: {e}");
+            eprintln!("p3-executor s3: error: {}", escape(&e.to_string()));
             1
         }
     }

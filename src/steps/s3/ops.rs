@@ -10,6 +10,7 @@ use super::error::S3Error;
 use super::plan::{Compare, Entry, Filters, human_size, plan_sync};
 use super::transfer::{self, Ctx, ObjectInfo};
 use super::uri::{Location, S3Uri, join_key, local_path_for};
+use crate::terminal::escape;
 
 /// One unit of work.
 #[derive(Debug, Clone)]
@@ -525,7 +526,7 @@ pub async fn rm(
     Ok(Stats { failed })
 }
 
-/// `ls [s3://bucket[/prefix]]`.
+/// `ls [s3://bucket[/prefix]]`. Bucket names, prefixes and keys are [`escape`]d: one line each.
 pub async fn ls(
     ctx: &Arc<Ctx>,
     uri: Option<S3Uri>,
@@ -550,7 +551,7 @@ pub async fn ls(
             let date = b
                 .creation_date()
                 .map_or(String::new(), |d| local_time(d.secs()));
-            println!("{date} {}", b.name().unwrap_or(""));
+            println!("{date} {}", escape(b.name().unwrap_or("")));
         }
         return Ok(Stats::default());
     };
@@ -563,7 +564,7 @@ pub async fn ls(
     };
     let mut total = 0u64;
     for p in &listing.prefixes {
-        println!("{:>30} {}", "PRE", &p[shown_from.min(p.len())..]);
+        println!("{:>30} {}", "PRE", escape(&p[shown_from.min(p.len())..]));
     }
     for o in &listing.objects {
         total += o.size;
@@ -571,7 +572,7 @@ pub async fn ls(
             "{} {:>10} {}",
             local_time(o.mtime),
             size_text(o.size),
-            &o.rel[shown_from.min(o.rel.len())..]
+            escape(&o.rel[shown_from.min(o.rel.len())..])
         );
     }
     if summarize {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::plan::human_size;
+use crate::terminal::escape;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,19 +116,24 @@ impl Progress {
         self.println(line);
     }
 
-    /// Print a line to stdout without tearing the bar.
+    /// Print a line to stdout without tearing the bar. Lines name object keys and file names,
+    /// so the line is [`escape`]d: a key holding a newline or an escape sequence prints as
+    /// one visible line.
     pub fn println(&self, line: &str) {
         if self.quiet {
             return;
         }
+        let line = escape(line);
         match &self.bar {
             Some(bar) => bar.suspend(|| println!("{line}")),
             None => println!("{line}"),
         }
     }
 
-    /// Print an error line to stderr without tearing the bar (always shown).
+    /// Print an error line to stderr without tearing the bar (always shown), [`escape`]d like
+    /// [`Progress::println`].
     pub fn eprintln(&self, line: &str) {
+        let line = escape(line);
         match &self.bar {
             Some(bar) => bar.suspend(|| eprintln!("{line}")),
             None => eprintln!("{line}"),

@@ -1,0 +1,323 @@
+//! The two processes inside a job's namespaces: PID 1 (our init, still root while it mounts)
+//! and the job's shell (dropped to the job uid, `no_new_privs`, then exec).
+//!
+//! Both run after `fork` from the single-threaded supervisor: the shell's argv, environment
+//! and paths are built before the fork, and every failure is written to the error pipe (which
+//! closes on a successful exec) so the supervisor can report it as a system failure.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use super::KeepDir;
+use super::plan::MountOp;
+
+/// Everything the job's shell needs, prepared before any fork.
+pub(crate) struct JobExec {
+    /// Absolute path of the shell.
+    pub shell: CString,
+    /// argv, `argv[0]` first.
+    pub argv: Vec<CString>,
+    /// Complete environment, `KEY=value`.
+    pub envp: Vec<CString>,
+    /// Directory the shell starts in; entered as the job uid, never through a symlink.
+    pub cwd: CString,
+    /// Job uid and gid.
+    pub uid: u32,
+    /// Job gid.
+    pub gid: u32,
+    /// The sealed script memfd, which becomes fd 3.
+    pub script_fd: RawFd,
+}
+
+/// Signals PID 1 takes: the supervisor's forwarded ones and SIGCHLD.
+fn init_signals() -> SigSet {
+    let mut set = crate::process::forwarded_set();
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+extern "C" fn noop(_: libc::c_int) {}
+
+/// Write `msg` to the error pipe (best effort: the supervisor also sees the exit code).
+fn report(pipe: RawFd, msg: &str) {
+    // SAFETY: write(2) on a descriptor we hold.
+    unsafe {
+        libc::write(pipe, msg.as_ptr().cast(), msg.len());
+    }
+}
+
+fn mount_op(op: &MountOp, keep_fds: &[OwnedFd], tmpfs_size: &str) -> Result<(), String> {
+    let none: Option<&str> = None;
+    let fail = |what: &str, target: &Path, e: nix::Error| {
+        format!("sandbox: {what} {}: {e}", target.display())
+    };
+    let plain = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    match op {
+        MountOp::PrivateRoot => mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+            .map_err(|e| fail("make private", Path::new("/"), e)),
+        MountOp::PrivateTmp(target) => mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            plain,
+            Some(format!("mode=1777,size={tmpfs_size}").as_str()),
+        )
+        .map_err(|e| fail("private tmpfs on", target, e)),
+        MountOp::HideDir(target) => {
+            make_dirs(target)?;
+            mount(
+                Some("tmpfs"),
+                target,
+                Some("tmpfs"),
+                plain | MsFlags::MS_NOEXEC,
+                Some("mode=0711,size=1m"),
+            )
+            .map_err(|e| fail("hide", target, e))
+        }
+        MountOp::HideFile(target) => mount(Some("/dev/null"), target, none, MsFlags::MS_BIND, none)
+            .map_err(|e| fail("hide", target, e)),
+        MountOp::Keep { target, index } => {
+            make_dirs(target)?;
+            let source = format!("/proc/self/fd/{}", keep_fds[*index].as_raw_fd());
+            mount(Some(source.as_str()), target, none, MsFlags::MS_BIND, none)
+                .map_err(|e| fail("bind the job's directory at", target, e))?;
+            mount(
+                none,
+                target,
+                none,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | plain,
+                none,
+            )
+            .map_err(|e| fail("remount nosuid", target, e))
+        }
+        MountOp::Mqueue => mount(
+            Some("mqueue"),
+            "/dev/mqueue",
+            Some("mqueue"),
+            plain | MsFlags::MS_NOEXEC,
+            none,
+        )
+        .map_err(|e| fail("mount", Path::new("/dev/mqueue"), e)),
+        MountOp::Proc => mount(
+            Some("proc"),
+            "/proc",
+            Some("proc"),
+            plain | MsFlags::MS_NOEXEC,
+            none,
+        )
+        .map_err(|e| fail("mount", Path::new("/proc"), e)),
+    }
+}
+
+/// Create a mount point inside a cover we just mounted (root-owned, nothing of the job's yet).
+fn make_dirs(target: &Path) -> Result<(), String> {
+    if target.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(target)
+        .map_err(|e| format!("sandbox: create mount point {}: {e}", target.display()))
+}
+
+/// PID 1 of the job's namespaces. Returns its exit code: the shell's (128+N if killed by N).
+///
+/// Sets up the mounts, starts the shell, then reaps every orphan and passes the supervisor's
+/// SIGTERM on to every process of the namespace. When the shell exits, whatever it left
+/// running gets SIGTERM and `leftover_grace`; returning then makes the kernel SIGKILL the rest.
+pub(crate) fn init_main(
+    ops: &[MountOp],
+    keep: &[KeepDir],
+    tmpfs_size: &str,
+    exec: &JobExec,
+    err_pipe: RawFd,
+    leftover_grace: Duration,
+) -> i32 {
+    // The supervisor dies (even by SIGKILL): this init dies, and with it the whole namespace.
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    }
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC) {
+        report(
+            err_pipe,
+            &format!("sandbox: unshare mount and IPC namespaces: {e}"),
+        );
+        return 127;
+    }
+    let mut keep_fds = Vec::with_capacity(keep.len());
+    for k in keep {
+        match k.open() {
+            Ok(fd) => keep_fds.push(fd),
+            Err(e) => {
+                report(err_pipe, &format!("sandbox: {e}"));
+                return 127;
+            }
+        }
+    }
+    for op in ops {
+        if let Err(msg) = mount_op(op, &keep_fds, tmpfs_size) {
+            report(err_pipe, &msg);
+            return 127;
+        }
+    }
+    let signals = init_signals();
+    // A namespace's init only receives signals it has a handler for; the handler never runs
+    // (the signals stay blocked and are taken with sigtimedwait).
+    for sig in signals.iter() {
+        // SAFETY: installing a handler that does nothing.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = noop as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig as libc::c_int, &sa, std::ptr::null_mut());
+        }
+    }
+    let _ = signals.thread_block();
+    // SAFETY: the process is single-threaded (forked from the supervisor's only thread).
+    let shell = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => exec_shell(exec, err_pipe),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            report(err_pipe, &format!("sandbox: fork the job shell: {e}"));
+            return 127;
+        }
+    };
+    // SAFETY: closing our copy; the shell's copy closes at exec.
+    unsafe {
+        libc::close(err_pipe);
+    }
+    supervise(shell, &signals, leftover_grace)
+}
+
+fn supervise(shell: Pid, signals: &SigSet, leftover_grace: Duration) -> i32 {
+    let mut code: Option<i32> = None;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let wait = deadline.map_or(Duration::from_secs(1), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let ts = libc::timespec {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_nsec: wait.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: sigtimedwait on a valid set; no siginfo wanted.
+        let sig = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &ts) };
+        if sig > 0 && sig != libc::SIGCHLD {
+            // Cancellation from the supervisor: every process of the namespace gets SIGTERM;
+            // the supervisor SIGKILLs this init (and so everything) after the grace period.
+            // SAFETY: kill(-1) from a namespace's init reaches exactly that namespace.
+            unsafe {
+                libc::kill(-1, libc::SIGTERM);
+            }
+        }
+        let no_children = loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, c)) if pid == shell => code = Some(c),
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == shell => code = Some(128 + s as i32),
+                Ok(WaitStatus::StillAlive) => break false,
+                Ok(_) => continue,
+                Err(_) => break true, // ECHILD
+            }
+        };
+        if let Some(code) = code {
+            if no_children {
+                return code;
+            }
+            match deadline {
+                None => {
+                    // The script is done; what it left behind would hold the runner's pipes.
+                    // SAFETY: as above.
+                    unsafe {
+                        libc::kill(-1, libc::SIGTERM);
+                    }
+                    deadline = Some(Instant::now() + leftover_grace);
+                }
+                Some(d) if Instant::now() >= d => return code,
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// The job's shell: job uid, no new privileges, its own process group, then exec. Never
+/// returns; on failure the reason goes to the error pipe.
+fn exec_shell(exec: &JobExec, err_pipe: RawFd) -> ! {
+    let fail = |what: &str| -> ! {
+        let e = std::io::Error::last_os_error();
+        report(err_pipe, &format!("sandbox: {what}: {e}"));
+        // SAFETY: leave without running the supervisor's destructors.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: plain syscalls in a freshly forked single-threaded child.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        for sig in init_signals().iter() {
+            libc::signal(sig as libc::c_int, libc::SIG_DFL);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::setpgid(0, 0);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null < 0 || libc::dup2(null, 0) < 0 {
+            fail("stdin from /dev/null");
+        }
+        let moved = if exec.script_fd == 3 {
+            libc::fcntl(3, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(exec.script_fd, 3)
+        };
+        if moved < 0 {
+            fail("hand over the job script");
+        }
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            fail("drop supplementary groups");
+        }
+        if libc::setgid(exec.gid) != 0 {
+            fail(&format!("setgid {}", exec.gid));
+        }
+        if libc::setuid(exec.uid) != 0 {
+            fail(&format!("setuid {}", exec.uid));
+        }
+        // setuid binaries and file capabilities do nothing from here on.
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail("set no_new_privs");
+        }
+        // Entered as the job uid and never through a symlink the job planted.
+        let dir = libc::open(
+            exec.cwd.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        );
+        if dir < 0 || libc::fchdir(dir) != 0 {
+            fail(&format!(
+                "enter {} (it must be the job's own directory, not a symlink)",
+                CStr::from_ptr(exec.cwd.as_ptr()).to_string_lossy()
+            ));
+        }
+        libc::close(dir);
+        let argv: Vec<*const libc::c_char> = exec
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: Vec<*const libc::c_char> = exec
+            .envp
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        libc::execve(exec.shell.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
+    fail(&format!("exec {}", exec.shell.to_string_lossy()))
+}
