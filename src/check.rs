@@ -12,6 +12,8 @@ pub enum Severity {
     Error,
     /// Works, but weaker than it should be.
     Warning,
+    /// A fact about the host worth showing (what works), never a problem.
+    Info,
 }
 
 /// One problem and how to fix it.
@@ -146,6 +148,7 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
                 ),
             )),
         }
+        sandbox_findings(cfg, &mut out);
         if cfg.job_uid_range.is_none() {
             out.push(finding(
                 Severity::Warning,
@@ -188,24 +191,67 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
     out
 }
 
+/// The job sandbox: does this host support it, is it on, and is any uid quarantined?
+fn sandbox_findings(cfg: &Config, out: &mut Vec<Finding>) {
+    let probe = crate::sandbox::probe();
+    match (&probe, cfg.sandbox.enabled) {
+        (Ok(()), true) => out.push(finding(
+            Severity::Info,
+            "job sandbox: mount, PID and IPC namespaces are available; every job script runs in its own",
+            "nothing to do",
+        )),
+        (Ok(()), false) => out.push(finding(
+            Severity::Warning,
+            "[sandbox] enabled = false: jobs share /tmp, see the host's processes and the state root, and setuid binaries work",
+            "remove `enabled = false` from [sandbox]: this host supports the sandbox",
+        )),
+        (Err(why), true) => out.push(finding(
+            Severity::Error,
+            format!("job sandbox unavailable: {why}; every job will fail with a system error"),
+            "allow namespaces for the runner (not in an unprivileged container; kernel.unprivileged_userns_clone does not matter, root is used), or set [sandbox] enabled = false to accept running without it",
+        )),
+        (Err(why), false) => out.push(finding(
+            Severity::Warning,
+            format!("[sandbox] enabled = false, and this host could not run it anyway: {why}"),
+            "run the executor where mount, PID and IPC namespaces are allowed",
+        )),
+    }
+    for (uid, why) in crate::uid_pool::quarantined(cfg) {
+        out.push(finding(
+            Severity::Warning,
+            format!("uid {uid} is quarantined (out of the job pool): {why}"),
+            format!(
+                "find and remove what it owns (ps -u {uid}; ipcs; find / -xdev -uid {uid}), then run p3-executor gc"
+            ),
+        ));
+    }
+}
+
 /// Print findings; returns the exit code (0 when there is no error).
 pub fn report(findings: &[Finding]) -> i32 {
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
         .count();
+    let warnings = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .count();
     for f in findings {
         let tag = match f.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
+            Severity::Info => {
+                println!("ok: {}", f.problem);
+                continue;
+            }
         };
         println!("{tag}: {}\n  fix: {}", f.problem, f.fix);
     }
     if errors == 0 {
         println!(
-            "config ok ({} warning{})",
-            findings.len(),
-            if findings.len() == 1 { "" } else { "s" }
+            "config ok ({warnings} warning{})",
+            if warnings == 1 { "" } else { "s" }
         );
         0
     } else {

@@ -15,8 +15,12 @@ pub struct Swept {
     pub idle_secs: u64,
 }
 
-/// Seconds since the job last did anything: the newest mtime of its directories, its uid lease
-/// and its active lock (touched by every `run`). No file is read: prepare sweeps on every job.
+/// Seconds since the job last did anything, read only from clocks a job cannot set: files
+/// and directories in root-owned places (its workspace, its active lock, touched by every
+/// `run`, its state file, its credentials dir, its uid lease). The job root is the job's own:
+/// `touch -d 2099-01-01` there must not keep a dead job alive. A job with none of these left
+/// (only a stray job root) is an orphan and counts as idle forever. No file is read: prepare
+/// sweeps on every job.
 fn idle_secs(cfg: &Config, paths: &JobPaths, leases: &[(u32, u64)]) -> u64 {
     let lease = leases
         .iter()
@@ -25,7 +29,7 @@ fn idle_secs(cfg: &Config, paths: &JobPaths, leases: &[(u32, u64)]) -> u64 {
     [
         Some(paths.workspace.clone()),
         Some(paths.workspace.join("active.lock")),
-        Some(paths.job_root.clone()),
+        Some(paths.state_file()),
         Some(paths.creds.clone()),
         lease,
     ]
@@ -33,9 +37,12 @@ fn idle_secs(cfg: &Config, paths: &JobPaths, leases: &[(u32, u64)]) -> u64 {
     .flatten()
     .filter_map(|p| std::fs::symlink_metadata(p).ok()?.modified().ok())
     .max()
-    .and_then(|m| SystemTime::now().duration_since(m).ok())
-    .unwrap_or(Duration::ZERO)
-    .as_secs()
+    .map_or(u64::MAX, |newest| {
+        SystemTime::now()
+            .duration_since(newest)
+            .unwrap_or(Duration::ZERO)
+            .as_secs()
+    })
 }
 
 /// Remove every job idle longer than `max_age_secs` (config default when None) whose
@@ -43,7 +50,12 @@ fn idle_secs(cfg: &Config, paths: &JobPaths, leases: &[(u32, u64)]) -> u64 {
 pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<Vec<Swept>> {
     let max_age = max_age_secs.unwrap_or(cfg.gc_max_age_secs);
     let mut swept = Vec::new();
-    let leases = workspace::leases(cfg);
+    if !dry_run {
+        for (uid, why) in crate::uid_pool::retry_quarantined(cfg) {
+            tracing::warn!(uid, "uid still quarantined: {why}");
+        }
+    }
+    let leases = crate::uid_pool::leases(cfg);
     for job_id in workspace::known_jobs(cfg, &leases) {
         let paths = JobPaths::new(cfg, job_id);
         let idle = idle_secs(cfg, &paths, &leases);

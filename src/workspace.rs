@@ -279,77 +279,6 @@ impl JobState {
     }
 }
 
-/// Lease a private uid from the configured range for `job_id` (or return the one it holds).
-///
-/// A lease is a file `<state_root>/uids/<uid>` created with O_EXCL, holding the job id, so two
-/// prepares never pick the same uid.
-pub fn lease_uid(cfg: &Config, job_id: u64) -> Result<Option<u32>> {
-    let Some([lo, hi]) = cfg.job_uid_range else {
-        return Ok(None);
-    };
-    let dir = cfg.state_root.join("uids");
-    ensure_dir(&cfg.state_root, 0o711)?;
-    ensure_dir(&dir, 0o700)?;
-    if let Some(uid) = leased_uid(cfg, job_id) {
-        return Ok(Some(uid));
-    }
-    let span = u64::from(hi - lo) + 1;
-    // Start at a job-dependent offset so concurrent prepares rarely contend for the same file.
-    let start = job_id % span;
-    for i in 0..span {
-        let uid = lo + ((start + i) % span) as u32;
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.join(uid.to_string()))
-        {
-            Ok(mut f) => {
-                f.write_all(job_id.to_string().as_bytes())
-                    .map_err(|e| Error::io("write uid lease", e))?;
-                return Ok(Some(uid));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io(format!("lease uid in {}", dir.display()), e)),
-        }
-    }
-    Err(Error::Workspace(format!(
-        "every uid in job_uid_range [{lo}, {hi}] is leased; run `p3-executor gc` or widen the range"
-    )))
-}
-
-/// The uid leased to `job_id`, if any.
-pub fn leased_uid(cfg: &Config, job_id: u64) -> Option<u32> {
-    leases(cfg)
-        .into_iter()
-        .find(|(_, owner)| *owner == job_id)
-        .map(|(uid, _)| uid)
-}
-
-/// Every uid lease as (uid, job id).
-pub fn leases(cfg: &Config) -> Vec<(u32, u64)> {
-    let Ok(entries) = fs::read_dir(cfg.state_root.join("uids")) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let uid = e.file_name().to_str()?.parse().ok()?;
-            let owner = fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
-            Some((uid, owner))
-        })
-        .collect()
-}
-
-/// Release every uid lease held by `job_id`.
-pub fn release_uid(cfg: &Config, job_id: u64) {
-    for (uid, owner) in leases(cfg) {
-        if owner == job_id {
-            let _ = fs::remove_file(cfg.state_root.join("uids").join(uid.to_string()));
-        }
-    }
-}
-
 /// Job ids that have a workspace, a job root, a credentials dir or a uid lease (`leases`, as
 /// read by [`leases`]: the caller reads them once per sweep) on this host.
 pub fn known_jobs(cfg: &Config, leases: &[(u32, u64)]) -> Vec<u64> {
@@ -391,24 +320,6 @@ mod tests {
     }
 
     #[test]
-    fn uid_leases_are_exclusive_and_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = cfg(dir.path());
-        cfg.job_uid_range = Some([5000, 5001]);
-        let a = lease_uid(&cfg, 10).unwrap().unwrap();
-        let b = lease_uid(&cfg, 11).unwrap().unwrap();
-        assert_ne!(a, b);
-        assert_eq!(
-            lease_uid(&cfg, 10).unwrap(),
-            Some(a),
-            "a retry keeps its uid"
-        );
-        assert!(lease_uid(&cfg, 12).is_err(), "range exhausted");
-        release_uid(&cfg, 10);
-        assert_eq!(lease_uid(&cfg, 12).unwrap(), Some(a));
-    }
-
-    #[test]
     fn create_is_idempotent_and_private() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = cfg(dir.path());
@@ -425,6 +336,6 @@ mod tests {
         assert!(!paths.builds_dir.join("leftover").exists());
         let mode = fs::metadata(&paths.workspace).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        assert_eq!(known_jobs(&cfg, &leases(&cfg)), vec![7]);
+        assert_eq!(known_jobs(&cfg, &crate::uid_pool::leases(&cfg)), vec![7]);
     }
 }

@@ -25,7 +25,7 @@ pub fn teardown(cfg: &Config, job_id: u64, reason: &str) -> Result<()> {
             tracing::error!("job {job_id}: destroying credentials failed: {e}");
             first_err.get_or_insert(e);
         }
-    } else if let Some(uid) = workspace::leased_uid(cfg, job_id) {
+    } else if let Some(uid) = crate::uid_pool::leased_uid(cfg, job_id) {
         process::kill_uid(uid);
     }
     for dir in [&paths.creds, &paths.job_root, &paths.workspace] {
@@ -34,7 +34,11 @@ pub fn teardown(cfg: &Config, job_id: u64, reason: &str) -> Result<()> {
             first_err.get_or_insert(e);
         }
     }
-    workspace::release_uid(cfg, job_id);
+    // Only once its trees are gone: the uid is scrubbed and either freed or quarantined.
+    if let Err(e) = crate::uid_pool::release(cfg, job_id) {
+        tracing::error!("job {job_id}: releasing its uid failed: {e}");
+        first_err.get_or_insert(e);
+    }
     first_err.map_or(Ok(()), Err)
 }
 

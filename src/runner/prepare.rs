@@ -43,7 +43,7 @@ pub fn resolve_ids(cfg: &Config, job_id: u64) -> Result<(JobIdentityIds, String)
             cfg.job_user
         )));
     }
-    let private = workspace::lease_uid(cfg, job_id)?;
+    let private = crate::uid_pool::lease(cfg, job_id)?;
     Ok((
         JobIdentityIds {
             uid: private.unwrap_or(user.uid.as_raw()),
@@ -91,7 +91,12 @@ fn print_banner(cfg: &Config, state: &JobState) {
         } else {
             String::new()
         };
-        format!("user {}{private}", state.user)
+        let sandbox = if cfg.sandbox.enabled {
+            ", sandboxed (own mount, PID and IPC namespaces, private /tmp)"
+        } else {
+            ", NOT sandboxed ([sandbox] enabled = false)"
+        };
+        format!("user {}{private}{sandbox}", state.user)
     } else {
         format!(
             "{} (isolation off: executor not running as root)",

@@ -1,0 +1,376 @@
+//! Private job uids from `job_uid_range`: leased one per job, proven clean before reuse.
+//!
+//! `<state_root>/uids/<uid>` is the lease. It is created complete or not at all (written to a
+//! temp file, then `link`ed into place, which fails if the uid is taken), so a crash never
+//! leaves an empty lease behind. Its content is the job id, or `quarantine: <why>` for a uid
+//! that could not be proven clean when its job ended: no process, SysV IPC object or file of
+//! it may remain (see [`crate::residue`]). `gc` retries quarantined uids; `check` lists them.
+//! `<state_root>/uids/.released/<uid>` records (by mtime, in a root-owned directory) when a uid
+//! was last released, so the most recently released uids are reused last.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::residue::{self, Residue};
+use crate::workspace::ensure_dir;
+
+const QUARANTINE: &str = "quarantine: ";
+
+/// A lease file that holds no job id and no quarantine note (left by an older version that
+/// crashed mid-write) is treated as quarantined once it is this old.
+const BROKEN_LEASE_AGE: Duration = Duration::from_secs(60);
+
+fn dir(cfg: &Config) -> PathBuf {
+    cfg.state_root.join("uids")
+}
+
+fn released_dir(cfg: &Config) -> PathBuf {
+    dir(cfg).join(".released")
+}
+
+/// The order in which free uids of `[lo, hi]` are tried: never-used uids first (from a
+/// job-dependent offset, so concurrent prepares rarely race for one), then released ones,
+/// least recently released first.
+pub fn lease_order(
+    [lo, hi]: [u32; 2],
+    taken: &HashSet<u32>,
+    released: &HashMap<u32, SystemTime>,
+    start: u64,
+) -> Vec<u32> {
+    let span = u64::from(hi - lo) + 1;
+    let mut fresh = Vec::new();
+    let mut used: Vec<(SystemTime, u32)> = Vec::new();
+    for i in 0..span {
+        let uid = lo + ((start + i) % span) as u32;
+        if taken.contains(&uid) {
+            continue;
+        }
+        match released.get(&uid) {
+            Some(t) => used.push((*t, uid)),
+            None => fresh.push(uid),
+        }
+    }
+    used.sort();
+    fresh.extend(used.into_iter().map(|(_, uid)| uid));
+    fresh
+}
+
+/// Write `content` to a new file in `dir` and link it to `name` if `name` does not exist.
+/// Returns false when `name` exists.
+fn create_complete(dir: &Path, name: &str, content: &str) -> Result<bool> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".lease-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("create a lease in {}", dir.display()), e))?;
+    tmp.as_file()
+        .write_all(content.as_bytes())
+        .map_err(|e| Error::io(format!("write a lease in {}", dir.display()), e))?;
+    match fs::hard_link(tmp.path(), dir.join(name)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io(
+            format!("lease uid {name} in {}", dir.display()),
+            e,
+        )),
+    }
+}
+
+/// Replace `name`'s content atomically (temp file + rename).
+fn replace(dir: &Path, name: &str, content: &str) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".lease-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(format!("create a lease in {}", dir.display()), e))?;
+    tmp.as_file()
+        .write_all(content.as_bytes())
+        .map_err(|e| Error::io(format!("write a lease in {}", dir.display()), e))?;
+    tmp.persist(dir.join(name))
+        .map(drop)
+        .map_err(|e| Error::io(format!("write lease {name}"), e.error))
+}
+
+/// Lease a private uid for `job_id` (or return the one it holds); None without a range.
+pub fn lease(cfg: &Config, job_id: u64) -> Result<Option<u32>> {
+    let Some(range) = cfg.job_uid_range else {
+        return Ok(None);
+    };
+    let dir = dir(cfg);
+    ensure_dir(&cfg.state_root, 0o711)?;
+    ensure_dir(&dir, 0o700)?;
+    let entries = read_leases(cfg);
+    if let Some((uid, _)) = entries.iter().find(|(_, l)| *l == Lease::Job(job_id)) {
+        return Ok(Some(*uid));
+    }
+    let taken: HashSet<u32> = entries.iter().map(|(uid, _)| *uid).collect();
+    let released = released_times(cfg);
+    let span = u64::from(range[1] - range[0]) + 1;
+    for uid in lease_order(range, &taken, &released, job_id % span) {
+        if create_complete(&dir, &uid.to_string(), &job_id.to_string())? {
+            return Ok(Some(uid));
+        }
+    }
+    let quarantined = entries
+        .iter()
+        .filter(|(_, l)| matches!(l, Lease::Quarantined(_)))
+        .count();
+    Err(Error::Workspace(format!(
+        "every uid in job_uid_range [{}, {}] is leased ({quarantined} quarantined); run \
+         `p3-executor gc`, `p3-executor check` for quarantined uids, or widen the range",
+        range[0], range[1]
+    )))
+}
+
+/// What one lease file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// Held by a job.
+    Job(u64),
+    /// Kept out of the pool: the reason.
+    Quarantined(String),
+}
+
+fn read_leases(cfg: &Config) -> Vec<(u32, Lease)> {
+    let Ok(entries) = fs::read_dir(dir(cfg)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let uid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let text = fs::read_to_string(e.path()).unwrap_or_default();
+            let lease = match text.trim().parse() {
+                Ok(job) => Lease::Job(job),
+                Err(_) => match text.strip_prefix(QUARANTINE) {
+                    Some(why) => Lease::Quarantined(why.trim().to_string()),
+                    None => {
+                        let age = e
+                            .metadata()
+                            .ok()
+                            .and_then(|m| m.modified().ok())
+                            .and_then(|m| SystemTime::now().duration_since(m).ok())
+                            .unwrap_or_default();
+                        if age < BROKEN_LEASE_AGE {
+                            return None; // being written by an older version, or just now
+                        }
+                        Lease::Quarantined("lease file without a job id".into())
+                    }
+                },
+            };
+            Some((uid, lease))
+        })
+        .collect()
+}
+
+fn released_times(cfg: &Config) -> HashMap<u32, SystemTime> {
+    let Ok(entries) = fs::read_dir(released_dir(cfg)) else {
+        return HashMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let uid = e.file_name().to_str()?.parse().ok()?;
+            Some((uid, e.metadata().ok()?.modified().ok()?))
+        })
+        .collect()
+}
+
+/// The uid leased to `job_id`, if any.
+pub fn leased_uid(cfg: &Config, job_id: u64) -> Option<u32> {
+    leases(cfg)
+        .into_iter()
+        .find(|(_, owner)| *owner == job_id)
+        .map(|(uid, _)| uid)
+}
+
+/// Every uid held by a job, as (uid, job id).
+pub fn leases(cfg: &Config) -> Vec<(u32, u64)> {
+    read_leases(cfg)
+        .into_iter()
+        .filter_map(|(uid, l)| match l {
+            Lease::Job(job) => Some((uid, job)),
+            Lease::Quarantined(_) => None,
+        })
+        .collect()
+}
+
+/// Quarantined uids and why.
+pub fn quarantined(cfg: &Config) -> Vec<(u32, String)> {
+    let mut out: Vec<(u32, String)> = read_leases(cfg)
+        .into_iter()
+        .filter_map(|(uid, l)| match l {
+            Lease::Quarantined(why) => Some((uid, why)),
+            Lease::Job(_) => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Scrub `uid`; back to the pool if clean, else quarantined. Returns the residue.
+fn release_uid(cfg: &Config, uid: u32) -> Result<Residue> {
+    let residue = residue::scrub(uid, &cfg.sandbox.scrub_dirs);
+    let dir = dir(cfg);
+    if residue.is_clean() {
+        ensure_dir(&released_dir(cfg), 0o700)?;
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(released_dir(cfg).join(uid.to_string()))
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .map_err(|e| Error::io(format!("record the release of uid {uid}"), e))?;
+        match fs::remove_file(dir.join(uid.to_string())) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("release uid {uid}"), e)),
+        }
+    } else {
+        tracing::error!(
+            uid,
+            "uid quarantined: {} remain after cleanup; gc retries it",
+            residue.summary()
+        );
+        replace(
+            &dir,
+            &uid.to_string(),
+            &format!("{QUARANTINE}{}\n", residue.summary()),
+        )?;
+    }
+    Ok(residue)
+}
+
+/// Release every uid held by `job_id`, each only once proven clean.
+pub fn release(cfg: &Config, job_id: u64) -> Result<()> {
+    let mut first = None;
+    for (uid, owner) in leases(cfg) {
+        if owner == job_id {
+            if let Err(e) = release_uid(cfg, uid) {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Retry every quarantined uid (gc); returns those still quarantined.
+pub fn retry_quarantined(cfg: &Config) -> Vec<(u32, String)> {
+    quarantined(cfg)
+        .into_iter()
+        .filter_map(|(uid, why)| match release_uid(cfg, uid) {
+            Ok(r) if r.is_clean() => {
+                tracing::info!(uid, "quarantined uid is clean again: back in the pool");
+                None
+            }
+            Ok(r) => Some((uid, r.summary())),
+            Err(e) => Some((uid, format!("{why} (retry failed: {e})"))),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(root: &Path, range: [u32; 2]) -> Config {
+        let mut cfg = Config::parse("").unwrap();
+        cfg.state_root = root.join("state");
+        cfg.builds_root = root.join("builds");
+        cfg.job_uid_range = Some(range);
+        cfg.sandbox.scrub_dirs = Vec::new();
+        cfg
+    }
+
+    #[test]
+    fn lease_order_prefers_fresh_then_least_recently_released() {
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let cases: Vec<(&str, Vec<u32>, Vec<(u32, u64)>, u64, Vec<u32>)> = vec![
+            (
+                "all fresh, from the offset",
+                vec![],
+                vec![],
+                1,
+                vec![11, 12, 13, 10],
+            ),
+            ("taken skipped", vec![11, 13], vec![], 1, vec![12, 10]),
+            (
+                "released last, oldest release first",
+                vec![],
+                vec![(10, 50), (11, 20), (12, 90)],
+                0,
+                vec![13, 11, 10, 12],
+            ),
+            ("none free", vec![10, 11, 12, 13], vec![], 0, vec![]),
+        ];
+        for (name, taken, released, start, want) in cases {
+            let taken: HashSet<u32> = taken.into_iter().collect();
+            let released = released.into_iter().map(|(u, s)| (u, t(s))).collect();
+            assert_eq!(
+                lease_order([10, 13], &taken, &released, start),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn leases_are_exclusive_reused_last_and_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path(), [5000, 5002]);
+        let a = lease(&cfg, 10).unwrap().unwrap();
+        let b = lease(&cfg, 11).unwrap().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(lease(&cfg, 10).unwrap(), Some(a), "a retry keeps its uid");
+        release(&cfg, 10).unwrap();
+        let c = lease(&cfg, 12).unwrap().unwrap();
+        assert!(c != a && c != b, "the released uid is reused last");
+        assert!(lease(&cfg, 13).unwrap() == Some(a), "then it comes back");
+        assert!(lease(&cfg, 14).is_err(), "range exhausted");
+        // No lease file is ever empty, and no temp file is left.
+        for e in fs::read_dir(cfg.state_root.join("uids")).unwrap().flatten() {
+            if e.path().is_file() {
+                assert!(!fs::read_to_string(e.path()).unwrap().is_empty());
+            }
+            assert!(!e.file_name().to_string_lossy().starts_with(".lease-"));
+        }
+    }
+
+    #[test]
+    fn quarantined_and_broken_leases_stay_out_of_the_pool_until_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path(), [5000, 5000]);
+        lease(&cfg, 1).unwrap();
+        let uids = cfg.state_root.join("uids");
+        replace(&uids, "5000", "quarantine: 1 file(s) such as /tmp/x\n").unwrap();
+        assert_eq!(
+            quarantined(&cfg),
+            vec![(5000, "1 file(s) such as /tmp/x".into())]
+        );
+        assert!(leases(&cfg).is_empty());
+        let err = lease(&cfg, 2).unwrap_err().to_string();
+        assert!(err.contains("1 quarantined"), "{err}");
+        // Nothing of the uid is left on this host (no scrub dirs, no processes): gc frees it.
+        if nix::unistd::geteuid().is_root() {
+            assert!(retry_quarantined(&cfg).is_empty());
+            assert_eq!(lease(&cfg, 2).unwrap(), Some(5000));
+        }
+        // A young empty lease is someone's write in progress; an old one is broken.
+        let f = uids.join("4999");
+        fs::write(&f, "").unwrap();
+        assert!(quarantined(&cfg).iter().all(|(u, _)| *u != 4999));
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(quarantined(&cfg).iter().any(|(u, _)| *u == 4999));
+    }
+}
