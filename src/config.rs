@@ -190,9 +190,19 @@ pub struct KerberosConfig {
     /// Upper bound on every kinit/kdestroy/klist call (MIT kinit can hang ~27 s on a mute KDC).
     #[serde(default = "default_kinit_timeout")]
     pub timeout_secs: u64,
-    /// Before each run stage, renew or re-obtain a ticket with less life left than this.
+    /// Before each run stage, re-obtain a ticket with less life left than this, or than the
+    /// job still needs (the time to the job's deadline), whichever is less: a ticket that
+    /// already covers the rest of the job is kept.
     #[serde(default = "default_renew_threshold")]
     pub renew_threshold_secs: u64,
+    /// Slack after the job's deadline (its creation plus the payload's `runner_info.timeout`)
+    /// that a ticket, and S3 credentials asked for with a duration, may outlive it: a ticket
+    /// is requested for at most the time to that deadline plus this margin (never more than
+    /// the account's `ticket_lifetime_secs`). Jobs without a timeout get the account's lifetime.
+    /// Keep it at a minute or more: it is also the slack that lets a capped ticket last the
+    /// whole job without being re-obtained before every stage.
+    #[serde(default = "default_lifetime_margin")]
+    pub lifetime_margin_secs: u64,
 }
 
 /// A Kerberos system account whose keytab stays on this host.
@@ -203,10 +213,14 @@ pub struct Account {
     pub principal: String,
     /// Keytab on the host; must be readable by root only.
     pub keytab: PathBuf,
-    /// Requested ticket lifetime in seconds.
+    /// Requested ticket lifetime in seconds (0: krb5.conf's default), capped for each job by
+    /// its timeout plus `kerberos.lifetime_margin_secs`.
     #[serde(default = "default_ticket_lifetime")]
     pub ticket_lifetime_secs: u64,
-    /// Requested renewable lifetime in seconds (0: not renewable).
+    /// Requested renewable lifetime in seconds. The default, 0, gives tickets that are not
+    /// renewable at all, whatever krb5.conf's `renew_lifetime` says: the executor re-obtains
+    /// tickets from the keytab before a stage, so jobs need no renewal, and a copied ticket
+    /// dies with its lifetime. A value above 0 is an explicit per-account opt-in.
     #[serde(default = "default_renewable_lifetime")]
     pub renewable_lifetime_secs: u64,
     /// S3 access for this account, if any.
@@ -227,7 +241,12 @@ pub struct S3Account {
     /// Path-style addressing (`https://host/bucket/key`).
     #[serde(default)]
     pub path_style: bool,
-    /// argv of an AWS `credential_process` command, run with the job's KRB5CCNAME.
+    /// argv of an AWS `credential_process` command, run with the job's KRB5CCNAME. The
+    /// credential lifetime the job needs (the same capped duration as its ticket: the time to
+    /// the job's deadline plus `kerberos.lifetime_margin_secs`, at most the account's
+    /// `ticket_lifetime_secs`) replaces `{duration_secs}` in any argv element and is also in
+    /// the process's environment as `P3_CREDENTIAL_DURATION_SECS`, for services that accept a
+    /// duration (clamp it to what the service allows, e.g. STS: 900 s and up).
     #[serde(default)]
     pub credential_process: Option<Vec<String>>,
     /// Host-side shared-credentials profile (alternative to `credential_process`).
@@ -422,7 +441,10 @@ fn default_ticket_lifetime() -> u64 {
     10 * 3600
 }
 fn default_renewable_lifetime() -> u64 {
-    7 * 24 * 3600
+    0
+}
+fn default_lifetime_margin() -> u64 {
+    900
 }
 fn default_region() -> String {
     "us-east-1".into()
@@ -505,6 +527,7 @@ impl Default for KerberosConfig {
             krb5_config: None,
             timeout_secs: default_kinit_timeout(),
             renew_threshold_secs: default_renew_threshold(),
+            lifetime_margin_secs: default_lifetime_margin(),
         }
     }
 }

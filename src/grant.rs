@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::audit::{self, AuditEvent, AuditRecord, Decision as Outcome};
@@ -171,7 +171,12 @@ fn grant(
     rec.account = Some(deploy_account.clone());
     rec.principal = Some(principal.clone());
     rec.keytab_sha256 = kerberos::keytab_fingerprint(&account.keytab).ok();
-    let ticket = match kerberos::obtain(&cfg.kerberos, account, &ccache, owner) {
+    let max_life = lifetime_cap(
+        job_deadline(job, state),
+        Duration::from_secs(cfg.kerberos.lifetime_margin_secs),
+        Utc::now(),
+    );
+    let ticket = match kerberos::obtain_capped(&cfg.kerberos, account, &ccache, owner, max_life) {
         Ok(t) => t,
         Err(e) => {
             rec.decision = Outcome::Failed;
@@ -200,7 +205,14 @@ fn grant(
         Value::String(ticket.expires.to_rfc3339()),
     );
     let s3_rec = match &account.s3 {
-        Some(s3) => match obtain_s3(cfg, paths, state, &deploy_account, s3) {
+        Some(s3) => match obtain_s3(
+            cfg,
+            paths,
+            state,
+            &deploy_account,
+            s3,
+            credential_duration(account, max_life),
+        ) {
             Ok((s3_env, expires, s3_rec)) => {
                 env.extend(s3_env);
                 grant.s3 = true;
@@ -239,14 +251,16 @@ type S3Grant = (
 );
 
 /// Retrieve the account's S3 credentials with the job's fresh ticket and hand them to the job
-/// as AWS config files. Returns the job's AWS environment, the expiry, and the audit record
-/// (account, source, expiry; never a secret); on failure the error and a failure record.
+/// as AWS config files; a credential process is asked for `duration_secs`. Returns the job's
+/// AWS environment, the expiry, and the audit record (account, source, expiry; never a
+/// secret); on failure the error and a failure record.
 fn obtain_s3(
     cfg: &Config,
     paths: &JobPaths,
     state: &JobState,
     account_name: &str,
     s3: &S3Account,
+    duration_secs: u64,
 ) -> std::result::Result<S3Grant, (Error, Box<AuditRecord>)> {
     let grant = state.grant.clone().unwrap_or_default();
     let mut rec = record_from_grant(
@@ -260,11 +274,16 @@ fn obtain_s3(
         Value::String(aws::S3Credentials::source_of(s3).into()),
     );
     let ccname = kerberos::krb5ccname(&grant.ccache);
-    let written =
-        aws::retrieve(s3, Some(&ccname), cfg.kerberos.krb5_config.as_deref()).and_then(|creds| {
-            aws::write_job_files(&paths.creds, account_name, s3, &creds, owner(state))
-                .map(|env| (env, creds.expiration))
-        });
+    let written = aws::retrieve_with_duration(
+        s3,
+        Some(&ccname),
+        cfg.kerberos.krb5_config.as_deref(),
+        duration_secs,
+    )
+    .and_then(|creds| {
+        aws::write_job_files(&paths.creds, account_name, s3, &creds, owner(state))
+            .map(|env| (env, creds.expiration))
+    });
     match written {
         Ok((env, expires)) => {
             rec.reason = format!("S3 credentials for account {account_name} issued");
@@ -288,9 +307,13 @@ fn obtain_s3(
 }
 
 /// Renew or refresh credentials that are close to expiry, before a run stage.
+///
+/// A ticket is re-obtained when it has less life left than [`required_life`]: the renewal
+/// threshold, or the rest of the job (to its deadline) when that is shorter, so a ticket
+/// capped at the job's deadline plus margin is kept for the whole of a short job.
 pub fn refresh(
     cfg: &Config,
-    _job: &JobContext,
+    job: &JobContext,
     paths: &JobPaths,
     state: &mut JobState,
 ) -> Result<()> {
@@ -304,7 +327,14 @@ pub fn refresh(
         )));
     };
     let now = Utc::now();
-    let threshold = Duration::from_secs(cfg.kerberos.renew_threshold_secs);
+    let deadline = job_deadline(job, state);
+    let margin = Duration::from_secs(cfg.kerberos.lifetime_margin_secs);
+    let max_life = lifetime_cap(deadline, margin, now);
+    let threshold = required_life(
+        Duration::from_secs(cfg.kerberos.renew_threshold_secs),
+        deadline,
+        now,
+    );
     // Cheap check first: the expiry recorded at the last kinit. Only near expiry is the cache
     // read and a new ticket obtained, so a stage of a healthy job costs no Kerberos traffic.
     let near = grant
@@ -321,6 +351,7 @@ pub fn refresh(
             owner(state),
             threshold,
             now,
+            max_life,
         ) {
             Ok(Some(ticket)) => {
                 rec.reason = "ticket close to expiry: obtained a fresh one from the keytab".into();
@@ -350,11 +381,18 @@ pub fn refresh(
     if let (true, Some(s3)) = (grant.s3, &account.s3) {
         let s3_threshold = Duration::from_secs(s3.refresh_threshold_secs);
         if aws::needs_refresh(grant.s3_expires, s3_threshold, now) {
-            let (env, expires, rec) = obtain_s3(cfg, paths, state, &grant.deploy_account, s3)
-                .map_err(|(e, rec)| {
-                    record_best_effort(cfg, *rec);
-                    e
-                })?;
+            let (env, expires, rec) = obtain_s3(
+                cfg,
+                paths,
+                state,
+                &grant.deploy_account,
+                s3,
+                credential_duration(account, max_life),
+            )
+            .map_err(|(e, rec)| {
+                record_best_effort(cfg, *rec);
+                e
+            })?;
             record_best_effort(cfg, rec);
             state.env.extend(env);
             if let Some(g) = state.grant.as_mut() {
@@ -367,6 +405,52 @@ pub fn refresh(
         state.save(paths)?;
     }
     Ok(())
+}
+
+/// When the runner stops the job: prepare's time plus the payload's `runner_info.timeout`
+/// (None without a timeout). The runner's clock started a little earlier, so this is never
+/// before the real deadline.
+fn job_deadline(job: &JobContext, state: &JobState) -> Option<DateTime<Utc>> {
+    let secs = i64::try_from(job.timeout_secs()?).ok()?;
+    state
+        .created
+        .checked_add_signed(chrono::Duration::try_seconds(secs)?)
+}
+
+/// The longest a credential obtained at `now` may live: until the job's `deadline` plus
+/// `margin` (zero once that has passed). None without a deadline: the account's lifetime.
+fn lifetime_cap(
+    deadline: Option<DateTime<Utc>>,
+    margin: Duration,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    let end = deadline?.checked_add_signed(chrono::Duration::from_std(margin).ok()?)?;
+    Some((end - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The life a ticket must still have at `now`, before a stage, to be kept: the renewal
+/// `threshold`, or the time left until the job's `deadline` when that is less. A ticket that
+/// covers the rest of the job is not replaced, and past the deadline none is obtained.
+///
+/// The deadline, not the deadline plus margin: a capped ticket ends at the deadline plus
+/// margin only to the second, and a moment after prepare's clock started, so asking for that
+/// much would re-obtain it before every stage. The margin is the slack that absorbs this.
+fn required_life(
+    threshold: Duration,
+    deadline: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Duration {
+    match deadline {
+        None => threshold,
+        Some(deadline) => threshold.min((deadline - now).to_std().unwrap_or(Duration::ZERO)),
+    }
+}
+
+/// The duration a credential process is asked for: the ticket's requested lifetime (the
+/// account's, capped by the job), or [`aws::DEFAULT_DURATION_SECS`] when neither bounds it.
+fn credential_duration(account: &Account, max_life: Option<Duration>) -> u64 {
+    kerberos::requested_lifetime(account.ticket_lifetime_secs, max_life)
+        .unwrap_or(aws::DEFAULT_DURATION_SECS)
 }
 
 /// Destroy a job's credentials and record it.
@@ -518,6 +602,100 @@ fn record_best_effort(cfg: &Config, rec: AuditRecord) {
         tracing::error!(
             "cannot write audit record to {}: {e}",
             cfg.audit.path.display()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_900_000_000 + secs, 0).unwrap()
+    }
+
+    const fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn lifetime_is_capped_at_the_deadline_plus_margin() {
+        // (deadline, margin, now) → cap
+        let table = [
+            (Some(at(600)), 900, at(0), Some(secs(1500))),
+            (Some(at(600)), 900, at(1000), Some(secs(500))),
+            (Some(at(600)), 0, at(600), Some(secs(0))),
+            (Some(at(600)), 900, at(5000), Some(secs(0))),
+            (None, 900, at(0), None),
+        ];
+        for (deadline, margin, now, want) in table {
+            assert_eq!(
+                lifetime_cap(deadline, secs(margin), now),
+                want,
+                "{deadline:?} {margin} {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn required_life_is_the_threshold_or_the_rest_of_the_job() {
+        // (renew threshold, deadline, now) → required life
+        let table = [
+            // Short job: what is left of it, so its capped ticket is kept stage after stage.
+            (3600, Some(600), 0, 600),
+            (3600, Some(600), 400, 200),
+            // Long job: the usual threshold applies.
+            (3600, Some(20000), 0, 3600),
+            // No timeout in the payload: the threshold alone.
+            (3600, None, 0, 3600),
+            // Past the deadline: nothing is required, nothing is re-obtained.
+            (3600, Some(600), 600, 0),
+            (3600, Some(600), 5000, 0),
+        ];
+        for (threshold, deadline, now, want) in table {
+            assert_eq!(
+                required_life(secs(threshold), deadline.map(at), at(now)),
+                secs(want),
+                "{threshold} {deadline:?} {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_capped_ticket_is_kept_for_the_rest_of_a_short_job() {
+        // Prepare at 0 (timeout 600 s, margin 900 s); kinit runs 0.7 s later and the KDC
+        // counts whole seconds, so the ticket ends a little before the deadline plus margin.
+        let deadline = Some(at(600));
+        let kinit_at = at(0) + chrono::Duration::milliseconds(700);
+        let cap = lifetime_cap(deadline, secs(900), kinit_at).unwrap();
+        assert_eq!(cap.as_secs(), 1499);
+        let expires = at(0) + chrono::Duration::seconds(cap.as_secs() as i64);
+        for stage_at in [1, 100, 599, 600, 1400] {
+            let now = at(stage_at);
+            let left = (expires - now).to_std().unwrap();
+            let need = required_life(secs(3600), deadline, now);
+            assert!(left >= need, "stage at {stage_at}: {left:?} < {need:?}");
+        }
+        // A ticket that ends before the deadline is replaced once the threshold is reached.
+        let short = at(0) + chrono::Duration::seconds(300);
+        let need = required_life(secs(60), deadline, at(250));
+        assert!((short - at(250)).to_std().unwrap() < need);
+    }
+
+    #[test]
+    fn credential_duration_follows_the_ticket() {
+        let account = |life: u64| -> Account {
+            toml::from_str(&format!(
+                "principal = \"p\"\nkeytab = \"/k\"\nticket_lifetime_secs = {life}\n"
+            ))
+            .unwrap()
+        };
+        assert_eq!(credential_duration(&account(36000), Some(secs(1500))), 1500);
+        assert_eq!(credential_duration(&account(600), Some(secs(1500))), 600);
+        assert_eq!(credential_duration(&account(36000), None), 36000);
+        assert_eq!(
+            credential_duration(&account(0), None),
+            aws::DEFAULT_DURATION_SECS
         );
     }
 }

@@ -45,6 +45,19 @@ pub struct JobPayload {
     /// Every job variable, predefined first, then the job's own.
     #[serde(default)]
     pub variables: Vec<Variable>,
+    /// Runner-side facts about the job (its timeout).
+    #[serde(default)]
+    pub runner_info: RunnerInfo,
+}
+
+/// `runner_info` of the payload.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RunnerInfo {
+    /// The job's timeout in seconds, as GitLab sets it (project or runner setting, or the
+    /// job's `timeout:`). The runner stops the job once it has run this long. Absent or not
+    /// above 0: unknown (the runner then applies its own default).
+    #[serde(default)]
+    pub timeout: Option<i64>,
 }
 
 /// `job_info` of the payload.
@@ -164,6 +177,17 @@ impl JobContext {
         self.payload.id
     }
 
+    /// The job's timeout in seconds (`runner_info.timeout`), when the payload carries one
+    /// above 0. It comes from GitLab, not from the job's variables, so it can bound what the
+    /// job's credentials are worth.
+    pub fn timeout_secs(&self) -> Option<u64> {
+        self.payload
+            .runner_info
+            .timeout
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|&t| t > 0)
+    }
+
     /// Last value of a job variable (later entries win, as in the runner).
     pub fn variable(&self, key: &str) -> Option<&str> {
         self.payload
@@ -203,6 +227,21 @@ mod tests {
         assert_eq!(job.variable("A"), Some("2"));
         assert_eq!(job.variable_count("A"), 2);
         assert_eq!(job.payload.git_info.ref_name, "main");
+    }
+
+    #[test]
+    fn timeout_comes_from_runner_info_when_above_zero() {
+        let with = |runner_info: &str| {
+            let text = format!(r#"{{"id": 1 {runner_info}}}"#);
+            JobContext::from_json(text.as_bytes())
+                .unwrap()
+                .timeout_secs()
+        };
+        assert_eq!(with(r#", "runner_info": {"timeout": 600}"#), Some(600));
+        assert_eq!(with(""), None);
+        assert_eq!(with(r#", "runner_info": {}"#), None);
+        assert_eq!(with(r#", "runner_info": {"timeout": 0}"#), None);
+        assert_eq!(with(r#", "runner_info": {"timeout": -5}"#), None);
     }
 
     #[test]

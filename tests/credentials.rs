@@ -361,14 +361,17 @@ fn job_cannot_read_keytabs_or_other_jobs_caches() {
 
 #[test]
 fn ticket_is_renewed_before_stages_when_close_to_expiry() {
-    // Lifetime below the renewal threshold: every run stage must re-obtain the ticket.
+    // Lifetime below the renewal threshold, and the job may run longer than its ticket (a
+    // 4 h timeout): every run stage must re-obtain the ticket.
     let env = env_with("renew_threshold_secs = 7200");
     let text = std::fs::read_to_string(&env.host.config).unwrap().replace(
         "[accounts.client_dev]\n",
         "[accounts.client_dev]\nticket_lifetime_secs = 3600\n",
     );
     std::fs::write(&env.host.config, text).unwrap();
-    let mut job = env.job(530, "feature/z", "branch", false, "client_dev", "klist");
+    let mut job = env
+        .job(530, "feature/z", "branch", false, "client_dev", "klist")
+        .timeout(4 * 3600);
     assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
     let events: Vec<String> = env.audit_for(530).into_iter().map(|(e, _)| e).collect();
     assert_eq!(events.first().map(String::as_str), Some("grant"));
@@ -520,4 +523,172 @@ fn fifty_concurrent_jobs_each_see_only_their_own_principal() {
             .is_none(),
         "a credential outlived its job"
     );
+}
+
+/// A job step that prints its ticket cache into the job log, base64 between markers: a job
+/// can always copy what it was given, so what matters is what the copy is worth afterwards.
+const COPY_CCACHE: &str = "echo \"CCACHE-COPY:$(base64 -w0 < \"${KRB5CCNAME#FILE:}\"):CCACHE-END\"";
+
+/// The ticket cache `job` printed with [`COPY_CCACHE`], written to a file of the test's own.
+fn copied_ccache(job: &Job, dir: &std::path::Path) -> std::path::PathBuf {
+    use base64::Engine;
+    let start = job.log.find("CCACHE-COPY:").expect("no copy in the log") + "CCACHE-COPY:".len();
+    let len = job.log[start..].find(":CCACHE-END").expect("end marker");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&job.log[start..start + len])
+        .unwrap();
+    let path = dir.join(format!("copy-{}", job.id));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Make the realm's client krb5.conf (the one jobs and the executor use) ask for 7-day
+/// renewable tickets by default, globally and for the realm, as many sites' files do.
+fn renewing_by_default(env: &Env) {
+    let conf = env.kdc.krb5_conf();
+    let text = std::fs::read_to_string(&conf).unwrap().replacen(
+        "[libdefaults]\n",
+        "[libdefaults]\n renew_lifetime = 7d\n P3.TEST = {\n  renew_lifetime = 7d\n }\n",
+        1,
+    );
+    std::fs::write(&conf, text).unwrap();
+}
+
+/// `tool args... -c FILE:<cache>` with the realm's krb5.conf, as an attacker holding a copy.
+fn krb5_tool(env: &Env, tool: &str, args: &[&str], cache: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .arg("-c")
+        .arg(format!("FILE:{}", cache.display()))
+        .env("KRB5_CONFIG", env.kdc.krb5_conf())
+        .env("LC_ALL", "C")
+        .env_remove("KRB5CCNAME")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_copied_ticket_cannot_be_renewed_and_dies_with_the_jobs_timeout() {
+    let env = env();
+    renewing_by_default(&env);
+    let copies = tempfile::tempdir().unwrap();
+    let (timeout, margin): (u64, i64) = (600, 900);
+    let mut job = env
+        .job(
+            700,
+            "feature/copy",
+            "branch",
+            false,
+            "client_dev",
+            COPY_CCACHE,
+        )
+        .timeout(timeout);
+    assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
+    // The ticket capped at the job's deadline covers the whole short job: no stage re-obtained
+    // it, although it has less life than renew_threshold_secs (1 h).
+    assert_eq!(
+        env.audit_for(700),
+        vec![
+            ("grant".to_string(), "granted".to_string()),
+            ("cleanup".to_string(), "succeeded".to_string())
+        ]
+    );
+    assert!(!env.host.root().join("state/creds/700").exists());
+
+    // After cleanup, the copy taken out of the job:
+    let copy = copied_ccache(&job, copies.path());
+    let (ok, text) = krb5_tool(&env, "klist", &["-f"], &copy);
+    println!("klist -f of the copy after cleanup:\n{text}");
+    assert!(ok && text.contains("krbtgt/P3.TEST@P3.TEST"), "{text}");
+    // (a) is not renewable,
+    assert!(!text.contains("renew until"), "{text}");
+    // (b) so kinit -R cannot stretch it,
+    let (renewed, text) = krb5_tool(&env, "kinit", &["-R"], &copy);
+    println!("kinit -R of the copy: {text}");
+    assert!(!renewed, "kinit -R renewed the copy: {text}");
+    // (c) and it ends within the job's timeout plus the margin, not the account's 10 h.
+    let ticket = p3_executor::credentials::kerberos::read_ticket(&copy).unwrap();
+    let now = chrono::Utc::now();
+    assert!(
+        ticket.expires <= now + chrono::Duration::seconds(timeout as i64 + margin),
+        "{ticket:?}"
+    );
+    assert!(
+        ticket.expires > now + chrono::Duration::seconds(timeout as i64 + margin - 300),
+        "the cap is the job's timeout plus margin: {ticket:?}"
+    );
+    assert_eq!(ticket.renew_until, None);
+}
+
+#[test]
+fn an_account_that_opts_in_still_gets_a_renewable_ticket() {
+    let env = env();
+    renewing_by_default(&env);
+    let text = std::fs::read_to_string(&env.host.config).unwrap().replace(
+        "[accounts.client_uat]\n",
+        "[accounts.client_uat]\nrenewable_lifetime_secs = 86400\n",
+    );
+    std::fs::write(&env.host.config, text).unwrap();
+    let copies = tempfile::tempdir().unwrap();
+    let script = format!("{COPY_CCACHE}\nklist");
+    let mut uat = env
+        .job(710, "main", "branch", true, "client_uat", &script)
+        .timeout(600);
+    assert_eq!(uat.run_all(), JobResult::Success, "{}", uat.log);
+    assert!(uat.log.contains("renew until"), "{}", uat.log);
+    let (renewed, text) = krb5_tool(&env, "kinit", &["-R"], &copied_ccache(&uat, copies.path()));
+    assert!(
+        renewed,
+        "the opted-in account's ticket is not renewable: {text}"
+    );
+    // The same host's other account has not opted in.
+    let mut dev = env
+        .job(711, "feature/x", "branch", false, "client_dev", &script)
+        .timeout(600);
+    assert_eq!(dev.run_all(), JobResult::Success, "{}", dev.log);
+    assert!(dev.log.contains("Default principal"), "{}", dev.log);
+    assert!(!dev.log.contains("renew until"), "{}", dev.log);
+}
+
+#[test]
+fn s3_credential_process_is_asked_for_the_jobs_timeout() {
+    let env = env();
+    let helper = env.host.root().join("s3-duration-credentials");
+    let seen = env.host.root().join("s3-durations");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\necho \"$1 $P3_CREDENTIAL_DURATION_SECS\" >> {}\nexp=$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)\nprintf '{{\"Version\": 1, \"AccessKeyId\": \"AK\", \"SecretAccessKey\": \"SK\", \"Expiration\": \"%s\"}}\\n' \"$exp\"\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&env.host.config).unwrap().replace(
+        "[accounts.client_uat]",
+        &format!(
+            "[accounts.client_dev.s3]\ncredential_process = [\"{}\", \"--duration-seconds={{duration_secs}}\"]\n\n[accounts.client_uat]",
+            helper.display()
+        ),
+    );
+    std::fs::write(&env.host.config, text).unwrap();
+    let mut job = env
+        .job(720, "feature/s3", "branch", false, "client_dev", "true")
+        .timeout(600);
+    assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let first = seen.lines().next().unwrap();
+    let (arg, env_value) = first.split_once(' ').unwrap();
+    let secs: u64 = env_value.parse().unwrap();
+    // The job's timeout plus the 900 s margin, less the moments since prepare began.
+    assert!((1490..=1500).contains(&secs), "{seen}");
+    assert_eq!(arg, format!("--duration-seconds={secs}"), "{seen}");
 }

@@ -173,6 +173,7 @@ fn refresh_obtains_a_later_ticket_only_below_the_threshold() {
         owner,
         Duration::from_secs(60),
         Utc::now(),
+        None,
     )
     .unwrap();
     assert_eq!(kept, None);
@@ -187,6 +188,7 @@ fn refresh_obtains_a_later_ticket_only_below_the_threshold() {
         owner,
         Duration::from_secs(60),
         later,
+        None,
     )
     .unwrap()
     .expect("refreshed");
@@ -223,6 +225,7 @@ fn refresh_replaces_a_missing_or_foreign_cache() {
         None,
         Duration::from_secs(60),
         Utc::now(),
+        None,
     )
     .unwrap()
     .expect("missing cache is refreshed");
@@ -235,6 +238,7 @@ fn refresh_replaces_a_missing_or_foreign_cache() {
         None,
         Duration::from_secs(60),
         Utc::now(),
+        None,
     )
     .unwrap()
     .expect("foreign principal is refreshed");
@@ -487,5 +491,147 @@ fn check_flags_readable_keytabs_and_principal_mismatch() {
                 .any(|p| p.starts_with("accounts.ok:") && p.contains("owned by job_user")),
             "{text:#?}"
         );
+    }
+}
+
+/// A client krb5.conf for the fixture's realm that asks for 7-day renewable tickets by
+/// default, globally and for the realm (MIT consults the realm's subsection first), as many
+/// sites' krb5.conf files do.
+fn renewing_krb5_conf(kdc: &Kdc) -> PathBuf {
+    let text = std::fs::read_to_string(kdc.krb5_conf()).unwrap();
+    assert!(text.contains("[libdefaults]\n"), "{text}");
+    let text = text.replacen(
+        "[libdefaults]\n",
+        "[libdefaults]\n renew_lifetime = 7d\n P3.TEST = {\n  renew_lifetime = 7d\n }\n",
+        1,
+    );
+    let path = kdc.dir().join("renewing-krb5.conf");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn kinit_renew(conf: &Path, ccache: &Path) -> std::process::Output {
+    Command::new("kinit")
+        .arg("-R")
+        .arg("-c")
+        .arg(format!("FILE:{}", ccache.display()))
+        .env("LC_ALL", "C")
+        .env("KRB5_CONFIG", conf)
+        .env_remove("KRB5CCNAME")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn tickets_are_not_renewable_unless_the_account_opts_in_whatever_krb5_conf_says() {
+    let kdc = Kdc::start(&["svc_client_dev", "svc_client_uat"]);
+    let mut cfg = config(
+        &kdc,
+        &[
+            ("plain", "svc_client_dev", 3600, 0),
+            ("opted_in", "svc_client_uat", 3600, 86400),
+        ],
+        10,
+    );
+    let conf = renewing_krb5_conf(&kdc);
+    cfg.kerberos.krb5_config = Some(conf.clone());
+    // Without the executor's override kinit asks for a renewable ticket: the premise holds.
+    let (_t, creds) = creds_dir();
+    let plain_kinit = creds.join("plain-kinit");
+    let out = Command::new("kinit")
+        .args(["-kt"])
+        .arg(kdc.keytab("svc_client_dev"))
+        .arg("-c")
+        .arg(format!("FILE:{}", plain_kinit.display()))
+        .arg(kdc.principal("svc_client_dev"))
+        .env("KRB5_CONFIG", &conf)
+        .env_remove("KRB5CCNAME")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        kerberos::read_ticket(&plain_kinit)
+            .unwrap()
+            .renew_until
+            .is_some()
+    );
+    std::fs::remove_file(&plain_kinit).unwrap();
+
+    let ccache = creds.join("krb5cc");
+    let owner = is_root().then_some(JOB);
+    let ticket = kerberos::obtain(&cfg.kerberos, account(&cfg, "plain"), &ccache, owner).unwrap();
+    assert_eq!(ticket.renew_until, None, "{ticket:?}");
+    let out = klist(&cfg.kerberos, &ccache, None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("krbtgt/P3.TEST@P3.TEST"), "{text}");
+    assert!(!text.contains("renew until"), "{text}");
+    let renew = kinit_renew(&conf, &ccache);
+    assert!(!renew.status.success(), "kinit -R renewed: {renew:?}");
+    // The one-kinit profile is gone with the temporary cache.
+    assert_eq!(files_in(&creds), vec!["krb5cc"]);
+
+    // An account that opts in still gets a renewable ticket, for its own renewable lifetime.
+    let before = Utc::now();
+    let ticket =
+        kerberos::obtain(&cfg.kerberos, account(&cfg, "opted_in"), &ccache, owner).unwrap();
+    let renew = (ticket.renew_until.expect("renewable") - before).num_seconds();
+    assert!((86395..=86405).contains(&renew), "renewable {renew} s");
+    let out = klist(&cfg.kerberos, &ccache, None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("renew until"));
+    let renew = kinit_renew(&conf, &ccache);
+    assert!(renew.status.success(), "{renew:?}");
+    assert_eq!(files_in(&creds), vec!["krb5cc"]);
+}
+
+#[test]
+fn a_renewable_ticket_the_override_cannot_prevent_is_refused() {
+    // A principal without its realm: the override cannot name the realm whose subsection
+    // asks for renewable tickets, so the read-back check must catch what comes back.
+    let kdc = Kdc::start(&["svc_client_dev"]);
+    let mut cfg = config(&kdc, &[("d", "svc_client_dev", 3600, 0)], 10);
+    cfg.kerberos.krb5_config = Some(renewing_krb5_conf(&kdc));
+    cfg.accounts.get_mut("d").unwrap().principal = "svc_client_dev".into();
+    let (_t, creds) = creds_dir();
+    let err = kerberos::obtain(
+        &cfg.kerberos,
+        account(&cfg, "d"),
+        &creds.join("krb5cc"),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, KerberosError::UnwantedRenewable { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("fix:"), "{err}");
+    assert!(files_in(&creds).is_empty(), "{:?}", files_in(&creds));
+}
+
+#[test]
+fn obtain_capped_caps_the_lifetime_at_the_jobs_deadline() {
+    let kdc = Kdc::start(&["svc_client_dev"]);
+    let cfg = config(
+        &kdc,
+        &[
+            ("long", "svc_client_dev", 36000, 0),
+            ("short", "svc_client_dev", 600, 0),
+        ],
+        10,
+    );
+    let (_t, creds) = creds_dir();
+    let ccache = creds.join("krb5cc");
+    for (acct, cap, want) in [("long", 1500, 1500), ("short", 1500, 600)] {
+        let before = Utc::now();
+        let t = kerberos::obtain_capped(
+            &cfg.kerberos,
+            account(&cfg, acct),
+            &ccache,
+            None,
+            Some(Duration::from_secs(cap)),
+        )
+        .unwrap();
+        let life = (t.expires - before).num_seconds();
+        assert!((want - 5..=want + 1).contains(&life), "{acct}: {life} s");
+        assert_eq!(t.renew_until, None);
     }
 }

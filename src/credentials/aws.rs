@@ -31,6 +31,14 @@ pub const CREDENTIALS_FILE: &str = "aws-credentials";
 /// Variable `p3-executor s3` reads to use path-style addressing (the AWS CLI reads the config
 /// file's `s3 = addressing_style = path` instead).
 pub const PATH_STYLE_ENV: &str = "P3_S3_PATH_STYLE";
+/// Placeholder in a `credential_process` argv element replaced by the credential lifetime the
+/// job needs, in seconds (e.g. `"--duration-seconds={duration_secs}"`).
+pub const DURATION_PLACEHOLDER: &str = "{duration_secs}";
+/// Variable holding the same duration in the credential process's environment.
+pub const DURATION_ENV: &str = "P3_CREDENTIAL_DURATION_SECS";
+/// Duration asked for when nothing bounds it (no job timeout and no ticket lifetime), and by
+/// [`retrieve`]: one hour, the usual default of temporary AWS credentials.
+pub const DEFAULT_DURATION_SECS: u64 = 3600;
 
 /// Temporary AWS credentials for one job.
 #[derive(Clone, PartialEq, Eq)]
@@ -149,22 +157,37 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AwsCredE
     move |source| AwsCredError::Io { context, source }
 }
 
-/// Obtain the account's S3 credentials on the host.
-///
-/// `credential_process` runs with its argv (no shell), bounded by `timeout_secs`, with
-/// `KRB5CCNAME` (and `KRB5_CONFIG`) set to the job's ticket so an internal credential service
-/// can authenticate the job's account; without a ticket, `KRB5CCNAME` is removed so the process
-/// cannot fall back to the executor's own cache.
+/// Obtain the account's S3 credentials on the host, asking a credential process for
+/// [`DEFAULT_DURATION_SECS`] (see [`retrieve_with_duration`]).
 pub fn retrieve(
     account: &S3Account,
     krb5ccname: Option<&str>,
     krb5_config: Option<&Path>,
 ) -> Result<S3Credentials, AwsCredError> {
+    retrieve_with_duration(account, krb5ccname, krb5_config, DEFAULT_DURATION_SECS)
+}
+
+/// Obtain the account's S3 credentials on the host, for a job that needs them for
+/// `duration_secs` (its ticket's capped lifetime).
+///
+/// `credential_process` runs with its argv (no shell), bounded by `timeout_secs`, with
+/// `KRB5CCNAME` (and `KRB5_CONFIG`) set to the job's ticket so an internal credential service
+/// can authenticate the job's account; without a ticket, `KRB5CCNAME` is removed so the process
+/// cannot fall back to the executor's own cache. `{duration_secs}` in its argv and
+/// `P3_CREDENTIAL_DURATION_SECS` in its environment carry `duration_secs`, for services that
+/// accept a duration. A host profile's credentials are what they are.
+pub fn retrieve_with_duration(
+    account: &S3Account,
+    krb5ccname: Option<&str>,
+    krb5_config: Option<&Path>,
+    duration_secs: u64,
+) -> Result<S3Credentials, AwsCredError> {
     let creds = if let Some(argv) = &account.credential_process {
         run_credential_process(
-            argv,
+            &credential_process_argv(argv, duration_secs),
             krb5ccname,
             krb5_config,
+            duration_secs,
             Duration::from_secs(account.timeout_secs),
         )?
     } else if let Some(profile) = &account.profile {
@@ -192,15 +215,26 @@ fn default_shared_credentials_file() -> PathBuf {
     Path::new(&home).join(".aws").join("credentials")
 }
 
+/// `argv` with every `{duration_secs}` replaced by `duration_secs` (each element stays one
+/// argument).
+pub fn credential_process_argv(argv: &[String], duration_secs: u64) -> Vec<String> {
+    let value = duration_secs.to_string();
+    argv.iter()
+        .map(|arg| arg.replace(DURATION_PLACEHOLDER, &value))
+        .collect()
+}
+
 fn run_credential_process(
     argv: &[String],
     krb5ccname: Option<&str>,
     krb5_config: Option<&Path>,
+    duration_secs: u64,
     timeout: Duration,
 ) -> Result<S3Credentials, AwsCredError> {
     let program = argv.first().ok_or(AwsCredError::NoSource)?;
     let mut cmd = Command::new(program);
     cmd.args(&argv[1..]);
+    cmd.env(DURATION_ENV, duration_secs.to_string());
     match krb5ccname {
         Some(cc) => cmd.env("KRB5CCNAME", cc),
         None => cmd.env_remove("KRB5CCNAME"),
@@ -575,6 +609,32 @@ mod tests {
         let c = retrieve(&acc, Some("FILE:/tmp/krb5cc_job"), None).unwrap();
         assert_eq!(c.access_key_id, "FILE:/tmp/krb5cc_job");
         assert!(c.expiration.is_some());
+    }
+
+    #[test]
+    fn credential_process_is_asked_for_the_jobs_duration() {
+        let dir = tempfile::tempdir().unwrap();
+        // The script echoes its first argument and the environment variable as the key id.
+        let mut acc = account();
+        let mut argv = script(
+            dir.path(),
+            r#"printf '{"Version":1,"AccessKeyId":"%s|%s|%s","SecretAccessKey":"SK"}' "$1" "$2" "$P3_CREDENTIAL_DURATION_SECS""#,
+        );
+        argv.extend([
+            "--duration-seconds={duration_secs}".to_string(),
+            "{duration_secs}{duration_secs} x".to_string(),
+        ]);
+        acc.credential_process = Some(argv);
+        let c = retrieve_with_duration(&acc, None, None, 1500).unwrap();
+        assert_eq!(c.access_key_id, "--duration-seconds=1500|15001500 x|1500");
+        // Without a job duration the process gets the default.
+        let c = retrieve(&acc, None, None).unwrap();
+        assert_eq!(c.access_key_id, "--duration-seconds=3600|36003600 x|3600");
+        // Arguments without the placeholder are passed on untouched.
+        assert_eq!(
+            credential_process_argv(&["p".into(), "{duration}".into(), "".into()], 9),
+            vec!["p", "{duration}", ""]
+        );
     }
 
     #[test]

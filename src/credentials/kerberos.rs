@@ -8,6 +8,10 @@
 //! Every kinit/klist/kdestroy call goes through [`run_bounded`]: MIT kinit waits about 27 s on
 //! a KDC that accepts connections but never answers, and has no timeout setting of its own.
 //!
+//! A job's ticket lives at most until the job's deadline plus a margin ([`obtain_capped`],
+//! [`requested_lifetime`]) and is not renewable unless the account opts in, so a copy taken
+//! out of the job is worth little once the job is over.
+//!
 //! The ticket's lifetime is read back by parsing the ccache file (MIT FILE format v3/v4) rather
 //! than `klist` output, whose dates are locale-formatted with two-digit years.
 
@@ -127,6 +131,15 @@ pub enum KerberosError {
         /// What is wrong with it.
         message: String,
     },
+    /// The KDC issued a renewable ticket for an account that must not get one
+    /// (`renewable_lifetime_secs = 0`); the ticket was discarded.
+    #[error(
+        "kinit for {principal} returned a renewable ticket although the account's renewable_lifetime_secs is 0, so it was discarded\n  fix: krb5.conf sets renew_lifetime for a realm the executor cannot override: write the realm into accounts.<name>.principal ({principal}@REALM), or opt in with renewable_lifetime_secs"
+    )]
+    UnwantedRenewable {
+        /// Principal asked for.
+        principal: String,
+    },
     /// A file operation on a cache failed.
     #[error("{context}: {source}")]
     Io {
@@ -202,8 +215,23 @@ fn run_tool(
     args: Vec<OsString>,
     what: &str,
 ) -> Result<Output, KerberosError> {
+    run_tool_with(kcfg, configured, key, args, what, None)
+}
+
+/// [`run_tool`], with `KRB5_CONFIG` replaced by `krb5_config` when given.
+fn run_tool_with(
+    kcfg: &KerberosConfig,
+    configured: &str,
+    key: &'static str,
+    args: Vec<OsString>,
+    what: &str,
+    krb5_config: Option<OsString>,
+) -> Result<Output, KerberosError> {
     let program = resolve_tool(configured, key)?;
     let mut cmd = tool_command(kcfg, &program);
+    if let Some(conf) = krb5_config {
+        cmd.env("KRB5_CONFIG", conf);
+    }
     cmd.args(args);
     run_bounded(cmd, timeout(kcfg)).map_err(|e| match e {
         CommandError::Timeout { .. } => KerberosError::Timeout {
@@ -287,25 +315,128 @@ fn temp_sibling(ccache: &Path) -> Result<PathBuf, KerberosError> {
     Ok(dir.join(format!(".{base}.{}.{n}.{nanos}.tmp", std::process::id())))
 }
 
-/// Obtain a ticket for `account` from its keytab into the file cache `ccache`.
-///
-/// kinit writes a temporary cache next to `ccache`, which is then handed to `owner`
-/// (uid, gid) with mode 0600 and renamed over `ccache`: a refresh never leaves the job without
-/// a cache, and the job never sees a half-written or root-owned one. `ccache`'s directory must
-/// be one the job cannot write (the root-owned credentials dir), so nothing there can be a
-/// symlink planted by the job.
+/// Obtain a ticket for `account` from its keytab into the file cache `ccache`, with the
+/// account's own lifetime ([`obtain_capped`] without a cap).
 pub fn obtain(
     kcfg: &KerberosConfig,
     account: &Account,
     ccache: &Path,
     owner: Option<(u32, u32)>,
 ) -> Result<Ticket, KerberosError> {
+    obtain_capped(kcfg, account, ccache, owner, None)
+}
+
+/// Obtain a ticket for `account` from its keytab into the file cache `ccache`, living at most
+/// `max_life` (the job's deadline plus margin; see [`requested_lifetime`]).
+///
+/// kinit writes a temporary cache next to `ccache`, which is then handed to `owner`
+/// (uid, gid) with mode 0600 and renamed over `ccache`: a refresh never leaves the job without
+/// a cache, and the job never sees a half-written or root-owned one. `ccache`'s directory must
+/// be one the job cannot write (the root-owned credentials dir), so nothing there can be a
+/// symlink planted by the job.
+///
+/// Unless the account opts in with `renewable_lifetime_secs`, the ticket is not renewable:
+/// kinit without `-r` still asks for a renewable ticket when krb5.conf sets `renew_lifetime`,
+/// so kinit runs with a small root-only profile next to the temporary cache put in front of
+/// the configured one (`KRB5_CONFIG=<it>:<krb5.conf>`; MIT's first file wins) that sets
+/// `renew_lifetime = 0`, globally and for the principal's realm. A renewable ticket that
+/// comes back anyway is discarded ([`KerberosError::UnwantedRenewable`]).
+pub fn obtain_capped(
+    kcfg: &KerberosConfig,
+    account: &Account,
+    ccache: &Path,
+    owner: Option<(u32, u32)>,
+    max_life: Option<Duration>,
+) -> Result<Ticket, KerberosError> {
     let tmp = temp_sibling(ccache)?;
-    let result = obtain_into(kcfg, account, ccache, &tmp, owner);
+    let no_renew = (account.renewable_lifetime_secs == 0).then(|| {
+        let mut name = tmp.clone().into_os_string();
+        name.push(".krb5.conf");
+        PathBuf::from(name)
+    });
+    let lifetime = requested_lifetime(account.ticket_lifetime_secs, max_life);
+    let result = obtain_into(
+        kcfg,
+        account,
+        ccache,
+        &tmp,
+        no_renew.as_deref(),
+        lifetime,
+        owner,
+    );
+    if let Some(conf) = &no_renew {
+        let _ = fs::remove_file(conf);
+    }
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// The ticket lifetime to ask kinit for, in seconds: the account's `ticket_lifetime_secs`
+/// (0: krb5.conf's default) capped by `max_life`, never below 1 s (kinit reads 0 as "no
+/// lifetime given"). None: no `-l`, krb5.conf decides.
+pub fn requested_lifetime(account_secs: u64, max_life: Option<Duration>) -> Option<u64> {
+    let cap = max_life.map(|d| d.as_secs().max(1));
+    match (account_secs, cap) {
+        (0, cap) => cap,
+        (secs, None) => Some(secs),
+        (secs, Some(cap)) => Some(secs.min(cap)),
+    }
+}
+
+/// The profile that makes kinit ask for a non-renewable ticket: `renew_lifetime = 0` in
+/// `[libdefaults]` and, when the principal names its realm, in that realm's subsection (which
+/// MIT consults before the global relation). A realm that is not a plain profile word is left
+/// out: the read-back check still refuses a renewable ticket.
+fn no_renew_profile(principal: &str) -> String {
+    let mut text = String::from(
+        "# Written by p3-executor for one kinit: this account's tickets are not renewable.\n[libdefaults]\n renew_lifetime = 0\n",
+    );
+    if let Some((_, realm)) = principal.rsplit_once('@')
+        && !realm.is_empty()
+        && realm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        text.push_str(&format!(" {realm} = {{\n  renew_lifetime = 0\n }}\n"));
+    }
+    text
+}
+
+/// `KRB5_CONFIG` for a kinit that must not ask for a renewable ticket: `first` (written here,
+/// root-only, created exclusively) in front of the profile kinit would otherwise read.
+fn no_renew_krb5_config(
+    kcfg: &KerberosConfig,
+    account: &Account,
+    first: &Path,
+) -> Result<OsString, KerberosError> {
+    let base: OsString = match &kcfg.krb5_config {
+        Some(conf) => conf.clone().into_os_string(),
+        None => std::env::var_os("KRB5_CONFIG").unwrap_or_else(|| "/etc/krb5.conf".into()),
+    };
+    if first.as_os_str().as_encoded_bytes().contains(&b':') {
+        return Err(KerberosError::Io {
+            context: format!("profile {}", first.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a path in KRB5_CONFIG cannot contain ':'",
+            ),
+        });
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(first)
+        .map_err(io_err(format!("create {}", first.display())))?;
+    std::io::Write::write_all(&mut file, no_renew_profile(&account.principal).as_bytes())
+        .map_err(io_err(format!("write {}", first.display())))?;
+    let mut list = first.as_os_str().to_os_string();
+    list.push(":");
+    list.push(base);
+    Ok(list)
 }
 
 fn obtain_into(
@@ -313,34 +444,47 @@ fn obtain_into(
     account: &Account,
     ccache: &Path,
     tmp: &Path,
+    no_renew: Option<&Path>,
+    lifetime: Option<u64>,
     owner: Option<(u32, u32)>,
 ) -> Result<Ticket, KerberosError> {
-    let lifetime = format!("{}s", account.ticket_lifetime_secs);
-    let renewable = format!("{}s", account.renewable_lifetime_secs);
     let mut args: Vec<OsString> = vec!["-kt".into(), account.keytab.clone().into()];
-    if account.ticket_lifetime_secs > 0 {
-        args.extend(["-l".into(), lifetime.into()]);
+    if let Some(secs) = lifetime {
+        args.extend(["-l".into(), format!("{secs}s").into()]);
     }
     if account.renewable_lifetime_secs > 0 {
-        args.extend(["-r".into(), renewable.into()]);
+        args.extend([
+            "-r".into(),
+            format!("{}s", account.renewable_lifetime_secs).into(),
+        ]);
     }
     args.extend([
         "-c".into(),
         cache_name(tmp),
         account.principal.clone().into(),
     ]);
-    let out = run_tool(
+    let krb5_config = match no_renew {
+        Some(first) => Some(no_renew_krb5_config(kcfg, account, first)?),
+        None => None,
+    };
+    let out = run_tool_with(
         kcfg,
         &kcfg.kinit,
         "kinit",
         args,
         &format!("for {}", account.principal),
+        krb5_config,
     )?;
     if !out.status.success() {
         return Err(kinit_error(account, kcfg, &out));
     }
     // Read back what the KDC actually granted (it may cap lifetimes) before the job can touch it.
     let ticket = read_ticket(tmp)?;
+    if no_renew.is_some() && ticket.renew_until.is_some() {
+        return Err(KerberosError::UnwantedRenewable {
+            principal: account.principal.clone(),
+        });
+    }
     fs::set_permissions(tmp, fs::Permissions::from_mode(0o600))
         .map_err(io_err(format!("chmod {}", tmp.display())))?;
     if let Some((uid, gid)) = owner {
@@ -363,7 +507,8 @@ fn obtain_into(
 
 /// If the ticket in `ccache` has less than `threshold` of life left at `now` (or the cache is
 /// missing, unreadable, or holds another principal's ticket), obtain a fresh one from the
-/// keytab. Returns the new ticket, or None when the current one is good enough.
+/// keytab, living at most `max_life` (see [`obtain_capped`]). Returns the new ticket, or None
+/// when the current one is good enough.
 ///
 /// A fresh kinit from the keytab is used instead of `kinit -R`: renewing would make root
 /// parse and rewrite a cache the job can write, and a keytab kinit costs the same one KDC
@@ -375,6 +520,7 @@ pub fn refresh_if_needed(
     owner: Option<(u32, u32)>,
     threshold: Duration,
     now: DateTime<Utc>,
+    max_life: Option<Duration>,
 ) -> Result<Option<Ticket>, KerberosError> {
     match read_ticket(ccache) {
         Ok(t)
@@ -390,7 +536,7 @@ pub fn refresh_if_needed(
         ),
         Err(e) => tracing::info!("no usable ticket in the cache ({e}): obtaining a fresh one"),
     }
-    obtain(kcfg, account, ccache, owner).map(Some)
+    obtain_capped(kcfg, account, ccache, owner, max_life).map(Some)
 }
 
 /// `svc@REALM` matches `svc@REALM`; a configured principal without a realm matches any realm
@@ -895,6 +1041,42 @@ mod tests {
         let mut huge = vec![0x05, 0x03];
         huge.extend([0, 0, 0, 1, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]);
         assert!(parse_ccache(&huge).is_err());
+    }
+
+    #[test]
+    fn requested_lifetime_is_the_account_lifetime_capped_by_the_job() {
+        let cap = |s: u64| Some(Duration::from_secs(s));
+        // (account ticket_lifetime_secs, cap) → -l
+        let table: [(u64, Option<Duration>, Option<u64>); 7] = [
+            (36000, None, Some(36000)),
+            (36000, cap(1500), Some(1500)),
+            (600, cap(1500), Some(600)),
+            (0, None, None),
+            (0, cap(1500), Some(1500)),
+            (36000, cap(0), Some(1)),
+            (36000, Some(Duration::from_millis(1_500_999)), Some(1500)),
+        ];
+        for (account, max_life, want) in table {
+            assert_eq!(
+                requested_lifetime(account, max_life),
+                want,
+                "{account} {max_life:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_renew_profile_covers_the_principals_realm() {
+        let p = no_renew_profile("svc@P3.TEST");
+        assert!(
+            p.contains(
+                "[libdefaults]\n renew_lifetime = 0\n P3.TEST = {\n  renew_lifetime = 0\n }\n"
+            ),
+            "{p}"
+        );
+        assert!(!no_renew_profile("svc").contains('{'));
+        // A realm that is not a plain profile word is left to the read-back check.
+        assert!(!no_renew_profile("svc@EVIL}\n[x]").contains("EVIL"));
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub struct Job {
     pub raw_payload: Option<String>,
     /// Print every call and its output as it happens (the demo's job log).
     pub echo: bool,
+    /// The payload's `runner_info.timeout` in seconds (GitLab's job timeout).
+    pub timeout_secs: u64,
 }
 
 impl Job {
@@ -175,12 +177,19 @@ impl Job {
             counter: 0,
             raw_payload: None,
             echo: false,
+            timeout_secs: 3600,
         }
     }
 
     /// Add a job variable (as `variables:` in .gitlab-ci.yml would).
     pub fn var(mut self, key: &str, value: &str) -> Self {
         self.variables.push((key.into(), value.into()));
+        self
+    }
+
+    /// Set the job's timeout (`runner_info.timeout` in the payload; default 3600 s).
+    pub fn timeout(mut self, secs: u64) -> Self {
+        self.timeout_secs = secs;
         self
     }
 
@@ -211,7 +220,7 @@ impl Job {
                     "git_info": {"repo_url": format!("file://{}", self.repo.display()), "ref": "main",
                                  "sha": self.sha, "ref_type": "branch"},
                     "variables": vars,
-                    "runner_info": {"timeout": 3600}
+                    "runner_info": {"timeout": self.timeout_secs}
                 })
                 .to_string()
             }
