@@ -4,7 +4,9 @@
 //! empty script, cleanup), the median wall time of p3-executor over many calls, next to the
 //! median of spawning `/bin/true` and of a minimal bash custom executor doing the same call;
 //! and the peak RSS of `run`. Jobs run as in production: as root with a private job uid when
-//! the benchmark runs as root.
+//! the benchmark runs as root, in the job sandbox; `run` is also measured with
+//! `[sandbox] enabled = false` on the same prepared job, interleaved, to show what the
+//! sandbox (namespaces, mounts, PID 1) adds per stage.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -60,6 +62,7 @@ struct Setup {
     _dir: tempfile::TempDir,
     root: PathBuf,
     config: PathBuf,
+    config_unsandboxed: PathBuf,
     payload: PathBuf,
     script: PathBuf,
     bash: PathBuf,
@@ -75,12 +78,15 @@ fn setup() -> Setup {
     } else {
         ""
     };
+    let text = format!(
+        "state_root = \"{0}/state\"\nbuilds_root = \"{0}/builds\"\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = \"{0}/audit.jsonl\"\n",
+        root.display()
+    );
+    fs::write(&config, &text).unwrap();
+    let config_unsandboxed = root.join("config-unsandboxed.toml");
     fs::write(
-        &config,
-        format!(
-            "state_root = \"{0}/state\"\nbuilds_root = \"{0}/builds\"\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = \"{0}/audit.jsonl\"\n",
-            root.display()
-        ),
+        &config_unsandboxed,
+        format!("{text}[sandbox]\nenabled = false\n"),
     )
     .unwrap();
     let payload = root.join("response.json");
@@ -99,6 +105,7 @@ fn setup() -> Setup {
         _dir: dir,
         root,
         config,
+        config_unsandboxed,
         payload,
         script,
         bash,
@@ -106,8 +113,12 @@ fn setup() -> Setup {
 }
 
 fn ours(s: &Setup, args: &[&Path]) -> Command {
+    ours_with(&s.config, s, args)
+}
+
+fn ours_with(config: &Path, s: &Setup, args: &[&Path]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_p3-executor"));
-    cmd.arg("--config").arg(&s.config).args(args);
+    cmd.arg("--config").arg(config).args(args);
     cmd.env("JOB_RESPONSE_FILE", &s.payload)
         .env("BUILD_FAILURE_EXIT_CODE", "1")
         .env("SYSTEM_FAILURE_EXIT_CODE", "2");
@@ -133,6 +144,7 @@ fn main() {
         t_bash.push(Vec::new());
     }
     let mut run_rss = 0;
+    let mut t_unsandboxed = Vec::new();
     let script = s.script.clone();
     for _ in 0..ITERATIONS {
         t_true.push(measure(&mut Command::new(true_bin)).0);
@@ -147,6 +159,7 @@ fn main() {
             t_ours[i].push(t);
             if *call == "run" {
                 run_rss = run_rss.max(rss);
+                t_unsandboxed.push(measure(&mut ours_with(&s.config_unsandboxed, &s, &args)).0);
             }
             t_bash[i].push(measure(&mut bash(&s, &args)).0);
         }
@@ -169,6 +182,13 @@ fn main() {
             o.as_secs_f64() / floor.as_secs_f64()
         );
     }
+    let sandboxed = median(t_ours[2].clone());
+    let unsandboxed = median(t_unsandboxed);
+    println!(
+        "run without the sandbox: {} (the sandbox adds {} per stage)",
+        ms(unsandboxed),
+        ms(sandboxed.saturating_sub(unsandboxed))
+    );
     println!("peak RSS of `run`: {:.1} MiB", run_rss as f64 / 1024.0);
     println!(
         "note: `run` includes bash executing the (empty) job script; its floor is the bash executor's run."

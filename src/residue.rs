@@ -198,10 +198,10 @@ impl FromBytesExt for std::ffi::OsStr {
     }
 }
 
-/// Kill, remove and delete everything `uid` left (processes, SysV IPC objects, files in
-/// `dirs`), then report what is still there.
+/// Remove and delete everything `uid` left (SysV IPC objects, files in `dirs`), then report
+/// what is still there, processes included. The caller has killed the uid's processes first
+/// (cleanup does, before it revokes the job's credentials).
 pub fn scrub(uid: u32, dirs: &[PathBuf]) -> Residue {
-    crate::process::kill_uid(uid);
     for (kind, id) in ipc_objects(uid) {
         remove_ipc(kind, id);
     }

@@ -263,13 +263,16 @@ pub fn release(cfg: &Config, job_id: u64) -> Result<()> {
 pub fn retry_quarantined(cfg: &Config) -> Vec<(u32, String)> {
     quarantined(cfg)
         .into_iter()
-        .filter_map(|(uid, why)| match release_uid(cfg, uid) {
-            Ok(r) if r.is_clean() => {
-                tracing::info!(uid, "quarantined uid is clean again: back in the pool");
-                None
+        .filter_map(|(uid, why)| {
+            crate::process::kill_uid(uid);
+            match release_uid(cfg, uid) {
+                Ok(r) if r.is_clean() => {
+                    tracing::info!(uid, "quarantined uid is clean again: back in the pool");
+                    None
+                }
+                Ok(r) => Some((uid, r.summary())),
+                Err(e) => Some((uid, format!("{why} (retry failed: {e})"))),
             }
-            Ok(r) => Some((uid, r.summary())),
-            Err(e) => Some((uid, format!("{why} (retry failed: {e})"))),
         })
         .collect()
 }
@@ -290,7 +293,9 @@ mod tests {
     #[test]
     fn lease_order_prefers_fresh_then_least_recently_released() {
         let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-        let cases: Vec<(&str, Vec<u32>, Vec<(u32, u64)>, u64, Vec<u32>)> = vec![
+        // (name, taken, released (uid, secs), start, expected order)
+        type Case = (&'static str, Vec<u32>, Vec<(u32, u64)>, u64, Vec<u32>);
+        let cases: Vec<Case> = vec![
             (
                 "all fresh, from the offset",
                 vec![],

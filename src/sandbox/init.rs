@@ -7,8 +7,8 @@
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::mount::{MsFlags, mount};
@@ -64,14 +64,18 @@ fn mount_op(op: &MountOp, keep_fds: &[OwnedFd], tmpfs_size: &str) -> Result<(), 
     match op {
         MountOp::PrivateRoot => mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
             .map_err(|e| fail("make private", Path::new("/"), e)),
-        MountOp::PrivateTmp(target) => mount(
-            Some("tmpfs"),
-            target,
-            Some("tmpfs"),
-            plain,
-            Some(format!("mode=1777,size={tmpfs_size}").as_str()),
-        )
-        .map_err(|e| fail("private tmpfs on", target, e)),
+        MountOp::PrivateTmp(target) => {
+            mount(
+                Some("tmpfs"),
+                target,
+                Some("tmpfs"),
+                plain,
+                Some(format!("mode=1777,size={tmpfs_size}").as_str()),
+            )
+            .map_err(|e| fail("private tmpfs on", target, e))?;
+            let _ = PRIVATE_TMP.set(target.clone());
+            Ok(())
+        }
         MountOp::HideDir(target) => {
             make_dirs(target)?;
             mount(
@@ -81,10 +85,18 @@ fn mount_op(op: &MountOp, keep_fds: &[OwnedFd], tmpfs_size: &str) -> Result<(), 
                 plain | MsFlags::MS_NOEXEC,
                 Some("mode=0711,size=1m"),
             )
-            .map_err(|e| fail("hide", target, e))
+            .map_err(|e| fail("hide", target, e))?;
+            let _ = MASK_DIR.set(target.clone());
+            Ok(())
         }
-        MountOp::HideFile(target) => mount(Some("/dev/null"), target, none, MsFlags::MS_BIND, none)
-            .map_err(|e| fail("hide", target, e)),
+        MountOp::HideFile(target) => mount(
+            Some(mask_source(target)?.as_path()),
+            target,
+            none,
+            MsFlags::MS_BIND,
+            none,
+        )
+        .map_err(|e| fail("hide", target, e)),
         MountOp::Keep { target, index } => {
             make_dirs(target)?;
             let source = format!("/proc/self/fd/{}", keep_fds[*index].as_raw_fd());
@@ -117,6 +129,36 @@ fn mount_op(op: &MountOp, keep_fds: &[OwnedFd], tmpfs_size: &str) -> Result<(), 
         .map_err(|e| fail("mount", Path::new("/proc"), e)),
     }
 }
+
+/// An empty file nobody but root may open, bound over hidden files: reading a hidden keytab
+/// fails with EACCES instead of returning nothing. Made once per sandbox in a private tmpfs
+/// (the first hidden dir's), so it is never the host's.
+fn mask_source(target: &Path) -> Result<PathBuf, String> {
+    static MASK: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = MASK.get() {
+        return Ok(p.clone());
+    }
+    let dir = MASK_DIR.get().or(PRIVATE_TMP.get()).ok_or_else(|| {
+        format!(
+            "sandbox: no private tmpfs to hide {} with",
+            target.display()
+        )
+    })?;
+    let path = dir.join(".p3-hidden");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(&path)
+        .map_err(|e| format!("sandbox: create {}: {e}", path.display()))?;
+    Ok(MASK.get_or_init(|| path).clone())
+}
+
+/// The first root-owned tmpfs the sandbox mounted (see [`mask_source`]).
+static MASK_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// The first private tmp dir, where the mask goes when nothing is hidden (sticky: the job
+/// cannot remove a root-owned file there).
+static PRIVATE_TMP: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Create a mount point inside a cover we just mounted (root-owned, nothing of the job's yet).
 fn make_dirs(target: &Path) -> Result<(), String> {
