@@ -44,6 +44,9 @@ pub enum Error {
     /// Credentials could not be obtained, refreshed or destroyed on the host side.
     #[error("{0}")]
     Credentials(String),
+    /// The job broke its own workspace (e.g. replaced its builds dir with a symlink).
+    #[error("{0}")]
+    JobFault(String),
     /// Bad arguments or input to a built-in step.
     #[error("{0}")]
     Usage(String),
@@ -72,7 +75,7 @@ impl Error {
     /// The one place that decides build versus system failure.
     pub fn kind(&self) -> FailureKind {
         match self {
-            Error::Denied(_) | Error::Usage(_) => FailureKind::Build,
+            Error::Denied(_) | Error::Usage(_) | Error::JobFault(_) => FailureKind::Build,
             Error::Config { .. }
             | Error::Payload(_)
             | Error::Workspace(_)

@@ -61,9 +61,8 @@ pub fn lease_order(
     fresh
 }
 
-/// Write `content` to a new file in `dir` and link it to `name` if `name` does not exist.
-/// Returns false when `name` exists.
-fn create_complete(dir: &Path, name: &str, content: &str) -> Result<bool> {
+/// A complete temp file in `dir` holding `content` (root-only, like everything in `uids/`).
+fn temp_with(dir: &Path, content: &str) -> Result<tempfile::NamedTempFile> {
     let tmp = tempfile::Builder::new()
         .prefix(".lease-")
         .tempfile_in(dir)
@@ -71,6 +70,12 @@ fn create_complete(dir: &Path, name: &str, content: &str) -> Result<bool> {
     tmp.as_file()
         .write_all(content.as_bytes())
         .map_err(|e| Error::io(format!("write a lease in {}", dir.display()), e))?;
+    Ok(tmp)
+}
+
+/// Link a complete file holding `content` to `name` unless `name` exists (then false).
+fn create_complete(dir: &Path, name: &str, content: &str) -> Result<bool> {
+    let tmp = temp_with(dir, content)?;
     match fs::hard_link(tmp.path(), dir.join(name)) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
@@ -83,14 +88,8 @@ fn create_complete(dir: &Path, name: &str, content: &str) -> Result<bool> {
 
 /// Replace `name`'s content atomically (temp file + rename).
 fn replace(dir: &Path, name: &str, content: &str) -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix(".lease-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(format!("create a lease in {}", dir.display()), e))?;
-    tmp.as_file()
-        .write_all(content.as_bytes())
-        .map_err(|e| Error::io(format!("write a lease in {}", dir.display()), e))?;
-    tmp.persist(dir.join(name))
+    temp_with(dir, content)?
+        .persist(dir.join(name))
         .map(drop)
         .map_err(|e| Error::io(format!("write lease {name}"), e.error))
 }

@@ -248,13 +248,16 @@ impl JobState {
     /// Load the state written by prepare.
     pub fn load(paths: &JobPaths) -> Result<Self> {
         let file = paths.state_file();
-        let bytes = fs::read(&file).map_err(|e| {
-            Error::Workspace(format!(
-                "{} cannot be read ({e}); did prepare run for job {}?",
-                file.display(),
-                paths.job_id
-            ))
-        })?;
+        let bytes =
+            crate::limits::read_bounded(&file, crate::limits::MAX_PAYLOAD_BYTES, "job state")
+                .map_err(|e| match e {
+                    Error::Io { source, .. } => Error::Workspace(format!(
+                        "{} cannot be read ({source}); did prepare run for job {}?",
+                        file.display(),
+                        paths.job_id
+                    )),
+                    other => other,
+                })?;
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::Workspace(format!("{} is corrupt: {e}", file.display())))
     }

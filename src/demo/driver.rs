@@ -30,13 +30,30 @@ pub struct Host {
     pub sha: String,
 }
 
+/// Where throwaway hosts and realms live: the temp dir, unless that is one of the dirs a job's
+/// sandbox replaces with a private tmpfs (then jobs could not reach the host's repository or
+/// krb5.conf), in which case `/var/lib/p3-executor-scratch`.
+pub fn scratch_dir() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    let hidden = crate::sandbox::PRIVATE_DIRS
+        .iter()
+        .any(|d| tmp.starts_with(d));
+    if !hidden || !nix::unistd::geteuid().is_root() {
+        return tmp;
+    }
+    let dir = PathBuf::from("/var/lib/p3-executor-scratch");
+    let _ = fs::create_dir_all(&dir);
+    let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o711));
+    dir
+}
+
 impl Host {
     /// A host whose config is `extra` added to roots under a temp dir, calling `exe`. Jobs run
     /// as `nobody`'s group with private uids from a range when the executor runs as root.
     pub fn new(exe: PathBuf, extra: &str) -> Host {
         let dir = tempfile::Builder::new()
             .prefix("p3e-host")
-            .tempdir()
+            .tempdir_in(scratch_dir())
             .unwrap();
         // The job user must be able to traverse to its builds dir (but not list it).
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).unwrap();

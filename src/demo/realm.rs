@@ -97,7 +97,7 @@ impl Realm {
         }
         let dir = tempfile::Builder::new()
             .prefix("p3-kdc-")
-            .tempdir()
+            .tempdir_in(super::driver::scratch_dir())
             .context("create the realm's temp dir")?;
         let mut realm = Realm {
             dir,

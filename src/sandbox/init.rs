@@ -119,12 +119,14 @@ fn mount_op(op: &MountOp, keep_fds: &[OwnedFd], tmpfs_size: &str) -> Result<(), 
             none,
         )
         .map_err(|e| fail("mount", Path::new("/dev/mqueue"), e)),
+        // hidepid=2: the job sees only its own processes, not this init (a copy of the
+        // supervisor, whose command line names the config and the runner's script).
         MountOp::Proc => mount(
             Some("proc"),
             "/proc",
             Some("proc"),
             plain | MsFlags::MS_NOEXEC,
-            none,
+            Some("hidepid=2"),
         )
         .map_err(|e| fail("mount", Path::new("/proc"), e)),
     }
@@ -341,10 +343,19 @@ fn exec_shell(exec: &JobExec, err_pipe: RawFd) -> ! {
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         );
         if dir < 0 || libc::fchdir(dir) != 0 {
-            fail(&format!(
-                "enter {} (it must be the job's own directory, not a symlink)",
-                CStr::from_ptr(exec.cwd.as_ptr()).to_string_lossy()
-            ));
+            let e = std::io::Error::last_os_error();
+            // The job owns this directory: if it made it a symlink or removed it, the stage
+            // fails as the job's own fault, not the host's.
+            report(
+                err_pipe,
+                &format!(
+                    "{}the job's builds dir {} is not a directory the job can enter ({e}); a \
+                     job must not replace it with a symlink or remove it",
+                    super::JOB_FAULT,
+                    CStr::from_ptr(exec.cwd.as_ptr()).to_string_lossy()
+                ),
+            );
+            libc::_exit(127);
         }
         libc::close(dir);
         let argv: Vec<*const libc::c_char> = exec

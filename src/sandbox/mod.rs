@@ -42,6 +42,9 @@ use crate::process::{ScriptOutcome, ScriptSpec};
 use crate::workspace::JobPaths;
 use plan::{MountOp, PlanInput};
 
+/// Prefix of an error-pipe message that is the job's own fault (a build failure).
+pub(crate) const JOB_FAULT: &str = "job-fault: ";
+
 /// Directories every job gets a private tmpfs for.
 pub const PRIVATE_DIRS: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
 
@@ -270,6 +273,9 @@ pub fn run_script(spec: &ScriptSpec, sandbox: Sandbox) -> Result<ScriptOutcome> 
             other => break other,
         }
     };
+    if let Some(fault) = message.strip_prefix(JOB_FAULT) {
+        return Err(Error::JobFault(fault.to_string()));
+    }
     if !message.is_empty() {
         return Err(Error::Spawn(message));
     }
