@@ -11,8 +11,7 @@
 //! candidate runs the real binary for a fresh job each time: ID token verified against a JWKS
 //! file, policy, kinit, chown, state and an fsynced audit record.
 
-#[path = "../tests/common/kdc.rs"]
-mod kdc;
+use p3_testkit::kdc;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -24,7 +23,7 @@ use std::rc::Rc;
 
 use p3_executor::config::Config;
 use p3_executor::credentials::kerberos;
-use p3_executor::demo::tokens::{ISSUER, TokenMinter, gitlab_claims};
+use p3_testkit::tokens::{ISSUER, TokenMinter, gitlab_claims};
 
 /// What every candidate gets: a running realm with one account configured.
 pub struct Setup {

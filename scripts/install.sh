@@ -36,7 +36,7 @@ if ((deps)); then
 fi
 
 if [[ -z $binary ]]; then
-  cargo build --release --locked
+  cargo build --release --locked -p p3-executor -p p3-executor-steps
   binary=target/release/p3-executor
 fi
 install -D -m 0755 "$binary" "$prefix/bin/p3-executor"

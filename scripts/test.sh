@@ -64,4 +64,4 @@ esac
 export TMPDIR
 mkdir -p "$TMPDIR"
 
-cargo test --locked "$@"
+cargo test --workspace --locked "$@"

@@ -1,4 +1,5 @@
-//! Command-line interface: the runner-facing calls, host tools, and the built-in job steps.
+//! Command-line interface of `p3-executor`: the runner-facing calls and host tools; the built-in
+//! job steps and the demo are named here but parsed by their own binaries.
 
 use std::path::PathBuf;
 
@@ -46,18 +47,31 @@ pub enum Command {
     Check,
     /// Run the demo locally, no GitLab needed: jobs through the four runner calls on an embedded
     /// config (with MIT Kerberos: a policy grant, a forged-variable denial, the audit log).
-    Demo(crate::demo::DemoArgs),
+    /// Runs `p3-executor-demo`, which is built from the test fixtures, not shipped in this binary.
+    #[command(disable_help_flag = true)]
+    Demo(Passthrough),
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(crate::audit::AuditCommand),
-    /// Built-in step: S3 transfers with the job's credentials.
-    S3(crate::steps::s3::S3Args),
-    /// Built-in step: container images.
-    #[command(subcommand)]
-    Image(crate::steps::image::ImageCommand),
-    /// Built-in step: deploy, remove and inspect P3 jobs.
-    #[command(subcommand)]
-    P3(crate::steps::p3::P3Command),
+    /// Built-in step: S3 transfers with the job's credentials (`p3-executor s3 --help`).
+    #[command(disable_help_flag = true)]
+    S3(Passthrough),
+    /// Built-in step: container images (`p3-executor image --help`).
+    #[command(disable_help_flag = true)]
+    Image(Passthrough),
+    /// Built-in step: deploy, remove and inspect P3 jobs (`p3-executor p3 --help`).
+    #[command(disable_help_flag = true)]
+    P3(Passthrough),
     /// Built-in step: create or update the GitLab release of a release tag.
-    Release(crate::steps::release::ReleaseArgs),
+    #[command(disable_help_flag = true)]
+    Release(Passthrough),
+}
+
+/// Arguments handed on untouched to the binary that implements the subcommand (the steps, the
+/// demo): this binary never compiles their parsers.
+#[derive(Debug, clap::Args)]
+pub struct Passthrough {
+    /// Arguments for the subcommand.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
 }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use p3_contract::logging::{LogConfig, LogFormat};
+pub use p3_contract::steps_config::{ImageConfig, P3Config, StepsConfig};
 
 /// Default location of the executor config.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/p3-executor/config.toml";
@@ -94,29 +96,6 @@ pub struct SandboxConfig {
     /// leased to another job (files are removed; a uid that cannot be cleaned is quarantined).
     #[serde(default = "default_scrub_dirs")]
     pub scrub_dirs: Vec<PathBuf>,
-}
-
-/// Diagnostics settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    /// `error`, `warn`, `info`, `debug` or `trace` (an `RUST_LOG`-style filter also works).
-    #[serde(default = "default_log_level")]
-    pub level: String,
-    /// `text` or `json`.
-    #[serde(default)]
-    pub format: LogFormat,
-}
-
-/// Diagnostics output format.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Job identity verification.
@@ -301,67 +280,6 @@ pub struct Devstage {
     pub environment: Option<String>,
 }
 
-/// Settings handed to the built-in steps.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StepsConfig {
-    /// `p3-executor image build`.
-    #[serde(default)]
-    pub image: ImageConfig,
-    /// `p3-executor p3 ...`.
-    #[serde(default)]
-    pub p3: P3Config,
-}
-
-/// Image build settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageConfig {
-    /// Builder to use (`buildah`, `podman`, `docker`, `kaniko`, or an absolute path); None: first found.
-    #[serde(default)]
-    pub builder: Option<String>,
-    /// Extra arguments for the builder (e.g. `--storage-driver=vfs`).
-    #[serde(default)]
-    pub builder_args: Vec<String>,
-    /// Registry to tag into when the job has none (`CI_REGISTRY_IMAGE`).
-    #[serde(default)]
-    pub registry: Option<String>,
-    /// Devstage that only builds from release tags.
-    #[serde(default = "default_prod_devstage")]
-    pub prod_devstage: String,
-    /// Release tag pattern.
-    #[serde(default = "default_release_pattern")]
-    pub release_tag_pattern: String,
-    /// Extra options for the builder's build subcommand (e.g. `--isolation=chroot` for
-    /// buildah without a daemon); `builder_args` are the builder's global options.
-    #[serde(default)]
-    pub build_options: Vec<String>,
-    /// Extra options for the builder's push subcommand (e.g. `--tls-verify=false`).
-    #[serde(default)]
-    pub push_options: Vec<String>,
-    /// Upper bound on one build or push, in seconds (the job timeout also applies).
-    #[serde(default = "default_image_timeout")]
-    pub timeout_secs: u64,
-}
-
-/// P3 client command templates: argv arrays with `{placeholder}`s, never run through a shell.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct P3Config {
-    /// Deploy one job.
-    #[serde(default)]
-    pub deploy: Vec<String>,
-    /// Remove one job.
-    #[serde(default)]
-    pub remove: Vec<String>,
-    /// Show one job.
-    #[serde(default)]
-    pub status: Vec<String>,
-    /// Upper bound on one P3 client call.
-    #[serde(default = "default_p3_timeout")]
-    pub timeout_secs: u64,
-}
-
 fn default_true() -> bool {
     true
 }
@@ -394,9 +312,6 @@ fn default_gc_max_age() -> u64 {
 }
 fn default_job_path() -> String {
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-}
-fn default_log_level() -> String {
-    "info".into()
 }
 fn default_audience() -> String {
     "p3-executor".into()
@@ -458,27 +373,6 @@ fn default_process_timeout() -> u64 {
 fn default_ref_types() -> Vec<RefType> {
     vec![RefType::Branch, RefType::Tag]
 }
-fn default_prod_devstage() -> String {
-    "client_prod".into()
-}
-fn default_release_pattern() -> String {
-    r"^v\d+\.\d+\.\d+$".into()
-}
-fn default_image_timeout() -> u64 {
-    3600
-}
-fn default_p3_timeout() -> u64 {
-    300
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            level: default_log_level(),
-            format: LogFormat::Text,
-        }
-    }
-}
 
 impl Default for IdentityConfig {
     fn default() -> Self {
@@ -528,32 +422,6 @@ impl Default for KerberosConfig {
             timeout_secs: default_kinit_timeout(),
             renew_threshold_secs: default_renew_threshold(),
             lifetime_margin_secs: default_lifetime_margin(),
-        }
-    }
-}
-
-impl Default for ImageConfig {
-    fn default() -> Self {
-        Self {
-            builder: None,
-            builder_args: Vec::new(),
-            registry: None,
-            prod_devstage: default_prod_devstage(),
-            release_tag_pattern: default_release_pattern(),
-            build_options: Vec::new(),
-            push_options: Vec::new(),
-            timeout_secs: default_image_timeout(),
-        }
-    }
-}
-
-impl Default for P3Config {
-    fn default() -> Self {
-        Self {
-            deploy: Vec::new(),
-            remove: Vec::new(),
-            status: Vec::new(),
-            timeout_secs: default_p3_timeout(),
         }
     }
 }
@@ -679,12 +547,7 @@ impl Config {
             );
         }
         // A template typo would otherwise surface only in a deploy job, long after the edit.
-        problems.extend(crate::steps::p3::validate_templates(&self.steps.p3));
-        if let Err(e) = check_regex(&self.steps.image.release_tag_pattern) {
-            problems.push(format!(
-                "steps.image.release_tag_pattern: invalid regex: {e}"
-            ));
-        }
+        problems.extend(self.steps.validate());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -9,14 +9,7 @@ use std::path::PathBuf;
 /// Library result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Which side of the runner's contract a failure falls on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The job's fault: exit with `BUILD_FAILURE_EXIT_CODE`.
-    Build,
-    /// The host's fault: exit with `SYSTEM_FAILURE_EXIT_CODE`.
-    System,
-}
+pub use p3_contract::exit::{ExitCodes, FailureKind};
 
 /// Everything that can go wrong in the executor.
 #[derive(Debug, thiserror::Error)]
@@ -95,46 +88,13 @@ impl Error {
     }
 }
 
-/// Exit codes the runner told us to use (section 6 of the protocol).
-#[derive(Debug, Clone, Copy)]
-pub struct ExitCodes {
-    /// `BUILD_FAILURE_EXIT_CODE`, default 1.
-    pub build_failure: i32,
-    /// `SYSTEM_FAILURE_EXIT_CODE`, default 2.
-    pub system_failure: i32,
-}
-
-impl ExitCodes {
-    /// Read the codes from the runner's environment, falling back to the protocol defaults.
-    pub fn from_env() -> Self {
-        let read = |name: &str, default: i32| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(default)
-        };
-        Self {
-            build_failure: read("BUILD_FAILURE_EXIT_CODE", 1),
-            system_failure: read("SYSTEM_FAILURE_EXIT_CODE", 2),
-        }
-    }
-
-    /// Exit code for a failure kind.
-    pub fn for_kind(&self, kind: FailureKind) -> i32 {
-        match kind {
-            FailureKind::Build => self.build_failure,
-            FailureKind::System => self.system_failure,
-        }
-    }
-}
-
 /// Classify an `anyhow` error from the CLI edge: our own errors keep their kind, anything else
 /// (an unexpected I/O failure in a step, say) is a system failure.
 pub fn kind_of(err: &anyhow::Error) -> FailureKind {
     err.chain()
         .find_map(|e| e.downcast_ref::<Error>())
         .map(Error::kind)
-        .unwrap_or(FailureKind::System)
+        .unwrap_or_else(|| p3_contract::exit::kind_of(err))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::identity::{self, Identity, IdentitySource};
 use crate::job::JobContext;
 use crate::policy::{self, Decision};
 use crate::workspace::{GrantState, JobPaths, JobState};
+use p3_contract::env;
 
 /// Ticket cache file name in the job's credentials dir.
 pub const CCACHE_FILE: &str = "krb5cc";
@@ -191,13 +192,13 @@ fn grant(
     grant.ticket_expires = Some(ticket.expires);
     grant.ticket_renew_until = ticket.renew_until;
     let mut env = BTreeMap::from([
-        ("KRB5CCNAME".to_string(), kerberos::krb5ccname(&ccache)),
-        ("P3_DEVSTAGE".to_string(), devstage.clone()),
-        ("P3_DEPLOY_STAGE".to_string(), deploy_account.clone()),
-        ("P3_SYSTEM_ACCOUNT".to_string(), principal.clone()),
+        (env::KRB5CCNAME.to_string(), kerberos::krb5ccname(&ccache)),
+        (env::DEVSTAGE.to_string(), devstage.clone()),
+        (env::DEPLOY_STAGE.to_string(), deploy_account.clone()),
+        (env::SYSTEM_ACCOUNT.to_string(), principal.clone()),
     ]);
     if let Some(krb5_config) = &cfg.kerberos.krb5_config {
-        env.insert("KRB5_CONFIG".into(), krb5_config.display().to_string());
+        env.insert(env::KRB5_CONFIG.into(), krb5_config.display().to_string());
     }
     rec.reason = format!("devstages.{devstage}: every rule satisfied");
     rec.extra.insert(
@@ -524,7 +525,7 @@ fn write_steps_file(cfg: &Config, paths: &JobPaths, state: &mut JobState) -> Res
     write().map_err(|e| Error::io(format!("write {}", file.display()), e))?;
     state
         .env
-        .insert("P3_STEPS_CONFIG".into(), file.display().to_string());
+        .insert(env::STEPS_CONFIG.into(), file.display().to_string());
     Ok(())
 }
 

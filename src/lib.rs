@@ -7,23 +7,22 @@
 pub mod audit;
 pub mod check;
 pub mod cli;
-pub mod command;
 pub mod config;
 pub mod credentials;
-pub mod demo;
 pub mod error;
 pub mod gc;
 pub mod grant;
 pub mod identity;
 pub mod job;
 pub mod limits;
-pub mod logging;
 pub mod policy;
 pub mod process;
 pub mod residue;
 pub mod runner;
 pub mod sandbox;
-pub mod steps;
-pub mod terminal;
 pub mod uid_pool;
 pub mod workspace;
+
+// Shared with the built-in steps through the contract crate.
+pub use p3_contract::logging;
+pub(crate) use p3_contract::{command, terminal};

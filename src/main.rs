@@ -9,7 +9,7 @@ use p3_executor::cli::{Cli, Command};
 use p3_executor::config::{Config, LogConfig};
 use p3_executor::error::{ExitCodes, FailureKind, kind_of};
 use p3_executor::job::JobContext;
-use p3_executor::{audit, check, demo, gc, logging, runner};
+use p3_executor::{audit, check, gc, logging, runner};
 
 /// What a command ended with, before it becomes an exit code.
 enum Outcome {
@@ -111,38 +111,40 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             let cfg = load_config(&path)?;
             Ok(Outcome::Code(check::report(&check::check(&cfg, &path))))
         }
-        Command::Demo(args) => {
-            logging::init(&LogConfig::default());
-            Ok(Outcome::Code(demo::run(args)?))
-        }
+        Command::Demo(_) => Err(exec_sibling(
+            "p3-executor-demo",
+            "the demo is built from the test fixtures and not installed with the executor: run scripts/demo.sh from a checkout",
+        )),
         Command::Audit(cmd) => {
             let cfg = load_config(&path)?;
             Ok(Outcome::Code(audit::run(&cfg, cmd)?))
         }
         Command::S3(_) | Command::Image(_) | Command::P3(_) | Command::Release(_) => {
-            Err(exec_steps())
+            Err(exec_sibling(
+                "p3-executor-steps",
+                "install both binaries (scripts/install.sh does)",
+            ))
         }
     }
 }
 
-/// Built-in steps live in the sibling binary `p3-executor-steps` (same arguments).
+/// Built-in steps live in the sibling binary `p3-executor-steps`, the demo in
+/// `p3-executor-demo`; both get the same arguments.
 ///
-/// The runner starts `p3-executor` four or more times per job; keeping the AWS SDK and the
-/// steps' other heavy dependencies out of this binary keeps every one of those starts fast.
-/// Returns only if the exec failed.
-fn exec_steps() -> anyhow::Error {
+/// The runner starts `p3-executor` four or more times per job; keeping the AWS SDK, the steps'
+/// other heavy dependencies and the demo's fixtures out of this binary keeps every one of those
+/// starts fast. Returns only if the exec failed.
+fn exec_sibling(name: &str, fix: &str) -> anyhow::Error {
     use std::os::unix::process::CommandExt;
-    let steps = std::env::current_exe()
+    let sibling = std::env::current_exe()
         .ok()
-        .and_then(|exe| Some(exe.parent()?.join("p3-executor-steps")))
+        .and_then(|exe| Some(exe.parent()?.join(name)))
         .filter(|p| p.is_file());
-    let Some(steps) = steps else {
-        return anyhow::anyhow!(
-            "p3-executor-steps is not installed next to p3-executor: install both binaries (scripts/install.sh does)"
-        );
+    let Some(sibling) = sibling else {
+        return anyhow::anyhow!("{name} is not installed next to p3-executor: {fix}");
     };
-    let err = std::process::Command::new(&steps)
+    let err = std::process::Command::new(&sibling)
         .args(std::env::args_os().skip(1))
         .exec();
-    anyhow::anyhow!("cannot run {}: {err}", steps.display())
+    anyhow::anyhow!("cannot run {}: {err}", sibling.display())
 }

@@ -28,14 +28,13 @@ use crate::config::S3Account;
 pub const CONFIG_FILE: &str = "aws-config";
 /// Name of the AWS shared-credentials file written into the job's credentials directory.
 pub const CREDENTIALS_FILE: &str = "aws-credentials";
-/// Variable `p3-executor s3` reads to use path-style addressing (the AWS CLI reads the config
-/// file's `s3 = addressing_style = path` instead).
-pub const PATH_STYLE_ENV: &str = "P3_S3_PATH_STYLE";
+/// Set for jobs whose S3 endpoint wants path-style addressing (read by the s3 step).
+pub use p3_contract::env::S3_PATH_STYLE as PATH_STYLE_ENV;
 /// Placeholder in a `credential_process` argv element replaced by the credential lifetime the
 /// job needs, in seconds (e.g. `"--duration-seconds={duration_secs}"`).
 pub const DURATION_PLACEHOLDER: &str = "{duration_secs}";
-/// Variable holding the same duration in the credential process's environment.
-pub const DURATION_ENV: &str = "P3_CREDENTIAL_DURATION_SECS";
+/// The duration a credential process is asked for.
+pub use p3_contract::env::CREDENTIAL_DURATION_SECS as DURATION_ENV;
 /// Duration asked for when nothing bounds it (no job timeout and no ticket lifetime), and by
 /// [`retrieve`]: one hour, the usual default of temporary AWS credentials.
 pub const DEFAULT_DURATION_SECS: u64 = 3600;

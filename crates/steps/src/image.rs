@@ -1,0 +1,657 @@
+//! Built-in step `image build`: build the project's image with the best builder on the host,
+//! tag and label it by the rules in [`super::tag`], optionally push it and record the pushed
+//! digest in a dotenv file so deploy jobs use exactly the image that was built.
+//!
+//! Registry credentials go to the builder in a private auth file (`--authfile` or
+//! `DOCKER_CONFIG`), never on the command line, so they show up neither in the job log nor in
+//! the host's process list.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use super::context::{Secret, StepContext};
+use super::stream::run_streaming;
+use super::tag::{self, ImageName, LabelInput, TagError, TagInput};
+use p3_contract::command::CommandError;
+use p3_contract::template::quote_argv;
+use p3_contract::terminal::escape;
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCommand {
+    /// Build (and optionally push) the project's image for one devstage.
+    Build(BuildArgs),
+}
+
+/// `image build` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildArgs {
+    /// Dockerfile/Containerfile (default: `Containerfile` or `Dockerfile` in the context).
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+    /// Build context directory.
+    #[arg(long, default_value = ".")]
+    pub context: PathBuf,
+    /// `KEY=VALUE` build argument (repeatable). Values are not echoed in the log.
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Build stage to stop at.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Devstage to build for (default `$P3_DEVSTAGE`).
+    #[arg(long)]
+    pub devstage: Option<String>,
+    /// Image repository (default `$CI_REGISTRY_IMAGE`, then `steps.image.registry`).
+    #[arg(long)]
+    pub image_name: Option<String>,
+    /// Push the image and write its digest to the dotenv file.
+    #[arg(long)]
+    pub push: bool,
+    /// Push destination in the builder's transport syntax (e.g. `oci:/dir:tag`); default
+    /// `docker://<repository>:<tag>`. `P3_IMAGE` still names the repository.
+    #[arg(long, value_name = "DEST")]
+    pub push_to: Option<String>,
+    /// Dotenv file receiving `P3_IMAGE=<repository>@sha256:...` after a push.
+    #[arg(long, default_value = "image.env")]
+    pub dotenv: PathBuf,
+    /// Builder: `buildah`, `podman`, `docker`, `kaniko`, or a path (default:
+    /// `steps.image.builder`, then the first one found).
+    #[arg(long)]
+    pub builder: Option<String>,
+    /// Extra global builder option (repeatable), after `steps.image.builder_args`
+    /// (e.g. `--builder-opt=--root=/tmp/store`).
+    #[arg(long = "builder-opt", value_name = "OPT", allow_hyphen_values = true)]
+    pub builder_opts: Vec<String>,
+    /// Extra build-subcommand option (repeatable), after `steps.image.build_options`
+    /// (e.g. `--build-opt=--isolation=chroot`).
+    #[arg(long = "build-opt", value_name = "OPT", allow_hyphen_values = true)]
+    pub build_opts: Vec<String>,
+    /// Steps config file (default `$P3_STEPS_CONFIG`).
+    #[arg(long)]
+    pub steps_config: Option<PathBuf>,
+}
+
+/// Why an image step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The naming rules refused (e.g. prod from a branch): nothing was built.
+    #[error("{0}")]
+    Refused(#[from] TagError),
+    /// No builder could be found or the named one is unknown.
+    #[error("{0}")]
+    Builder(String),
+    /// Bad option.
+    #[error("{0}")]
+    Usage(String),
+    /// The builder could not run.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The builder ran and failed.
+    #[error("{what} failed with {status}: see the builder output above")]
+    Failed {
+        /// `build` or `push`.
+        what: String,
+        /// Exit status text.
+        status: String,
+    },
+    /// A file could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+    let context = context.into();
+    move |source| ImageError::Io { context, source }
+}
+
+/// Kind of image builder; decides the argv dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuilderKind {
+    /// buildah (`bud`-style build, `push --digestfile`).
+    Buildah,
+    /// podman (same dialect as buildah).
+    Podman,
+    /// docker CLI (needs a daemon).
+    Docker,
+    /// kaniko `executor` (builds and pushes in one call).
+    Kaniko,
+}
+
+impl BuilderKind {
+    /// Kind from a builder name or path (`/kaniko/executor` is kaniko).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let base = Path::new(name).file_name()?.to_str()?;
+        match base {
+            "buildah" => Some(Self::Buildah),
+            "podman" => Some(Self::Podman),
+            "docker" => Some(Self::Docker),
+            "kaniko" | "executor" => Some(Self::Kaniko),
+            _ => None,
+        }
+    }
+}
+
+/// Find the builder: the named one (name or path), else the first of buildah, podman, docker,
+/// kaniko's `/kaniko/executor`.
+pub fn find_builder(named: Option<&str>) -> Result<(PathBuf, BuilderKind), ImageError> {
+    if let Some(name) = named {
+        let kind = BuilderKind::from_name(name).ok_or_else(|| {
+            ImageError::Builder(format!(
+                "unknown builder {name:?}: use buildah, podman, docker, kaniko or a path ending in one of them (or executor)"
+            ))
+        })?;
+        let lookup = if name == "kaniko" { "executor" } else { name };
+        let path = which::which(lookup)
+            .or_else(|_| {
+                if kind == BuilderKind::Kaniko {
+                    which::which("/kaniko/executor")
+                } else {
+                    Err(which::Error::CannotFindBinaryPath)
+                }
+            })
+            .map_err(|_| {
+                ImageError::Builder(format!("builder {name:?} is not installed on this runner"))
+            })?;
+        return Ok((path, kind));
+    }
+    for (name, kind) in [
+        ("buildah", BuilderKind::Buildah),
+        ("podman", BuilderKind::Podman),
+        ("docker", BuilderKind::Docker),
+        ("/kaniko/executor", BuilderKind::Kaniko),
+    ] {
+        if let Ok(path) = which::which(name) {
+            return Ok((path, kind));
+        }
+    }
+    Err(ImageError::Builder(
+        "no image builder on this runner: install buildah (apt-get install -y buildah), podman, docker or kaniko"
+            .into(),
+    ))
+}
+
+/// Everything one build (and push) needs, decided before anything runs.
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    /// Builder kind.
+    pub kind: BuilderKind,
+    /// Global builder options.
+    pub global: Vec<String>,
+    /// Extra build options.
+    pub build_options: Vec<String>,
+    /// Extra push options.
+    pub push_options: Vec<String>,
+    /// Containerfile.
+    pub file: PathBuf,
+    /// Context directory.
+    pub context: PathBuf,
+    /// `KEY=VALUE` build args.
+    pub build_args: Vec<String>,
+    /// Target stage.
+    pub target: Option<String>,
+    /// Image name.
+    pub name: ImageName,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Push destination, if pushing.
+    pub push_to: Option<String>,
+    /// Where the builder writes the pushed digest.
+    pub digest_file: PathBuf,
+    /// Registry auth file (buildah/podman `--authfile`; docker/kaniko `DOCKER_CONFIG` dir).
+    pub auth_file: Option<PathBuf>,
+}
+
+/// The argv lists (without the program) the plan runs, in order. Kaniko builds and pushes in
+/// one call; docker needs an extra `inspect` to learn the digest (run separately).
+pub fn commands(plan: &BuildPlan) -> Vec<Vec<String>> {
+    let reference = plan.name.reference();
+    let mut common = Vec::new();
+    for (k, v) in &plan.labels {
+        common.push(format!("--label={k}={v}"));
+    }
+    for a in &plan.build_args {
+        common.push(format!("--build-arg={a}"));
+    }
+    if let Some(t) = &plan.target {
+        common.push(format!("--target={t}"));
+    }
+    let file = plan.file.display().to_string();
+    let context = plan.context.display().to_string();
+    // buildah, podman and docker share the `build --file --tag ... <context>` form.
+    let cli_build = || {
+        let mut build = plan.global.clone();
+        build.extend([
+            "build".into(),
+            format!("--file={file}"),
+            format!("--tag={reference}"),
+        ]);
+        build.extend(common.iter().cloned());
+        build.extend(plan.build_options.iter().cloned());
+        build.push(context.clone());
+        build
+    };
+    match plan.kind {
+        BuilderKind::Buildah | BuilderKind::Podman => {
+            let mut cmds = vec![cli_build()];
+            if let Some(dest) = &plan.push_to {
+                let mut push = plan.global.clone();
+                push.extend([
+                    "push".into(),
+                    format!("--digestfile={}", plan.digest_file.display()),
+                ]);
+                if let Some(auth) = &plan.auth_file {
+                    push.push(format!("--authfile={}", auth.display()));
+                }
+                push.extend(plan.push_options.iter().cloned());
+                push.extend([reference, dest.clone()]);
+                cmds.push(push);
+            }
+            cmds
+        }
+        BuilderKind::Docker => {
+            let mut cmds = vec![cli_build()];
+            if plan.push_to.is_some() {
+                let mut push = plan.global.clone();
+                push.push("push".into());
+                push.extend(plan.push_options.iter().cloned());
+                push.push(reference);
+                cmds.push(push);
+            }
+            cmds
+        }
+        BuilderKind::Kaniko => {
+            let mut build = plan.global.clone();
+            build.extend([
+                format!("--dockerfile={file}"),
+                format!("--context=dir://{context}"),
+                format!(
+                    "--destination={}",
+                    plan.push_to.as_deref().unwrap_or(&reference)
+                ),
+            ]);
+            build.extend(common);
+            build.extend(plan.build_options.iter().cloned());
+            if plan.push_to.is_some() {
+                build.push(format!("--digest-file={}", plan.digest_file.display()));
+                build.extend(plan.push_options.iter().cloned());
+            } else {
+                build.push("--no-push".into());
+            }
+            vec![build]
+        }
+    }
+}
+
+/// The argv as printed in the log: build-arg values are masked (they may carry tokens), and
+/// each argument is escaped for the terminal before it is quoted.
+pub fn printable(argv: &[String]) -> String {
+    let masked: Vec<String> = argv
+        .iter()
+        .map(|a| match a.strip_prefix("--build-arg=") {
+            Some(kv) => format!(
+                "--build-arg={}=***",
+                kv.split('=').next().unwrap_or_default()
+            ),
+            None => a.clone(),
+        })
+        // One line on the terminal whatever a path or label holds.
+        .map(|a| escape(&a).into_owned())
+        .collect();
+    quote_argv(&masked)
+}
+
+/// Registry auth file content (`{"auths": {host: {"auth": base64(user:password)}}}`), the
+/// format buildah, podman, docker and kaniko all read.
+pub fn auth_json(registry: &str, user: &str, password: &Secret) -> String {
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", password.expose()));
+    serde_json::json!({ "auths": { registry: { "auth": token } } }).to_string()
+}
+
+/// A pushed digest as the builder wrote it: `sha256:<64 hex>`.
+pub fn parse_digest(text: &str) -> Option<String> {
+    let d = text.trim();
+    let hex = d.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then(|| d.to_string())
+}
+
+/// The dotenv file later jobs receive: the digest-pinned image plus what it was built for.
+pub fn dotenv(name: &ImageName, digest: &str, devstage: &str) -> String {
+    format!(
+        "P3_IMAGE={}@{digest}\nP3_IMAGE_TAG={}\nP3_IMAGE_DEVSTAGE={devstage}\n",
+        name.repository,
+        name.reference()
+    )
+}
+
+fn default_file(context: &Path) -> PathBuf {
+    for name in ["Containerfile", "Dockerfile"] {
+        let p = context.join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    context.join("Dockerfile")
+}
+
+/// Run the step; returns the process exit code.
+pub fn run(cmd: ImageCommand) -> anyhow::Result<i32> {
+    match cmd {
+        ImageCommand::Build(args) => {
+            let ctx = StepContext::from_env(args.steps_config.as_deref())?;
+            build(&ctx, &args).map_err(|e| match e {
+                // The job's fault (a build failure for the runner), not the host's.
+                ImageError::Refused(_) | ImageError::Usage(_) | ImageError::Failed { .. } => {
+                    anyhow::Error::new(p3_contract::exit::Failure::build(e.to_string()))
+                }
+                other => other.into(),
+            })?;
+            Ok(0)
+        }
+    }
+}
+
+/// Build (and push) per `args` in the job described by `ctx`. Returns the pushed
+/// `repository@digest` when pushed.
+pub fn build(ctx: &StepContext, args: &BuildArgs) -> Result<Option<String>, ImageError> {
+    let cfg = &ctx.config.image;
+    let devstage = args
+        .devstage
+        .clone()
+        .or_else(|| ctx.devstage.clone())
+        .unwrap_or_default();
+    let repository = args
+        .image_name
+        .clone()
+        .or_else(|| ctx.ci.registry_image.clone())
+        .or_else(|| cfg.registry.clone())
+        .unwrap_or_default();
+    // The refusal (prod from a branch) comes first: before looking for a builder or files.
+    let name = tag::decide(&TagInput {
+        repository: &repository,
+        commit_tag: ctx.ci.commit_tag.as_deref(),
+        short_sha: ctx.ci.commit_short_sha.as_deref(),
+        devstage: &devstage,
+        prod_devstage: &cfg.prod_devstage,
+        release_tag_pattern: &cfg.release_tag_pattern,
+    })?;
+    for a in &args.build_args {
+        if !a.contains('=') {
+            return Err(ImageError::Usage(format!(
+                "--build-arg {a:?} must be KEY=VALUE"
+            )));
+        }
+    }
+    let (program, kind) = find_builder(args.builder.as_deref().or(cfg.builder.as_deref()))?;
+    if kind == BuilderKind::Docker && args.push_to.is_some() {
+        return Err(ImageError::Usage(
+            "--push-to is not supported with docker (it pushes to the tagged repository)".into(),
+        ));
+    }
+    let file = args
+        .file
+        .clone()
+        .unwrap_or_else(|| default_file(&args.context));
+    if !file.is_file() {
+        return Err(ImageError::Usage(format!(
+            "no Containerfile/Dockerfile at {}: pass --file",
+            file.display()
+        )));
+    }
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let labels = tag::labels(&LabelInput {
+        source: ctx.ci.project_url.as_deref(),
+        revision: ctx.ci.commit_sha.as_deref(),
+        created: &created,
+        version: &name.version,
+        devstage: &devstage,
+        pipeline_url: ctx.ci.pipeline_url.as_deref(),
+    });
+    let scratch = tempfile::Builder::new()
+        .prefix("p3-image-")
+        .tempdir()
+        .map_err(io("cannot create a temp dir"))?;
+    let auth_file = match (&ctx.ci.registry_user, &ctx.ci.registry_password, args.push) {
+        (Some(user), Some(password), true) => {
+            let registry =
+                ctx.ci.registry.clone().unwrap_or_else(|| {
+                    name.repository.split('/').next().unwrap_or_default().into()
+                });
+            let path = scratch.path().join("config.json");
+            write_private(&path, &auth_json(&registry, user, password))?;
+            Some(path)
+        }
+        _ => None,
+    };
+    let push_to = args.push.then(|| {
+        args.push_to
+            .clone()
+            .unwrap_or_else(|| format!("docker://{}", name.reference()))
+    });
+    let plan = BuildPlan {
+        kind,
+        global: cfg
+            .builder_args
+            .iter()
+            .chain(&args.builder_opts)
+            .cloned()
+            .collect(),
+        build_options: cfg
+            .build_options
+            .iter()
+            .chain(&args.build_opts)
+            .cloned()
+            .collect(),
+        push_options: cfg.push_options.clone(),
+        file,
+        context: args.context.clone(),
+        build_args: args.build_args.clone(),
+        target: args.target.clone(),
+        name: name.clone(),
+        labels,
+        push_to,
+        digest_file: scratch.path().join("digest"),
+        auth_file: auth_file.clone(),
+    };
+    let timeout = Duration::from_secs(cfg.timeout_secs);
+    eprintln!(
+        "image: building {} for devstage {}",
+        escape(&name.reference()),
+        escape(&devstage)
+    );
+    for (i, argv) in commands(&plan).into_iter().enumerate() {
+        let what = if i == 0 { "build" } else { "push" };
+        eprintln!(
+            "image: $ {} {}",
+            escape(&program.display().to_string()),
+            printable(&argv)
+        );
+        let mut cmd = Command::new(&program);
+        cmd.args(&argv);
+        if let (Some(auth), BuilderKind::Docker | BuilderKind::Kaniko) = (&auth_file, kind) {
+            cmd.env("DOCKER_CONFIG", auth.parent().unwrap_or(scratch.path()));
+        }
+        let status = run_streaming(cmd, timeout)?;
+        if !status.success() {
+            return Err(ImageError::Failed {
+                what: format!("{} {what}", program.display()),
+                status: status.to_string(),
+            });
+        }
+    }
+    if !args.push {
+        eprintln!("image: built {} (not pushed)", escape(&name.reference()));
+        return Ok(None);
+    }
+    let digest = match kind {
+        BuilderKind::Docker => docker_digest(&program, &plan.global, &name.reference())?,
+        _ => {
+            let text = std::fs::read_to_string(&plan.digest_file)
+                .map_err(io("the builder wrote no digest file"))?;
+            parse_digest(&text).ok_or_else(|| {
+                ImageError::Builder(format!("the builder wrote an unexpected digest {text:?}"))
+            })?
+        }
+    };
+    std::fs::write(&args.dotenv, dotenv(&name, &digest, &devstage))
+        .map_err(io(format!("cannot write {}", args.dotenv.display())))?;
+    let pinned = format!("{}@{digest}", name.repository);
+    eprintln!(
+        "image: pushed {} as {}; wrote P3_IMAGE to {}",
+        escape(&name.reference()),
+        escape(&pinned),
+        escape(&args.dotenv.display().to_string())
+    );
+    Ok(Some(pinned))
+}
+
+fn docker_digest(program: &Path, global: &[String], reference: &str) -> Result<String, ImageError> {
+    let mut cmd = Command::new(program);
+    cmd.args(global).args([
+        "image",
+        "inspect",
+        "--format={{json .RepoDigests}}",
+        reference,
+    ]);
+    let out = p3_contract::command::run_bounded(cmd, Duration::from_secs(60))?;
+    let digests: Vec<String> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    digests
+        .iter()
+        .find_map(|d| d.split_once('@').and_then(|(_, d)| parse_digest(d)))
+        .ok_or_else(|| {
+            ImageError::Builder(format!(
+                "docker reported no digest for {reference}: {}",
+                out.stderr_text()
+            ))
+        })
+}
+
+fn write_private(path: &Path, content: &str) -> Result<(), ImageError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("cannot create {}", path.display())))?;
+    f.write_all(content.as_bytes())
+        .map_err(io(format!("cannot write {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(kind: BuilderKind, push: bool) -> BuildPlan {
+        BuildPlan {
+            kind,
+            global: vec!["--root=/r".into()],
+            build_options: vec!["--isolation=chroot".into()],
+            push_options: vec![],
+            file: "ctx/Dockerfile".into(),
+            context: "ctx".into(),
+            build_args: vec!["A=1".into()],
+            target: Some("final".into()),
+            name: ImageName {
+                repository: "reg/app".into(),
+                tag: "abc-client_dev".into(),
+                version: "abc".into(),
+                is_release: false,
+            },
+            labels: [("k".to_string(), "v w".to_string())].into(),
+            push_to: push.then(|| "oci:/o:t".to_string()),
+            digest_file: "/d".into(),
+            auth_file: Some("/a/config.json".into()),
+        }
+    }
+
+    #[test]
+    fn buildah_argv_puts_global_options_first_and_pushes_with_authfile() {
+        let cmds = commands(&plan(BuilderKind::Buildah, true));
+        assert_eq!(
+            cmds[0],
+            [
+                "--root=/r",
+                "build",
+                "--file=ctx/Dockerfile",
+                "--tag=reg/app:abc-client_dev",
+                "--label=k=v w",
+                "--build-arg=A=1",
+                "--target=final",
+                "--isolation=chroot",
+                "ctx"
+            ]
+        );
+        assert_eq!(
+            cmds[1],
+            [
+                "--root=/r",
+                "push",
+                "--digestfile=/d",
+                "--authfile=/a/config.json",
+                "reg/app:abc-client_dev",
+                "oci:/o:t"
+            ]
+        );
+        assert_eq!(commands(&plan(BuilderKind::Podman, false)).len(), 1);
+    }
+
+    #[test]
+    fn kaniko_builds_and_pushes_in_one_call() {
+        let cmds = commands(&plan(BuilderKind::Kaniko, true));
+        assert_eq!(cmds.len(), 1);
+        assert!(cmds[0].contains(&"--destination=oci:/o:t".to_string()));
+        assert!(cmds[0].contains(&"--digest-file=/d".to_string()));
+        let no_push = commands(&plan(BuilderKind::Kaniko, false));
+        assert!(no_push[0].contains(&"--no-push".to_string()));
+    }
+
+    #[test]
+    fn builder_kind_from_names() {
+        assert_eq!(
+            BuilderKind::from_name("/usr/bin/buildah"),
+            Some(BuilderKind::Buildah)
+        );
+        assert_eq!(
+            BuilderKind::from_name("/kaniko/executor"),
+            Some(BuilderKind::Kaniko)
+        );
+        assert_eq!(BuilderKind::from_name("nerdctl"), None);
+        assert!(find_builder(Some("nerdctl")).is_err());
+    }
+
+    #[test]
+    fn printing_masks_build_arg_values_and_auth_is_base64() {
+        let line = printable(&["--build-arg=TOKEN=s3cret".into(), "x y".into()]);
+        assert_eq!(line, "'--build-arg=TOKEN=***' 'x y'");
+        let line = printable(&["--label=a=b\x1b[2J".into(), "--file=c\nd".into()]);
+        assert_eq!(line, r"'--label=a=b\x1b[2J' '--file=c\nd'");
+        let json = auth_json("reg:5000", "u", &Secret::new("p"));
+        assert_eq!(json, r#"{"auths":{"reg:5000":{"auth":"dTpw"}}}"#);
+    }
+
+    #[test]
+    fn digest_and_dotenv() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(parse_digest(&format!("{d}\n")), Some(d.clone()));
+        assert_eq!(parse_digest("sha256:abc"), None);
+        let name = plan(BuilderKind::Buildah, true).name;
+        assert_eq!(
+            dotenv(&name, &d, "client_dev"),
+            format!(
+                "P3_IMAGE=reg/app@{d}\nP3_IMAGE_TAG=reg/app:abc-client_dev\nP3_IMAGE_DEVSTAGE=client_dev\n"
+            )
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! Built-in steps that jobs call from `.gitlab-ci.yml`. They run inside the job, as the job
+//! user, with the job's credentials: they enforce nothing the executor's policy does not.
+//!
+//! Decisions are pure and live in their own small modules ([`tag`], [`p3toml`], and the argv
+//! templates in `p3_contract::template`, which config validation shares);
+//! the step modules ([`image`], [`p3`], [`release`]) do the I/O around them.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod context;
+pub mod image;
+pub mod p3;
+pub mod p3toml;
+pub mod release;
+pub mod s3;
+pub mod stream;
+pub mod tag;

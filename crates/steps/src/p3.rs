@@ -1,0 +1,568 @@
+//! Built-in step `p3 deploy | remove | status`: render the site's P3 client templates
+//! (`steps.p3.*`) for each job `p3.toml` declares for this devstage, and run them.
+//!
+//! The split the team needs: the client authenticates as the *deploy stage*'s account (the
+//! job's `KRB5CCNAME`, passed through untouched) while the deployed job runs as the job's own
+//! *devstage* — for prod, `{deploy_stage}` = `client_uat` and `{devstage}` = `client_prod`.
+//!
+//! Every argv is rendered before anything runs, so a template or `p3.toml` mistake fails the
+//! step without touching P3. After that, one job's failure does not stop the others: the step
+//! runs all of them, prints a result table and exits non-zero if any failed. `deploy` is
+//! idempotent as long as the site's deploy template is an apply/upsert (the contract
+//! documented in docs/steps.md): running the step twice leaves the same jobs deployed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::context::StepContext;
+use super::p3toml::{P3File, P3TomlError, ResolvedJob};
+use p3_contract::command::run_bounded;
+use p3_contract::steps_config::P3Config;
+pub use p3_contract::steps_config::{Action, PLACEHOLDERS, validate_templates};
+use p3_contract::template::{self, TemplateError, Value, Values, quote_argv};
+use p3_contract::terminal::escape;
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum P3Command {
+    /// Deploy (create or update) the devstage's jobs.
+    Deploy(P3Args),
+    /// Remove the devstage's jobs (exactly those p3.toml declares, or `--job`).
+    Remove(P3Args),
+    /// Show the devstage's jobs.
+    Status(P3Args),
+}
+
+/// Options shared by the `p3` subcommands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct P3Args {
+    /// The project's P3 job file.
+    #[arg(long, default_value = "p3.toml")]
+    pub file: PathBuf,
+    /// Only this job (repeatable); it must be declared for the devstage.
+    #[arg(long = "job", value_name = "NAME")]
+    pub jobs: Vec<String>,
+    /// Print the exact argv for each job and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Devstage the P3 jobs run as (default `$P3_DEVSTAGE`).
+    #[arg(long)]
+    pub devstage: Option<String>,
+    /// Deploy stage whose account the client authenticates as (default `$P3_DEPLOY_STAGE`).
+    #[arg(long)]
+    pub deploy_stage: Option<String>,
+    /// Image to deploy (default `$P3_IMAGE`, from the build job's dotenv artifact).
+    #[arg(long, env = "P3_IMAGE")]
+    pub image: Option<String>,
+    /// Also write the results as JSON here (the release step reads it).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Steps config file (default `$P3_STEPS_CONFIG`).
+    #[arg(long)]
+    pub steps_config: Option<PathBuf>,
+}
+
+/// Why the step could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum P3Error {
+    /// p3.toml problem.
+    #[error(transparent)]
+    File(#[from] P3TomlError),
+    /// Template problem.
+    #[error("steps.p3.{action}: {source}")]
+    Template {
+        /// Action.
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: TemplateError,
+    },
+    /// Missing input.
+    #[error("{0}")]
+    Missing(String),
+    /// File I/O.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The job-independent values every template gets.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// Account the client authenticates as.
+    pub deploy_stage: String,
+    /// Devstage the P3 job runs as.
+    pub devstage: String,
+    /// Image (digest-pinned), needed by deploy.
+    pub image: Option<String>,
+}
+
+/// The values for one job. `{schedule}`, `{cpu}` and `{memory}` are optional (their element is
+/// dropped when unset); `{env}` is one `KEY=VALUE` per variable; `{image}` exists only when an
+/// image is known, so a remove template that names it fails loudly instead of guessing.
+pub fn values(job: &ResolvedJob, facts: &Facts) -> Values {
+    let mut v = Values::new();
+    v.insert(
+        "deploy_stage".into(),
+        Value::One(facts.deploy_stage.clone()),
+    );
+    v.insert("devstage".into(), Value::One(facts.devstage.clone()));
+    if let Some(image) = &facts.image {
+        v.insert("image".into(), Value::One(image.clone()));
+    }
+    v.insert("job".into(), Value::One(job.name.clone()));
+    v.insert("command".into(), Value::One(job.command.clone()));
+    v.insert("schedule".into(), Value::optional(job.schedule.clone()));
+    v.insert("cpu".into(), Value::optional(job.resources.cpu.clone()));
+    v.insert(
+        "memory".into(),
+        Value::optional(job.resources.memory.clone()),
+    );
+    v.insert(
+        "env".into(),
+        Value::Many(job.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+    );
+    v
+}
+
+/// One client call to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// P3 job name.
+    pub job: String,
+    /// Full argv (program first).
+    pub argv: Vec<String>,
+}
+
+/// Render every call before running any (pure).
+pub fn plan(
+    action: Action,
+    cfg: &P3Config,
+    jobs: &[ResolvedJob],
+    facts: &Facts,
+) -> Result<Vec<Invocation>, P3Error> {
+    if action == Action::Deploy && facts.image.is_none() {
+        return Err(P3Error::Missing(
+            "deploy needs an image: pass --image or set P3_IMAGE (the build job's dotenv artifact)"
+                .into(),
+        ));
+    }
+    jobs.iter()
+        .map(|job| {
+            let argv = template::render(action.name(), action.template(cfg), &values(job, facts))
+                .map_err(|source| P3Error::Template {
+                action: action.name(),
+                source,
+            })?;
+            Ok(Invocation {
+                job: job.name.clone(),
+                argv,
+            })
+        })
+        .collect()
+}
+
+/// Outcome of one call.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobResult {
+    /// P3 job name.
+    pub job: String,
+    /// Action.
+    pub action: Action,
+    /// Whether the client exited 0.
+    pub ok: bool,
+    /// Wall time in milliseconds.
+    pub duration_ms: u128,
+    /// The client's error text (stderr, else stdout) when it failed.
+    pub error: Option<String>,
+    /// The client's stdout (status output).
+    #[serde(skip)]
+    pub output: String,
+}
+
+/// Run each invocation with `env` added to the inherited job environment (so `KRB5CCNAME`
+/// and the rest pass through), continuing past failures.
+pub fn execute(
+    action: Action,
+    calls: &[Invocation],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Vec<JobResult> {
+    calls
+        .iter()
+        .map(|call| {
+            let start = Instant::now();
+            let mut cmd = Command::new(&call.argv[0]);
+            cmd.args(&call.argv[1..]);
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+            let (ok, error, output) = match run_bounded(cmd, timeout) {
+                Ok(out) => {
+                    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    if out.status.success() {
+                        (true, None, stdout)
+                    } else {
+                        let mut msg = out.stderr_text();
+                        if msg.is_empty() {
+                            msg = stdout.clone();
+                        }
+                        (false, Some(format!("{}: {msg}", out.status)), stdout)
+                    }
+                }
+                Err(e) => (false, Some(e.to_string()), String::new()),
+            };
+            JobResult {
+                job: call.job.clone(),
+                action,
+                ok,
+                duration_ms: start.elapsed().as_millis(),
+                error,
+                output,
+            }
+        })
+        .collect()
+}
+
+/// The result table: job, action, result, duration, error text. Job names and the client's
+/// error text are [`escape`]d (the error's line breaks shown as ` | `): one line per job.
+pub fn table(results: &[JobResult]) -> String {
+    let rows: Vec<[String; 5]> = results
+        .iter()
+        .map(|r| {
+            [
+                escape(&r.job).into_owned(),
+                r.action.name().into(),
+                if r.ok { "ok" } else { "FAILED" }.into(),
+                format!("{:.1}s", r.duration_ms as f64 / 1000.0),
+                escape(&r.error.clone().unwrap_or_default().replace('\n', " | ")).into_owned(),
+            ]
+        })
+        .collect();
+    let head = ["JOB", "ACTION", "RESULT", "DURATION", "ERROR"];
+    let mut width = head.map(str::len);
+    for row in &rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == 4 {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  ", w = width[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(head);
+    for row in &rows {
+        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+    }
+    out
+}
+
+/// An argv as one line for a person: each argument [`escape`]d, then quoted.
+fn shown_argv(argv: &[String]) -> String {
+    let escaped: Vec<String> = argv.iter().map(|a| escape(a).into_owned()).collect();
+    quote_argv(&escaped)
+}
+
+/// JSON report of a run (read by `release`).
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Report {
+    /// Devstage.
+    pub devstage: String,
+    /// Deploy stage.
+    pub deploy_stage: String,
+    /// Image deployed, if any.
+    pub image: Option<String>,
+    /// Action.
+    pub action: String,
+    /// Per job: name and whether it succeeded.
+    pub jobs: Vec<ReportJob>,
+}
+
+/// One job in a [`Report`].
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ReportJob {
+    /// Name.
+    pub job: String,
+    /// Success.
+    pub ok: bool,
+}
+
+/// Load `p3.toml`.
+pub fn load_file(path: &Path) -> Result<P3File, P3Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| P3Error::Io {
+        context: format!("cannot read {}", path.display()),
+        source,
+    })?;
+    Ok(P3File::parse(&text)?)
+}
+
+/// Run the step; returns the process exit code.
+pub fn run(cmd: P3Command) -> anyhow::Result<i32> {
+    let (action, args) = match cmd {
+        P3Command::Deploy(a) => (Action::Deploy, a),
+        P3Command::Remove(a) => (Action::Remove, a),
+        P3Command::Status(a) => (Action::Status, a),
+    };
+    let ctx = StepContext::from_env(args.steps_config.as_deref())?;
+    run_action(&ctx, action, &args).map_err(|e| match e {
+        // A bad p3.toml or a missing input is the job's fault; a broken template is the host's.
+        P3Error::File(_) | P3Error::Missing(_) => {
+            anyhow::Error::new(p3_contract::exit::Failure::build(e.to_string()))
+        }
+        other => other.into(),
+    })
+}
+
+/// The step with its context given.
+pub fn run_action(ctx: &StepContext, action: Action, args: &P3Args) -> Result<i32, P3Error> {
+    let devstage = args
+        .devstage
+        .clone()
+        .or_else(|| ctx.devstage.clone())
+        .ok_or_else(|| {
+            P3Error::Missing("no devstage: pass --devstage or set P3_DEVSTAGE".into())
+        })?;
+    let deploy_stage = args
+        .deploy_stage
+        .clone()
+        .or_else(|| ctx.deploy_stage.clone())
+        .ok_or_else(|| {
+            P3Error::Missing(
+                "no deploy stage: P3_DEPLOY_STAGE is set by the p3-executor runner; outside it pass --deploy-stage"
+                    .into(),
+            )
+        })?;
+    let file = load_file(&args.file)?;
+    let jobs = file.select(&devstage, &args.jobs)?;
+    let facts = Facts {
+        deploy_stage: deploy_stage.clone(),
+        devstage: devstage.clone(),
+        image: args.image.clone().filter(|i| !i.is_empty()),
+    };
+    let calls = plan(action, &ctx.config.p3, &jobs, &facts)?;
+    if calls.is_empty() {
+        println!(
+            "p3 {}: {} declares no job for devstage {}; nothing to do",
+            action.name(),
+            escape(&args.file.display().to_string()),
+            escape(&devstage)
+        );
+        return Ok(0);
+    }
+    if args.dry_run {
+        for call in &calls {
+            println!(
+                "would run for job {}: {}",
+                escape(&call.job),
+                shown_argv(&call.argv)
+            );
+        }
+        return Ok(0);
+    }
+    eprintln!(
+        "p3 {}: {} job(s) as devstage {}, authenticated as deploy stage {}",
+        action.name(),
+        calls.len(),
+        escape(&devstage),
+        escape(&deploy_stage)
+    );
+    let env = vec![
+        ("P3_DEVSTAGE".to_string(), devstage.clone()),
+        ("P3_DEPLOY_STAGE".to_string(), deploy_stage.clone()),
+    ];
+    let timeout = Duration::from_secs(ctx.config.p3.timeout_secs);
+    let results = execute(action, &calls, &env, timeout);
+    if action == Action::Status {
+        // The client's own output keeps its lines; each is escaped.
+        for r in &results {
+            let output: Vec<_> = r.output.lines().map(escape).collect();
+            println!("== {} ==\n{}", escape(&r.job), output.join("\n"));
+        }
+    }
+    print!("{}", table(&results));
+    if let Some(path) = &args.report {
+        let report = Report {
+            devstage,
+            deploy_stage,
+            image: facts.image,
+            action: action.name().into(),
+            jobs: results
+                .iter()
+                .map(|r| ReportJob {
+                    job: r.job.clone(),
+                    ok: r.ok,
+                })
+                .collect(),
+        };
+        let json = serde_json::to_string_pretty(&report).expect("report serializes");
+        std::fs::write(path, json + "\n").map_err(|source| P3Error::Io {
+            context: format!("cannot write {}", path.display()),
+            source,
+        })?;
+    }
+    let failed = results.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        eprintln!(
+            "p3 {}: {failed} of {} job(s) failed",
+            action.name(),
+            results.len()
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> P3Config {
+        P3Config {
+            deploy: [
+                "p3",
+                "apply",
+                "--as={deploy_stage}",
+                "--devstage={devstage}",
+                "--image={image}",
+                "--name={job}",
+                "--cmd",
+                "{command}",
+                "--cron={schedule}",
+                "--env={env}",
+            ]
+            .map(String::from)
+            .to_vec(),
+            remove: ["p3", "rm", "--as={deploy_stage}", "{job}"]
+                .map(String::from)
+                .to_vec(),
+            status: vec![],
+            timeout_secs: 5,
+        }
+    }
+
+    fn job(name: &str, schedule: Option<&str>) -> ResolvedJob {
+        ResolvedJob {
+            name: name.into(),
+            command: "run it; now".into(),
+            schedule: schedule.map(Into::into),
+            resources: Default::default(),
+            env: [("A".to_string(), "1 2".to_string())].into(),
+        }
+    }
+
+    fn facts(image: Option<&str>) -> Facts {
+        Facts {
+            deploy_stage: "client_uat".into(),
+            devstage: "client_prod".into(),
+            image: image.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn plan_renders_the_prod_split_per_job() {
+        let calls = plan(
+            Action::Deploy,
+            &cfg(),
+            &[job("a", Some("0 2 * * *")), job("b", None)],
+            &facts(Some("reg/app@sha256:1")),
+        )
+        .unwrap();
+        assert_eq!(
+            calls[0].argv,
+            [
+                "p3",
+                "apply",
+                "--as=client_uat",
+                "--devstage=client_prod",
+                "--image=reg/app@sha256:1",
+                "--name=a",
+                "--cmd",
+                "run it; now",
+                "--cron=0 2 * * *",
+                "--env=A=1 2"
+            ]
+        );
+        assert!(!calls[1].argv.iter().any(|a| a.starts_with("--cron")));
+    }
+
+    #[test]
+    fn deploy_without_image_and_remove_naming_image_fail_clearly() {
+        let err = plan(Action::Deploy, &cfg(), &[job("a", None)], &facts(None)).unwrap_err();
+        assert!(err.to_string().contains("P3_IMAGE"), "{err}");
+        let mut c = cfg();
+        c.remove.push("{image}".into());
+        let err = plan(Action::Remove, &c, &[job("a", None)], &facts(None)).unwrap_err();
+        assert!(err.to_string().contains("{image}"), "{err}");
+        let err = plan(Action::Status, &cfg(), &[job("a", None)], &facts(None)).unwrap_err();
+        assert!(err.to_string().contains("steps.p3.status"), "{err}");
+    }
+
+    #[test]
+    fn template_validation_names_key_and_placeholder() {
+        assert!(validate_templates(&cfg()).is_empty());
+        assert!(validate_templates(&P3Config::default()).is_empty());
+        let mut c = cfg();
+        c.remove.push("--image={image}".into());
+        c.status = vec!["p3".into(), "{jbo}".into()];
+        let problems = validate_templates(&c);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("steps.p3.remove:") && problems[0].contains("{image}"));
+        assert!(problems[1].starts_with("steps.p3.status:") && problems[1].contains("{jbo}"));
+    }
+
+    #[test]
+    fn table_lists_every_job_with_its_error() {
+        let r = |job: &str, ok: bool| JobResult {
+            job: job.into(),
+            action: Action::Deploy,
+            ok,
+            duration_ms: 1500,
+            error: (!ok).then(|| "exit status: 3: quota\nexceeded".into()),
+            output: String::new(),
+        };
+        let t = table(&[r("alpha", true), r("b", false)]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "JOB    ACTION  RESULT  DURATION  ERROR");
+        assert_eq!(lines[1], "alpha  deploy  ok      1.5s");
+        assert_eq!(
+            lines[2],
+            "b      deploy  FAILED  1.5s      exit status: 3: quota | exceeded"
+        );
+    }
+
+    #[test]
+    fn table_and_argv_escape_what_the_client_and_job_supplied() {
+        let r = JobResult {
+            job: "ingest\x1b[2J".into(),
+            action: Action::Deploy,
+            ok: false,
+            duration_ms: 1500,
+            error: Some("exit status: 3: \x1b]0;owned\x07bad\nforged  deploy  ok\r".into()),
+            output: String::new(),
+        };
+        let t = table(&[r]);
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(!t.contains(['\x1b', '\x07', '\r']), "{t:?}");
+        assert_eq!(
+            t.lines().nth(1).unwrap(),
+            r"ingest\x1b[2J  deploy  FAILED  1.5s      exit status: 3: \x1b]0;owned\x07bad | forged  deploy  ok\r"
+        );
+        assert_eq!(
+            shown_argv(&["p3".into(), "a\nb".into(), "it's".into()]),
+            r"p3 'a\nb' 'it'\''s'"
+        );
+    }
+}

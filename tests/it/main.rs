@@ -1,0 +1,23 @@
+//! p3-executor's integration suite, one binary: each module drives the built binaries (and,
+//! where a unit is worth testing against a real service, the library) against real components:
+//! an MIT KDC, S3 servers, buildah, RS256 tokens. Stand-ins exist only for what cannot run
+//! here (GitLab, P3) and follow the documented APIs. Fixtures come from `p3_testkit`.
+//!
+//! `cargo test` builds `p3-executor-steps` and `p3-executor-demo` too (their crates' own small
+//! tests need them), so `p3-executor <step>` and `p3-executor demo` find their siblings.
+
+mod common;
+
+mod audit;
+mod credentials;
+mod demo;
+mod example_project;
+mod identity;
+mod image;
+mod isolation;
+mod kerberos;
+mod p3;
+mod pipeline;
+mod release;
+mod runner;
+mod s3;
