@@ -68,7 +68,7 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
             continue;
         }
         if !dry_run {
-            crate::runner::cleanup::teardown(cfg, job_id, "gc")?;
+            crate::teardown::teardown(cfg, job_id, crate::grant::Ending::Gc)?;
         }
         swept.push(Swept {
             job_id,

@@ -5,13 +5,12 @@
 //! be written is withdrawn (fail closed).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::atomic_file;
 use crate::audit::{self, AuditEvent, AuditRecord, Decision as Outcome};
 use crate::config::{Account, S3Account};
 use crate::config::{Config, RefType};
@@ -454,16 +453,39 @@ fn credential_duration(account: &Account, max_life: Option<Duration>) -> u64 {
         .unwrap_or(aws::DEFAULT_DURATION_SECS)
 }
 
+/// Why a job's credentials are being destroyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The runner's `cleanup` call.
+    Cleanup,
+    /// `gc` sweeping a job whose cleanup never ran.
+    Gc,
+}
+
+impl Ending {
+    /// The word audit records and logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Cleanup => "cleanup",
+            Ending::Gc => "gc",
+        }
+    }
+
+    fn audit_event(self) -> AuditEvent {
+        match self {
+            Ending::Cleanup => AuditEvent::Cleanup,
+            Ending::Gc => AuditEvent::Gc,
+        }
+    }
+}
+
 /// Destroy a job's credentials and record it.
-pub fn revoke(cfg: &Config, paths: &JobPaths, state: &JobState, reason: &str) -> Result<()> {
+pub fn revoke(cfg: &Config, paths: &JobPaths, state: &JobState, ending: Ending) -> Result<()> {
     let Some(grant) = &state.grant else {
         return Ok(());
     };
-    let event = if reason == "gc" {
-        AuditEvent::Gc
-    } else {
-        AuditEvent::Cleanup
-    };
+    let event = ending.audit_event();
+    let reason = ending.as_str();
     let result = kerberos::destroy(&cfg.kerberos, &grant.ccache)
         .map_err(|e| e.to_string())
         .and_then(|()| {
@@ -497,11 +519,6 @@ fn for_job_log(err: &kerberos::KerberosError, account_name: &str, account: &Acco
     )
 }
 
-/// Host checks for accounts and keytabs, for `p3-executor check`.
-pub fn check(cfg: &Config) -> Vec<crate::check::Finding> {
-    kerberos::check(cfg)
-}
-
 fn owner(state: &JobState) -> Option<(u32, u32)> {
     state
         .ids
@@ -512,17 +529,13 @@ fn owner(state: &JobState) -> Option<(u32, u32)> {
 /// The settings the built-in steps need, in a file the job can read (never secrets).
 fn write_steps_file(cfg: &Config, paths: &JobPaths, state: &mut JobState) -> Result<()> {
     let file = paths.creds.join(STEPS_FILE);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&file)?;
-        f.write_all(&serde_json::to_vec_pretty(&cfg.steps).expect("steps serialize"))
+    let steps = serde_json::to_vec_pretty(&cfg.steps).expect("steps serialize");
+    let readable = atomic_file::Options {
+        mode: 0o644,
+        ..atomic_file::Options::PRIVATE
     };
-    write().map_err(|e| Error::io(format!("write {}", file.display()), e))?;
+    atomic_file::write(&file, &steps, readable)
+        .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
     state
         .env
         .insert(env::STEPS_CONFIG.into(), file.display().to_string());

@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub(crate) mod atomic_file;
 pub mod audit;
 pub mod check;
 pub mod cli;
@@ -11,17 +12,18 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod gc;
-pub mod grant;
+pub(crate) mod grant;
 pub mod identity;
 pub mod job;
-pub mod limits;
+pub(crate) mod limits;
 pub mod policy;
-pub mod process;
-pub mod residue;
+pub(crate) mod process;
+pub(crate) mod residue;
 pub mod runner;
 pub mod sandbox;
-pub mod uid_pool;
-pub mod workspace;
+pub(crate) mod teardown;
+pub(crate) mod uid_pool;
+pub(crate) mod workspace;
 
 // Shared with the built-in steps through the contract crate.
 pub use p3_contract::logging;

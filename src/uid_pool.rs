@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -63,14 +62,12 @@ pub fn lease_order(
 
 /// A complete temp file in `dir` holding `content` (root-only, like everything in `uids/`).
 fn temp_with(dir: &Path, content: &str) -> Result<tempfile::NamedTempFile> {
-    let tmp = tempfile::Builder::new()
-        .prefix(".lease-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(format!("create a lease in {}", dir.display()), e))?;
-    tmp.as_file()
-        .write_all(content.as_bytes())
-        .map_err(|e| Error::io(format!("write a lease in {}", dir.display()), e))?;
-    Ok(tmp)
+    crate::atomic_file::temp_with(
+        dir,
+        content.as_bytes(),
+        crate::atomic_file::Options::PRIVATE,
+    )
+    .map_err(|e| Error::io(format!("write a lease in {}", dir.display()), e))
 }
 
 /// Link a complete file holding `content` to `name` unless `name` exists (then false).

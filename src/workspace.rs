@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -265,20 +264,11 @@ impl JobState {
     /// Write the state atomically (temp file + rename), root-only.
     pub fn save(&self, paths: &JobPaths) -> Result<()> {
         let file = paths.state_file();
-        let tmp = paths.workspace.join(".state.json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(self).expect("state serializes"))?;
-            // No fsync: rename makes the update atomic against a crashed process, and a host
-            // crash ends the job anyway. Every stage of every job pays for this call.
-            fs::rename(&tmp, &file)
-        };
-        write().map_err(|e| Error::io(format!("write {}", file.display()), e))
+        // Not durable: the rename makes the update atomic against a crashed process, and a
+        // host crash ends the job anyway. Every stage of every job pays for this call.
+        let state = serde_json::to_vec_pretty(self).expect("state serializes");
+        crate::atomic_file::write(&file, &state, crate::atomic_file::Options::PRIVATE)
+            .map_err(|e| Error::io(format!("write {}", file.display()), e))
     }
 }
 

@@ -12,8 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -465,27 +463,13 @@ fn write_atomic(
     contents: &[u8],
     owner: Option<(u32, u32)>,
 ) -> Result<(), AwsCredError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // NamedTempFile creates the file 0600 with O_EXCL: nobody else can have it open.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".p3-aws-")
-        .tempfile_in(dir)
-        .map_err(io_err(format!(
-            "create temporary file in {}",
-            dir.display()
-        )))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err(format!("chmod temporary file in {}", dir.display())))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))
-            .map_err(io_err(format!("chown temporary file in {}", dir.display())))?;
-    }
-    tmp.write_all(contents)
-        .and_then(|()| tmp.as_file().sync_all())
+    let opts = crate::atomic_file::Options {
+        mode: 0o600,
+        owner,
+        durable: true,
+    };
+    crate::atomic_file::write(path, contents, opts)
         .map_err(io_err(format!("write {}", path.display())))?;
-    tmp.persist(path)
-        .map_err(|e| io_err(format!("rename into {}", path.display()))(e.error))?;
     Ok(())
 }
 
@@ -521,7 +505,7 @@ pub fn remove_job_files(creds_dir: &Path) -> Result<(), AwsCredError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn account() -> S3Account {
         S3Account {

@@ -2,16 +2,12 @@
 //! own token (from JOB_RESPONSE_FILE) must describe a running job with the token's id, ref, tag
 //! flag and user.
 //!
-//! The endpoint and its error handling come from the `gitlab` crate (`gitlab::api::job::Job`
-//! queried through `gitlab::api::Query`). The crate's own `Gitlab` client has no request timeout
-//! setting and makes an extra connection check when built, so this module gives the crate a
-//! small [`gitlab::api::Client`] of its own: a reqwest client bounded by
-//! `identity.http_timeout_secs` that sends the `JOB-TOKEN` header.
+//! One bounded GET with plain `reqwest` (the client the JWKS fetch already uses): the `gitlab`
+//! crate earns its place in the release step, but for one endpoint here it only added an
+//! adapter and 34 crates to the runner's build.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use gitlab::api::{self, ApiError, Query};
 use serde::Deserialize;
 
 use super::{Identity, IdentityError};
@@ -35,103 +31,47 @@ struct ApiUser {
     username: String,
 }
 
-/// Transport errors of [`JobTokenClient`].
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Connection, timeout or body read failure.
-    #[error("{0}")]
-    Http(String),
-    /// The request could not be built (bad URL or header).
-    #[error("invalid request: {0}")]
-    Request(String),
-}
-
-/// A `gitlab` crate API client that authenticates with a job token and bounds every request.
-pub struct JobTokenClient {
-    base: reqwest::Url,
-    token: String,
-    http: reqwest::blocking::Client,
-}
-
-impl std::fmt::Debug for JobTokenClient {
-    // Hand-written: the job token must never be printed.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobTokenClient")
-            .field("base", &self.base.as_str())
-            .finish_non_exhaustive()
+/// `<base>/api/v4/job` for a GitLab URL given with or without `/api/v4`.
+fn job_url(base_url: &str) -> String {
+    let trimmed = base_url.trim_end_matches('/');
+    if trimmed.ends_with("/api/v4") {
+        format!("{trimmed}/job")
+    } else {
+        format!("{trimmed}/api/v4/job")
     }
 }
 
-impl JobTokenClient {
-    /// A client for the REST API under `base_url` (a GitLab URL, with or without `/api/v4`).
-    pub fn new(base_url: &str, token: &str, timeout: Duration) -> Result<Self, ClientError> {
-        let trimmed = base_url.trim_end_matches('/');
-        let api = if trimmed.ends_with("/api/v4") {
-            format!("{trimmed}/")
-        } else {
-            format!("{trimmed}/api/v4/")
-        };
-        let base = reqwest::Url::parse(&api).map_err(|e| ClientError::Request(e.to_string()))?;
-        let http = reqwest::blocking::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        Ok(Self {
-            base,
-            token: token.into(),
-            http,
-        })
-    }
+/// What `GET /job` answered, before it is compared with the token.
+enum Answer {
+    Job(ApiJob),
+    Status(u16),
 }
 
-impl api::RestClient for JobTokenClient {
-    type Error = ClientError;
-
-    fn rest_endpoint(&self, endpoint: &str) -> Result<reqwest::Url, ApiError<Self::Error>> {
-        Ok(self.base.join(endpoint)?)
+/// One bounded `GET /job` with the job token; transport failures are `Err(detail)`.
+fn get_job(url: &str, token: &str, timeout: Duration) -> Result<Answer, String> {
+    let mut header = reqwest::header::HeaderValue::from_str(token)
+        .map_err(|_| "job token is not a valid header value".to_string())?;
+    header.set_sensitive(true);
+    let response = reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| error_chain(&e))?
+        .get(url)
+        .header("JOB-TOKEN", header)
+        .send()
+        .map_err(|e| error_chain(&e.without_url()))?;
+    let status = response.status();
+    if !status.is_success() {
+        // Response bodies are not echoed: only the status.
+        return Ok(Answer::Status(status.as_u16()));
     }
-}
-
-impl api::Client for JobTokenClient {
-    fn rest(
-        &self,
-        mut request: http::request::Builder,
-        body: Vec<u8>,
-    ) -> Result<http::Response<Bytes>, ApiError<Self::Error>> {
-        let call = || -> Result<http::Response<Bytes>, ClientError> {
-            let mut token = http::HeaderValue::from_str(&self.token).map_err(|_| {
-                ClientError::Request("job token is not a valid header value".into())
-            })?;
-            token.set_sensitive(true);
-            if let Some(headers) = request.headers_mut() {
-                headers.insert("JOB-TOKEN", token);
-            }
-            let request = request
-                .body(body)
-                .map_err(|e| ClientError::Request(e.to_string()))?;
-            let request = reqwest::blocking::Request::try_from(request)
-                .map_err(|e| ClientError::Request(error_chain(&e)))?;
-            let response = self
-                .http
-                .execute(request)
-                .map_err(|e| ClientError::Http(error_chain(&e.without_url())))?;
-            let mut out = http::Response::builder()
-                .status(response.status())
-                .version(response.version());
-            if let Some(headers) = out.headers_mut() {
-                for (k, v) in response.headers() {
-                    headers.insert(k, v.clone());
-                }
-            }
-            let bytes = response
-                .bytes()
-                .map_err(|e| ClientError::Http(error_chain(&e.without_url())))?;
-            out.body(bytes)
-                .map_err(|e| ClientError::Request(e.to_string()))
-        };
-        call().map_err(ApiError::client)
-    }
+    response.json::<ApiJob>().map(Answer::Job).map_err(|e| {
+        format!(
+            "invalid GET /job response: {}",
+            error_chain(&e.without_url())
+        )
+    })
 }
 
 /// `error: cause: cause`, since reqwest's top-level message alone ("error sending request")
@@ -169,35 +109,12 @@ pub fn confirm(cfg: &Config, job: &JobContext, identity: &Identity) -> Result<()
         ));
     }
     let timeout = Duration::from_secs(cfg.identity.http_timeout_secs.max(1));
-    let client = JobTokenClient::new(&base, &job.payload.token, timeout)
-        .map_err(|e| unavailable(e.to_string()))?;
-    let endpoint = api::job::Job::builder()
-        .build()
-        .map_err(|e| unavailable(e.to_string()))?;
-    let api_job: ApiJob = endpoint.query(&client).map_err(|e| classify(e, &base))?;
-    compare(identity, &api_job)
-}
-
-fn classify(e: ApiError<ClientError>, base: &str) -> IdentityError {
-    let status = match &e {
-        ApiError::GitlabWithStatus { status, .. }
-        | ApiError::GitlabObjectWithStatus { status, .. }
-        | ApiError::GitlabUnrecognizedWithStatus { status, .. }
-        | ApiError::GitlabService { status, .. } => Some(status.as_u16()),
-        _ => None,
-    };
-    match status {
+    match get_job(&job_url(&base), &job.payload.token, timeout).map_err(unavailable)? {
+        Answer::Job(api_job) => compare(identity, &api_job),
         // GitLab answers 401 to a job token whose job is no longer running (or never existed),
         // 403/404 to one it does not accept for this endpoint: the job's fault, not the host's.
-        Some(s @ (401 | 403 | 404)) => IdentityError::JobTokenRejected { status: s },
-        _ => IdentityError::GitlabApiUnavailable {
-            url: base.into(),
-            detail: match e {
-                // Response bodies of server errors are not echoed: only the status.
-                ApiError::GitlabService { status, .. } => format!("HTTP {status}"),
-                other => other.to_string(),
-            },
-        },
+        Answer::Status(s @ (401 | 403 | 404)) => Err(IdentityError::JobTokenRejected { status: s }),
+        Answer::Status(s) => Err(unavailable(format!("HTTP {s}"))),
     }
 }
 
@@ -234,4 +151,22 @@ fn compare(identity: &Identity, api_job: &ApiJob) -> Result<(), IdentityError> {
         return mismatch("user", identity.user_login.clone(), api_user);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_job_endpoint_is_found_from_either_base() {
+        for base in [
+            "https://gitlab.example.com",
+            "https://gitlab.example.com/",
+            "https://gitlab.example.com/api/v4",
+            "https://gitlab.example.com/api/v4/",
+        ] {
+            assert_eq!(
+                super::job_url(base),
+                "https://gitlab.example.com/api/v4/job"
+            );
+        }
+    }
 }

@@ -8,10 +8,9 @@
 //! copy is older than `jwks_refetch_min_interval_secs`, so tokens with made-up key ids cannot
 //! make every job hit GitLab.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jsonwebtoken::DecodingKey;
@@ -24,15 +23,6 @@ use crate::config::Config;
 
 /// Largest JWKS response accepted (GitLab's is a few KiB).
 const MAX_JWKS_BYTES: u64 = 1024 * 1024;
-
-/// HTTP fetches made by this process (successful or not).
-static FETCHES: AtomicU64 = AtomicU64::new(0);
-
-/// How many times this process has requested a JWKS over HTTP, for benchmarks and tests that
-/// show a warm cache costs no request (a test HTTP server's own count works across processes).
-pub fn fetch_count() -> u64 {
-    FETCHES.load(Ordering::Relaxed)
-}
 
 /// Where the keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,12 +181,12 @@ impl JwksStore {
             fetched_at: now,
             jwks: set.clone(),
         };
-        // NamedTempFile is created 0600 in the same directory, so the rename is atomic.
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.cache_dir)?;
-        tmp.write_all(&serde_json::to_vec(&entry).map_err(std::io::Error::other)?)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&path).map_err(|e| e.error)?;
-        Ok(())
+        let bytes = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+        let durable = crate::atomic_file::Options {
+            durable: true,
+            ..crate::atomic_file::Options::PRIVATE
+        };
+        crate::atomic_file::write(&path, &bytes, durable)
     }
 }
 
@@ -234,7 +224,6 @@ fn fetch(url: &str, timeout: Duration) -> Result<JwkSet, IdentityError> {
         detail,
     };
     tracing::debug!(url, "fetching JWKS");
-    FETCHES.fetch_add(1, Ordering::Relaxed);
     let client = reqwest::blocking::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)

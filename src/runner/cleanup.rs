@@ -1,52 +1,19 @@
 //! `cleanup`: destroy the job's credentials, kill what is left of it, remove its directories.
 //!
 //! Idempotent, and safe after a prepare that never ran or stopped half-way: every step works
-//! from the job id in JOB_RESPONSE_FILE and tolerates missing pieces.
+//! from the job id in JOB_RESPONSE_FILE and tolerates missing pieces (see [`crate::teardown`]).
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::grant::Ending;
 use crate::job::JobContext;
-use crate::process;
-use crate::workspace::{self, JobPaths, JobState};
-
-/// Tear down everything belonging to `job_id`; used by cleanup and gc.
-///
-/// Runs every step even when one fails and returns the first error.
-pub fn teardown(cfg: &Config, job_id: u64, reason: &str) -> Result<()> {
-    let paths = JobPaths::new(cfg, job_id);
-    let state = JobState::load(&paths).ok();
-    let mut first_err = None;
-    if let Some(state) = &state {
-        if state.ids.private_uid {
-            // Nothing the job started may survive, even processes that left its process group.
-            process::kill_uid(state.ids.uid);
-        }
-        if let Err(e) = crate::grant::revoke(cfg, &paths, state, reason) {
-            tracing::error!("job {job_id}: destroying credentials failed: {e}");
-            first_err.get_or_insert(e);
-        }
-    } else if let Some(uid) = crate::uid_pool::leased_uid(cfg, job_id) {
-        process::kill_uid(uid);
-    }
-    for dir in [&paths.creds, &paths.job_root, &paths.workspace] {
-        if let Err(e) = workspace::remove_tree(dir) {
-            tracing::error!("job {job_id}: {e}");
-            first_err.get_or_insert(e);
-        }
-    }
-    // Only once its trees are gone: the uid is scrubbed and either freed or quarantined.
-    if let Err(e) = crate::uid_pool::release(cfg, job_id) {
-        tracing::error!("job {job_id}: releasing its uid failed: {e}");
-        first_err.get_or_insert(e);
-    }
-    first_err.map_or(Ok(()), Err)
-}
+use crate::workspace::JobPaths;
 
 /// `p3-executor cleanup`.
 pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     // Clean up what this config knows about even on a mismatch, then report it: the job's
     // old workspace needs an operator (or gc with the old config).
     let announced = JobPaths::new(cfg, job.job_id()).check_announced();
-    teardown(cfg, job.job_id(), "cleanup")?;
+    crate::teardown::teardown(cfg, job.job_id(), Ending::Cleanup)?;
     announced
 }

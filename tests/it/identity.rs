@@ -406,16 +406,14 @@ fn garbage_kids_cannot_make_us_hammer_gitlab() {
 fn cached_jwks_is_not_fetched_per_job() {
     let fx = Fixture::new();
     let cfg = fx.config("");
-    let fetches_before = p3_executor::identity::jwks::fetch_count();
     for _ in 0..20 {
         // Each call builds its store from the config, as separate `prepare` processes do: the
         // cache that saves the fetches is the one on disk.
         let token = fx.minter.mint(fx.claims("main", "branch", true));
         identity::verify(&cfg, &job(&token)).unwrap();
     }
+    // The JWKS server counts what it served: the only fetch is the first verification's.
     assert_eq!(fx.jwks.hits(), 1, "20 verifications, one JWKS fetch");
-    // Other tests run in parallel in this process, so only a lower bound holds here.
-    assert!(p3_executor::identity::jwks::fetch_count() > fetches_before);
 
     let store = JwksStore::from_config(&cfg);
     let file = store.cache_file().unwrap();

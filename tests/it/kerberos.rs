@@ -453,7 +453,7 @@ fn check_flags_readable_keytabs_and_principal_mismatch() {
         .unwrap(),
     );
 
-    let findings = kerberos::check(&cfg);
+    let findings = p3_executor::check::kerberos::check(&cfg);
     let text: Vec<String> = findings.iter().map(|f| f.problem.clone()).collect();
     let about = |acct: &str| -> Vec<&String> {
         text.iter()
@@ -481,7 +481,7 @@ fn check_flags_readable_keytabs_and_principal_mismatch() {
     if is_root() {
         cfg.job_user = "nobody".into();
         std::os::unix::fs::chown(kdc.keytab("svc_ok"), Some(JOB.0), Some(JOB.1)).unwrap();
-        let text: Vec<String> = kerberos::check(&cfg)
+        let text: Vec<String> = p3_executor::check::kerberos::check(&cfg)
             .into_iter()
             .map(|f| f.problem)
             .collect();

@@ -63,6 +63,43 @@ pub fn escape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Longest cell, in characters, that a [`table`] shows whole; the rest is counted, not shown.
+/// comfy-table keeps column widths in a `u16` and splits wider content onto extra lines even
+/// with wrapping disabled; at most two columns per character keeps every cell far below that,
+/// so a row stays one line however long a job made its fields.
+pub const MAX_CELL_CHARS: usize = 16 * 1024;
+
+/// `cell`, cut to [`MAX_CELL_CHARS`] with a note of how much was left out.
+fn clip(cell: String) -> String {
+    match cell.char_indices().nth(MAX_CELL_CHARS) {
+        None => cell,
+        Some((at, _)) => {
+            let more = cell[at..].chars().count();
+            format!("{}… ({more} more characters)", &cell[..at])
+        }
+    }
+}
+
+/// The one table style of the human-readable outputs (`audit show`, step result tables): a
+/// header, then one line per row, columns left-aligned and separated by two spaces, no borders,
+/// never wrapped, trailing spaces trimmed, so every row stays one grep-able line. Cells must
+/// already be [`escape`]d; overlong ones are clipped.
+pub fn table<const N: usize>(
+    header: [&str; N],
+    rows: impl IntoIterator<Item = [String; N]>,
+) -> String {
+    use comfy_table::{ContentArrangement, Table, presets};
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header)
+        .add_rows(rows.into_iter().map(|row| row.map(clip)));
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    t.trim_fmt() + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,41 +233,16 @@ pub fn execute(
 /// The result table: job, action, result, duration, error text. Job names and the client's
 /// error text are [`escape`]d (the error's line breaks shown as ` | `): one line per job.
 pub fn table(results: &[JobResult]) -> String {
-    let rows: Vec<[String; 5]> = results
-        .iter()
-        .map(|r| {
-            [
-                escape(&r.job).into_owned(),
-                r.action.name().into(),
-                if r.ok { "ok" } else { "FAILED" }.into(),
-                format!("{:.1}s", r.duration_ms as f64 / 1000.0),
-                escape(&r.error.clone().unwrap_or_default().replace('\n', " | ")).into_owned(),
-            ]
-        })
-        .collect();
-    let head = ["JOB", "ACTION", "RESULT", "DURATION", "ERROR"];
-    let mut width = head.map(str::len);
-    for row in &rows {
-        for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i == 4 {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  ", w = width[i]));
-            }
-        }
-        s.trim_end().to_string() + "\n"
-    };
-    let mut out = line(head);
-    for row in &rows {
-        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
-    }
-    out
+    let rows = results.iter().map(|r| {
+        [
+            escape(&r.job).into_owned(),
+            r.action.name().into(),
+            if r.ok { "ok" } else { "FAILED" }.into(),
+            format!("{:.1}s", r.duration_ms as f64 / 1000.0),
+            escape(&r.error.clone().unwrap_or_default().replace('\n', " | ")).into_owned(),
+        ]
+    });
+    p3_contract::terminal::table(["JOB", "ACTION", "RESULT", "DURATION", "ERROR"], rows)
 }
 
 /// An argv as one line for a person: each argument [`escape`]d, then quoted.
@@ -541,6 +516,31 @@ mod tests {
             lines[2],
             "b      deploy  FAILED  1.5s      exit status: 3: quota | exceeded"
         );
+    }
+
+    #[test]
+    fn an_error_longer_than_the_table_can_measure_is_still_one_line() {
+        let r = JobResult {
+            job: "ingest".into(),
+            action: Action::Deploy,
+            ok: false,
+            duration_ms: 1500,
+            // Escaped, each ESC is 4 characters: far wider than comfy-table's u16 widths.
+            error: Some("\x1b".repeat(20_000)),
+            output: String::new(),
+        };
+        let t = table(&[r]);
+        assert_eq!(t.lines().count(), 2);
+        let row = t.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("ingest  deploy  FAILED  1.5s  "),
+            "{:.80}",
+            row
+        );
+        assert!(row.ends_with(&format!(
+            "… ({} more characters)",
+            4 * 20_000 - p3_contract::terminal::MAX_CELL_CHARS
+        )));
     }
 
     #[test]

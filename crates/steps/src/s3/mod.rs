@@ -2,16 +2,23 @@
 //! the job's S3 credentials (the AWS files `prepare` wrote), built for throughput: parallel
 //! multipart uploads and ranged downloads with bounded memory, many small files at once.
 //!
-//! Layout: [`uri`] and [`plan`] are pure (parsing, filters, what `sync` copies); [`transfer`]
-//! moves bytes; [`ops`] turns subcommands into transfer jobs; [`client`] builds the SDK client;
+//! Layout: [`uri`] and [`plan`] are pure (parsing, filters, what `sync` copies); [`upload`],
+//! [`download`], [`copy`] and [`list`] (listing and delete) move bytes, sharing [`ctx`] (the
+//! context, the memory budget, part tasks); [`local`] walks local trees and computes checksums;
+//! [`ops`] turns subcommands into transfer jobs; [`client`] builds the SDK client;
 //! [`progress`] reports; [`error`] names the object and the cause of every failure.
 
 pub mod client;
+pub mod copy;
+pub mod ctx;
+pub mod download;
 pub mod error;
+pub mod list;
+pub mod local;
 pub mod ops;
 pub mod plan;
 pub mod progress;
-pub mod transfer;
+pub mod upload;
 pub mod uri;
 
 use std::sync::Arc;
@@ -250,7 +257,7 @@ async fn execute(args: S3Args, file_mode: u32) -> i32 {
     })
     .await;
     let progress = progress::Progress::start(progress::Mode::detect(g.no_progress), g.quiet);
-    let mut ctx = transfer::Ctx::new(
+    let mut ctx = ctx::Ctx::new(
         client,
         endpoint,
         g.part_size,
@@ -320,7 +327,7 @@ fn filters(args: &FilterArgs) -> Result<Filters, S3Error> {
     Filters::new(&args.rules).map_err(S3Error::Usage)
 }
 
-async fn dispatch(ctx: Arc<transfer::Ctx>, command: S3Command) -> Result<ops::Stats, S3Error> {
+async fn dispatch(ctx: Arc<ctx::Ctx>, command: S3Command) -> Result<ops::Stats, S3Error> {
     match command {
         S3Command::Cp {
             src,

@@ -6,9 +6,14 @@ use std::sync::Arc;
 use chrono::{Local, TimeZone};
 use tokio::task::JoinSet;
 
-use super::error::S3Error;
+use super::copy::copy;
+use super::ctx::{Ctx, task_result};
+use super::download::{ObjectInfo, download, head};
+use super::error::{S3Error, classify};
+use super::list::{delete_key, delete_keys, list};
+use super::local::{local_etag_async, walk_local};
 use super::plan::{Compare, Entry, Filters, human_size, plan_sync};
-use super::transfer::{self, Ctx, ObjectInfo};
+use super::upload::upload_file;
 use super::uri::{Location, S3Uri, join_key, local_path_for};
 use p3_contract::terminal::escape;
 
@@ -66,19 +71,19 @@ impl Job {
 
     async fn run(self, ctx: Arc<Ctx>) -> Result<(), S3Error> {
         match self {
-            Job::Upload { path, size, dst } => transfer::upload_file(ctx, path, size, dst).await,
+            Job::Upload { path, size, dst } => upload_file(ctx, path, size, dst).await,
             Job::Download { src, info, dst } => {
                 let info = match info {
                     Some(i) => i,
                     None => {
-                        let i = transfer::head(&ctx, &src).await?;
+                        let i = head(&ctx, &src).await?;
                         ctx.progress.add_total(0, i.size);
                         i
                     }
                 };
-                transfer::download(ctx, src, info, dst).await
+                download(ctx, src, info, dst).await
             }
-            Job::Copy { src, size, dst } => transfer::copy(&ctx, &src, size, &dst).await,
+            Job::Copy { src, size, dst } => copy(&ctx, &src, size, &dst).await,
             Job::DeleteLocal(p) => {
                 std::fs::remove_file(&p).map_err(|e| S3Error::local(p, "cannot delete", e))
             }
@@ -121,11 +126,7 @@ pub async fn run_jobs(ctx: &Arc<Ctx>, jobs: Vec<Job>, dryrun: bool) -> Result<St
         let Some(joined) = set.join_next().await else {
             break;
         };
-        let (line, result) = match joined {
-            Ok(r) => r,
-            Err(e) if e.is_cancelled() => return Err(S3Error::Interrupted),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
+        let (line, result) = task_result(joined)?;
         match result {
             Ok(()) => ctx.progress.file_done(&line),
             Err(e) if e.is_fatal() => return Err(e),
@@ -166,7 +167,7 @@ async fn list_source(ctx: &Ctx, src: &Location, filters: &Filters) -> Result<Lis
                 ));
             }
             let dir = dir.clone();
-            let files = tokio::task::spawn_blocking(move || transfer::walk_local(&dir))
+            let files = tokio::task::spawn_blocking(move || walk_local(&dir))
                 .await
                 .expect("walk panicked")?;
             Ok(Listed::Local(
@@ -178,7 +179,7 @@ async fn list_source(ctx: &Ctx, src: &Location, filters: &Filters) -> Result<Lis
         }
         Location::S3(uri) => {
             let prefix = uri.dir_prefix();
-            let listing = transfer::list(ctx, &uri.bucket, &prefix, None).await?;
+            let listing = list(ctx, &uri.bucket, &prefix, None).await?;
             let entries = listing
                 .objects
                 .into_iter()
@@ -334,11 +335,7 @@ pub async fn cp(
         }
         (Location::S3(s), Location::S3(d)) => {
             check_object_key(s)?;
-            let size = if dryrun {
-                0
-            } else {
-                transfer::head(ctx, s).await?.size
-            };
+            let size = if dryrun { 0 } else { head(ctx, s).await?.size };
             let key = if d.key.is_empty() || d.key.ends_with('/') {
                 format!("{}{}", d.key, s.basename())
             } else {
@@ -436,14 +433,8 @@ async fn fill_local_etags(
                 else {
                     continue;
                 };
-                let (path, size, etag) = (path.clone(), entry.size, remote.etag.clone());
-                entry.etag = Some(
-                    tokio::task::spawn_blocking(move || {
-                        transfer::local_etag(&path, size, etag.as_deref(), part)
-                    })
-                    .await
-                    .expect("hash panicked")?,
-                );
+                let etag = local_etag_async(path.clone(), entry.size, remote.etag.clone(), part);
+                entry.etag = Some(etag.await?);
             }
         }
         Listed::S3 { .. } => {
@@ -455,14 +446,8 @@ async fn fill_local_etags(
                 ) else {
                     continue;
                 };
-                let (path, size, etag) = (path.clone(), entry.size, remote.etag.clone());
-                entry.etag = Some(
-                    tokio::task::spawn_blocking(move || {
-                        transfer::local_etag(&path, size, etag.as_deref(), part)
-                    })
-                    .await
-                    .expect("hash panicked")?,
-                );
+                let etag = local_etag_async(path.clone(), entry.size, remote.etag.clone(), part);
+                entry.etag = Some(etag.await?);
             }
         }
     }
@@ -482,7 +467,7 @@ async fn delete_s3(
         }
         return Ok(0);
     }
-    let failed = transfer::delete_keys(ctx, bucket, &keys).await?;
+    let failed = delete_keys(ctx, bucket, &keys).await?;
     for k in &keys {
         if !failed.iter().any(|(f, _)| f == k) {
             ctx.progress.println(&format!("delete: s3://{bucket}/{k}"));
@@ -508,7 +493,7 @@ pub async fn rm(
         if dryrun {
             ctx.progress.println(&format!("(dryrun) delete: {uri}"));
         } else {
-            transfer::delete_key(ctx, &uri).await?;
+            delete_key(ctx, &uri).await?;
             ctx.progress.println(&format!("delete: {uri}"));
         }
         return Ok(Stats::default());
@@ -536,17 +521,12 @@ pub async fn ls(
 ) -> Result<Stats, S3Error> {
     let size_text = |n: u64| if human { human_size(n) } else { n.to_string() };
     let Some(uri) = uri else {
-        let out = ctx.client.list_buckets().send().await.map_err(|e| {
-            super::error::classify(
-                e,
-                &super::error::Target {
-                    op: "ListBuckets",
-                    bucket: "",
-                    key: None,
-                    endpoint: &ctx.endpoint,
-                },
-            )
-        })?;
+        let out = ctx
+            .client
+            .list_buckets()
+            .send()
+            .await
+            .map_err(|e| classify(e, &ctx.target("ListBuckets", "", None)))?;
         for b in out.buckets() {
             let date = b
                 .creation_date()
@@ -555,7 +535,7 @@ pub async fn ls(
         }
         return Ok(Stats::default());
     };
-    let listing = transfer::list(ctx, &uri.bucket, &uri.key, (!recursive).then_some("/")).await?;
+    let listing = list(ctx, &uri.bucket, &uri.key, (!recursive).then_some("/")).await?;
     // Non-recursive listings show names relative to the "directory" the prefix points into.
     let shown_from = if recursive {
         0

@@ -1,18 +1,5 @@
-//! Tamper-evident audit log: one JSON record per line, hash-chained.
-//!
-//! Every grant, denial, renewal, cleanup and gc of credentials appends one [`AuditRecord`].
-//! Each record carries `seq` (1, 2, ...), `prev` (the previous record's `hash`, or
-//! [`GENESIS`] for the first) and `hash`: SHA-256 over the record's canonical JSON (keys sorted,
-//! no whitespace) without the `hash` key. Editing a record breaks its hash; removing or
-//! reordering records breaks `seq` and `prev`; `audit verify` names the first such line.
-//!
-//! Appends from concurrent executor processes are serialised by an exclusive `flock` on the log
-//! itself: the last record is read, the new one written with a single `write` on an `O_APPEND`
-//! descriptor and fsynced, all under the lock, so records never interleave and the chain never
-//! forks.
-//!
-//! The chain proves the log is internally consistent, not that nobody with root rewrote all of
-//! it: `audit verify` prints the head hash, which operators can record elsewhere.
+//! The hash chain: audit records, their canonical hash, appending one under an exclusive
+//! `flock` with fsync, and walking the chain to verify it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -20,14 +7,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuditConfig, Config};
-use crate::terminal::escape;
+use crate::config::AuditConfig;
 
 /// `prev` of the first record in a log.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -239,7 +225,8 @@ impl From<AuditError> for crate::error::Error {
     }
 }
 
-fn io(path: &Path, context: &'static str) -> impl FnOnce(std::io::Error) -> AuditError {
+/// Map an I/O error on the log at `path` while doing `context` to an [`AuditError`].
+pub(super) fn io(path: &Path, context: &'static str) -> impl FnOnce(std::io::Error) -> AuditError {
     let path = path.to_path_buf();
     move |source| AuditError::Io {
         path,
@@ -541,255 +528,6 @@ pub fn verify(path: &Path) -> Result<Verification, AuditError> {
     })
 }
 
-/// Which records `audit show` prints.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// Only this job.
-    pub job: Option<u64>,
-    /// Only projects matching this glob (`group/*`) or exact path.
-    pub project: Option<globset::GlobMatcher>,
-    /// Only records at or after this time.
-    pub since: Option<DateTime<Utc>>,
-}
-
-impl Filter {
-    /// Whether `r` passes every set criterion.
-    pub fn matches(&self, r: &AuditRecord) -> bool {
-        self.job.is_none_or(|j| r.job_id == Some(j))
-            && self
-                .project
-                .as_ref()
-                .is_none_or(|g| r.project.as_deref().is_some_and(|p| g.is_match(p)))
-            && self.since.is_none_or(|t| r.time >= t)
-    }
-}
-
-/// Parse `--since`: RFC 3339 (`2026-11-26T12:00:00Z`), a UTC date (`2026-11-26`), or an age
-/// (`90m`, `12h`, `7d`, `30s`) before `now`.
-pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    }
-    let (num, unit) = text.split_at(text.len().saturating_sub(1));
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => 0,
-    };
-    match num.parse::<i64>() {
-        Ok(n) if secs > 0 && n >= 0 => Ok(now - chrono::Duration::seconds(n * secs)),
-        _ => Err(format!(
-            "--since {text:?}: expected an RFC 3339 time (2026-11-26T12:00:00Z), a date (2026-11-26) or an age (90m, 12h, 7d)"
-        )),
-    }
-}
-
-/// Print the records of the log at `path` matching `filter` to `out`: a table (one row per
-/// record, its text fields escaped for the terminal), or with `json` the stored lines unchanged. Returns how many were printed. Lines that are not records are
-/// reported on stderr and skipped (`audit verify` says what is wrong with them).
-pub fn show(
-    path: &Path,
-    filter: &Filter,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<usize, AuditError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io(path, "open")(e)),
-    };
-    let mut rows: Vec<[String; 9]> = Vec::new();
-    let mut count = 0;
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io(path, "read"))?;
-        let record: AuditRecord = match serde_json::from_str(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                // serde's messages can quote the line's content.
-                eprintln!(
-                    "audit log line {}: not a record ({}); skipped",
-                    i + 1,
-                    escape(&e.to_string())
-                );
-                continue;
-            }
-        };
-        if !filter.matches(&record) {
-            continue;
-        }
-        count += 1;
-        if json {
-            writeln!(out, "{line}").map_err(io(path, "write output"))?;
-            continue;
-        }
-        rows.push(table_row(&record));
-    }
-    if !json {
-        print_table(&rows, out).map_err(io(path, "write output"))?;
-    }
-    Ok(count)
-}
-
-const HEADER: [&str; 9] = [
-    "TIME (UTC)",
-    "JOB",
-    "PROJECT",
-    "REF",
-    "DEVSTAGE → DEPLOY STAGE",
-    "PRINCIPAL",
-    "EVENT",
-    "DECISION",
-    "REASON",
-];
-
-/// One table row. Every text field may hold what a job supplied (its requested devstage, the
-/// reason quoting it), so each is [`escape`]d: a record is always exactly one row, and no
-/// control or escape sequence reaches the operator's terminal.
-fn table_row(r: &AuditRecord) -> [String; 9] {
-    let dash = || "-".to_string();
-    let opt = |v: &Option<String>| v.as_deref().map_or_else(dash, |s| escape(s).into_owned());
-    let git_ref = match (&r.git_ref, r.ref_protected) {
-        (Some(g), Some(true)) => format!("{} (protected)", escape(g)),
-        (Some(g), _) => escape(g).into_owned(),
-        (None, _) => dash(),
-    };
-    let stage = match (&r.devstage, &r.deploy_stage) {
-        (None, None) => dash(),
-        (d, s) => format!("{} → {}", opt(d), opt(s)),
-    };
-    [
-        r.time.format("%Y-%m-%d %H:%M:%S").to_string(),
-        r.job_id.map_or_else(dash, |j| j.to_string()),
-        opt(&r.project),
-        git_ref,
-        stage,
-        opt(&r.principal),
-        r.event.to_string(),
-        r.decision.to_string(),
-        escape(&r.reason).into_owned(),
-    ]
-}
-
-fn print_table(rows: &[[String; 9]], out: &mut dyn Write) -> std::io::Result<()> {
-    let mut widths: Vec<usize> = HEADER.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row.iter()) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let header = HEADER.map(String::from);
-    for cells in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            line.push_str(cell);
-            if i + 1 < cells.len() {
-                let pad = widths[i] - cell.chars().count() + 2;
-                line.extend(std::iter::repeat_n(' ', pad));
-            }
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
-    Ok(())
-}
-
-/// `audit` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum AuditCommand {
-    /// Print audit records: who got which credential for which job, and why.
-    Show {
-        /// Only this GitLab job id.
-        #[arg(long)]
-        job: Option<u64>,
-        /// Only this project path, or a glob (`group/*`).
-        #[arg(long)]
-        project: Option<String>,
-        /// Only records since an RFC 3339 time, a UTC date (2026-11-26), or an age (90m, 12h, 7d).
-        #[arg(long)]
-        since: Option<String>,
-        /// Print the stored JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check the hash chain; report the first record that was edited, removed or reordered
-    /// (exit 1; also when the log does not exist).
-    Verify,
-}
-
-/// Run an audit subcommand; returns the exit code (`verify`: 1 when the chain is broken).
-pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
-    let path = &cfg.audit.path;
-    match cmd {
-        AuditCommand::Show {
-            job,
-            project,
-            since,
-            json,
-        } => {
-            let project = project
-                .map(|p| {
-                    globset::Glob::new(&p)
-                        .map(|g| g.compile_matcher())
-                        .map_err(|e| crate::error::Error::Usage(format!("--project {p:?}: {e}")))
-                })
-                .transpose()?;
-            let since = since
-                .map(|s| parse_since(&s, Utc::now()).map_err(crate::error::Error::Usage))
-                .transpose()?;
-            let filter = Filter {
-                job,
-                project,
-                since,
-            };
-            let stdout = std::io::stdout();
-            let n = show(path, &filter, json, &mut stdout.lock())?;
-            if !json {
-                eprintln!("{n} record(s) from {}", path.display());
-            }
-            Ok(0)
-        }
-        AuditCommand::Verify => {
-            if !path.exists() {
-                // Absent evidence is not verified evidence: the log may have been deleted.
-                println!(
-                    "audit log {} does not exist: nothing recorded yet, or it was removed",
-                    path.display()
-                );
-                return Ok(1);
-            }
-            let v = verify(path)?;
-            match v.broken {
-                None => {
-                    println!(
-                        "audit log {} OK: {} record(s), head {}",
-                        path.display(),
-                        v.records,
-                        v.head
-                    );
-                    Ok(0)
-                }
-                Some(b) => {
-                    println!(
-                        "audit log {} BROKEN at line {}{}: {}\n{} record(s) before it verify (head {})",
-                        path.display(),
-                        b.line,
-                        b.seq.map(|s| format!(" (seq {s})")).unwrap_or_default(),
-                        escape(&b.message),
-                        v.records,
-                        v.head
-                    );
-                    Ok(1)
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,58 +543,6 @@ mod tests {
         assert_eq!(record_hash(&a), record_hash(&b));
         let c: Value = serde_json::from_str(r#"{"a":{"x":null,"y":[1,"x"]},"b":2}"#).unwrap();
         assert_ne!(record_hash(&a), record_hash(&c));
-    }
-
-    #[test]
-    fn since_accepts_times_dates_and_ages() {
-        let now = DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(
-            parse_since("2026-11-26T10:00:00+01:00", now).unwrap(),
-            now - chrono::Duration::hours(3)
-        );
-        assert_eq!(
-            parse_since("2026-11-26", now).unwrap(),
-            now - chrono::Duration::hours(12)
-        );
-        assert_eq!(
-            parse_since("90m", now).unwrap(),
-            now - chrono::Duration::minutes(90)
-        );
-        assert_eq!(
-            parse_since("7d", now).unwrap(),
-            now - chrono::Duration::days(7)
-        );
-        assert!(parse_since("yesterday", now).is_err());
-        assert!(parse_since("", now).is_err());
-    }
-
-    #[test]
-    fn a_hostile_record_is_one_escaped_row() {
-        let mut r = AuditRecord::new(
-            AuditEvent::Deny,
-            Decision::Denied,
-            "devstage x\n2026-01-01 00:00:00  999  grant  granted\x1b[2J requested",
-        );
-        r.devstage = Some("client_dev\n999  grant  granted\x1b]0;owned\x07".into());
-        r.project = Some("grp/app\u{202e}".into());
-        r.git_ref = Some("main\r".into());
-        r.ref_protected = Some(true);
-        let mut out = Vec::new();
-        print_table(&[table_row(&r)], &mut out).unwrap();
-        let out = String::from_utf8(out).unwrap();
-        assert_eq!(out.lines().count(), 2, "{out}");
-        assert!(!out.contains(['\x1b', '\x07', '\r', '\u{202e}']), "{out:?}");
-        let row = out.lines().nth(1).unwrap();
-        for shown in [
-            r"client_dev\n999  grant  granted\x1b]0;owned\x07 → -",
-            r"grp/app\u{202e}",
-            r"main\r (protected)",
-            r"devstage x\n2026-01-01 00:00:00  999  grant  granted\x1b[2J requested",
-        ] {
-            assert!(row.contains(shown), "{shown} not in {row}");
-        }
     }
 
     #[test]

@@ -1,0 +1,178 @@
+//! The local side, without the network: walking local trees into entries, and every checksum
+//! this step computes (MD5 for Content-MD5 and ETags, CRC32 for multipart parts, the ETag a
+//! local file would have for `sync --checksum`).
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use md5::{Digest, Md5};
+
+use super::error::S3Error;
+use super::plan::{Entry, parse_etag, part_size_candidates};
+
+/// Every regular file under `root` (following symlinks, never looping), relative paths with
+/// `/` separators, sorted.
+pub fn walk_local(root: &Path) -> Result<Vec<(Entry, PathBuf)>, S3Error> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let meta = std::fs::metadata(&dir)
+            .map_err(|e| S3Error::local(&dir, "cannot read directory", e))?;
+        use std::os::unix::fs::MetadataExt;
+        if !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        let rd = std::fs::read_dir(&dir)
+            .map_err(|e| S3Error::local(&dir, "cannot read directory", e))?;
+        for item in rd {
+            let item = item.map_err(|e| S3Error::local(&dir, "cannot read directory", e))?;
+            let path = item.path();
+            let Some(name) = item.file_name().to_str().map(str::to_string) else {
+                return Err(S3Error::local(
+                    &path,
+                    "file name is not UTF-8 and cannot be an S3 key",
+                    std::io::Error::from(std::io::ErrorKind::InvalidData),
+                ));
+            };
+            let child_rel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let Ok(m) = std::fs::metadata(&path) else {
+                continue; // dangling symlink
+            };
+            if m.is_dir() {
+                stack.push((path, child_rel));
+            } else if m.is_file() {
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs() as i64);
+                out.push((
+                    Entry {
+                        rel: child_rel,
+                        size: m.len(),
+                        mtime,
+                        etag: None,
+                    },
+                    path,
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.rel.cmp(&b.0.rel));
+    Ok(out)
+}
+
+/// A local file's ETag in the format of `remote_etag` (plain MD5, or multipart MD5-of-MD5s
+/// with the part size that reproduces the part count), for `sync --checksum`.
+pub fn local_etag(
+    path: &Path,
+    size: u64,
+    remote_etag: Option<&str>,
+    our_part_size: u64,
+) -> Result<String, S3Error> {
+    let read_err = |e| S3Error::local(path, "cannot read", e);
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let Some((remote_hex, Some(parts))) = remote_etag.and_then(parse_etag) else {
+        return md5_range(&file, 0, size).map(hex::encode).map_err(read_err);
+    };
+    let mut first = None;
+    for ps in part_size_candidates(size, parts, our_part_size) {
+        let mut part_md5s = Vec::new();
+        let mut offset = 0;
+        while offset < size {
+            let len = ps.min(size - offset);
+            part_md5s.push(md5_range(&file, offset, len).map_err(read_err)?);
+            offset += len;
+        }
+        let hex = hex::encode(md5(part_md5s.iter().map(|m| &m[..])));
+        if hex == remote_hex {
+            return Ok(format!("{hex}-{parts}"));
+        }
+        first.get_or_insert(format!("{hex}-{parts}"));
+    }
+    Ok(first.unwrap_or_default())
+}
+
+/// [`local_etag`] off the async threads.
+pub async fn local_etag_async(
+    path: PathBuf,
+    size: u64,
+    remote_etag: Option<String>,
+    our_part_size: u64,
+) -> Result<String, S3Error> {
+    tokio::task::spawn_blocking(move || {
+        local_etag(&path, size, remote_etag.as_deref(), our_part_size)
+    })
+    .await
+    .expect("hash panicked")
+}
+
+/// MD5 of `len` bytes of `file` at `offset`, read in 1 MiB pieces.
+fn md5_range(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<[u8; 16]> {
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], offset + done)?;
+        h.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(h.finalize().into())
+}
+
+/// MD5 of `chunks` taken as one stream.
+pub fn md5<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> [u8; 16] {
+    let mut h = Md5::new();
+    chunks.into_iter().for_each(|c| h.update(c));
+    h.finalize().into()
+}
+
+/// The value of a Content-MD5 header for `data`: its MD5 in base64.
+pub fn content_md5(data: &[u8]) -> String {
+    aws_smithy_types::base64::encode(md5([data]))
+}
+
+/// The value of an `x-amz-checksum-crc32` header for `data`: its big-endian CRC32 in base64.
+pub fn crc32_base64(data: &[u8]) -> String {
+    aws_smithy_types::base64::encode(crc32fast::hash(data).to_be_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_of_a_local_file_match_the_remote_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..10u32).flat_map(|i| [i as u8; 100]).collect();
+        std::fs::write(&path, &data).unwrap();
+        let size = data.len() as u64;
+
+        let plain = hex::encode(md5([&data[..]]));
+        assert_eq!(local_etag(&path, size, None, 300).unwrap(), plain);
+        assert_eq!(local_etag(&path, size, Some(&plain), 300).unwrap(), plain);
+
+        // Four parts of 300 bytes: the MD5 of the parts' MD5s, then the part count.
+        let parts: Vec<[u8; 16]> = data.chunks(300).map(|c| md5([c])).collect();
+        let multi = hex::encode(md5(parts.iter().map(|m| &m[..])));
+        let remote = format!("\"{multi}-4\"");
+        assert_eq!(
+            local_etag(&path, size, Some(&remote), 300).unwrap(),
+            format!("{multi}-4")
+        );
+    }
+
+    #[test]
+    fn header_checksums_are_base64() {
+        assert_eq!(content_md5(b""), "1B2M2Y8AsgTpgAmY7PhCfg==");
+        assert_eq!(crc32_base64(b"123456789"), "y/Q5Jg==");
+    }
+}

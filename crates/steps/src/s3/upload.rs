@@ -1,0 +1,254 @@
+//! Uploads of local files: one PutObject with Content-MD5 up to the part size, above it a
+//! multipart upload of parallel parts with CRC32 checksums. Also the multipart lifecycle
+//! (create and register, complete, or abort) that server-side copies share.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+
+use super::ctx::{Ctx, Parts};
+use super::error::S3Error;
+use super::local::{content_md5, crc32_base64};
+use super::uri::S3Uri;
+
+/// S3 accepts at most this many parts per multipart upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// `wanted`, or the smallest whole MiB that keeps `size` within `MAX_PARTS` parts.
+pub fn upload_part_size(size: u64, wanted: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    wanted.max(size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB)
+}
+
+/// Upload a local file of `size` bytes to `dst`.
+pub async fn upload_file(
+    ctx: Arc<Ctx>,
+    path: PathBuf,
+    size: u64,
+    dst: S3Uri,
+) -> Result<(), S3Error> {
+    let file = std::fs::File::open(&path)
+        .map_err(|e| S3Error::local(&path, "cannot open for reading", e))?;
+    let file = Arc::new(file);
+    if size <= ctx.part_size {
+        put_single(&ctx, file, &path, size, &dst).await
+    } else {
+        put_multipart(ctx, file, path, size, dst).await
+    }
+}
+
+async fn put_single(
+    ctx: &Ctx,
+    file: Arc<std::fs::File>,
+    path: &Path,
+    size: u64,
+    dst: &S3Uri,
+) -> Result<(), S3Error> {
+    let _mem = ctx.reserve(size).await;
+    let data = read_at(file, path, 0, size as usize).await?;
+    ctx.client
+        .put_object()
+        .bucket(&dst.bucket)
+        .key(&dst.key)
+        .content_length(size as i64)
+        // Content-MD5 makes the server verify the body (S3, MinIO, s3rver and moto all do).
+        .content_md5(content_md5(&data))
+        .body(ByteStream::from(data))
+        .customize()
+        // The payload is already covered by Content-MD5; signing it too would hash it twice.
+        .disable_payload_signing()
+        .send()
+        .await
+        .map_err(ctx.object_error("PutObject", dst))?;
+    ctx.progress.add_bytes(size);
+    Ok(())
+}
+
+async fn put_multipart(
+    ctx: Arc<Ctx>,
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    size: u64,
+    dst: S3Uri,
+) -> Result<(), S3Error> {
+    let upload_id = begin_multipart(&ctx, &dst, Some(ChecksumAlgorithm::Crc32)).await?;
+    let parts = upload_parts(&ctx, file, &path, size, &dst, &upload_id).await;
+    finish_multipart(&ctx, &dst, &upload_id, parts).await
+}
+
+/// CreateMultipartUpload to `dst` (its parts carrying `checksum`, if any), registered before
+/// the first part so that an interruption from here on aborts it. Returns the upload id.
+pub(super) async fn begin_multipart(
+    ctx: &Ctx,
+    dst: &S3Uri,
+    checksum: Option<ChecksumAlgorithm>,
+) -> Result<String, S3Error> {
+    let created = ctx
+        .client
+        .create_multipart_upload()
+        .bucket(&dst.bucket)
+        .key(&dst.key)
+        .set_checksum_algorithm(checksum)
+        .send()
+        .await
+        .map_err(ctx.object_error("CreateMultipartUpload", dst))?;
+    let upload_id = created.upload_id().ok_or_else(|| S3Error::Service {
+        uri: dst.to_string(),
+        op: "CreateMultipartUpload",
+        code: "NoUploadId".into(),
+        message: "the server returned no upload id".into(),
+    })?;
+    ctx.register_upload(upload_id, dst);
+    Ok(upload_id.to_string())
+}
+
+/// Complete a multipart upload with its parts, or abort it when the parts (or the completion)
+/// failed: never leave an invisible, billed, half-uploaded object behind. Deregisters the
+/// upload from the interruption handler either way.
+pub(super) async fn finish_multipart(
+    ctx: &Ctx,
+    dst: &S3Uri,
+    upload_id: &str,
+    parts: Result<Vec<CompletedPart>, S3Error>,
+) -> Result<(), S3Error> {
+    let result = match parts {
+        Ok(mut parts) => {
+            parts.sort_by_key(|p| p.part_number());
+            let done = ctx
+                .client
+                .complete_multipart_upload()
+                .bucket(&dst.bucket)
+                .key(&dst.key)
+                .upload_id(upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await;
+            match done {
+                Ok(_) => Ok(()),
+                Err(e) if completed_anyway(&e) => Ok(()),
+                Err(e) => Err(ctx.object_error("CompleteMultipartUpload", dst)(e)),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        // Best effort: the failure that matters is the one already in `result`.
+        let _ = ctx.abort_upload(&dst.bucket, &dst.key, upload_id).await;
+    }
+    ctx.forget_upload(upload_id);
+    result
+}
+
+/// A 200 response to CompleteMultipartUpload that the SDK could not parse but that is not an
+/// `<Error>` document: the upload did complete. (moto names the result element
+/// `CompleteMultipartUploadResponse`; S3 reports late failures as a 200 with `<Error>`.)
+fn completed_anyway<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    let Some(raw) = err.raw_response() else {
+        return false;
+    };
+    let body = raw.body().bytes().unwrap_or_default();
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    raw.status().as_u16() == 200 && !has(b"<Error>") && has(b"<ETag>")
+}
+
+async fn upload_parts(
+    ctx: &Arc<Ctx>,
+    file: Arc<std::fs::File>,
+    path: &Path,
+    size: u64,
+    dst: &S3Uri,
+    upload_id: &str,
+) -> Result<Vec<CompletedPart>, S3Error> {
+    let part_size = upload_part_size(size, ctx.part_size);
+    let mut parts = Parts::new(ctx.part_parallelism);
+    for index in 0..size.div_ceil(part_size) {
+        parts.slot().await?;
+        let offset = index * part_size;
+        let len = part_size.min(size - offset);
+        let permit = ctx.reserve(len).await;
+        let (ctx, file, path, dst, upload_id) = (
+            ctx.clone(),
+            file.clone(),
+            path.to_path_buf(),
+            dst.clone(),
+            upload_id.to_string(),
+        );
+        parts.spawn(async move {
+            let data = read_at(file, &path, offset, len as usize).await?;
+            let crc = crc32_base64(&data);
+            let number = (index + 1) as i32;
+            let out = ctx
+                .client
+                .upload_part()
+                .bucket(&dst.bucket)
+                .key(&dst.key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .content_length(len as i64)
+                .checksum_crc32(&crc)
+                .body(ByteStream::from(data))
+                .customize()
+                // The part is covered by its CRC32 checksum header.
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(ctx.object_error("UploadPart", &dst))?;
+            drop(permit);
+            ctx.progress.add_bytes(len);
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .checksum_crc32(out.checksum_crc32().unwrap_or(&crc))
+                .build())
+        });
+    }
+    parts.finish().await
+}
+
+/// Read `len` bytes at `offset` off the async threads.
+async fn read_at(
+    file: Arc<std::fs::File>,
+    path: &Path,
+    offset: u64,
+    len: usize,
+) -> Result<Bytes, S3Error> {
+    let buf = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map(|()| buf)
+    })
+    .await
+    .expect("read task panicked")
+    .map_err(|e| {
+        S3Error::local(
+            path,
+            "cannot read (did the file change during the upload?)",
+            e,
+        )
+    })?;
+    Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_grows_to_stay_within_10000_parts() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(upload_part_size(100 * MIB, 16 * MIB), 16 * MIB);
+        let huge = 1024 * 1024 * MIB; // 1 TiB
+        let ps = upload_part_size(huge, 16 * MIB);
+        assert!(huge.div_ceil(ps) <= MAX_PARTS);
+        assert_eq!(ps % MIB, 0);
+    }
+}

@@ -1,0 +1,101 @@
+//! The `p3-executor audit` subcommands: the clap definitions of `show` and `verify`, and
+//! [`run`], which parses their options and prints the result.
+
+use chrono::Utc;
+
+use super::chain::verify;
+use super::query::{Filter, parse_since, show};
+use crate::config::Config;
+use crate::terminal::escape;
+
+/// `audit` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Print audit records: who got which credential for which job, and why.
+    Show {
+        /// Only this GitLab job id.
+        #[arg(long)]
+        job: Option<u64>,
+        /// Only this project path, or a glob (`group/*`).
+        #[arg(long)]
+        project: Option<String>,
+        /// Only records since an RFC 3339 time, a UTC date (2026-11-26), or an age (90m, 12h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Print the stored JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the hash chain; report the first record that was edited, removed or reordered
+    /// (exit 1; also when the log does not exist).
+    Verify,
+}
+
+/// Run an audit subcommand; returns the exit code (`verify`: 1 when the chain is broken).
+pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
+    let path = &cfg.audit.path;
+    match cmd {
+        AuditCommand::Show {
+            job,
+            project,
+            since,
+            json,
+        } => {
+            let project = project
+                .map(|p| {
+                    globset::Glob::new(&p)
+                        .map(|g| g.compile_matcher())
+                        .map_err(|e| crate::error::Error::Usage(format!("--project {p:?}: {e}")))
+                })
+                .transpose()?;
+            let since = since
+                .map(|s| parse_since(&s, Utc::now()).map_err(crate::error::Error::Usage))
+                .transpose()?;
+            let filter = Filter {
+                job,
+                project,
+                since,
+            };
+            let stdout = std::io::stdout();
+            let n = show(path, &filter, json, &mut stdout.lock())?;
+            if !json {
+                eprintln!("{n} record(s) from {}", path.display());
+            }
+            Ok(0)
+        }
+        AuditCommand::Verify => {
+            if !path.exists() {
+                // Absent evidence is not verified evidence: the log may have been deleted.
+                println!(
+                    "audit log {} does not exist: nothing recorded yet, or it was removed",
+                    path.display()
+                );
+                return Ok(1);
+            }
+            let v = verify(path)?;
+            match v.broken {
+                None => {
+                    println!(
+                        "audit log {} OK: {} record(s), head {}",
+                        path.display(),
+                        v.records,
+                        v.head
+                    );
+                    Ok(0)
+                }
+                Some(b) => {
+                    println!(
+                        "audit log {} BROKEN at line {}{}: {}\n{} record(s) before it verify (head {})",
+                        path.display(),
+                        b.line,
+                        b.seq.map(|s| format!(" (seq {s})")).unwrap_or_default(),
+                        escape(&b.message),
+                        v.records,
+                        v.head
+                    );
+                    Ok(1)
+                }
+            }
+        }
+    }
+}

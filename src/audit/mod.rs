@@ -1,0 +1,31 @@
+//! Tamper-evident audit log: one JSON record per line, hash-chained.
+//!
+//! Every grant, denial, renewal, cleanup and gc of credentials appends one [`AuditRecord`].
+//! Each record carries `seq` (1, 2, ...), `prev` (the previous record's `hash`, or
+//! [`GENESIS`] for the first) and `hash`: SHA-256 over the record's canonical JSON (keys sorted,
+//! no whitespace) without the `hash` key. Editing a record breaks its hash; removing or
+//! reordering records breaks `seq` and `prev`; `audit verify` names the first such line.
+//!
+//! Appends from concurrent executor processes are serialised by an exclusive `flock` on the log
+//! itself: the last record is read, the new one written with a single `write` on an `O_APPEND`
+//! descriptor and fsynced, all under the lock, so records never interleave and the chain never
+//! forks.
+//!
+//! The chain proves the log is internally consistent, not that nobody with root rewrote all of
+//! it: `audit verify` prints the head hash, which operators can record elsewhere.
+//!
+//! This file is the module's public surface only. The parts:
+//! - `chain.rs`: records, hashing, [`append`] and [`verify`];
+//! - `query.rs`: [`Filter`], [`parse_since`] and [`show`] (the table or the JSON lines);
+//! - `cli.rs`: the `audit` subcommands ([`AuditCommand`]) and [`run`].
+
+mod chain;
+mod cli;
+mod query;
+
+pub use chain::{
+    AuditError, AuditEvent, AuditRecord, ChainBreak, Decision, GENESIS, Verification, append,
+    record_hash, verify,
+};
+pub use cli::{AuditCommand, run};
+pub use query::{Filter, parse_since, show};

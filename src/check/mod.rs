@@ -1,0 +1,69 @@
+//! `check`: validate a config and the host it runs on; print every problem with its fix.
+//!
+//! This file runs the checks in a fixed order and prints the report; each check lives in its
+//! own file and returns [`Finding`]s. Check depends on the modules it checks (credentials,
+//! sandbox, audit, uid pool), never the other way round.
+
+use std::path::Path;
+
+use crate::config::Config;
+
+mod audit;
+pub mod finding;
+pub mod kerberos;
+mod paths;
+mod sandbox;
+mod tools;
+mod users;
+
+pub use finding::{Finding, Severity};
+
+/// Every finding for this config on this host.
+pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
+    let mut out = Vec::new();
+    paths::private_paths(cfg, config_path, &mut out);
+    tools::tools(cfg, &mut out);
+    if nix::unistd::geteuid().is_root() {
+        users::job_user(cfg, &mut out);
+        sandbox::sandbox_findings(cfg, &mut out);
+        users::uid_range(cfg, &mut out);
+    } else {
+        users::not_root(&mut out);
+    }
+    audit::audit_chain(cfg, &mut out);
+    out.extend(kerberos::check(cfg));
+    out
+}
+
+/// Print findings; returns the exit code (0 when there is no error).
+pub fn report(findings: &[Finding]) -> i32 {
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let warnings = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+        .count();
+    for f in findings {
+        let tag = match f.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => {
+                println!("ok: {}", f.problem);
+                continue;
+            }
+        };
+        println!("{tag}: {}\n  fix: {}", f.problem, f.fix);
+    }
+    if errors == 0 {
+        println!(
+            "config ok ({warnings} warning{})",
+            if warnings == 1 { "" } else { "s" }
+        );
+        0
+    } else {
+        println!("{errors} error(s): the executor is not ready");
+        1
+    }
+}

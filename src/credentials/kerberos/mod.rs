@@ -1,0 +1,36 @@
+//! Kerberos tickets from host-side keytabs, the public surface: what a grant, a refresh and a
+//! revocation call, re-exported from the files that do one job each.
+//!
+//! The keytab never leaves the host and is never read by this module except to fingerprint it:
+//! `kinit -kt` reads it as the executor (root). The job receives only a file ticket cache inside
+//! its root-owned credentials dir (`<state_root>/creds/<job_id>/`), owned by the job's uid with
+//! mode 0600.
+//!
+//! - `ticket.rs`: [`obtain`], [`obtain_capped`], [`refresh_if_needed`], [`destroy`]. A job's
+//!   ticket lives at most until the job's deadline plus a margin ([`requested_lifetime`]) and is
+//!   not renewable unless the account opts in, so a copy taken out of the job is worth little
+//!   once the job is over.
+//! - `ccache.rs`: [`read_ticket`], the pure parser of MIT FILE caches (v3/v4), rather than
+//!   `klist` output, whose dates are locale-formatted with two-digit years.
+//! - `keytab.rs`: [`keytab_fingerprint`] for the audit log, [`keytab_principals`].
+//! - `tool.rs`: every kinit/klist/kdestroy call, bounded by `kerberos.timeout_secs`
+//!   ([`crate::command`]).
+//! - `error.rs`: [`KerberosError`].
+//!
+//! The host checks for `p3-executor check` live in [`crate::check::kerberos`]: check depends on
+//! this module, never the other way round.
+
+mod ccache;
+mod error;
+mod keytab;
+mod ticket;
+mod tool;
+
+pub use ccache::{Ticket, read_ticket};
+pub use error::KerberosError;
+pub(crate) use keytab::principal_matches;
+pub use keytab::{keytab_fingerprint, keytab_principals};
+pub use ticket::{
+    destroy, krb5ccname, obtain, obtain_capped, refresh_if_needed, requested_lifetime,
+};
+pub(crate) use tool::resolve_tool;

@@ -1,0 +1,42 @@
+//! Ending a job on this host: kill what is left of it, destroy its credentials, remove its
+//! trees, and give its uid back (once proven clean). The one implementation behind `cleanup`
+//! and `gc`, which say which of them is ending the job.
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::grant::Ending;
+use crate::process;
+use crate::workspace::{self, JobPaths, JobState};
+
+/// Tear down everything belonging to `job_id`; used by cleanup and gc.
+///
+/// Runs every step even when one fails and returns the first error.
+pub fn teardown(cfg: &Config, job_id: u64, ending: Ending) -> Result<()> {
+    let paths = JobPaths::new(cfg, job_id);
+    let state = JobState::load(&paths).ok();
+    let mut first_err = None;
+    if let Some(state) = &state {
+        if state.ids.private_uid {
+            // Nothing the job started may survive, even processes that left its process group.
+            process::kill_uid(state.ids.uid);
+        }
+        if let Err(e) = crate::grant::revoke(cfg, &paths, state, ending) {
+            tracing::error!("job {job_id}: destroying credentials failed: {e}");
+            first_err.get_or_insert(e);
+        }
+    } else if let Some(uid) = crate::uid_pool::leased_uid(cfg, job_id) {
+        process::kill_uid(uid);
+    }
+    for dir in [&paths.creds, &paths.job_root, &paths.workspace] {
+        if let Err(e) = workspace::remove_tree(dir) {
+            tracing::error!("job {job_id}: {e}");
+            first_err.get_or_insert(e);
+        }
+    }
+    // Only once its trees are gone: the uid is scrubbed and either freed or quarantined.
+    if let Err(e) = crate::uid_pool::release(cfg, job_id) {
+        tracing::error!("job {job_id}: releasing its uid failed: {e}");
+        first_err.get_or_insert(e);
+    }
+    first_err.map_or(Ok(()), Err)
+}
