@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 pub use p3_contract::logging::{LogConfig, LogFormat};
 pub use p3_contract::steps_config::{ImageConfig, P3Config, StepsConfig};
 
+/// Private job uids when the config names no range: uids no account on a normal host uses.
+pub const DEFAULT_JOB_UID_RANGE: [u32; 2] = [200_000, 265_535];
+
 /// Default location of the executor config.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/p3-executor/config.toml";
 
@@ -33,6 +36,12 @@ pub struct Config {
     /// other's processes. Without it every job shares `job_user`'s uid.
     #[serde(default)]
     pub job_uid_range: Option<[u32; 2]>,
+    /// Run every job under `job_user`'s own uid instead of a private one. Jobs sharing a uid
+    /// can read each other's files and credentials: this must be chosen explicitly, and
+    /// `check` warns about it. Without it, and without `job_uid_range`, private uids come from
+    /// [`DEFAULT_JOB_UID_RANGE`].
+    #[serde(default)]
+    pub shared_job_uid: bool,
     /// Shell that runs the runner's generated scripts.
     #[serde(default = "default_shell")]
     pub shell: String,
@@ -442,10 +451,22 @@ impl Config {
             path: path.to_path_buf(),
             message: format!("cannot read: {e}"),
         })?;
+        // A truncated write by config management must not run jobs on built-in defaults.
+        if text.trim().is_empty() {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: "the file is empty: restore it (see executor-config/config.toml for an annotated example); an empty config is never taken to mean the defaults".into(),
+            });
+        }
         Self::parse(&text).map_err(|message| Error::Config {
             path: path.to_path_buf(),
             message,
         })
+    }
+
+    /// The private uid range jobs lease from, or None when jobs share `job_user`'s uid.
+    pub fn private_uid_range(&self) -> Option<[u32; 2]> {
+        (!self.shared_job_uid).then(|| self.job_uid_range.unwrap_or(DEFAULT_JOB_UID_RANGE))
     }
 
     /// Parse and validate TOML text; the error names the offending key and line.
@@ -465,6 +486,11 @@ impl Config {
             if !path.is_absolute() {
                 problems.push(format!("{key} must be an absolute path, got {path:?}"));
             }
+        }
+        if self.shared_job_uid && self.job_uid_range.is_some() {
+            problems.push(
+                "shared_job_uid = true and job_uid_range contradict each other: keep one".into(),
+            );
         }
         if let Some([lo, hi]) = self.job_uid_range {
             if lo < 1000 || hi < lo {
@@ -575,6 +601,30 @@ mod tests {
         let cfg = Config::parse("").unwrap();
         assert_eq!(cfg.shell, "bash");
         assert_eq!(cfg.identity.token_variable, "P3_ID_TOKEN");
+    }
+
+    #[test]
+    fn an_empty_config_file_is_an_error_not_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in ["", "  \n\t\n"] {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, text).unwrap();
+            let msg = Config::load(&path).unwrap_err().to_string();
+            assert!(msg.contains("the file is empty"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn jobs_get_private_uids_unless_sharing_is_explicit() {
+        let cfg = Config::parse("").unwrap();
+        assert_eq!(cfg.private_uid_range(), Some(DEFAULT_JOB_UID_RANGE));
+        let cfg = Config::parse("job_uid_range = [300000, 300009]").unwrap();
+        assert_eq!(cfg.private_uid_range(), Some([300000, 300009]));
+        let cfg = Config::parse("shared_job_uid = true").unwrap();
+        assert_eq!(cfg.private_uid_range(), None);
+        let err =
+            Config::parse("shared_job_uid = true\njob_uid_range = [300000, 300009]").unwrap_err();
+        assert!(err.contains("contradict"), "{err}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             codes.build_failure
         }
         Err(err) => {
-            eprintln!("p3-executor: error: {err:#}");
+            eprintln!("p3-executor: error: {}", p3_contract::exit::describe(&err));
             let kind = kind_of(&err);
             if kind == FailureKind::Build {
                 // The runner never clears this file; a stale code from an earlier stage must

@@ -93,7 +93,7 @@ fn replace(dir: &Path, name: &str, content: &str) -> Result<()> {
 
 /// Lease a private uid for `job_id` (or return the one it holds); None without a range.
 pub fn lease(cfg: &Config, job_id: u64) -> Result<Option<u32>> {
-    let Some(range) = cfg.job_uid_range else {
+    let Some(range) = cfg.private_uid_range() else {
         return Ok(None);
     };
     let dir = dir(cfg);

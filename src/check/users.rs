@@ -24,13 +24,35 @@ pub(super) fn job_user(cfg: &Config, out: &mut Vec<Finding>) {
     }
 }
 
-/// Without `job_uid_range`, concurrent jobs share one uid.
+/// Jobs sharing one uid, or a private range that overlaps real accounts.
 pub(super) fn uid_range(cfg: &Config, out: &mut Vec<Finding>) {
-    if cfg.job_uid_range.is_none() {
+    let Some([lo, hi]) = cfg.private_uid_range() else {
         out.push(finding(
             Severity::Warning,
-            "concurrent jobs share job_user's uid and could read each other's credentials",
-            "set job_uid_range = [200000, 265535] (uids not used by any account) so each job gets its own uid",
+            "shared_job_uid = true: concurrent jobs share job_user's uid and could read each other's files and credentials",
+            "remove shared_job_uid so each job gets its own uid (from job_uid_range, default [200000, 265535])",
+        ));
+        return;
+    };
+    // A leased uid must belong to no account: its files and processes would be the job's.
+    let taken: Vec<String> = std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let uid: u32 = f.nth(1)?.parse().ok()?;
+            (lo..=hi).contains(&uid).then(|| format!("{name} ({uid})"))
+        })
+        .collect();
+    if !taken.is_empty() {
+        out.push(finding(
+            Severity::Error,
+            format!(
+                "the private job uid range [{lo}, {hi}] holds accounts: {}",
+                taken.join(", ")
+            ),
+            "set job_uid_range to uids no account uses",
         ));
     }
 }

@@ -101,6 +101,24 @@ pub fn kind_of(err: &anyhow::Error) -> FailureKind {
         .map_or(FailureKind::System, |f| f.kind)
 }
 
+/// The message a binary prints for `err`: each cause in its chain once. Error types that
+/// include their cause in their own text (`"write state.json: No space left on device"`) would
+/// otherwise print it twice with `{:#}`.
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +134,27 @@ mod tests {
         };
         assert_eq!(codes.for_kind(FailureKind::Build), 7);
         assert_eq!(codes.for_kind(FailureKind::System), 9);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{context}: {source}")]
+    struct WithCause {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn every_cause_is_printed_once() {
+        let disk_full = std::io::Error::from_raw_os_error(28);
+        let err = anyhow::Error::new(WithCause {
+            context: "write state.json".into(),
+            source: disk_full,
+        })
+        .context("prepare");
+        let text = describe(&err);
+        assert_eq!(text.matches("os error 28").count(), 1, "{text}");
+        assert!(text.starts_with("prepare: write state.json: "), "{text}");
+        assert_eq!(describe(&anyhow::anyhow!("plain")), "plain");
     }
 }

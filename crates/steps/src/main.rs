@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("p3-executor: error: {err:#}");
+            eprintln!("p3-executor: error: {}", p3_contract::exit::describe(&err));
             ExitCodes::from_env().for_kind(kind_of(&err))
         }
     };

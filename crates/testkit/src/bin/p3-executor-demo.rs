@@ -28,7 +28,10 @@ fn main() -> ExitCode {
     match p3_testkit::demo::run(args) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
-            eprintln!("p3-executor demo: error: {err:#}");
+            eprintln!(
+                "p3-executor demo: error: {}",
+                p3_contract::exit::describe(&err)
+            );
             ExitCode::from(2)
         }
     }
