@@ -9,6 +9,7 @@
 mod common;
 
 mod audit;
+mod crash;
 mod credentials;
 mod demo;
 mod example_project;
