@@ -53,6 +53,9 @@ pub enum Command {
     /// Inspect and verify the audit log.
     #[command(subcommand)]
     Audit(crate::audit::AuditCommand),
+    /// Ask the policy offline: would a job get a devstage, and which rule decides?
+    #[command(subcommand)]
+    Policy(crate::explain::PolicyCommand),
     /// Built-in step: S3 transfers with the job's credentials (`p3-executor s3 --help`).
     #[command(disable_help_flag = true)]
     S3(Passthrough),

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod explain;
 pub mod gc;
 pub(crate) mod grant;
 pub mod identity;

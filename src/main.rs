@@ -9,7 +9,7 @@ use p3_executor::cli::{Cli, Command};
 use p3_executor::config::{Config, LogConfig};
 use p3_executor::error::{ExitCodes, FailureKind, kind_of};
 use p3_executor::job::JobContext;
-use p3_executor::{audit, check, gc, logging, runner};
+use p3_executor::{audit, check, explain, gc, logging, runner};
 
 /// What a command ended with, before it becomes an exit code.
 enum Outcome {
@@ -118,6 +118,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Audit(cmd) => {
             let cfg = load_config(&path)?;
             Ok(Outcome::Code(audit::run(&cfg, cmd)?))
+        }
+        Command::Policy(cmd) => {
+            let cfg = load_config(&path)?;
+            Ok(Outcome::Code(explain::run(&cfg, cmd)))
         }
         Command::S3(_) | Command::Image(_) | Command::P3(_) | Command::Release(_) => {
             Err(exec_sibling(

@@ -116,8 +116,35 @@ fn ref_type_name(t: RefType) -> &'static str {
     }
 }
 
-fn check_stage(id: &Identity, name: &str, stage: &Devstage) -> Result<(), Decision> {
+/// One rule of a devstage applied to one job: what the config asks, what the job's verified
+/// claims say, and whether it holds (with the denial's wording when it does not).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleCheck {
+    /// Config key, e.g. `devstages.client_prod.tag_pattern`.
+    pub rule: String,
+    /// The claim value compared (from the verified identity).
+    pub claim: String,
+    /// What the rule requires (`(any)` when the devstage does not set it).
+    pub expected: String,
+    /// The rule holds.
+    pub ok: bool,
+    /// Why not, in the words of the denial `prepare` would give.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Every rule of devstage `name`, in the fixed order [`decide`] checks them, applied to `id`.
+/// `decide` denies with the first failing one; `policy explain` shows them all.
+pub fn evaluate(id: &Identity, name: &str, stage: &Devstage) -> Vec<RuleCheck> {
     let rule = |key: &str| format!("devstages.{name}.{key}");
+    let check = |key: &str, claim: String, expected: String, failure: Option<String>| RuleCheck {
+        rule: rule(key),
+        claim,
+        expected,
+        ok: failure.is_none(),
+        reason: failure,
+    };
+    let mut out = Vec::new();
 
     // `*` must not cross `/`: `client/*` must not admit `client/forks/evil`.
     let project_ok = stage.projects.iter().any(|pattern| {
@@ -127,94 +154,119 @@ fn check_stage(id: &Identity, name: &str, stage: &Devstage) -> Result<(), Decisi
             .map(|g| g.compile_matcher().is_match(&id.project_path))
             .unwrap_or(false)
     });
-    if !project_ok {
-        return Err(deny(
-            &rule("projects"),
+    out.push(check(
+        "projects",
+        format!("{:?}", id.project_path),
+        format!("{:?}", stage.projects),
+        (!project_ok).then(|| {
             format!(
                 "project {:?} matches none of {:?}",
                 id.project_path, stage.projects
-            ),
-        ));
-    }
+            )
+        }),
+    ));
 
     let kind = ref_type_name(id.ref_type);
-    if !stage.ref_types.contains(&id.ref_type) {
-        let allowed: Vec<&str> = stage.ref_types.iter().map(|t| ref_type_name(*t)).collect();
-        return Err(deny(
-            &rule("ref_types"),
+    let allowed: Vec<&str> = stage.ref_types.iter().map(|t| ref_type_name(*t)).collect();
+    out.push(check(
+        "ref_types",
+        kind.to_string(),
+        allowed.join(", "),
+        (!stage.ref_types.contains(&id.ref_type)).then(|| {
             format!(
                 "{kind} {:?} is a {kind}; allowed ref types: {}",
                 id.ref_name,
                 allowed.join(", ")
-            ),
-        ));
-    }
+            )
+        }),
+    ));
 
-    if stage.protected_ref && !id.ref_protected {
-        return Err(deny(
-            &rule("protected_ref"),
-            format!("{kind} {:?} is not protected", id.ref_name),
-        ));
-    }
-
-    let pattern = match id.ref_type {
-        RefType::Branch => stage.branch_pattern.as_ref().map(|p| ("branch_pattern", p)),
-        RefType::Tag => stage.tag_pattern.as_ref().map(|p| ("tag_pattern", p)),
-    };
-    if let Some((key, pattern)) = pattern {
-        match full_match(pattern, &id.ref_name) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(deny(
-                    &rule(key),
-                    format!("{kind} {:?} does not match {pattern}", id.ref_name),
-                ));
-            }
-            Err(e) => {
-                return Err(deny(&rule(key), format!("invalid regex {pattern}: {e}")));
-            }
+    out.push(check(
+        "protected_ref",
+        if id.ref_protected {
+            "protected"
+        } else {
+            "not protected"
         }
-    }
+        .into(),
+        if stage.protected_ref {
+            "protected"
+        } else {
+            "(any)"
+        }
+        .into(),
+        (stage.protected_ref && !id.ref_protected)
+            .then(|| format!("{kind} {:?} is not protected", id.ref_name)),
+    ));
 
-    if let Some(sources) = &stage.pipeline_sources {
-        if !sources.iter().any(|s| s == &id.pipeline_source) {
-            return Err(deny(
-                &rule("pipeline_sources"),
+    let (key, pattern) = match id.ref_type {
+        RefType::Branch => ("branch_pattern", stage.branch_pattern.as_ref()),
+        RefType::Tag => ("tag_pattern", stage.tag_pattern.as_ref()),
+    };
+    let failure = pattern.and_then(|p| match full_match(p, &id.ref_name) {
+        Ok(true) => None,
+        Ok(false) => Some(format!("{kind} {:?} does not match {p}", id.ref_name)),
+        Err(e) => Some(format!("invalid regex {p}: {e}")),
+    });
+    out.push(check(
+        key,
+        format!("{:?}", id.ref_name),
+        pattern.cloned().unwrap_or_else(|| "(any)".into()),
+        failure,
+    ));
+
+    out.push(check(
+        "pipeline_sources",
+        format!("{:?}", id.pipeline_source),
+        stage
+            .pipeline_sources
+            .as_ref()
+            .map_or_else(|| "(any)".into(), |s| format!("{s:?}")),
+        stage
+            .pipeline_sources
+            .as_ref()
+            .filter(|sources| !sources.iter().any(|s| s == &id.pipeline_source))
+            .map(|sources| {
                 format!(
                     "pipeline source {:?} is not one of {:?}",
                     id.pipeline_source, sources
-                ),
-            ));
-        }
-    }
+                )
+            }),
+    ));
 
-    if let Some(required) = &stage.environment {
-        match &id.environment {
-            Some(env) if env == required => {
-                if !id.environment_protected {
-                    return Err(deny(
-                        &rule("environment"),
-                        format!("environment {env:?} is not a protected environment"),
-                    ));
-                }
-            }
-            Some(env) => {
-                return Err(deny(
-                    &rule("environment"),
-                    format!("job environment is {env:?}, required {required:?}"),
-                ));
-            }
-            None => {
-                return Err(deny(
-                    &rule("environment"),
-                    format!(
-                        "job declares no environment; required {required:?} (set `environment: {required}` on the job)"
-                    ),
-                ));
-            }
-        }
+    let env_claim = match &id.environment {
+        Some(env) if id.environment_protected => format!("{env:?} (protected)"),
+        Some(env) => format!("{env:?} (not protected)"),
+        None => "(none)".into(),
+    };
+    let env_failure = stage.environment.as_ref().and_then(|required| match &id.environment {
+        Some(env) if env == required => (!id.environment_protected)
+            .then(|| format!("environment {env:?} is not a protected environment")),
+        Some(env) => Some(format!("job environment is {env:?}, required {required:?}")),
+        None => Some(format!(
+            "job declares no environment; required {required:?} (set `environment: {required}` on the job)"
+        )),
+    });
+    out.push(check(
+        "environment",
+        env_claim,
+        stage
+            .environment
+            .as_ref()
+            .map_or_else(|| "(any)".into(), |e| format!("{e:?} (protected)")),
+        env_failure,
+    ));
+    out
+}
+
+fn check_stage(id: &Identity, name: &str, stage: &Devstage) -> Result<(), Decision> {
+    match evaluate(id, name, stage).into_iter().find(|c| !c.ok) {
+        Some(failed) => Err(Decision::Deny {
+            rule: failed.rule,
+            reason: failed.reason.unwrap_or_default(),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The whole name must match, even if the pattern forgets `^`/`$`: a prod tag pattern `v\d+`

@@ -310,6 +310,40 @@ pub fn verify_with(
             audience: ic.audience.clone(),
         });
     }
+    let identity = verify_token(cfg, token, keys, None)?;
+    if identity.job_id != job.job_id() {
+        return Err(IdentityError::JobMismatch {
+            token_job_id: identity.job_id,
+            payload_job_id: job.job_id(),
+        });
+    }
+    if ic.confirm_with_gitlab_api {
+        gitlab_api::confirm(cfg, job, &identity)?;
+        return Ok(Identity {
+            source: IdentitySource::IdTokenAndGitlabApi,
+            ..identity
+        });
+    }
+    Ok(identity)
+}
+
+/// Check one ID token's signature (RS256 against `keys`), issuer, audience and times, and
+/// return the identity its claims describe. `at` replaces the clock (`policy explain --at`).
+/// The one token check behind `prepare` and `policy explain`.
+pub fn verify_token(
+    cfg: &Config,
+    token: &str,
+    keys: &JwksStore,
+    at: Option<u64>,
+) -> Result<Identity, IdentityError> {
+    let ic = &cfg.identity;
+    let issuer = ic.gitlab_url.trim_end_matches('/');
+    if issuer.is_empty() {
+        return Err(IdentityError::Config(
+            "identity.gitlab_url is not set (it is the ID token's expected issuer)".into(),
+        ));
+    }
+    let variable = ic.token_variable.as_str();
 
     // The header is read before the signature is checked only to pick the key; nothing in it
     // is trusted beyond that, and only RS256 is accepted (no `none`, no HMAC key confusion).
@@ -330,8 +364,9 @@ pub fn verify_with(
 
     let mut validation = Validation::new(Algorithm::RS256);
     validation.leeway = ic.leeway_secs;
-    validation.validate_exp = true;
-    validation.validate_nbf = true;
+    // With an explicit time (`policy explain --at`), expiry is checked below against it.
+    validation.validate_exp = at.is_none();
+    validation.validate_nbf = at.is_none();
     validation.validate_aud = true;
     validation.set_required_spec_claims(&["exp", "iss", "aud"]);
     validation.set_audience(&[ic.audience.as_str()]);
@@ -345,7 +380,20 @@ pub fn verify_with(
 
     // jsonwebtoken does not check `iat`; a token "issued" in the future means a skewed clock
     // or a forgery attempt with a long-lived key, either way not acceptable.
-    let now = jsonwebtoken::get_current_timestamp();
+    let now = at.unwrap_or_else(jsonwebtoken::get_current_timestamp);
+    if at.is_some() {
+        let time = |claim: &str| claims.get(claim).and_then(Value::as_u64);
+        if let Some(exp) = time("exp").filter(|exp| exp + ic.leeway_secs < now) {
+            return Err(IdentityError::Expired {
+                exp: rfc3339(exp as i64),
+                now: rfc3339(now as i64),
+                leeway: ic.leeway_secs,
+            });
+        }
+        if time("nbf").is_some_and(|nbf| nbf > now + ic.leeway_secs) {
+            return Err(IdentityError::NotYetValid { claim: "nbf" });
+        }
+    }
     if let Some(iat) = claims.get("iat") {
         let iat = iat.as_u64().ok_or_else(|| IdentityError::InvalidClaim {
             claim: "iat".into(),
@@ -356,21 +404,7 @@ pub fn verify_with(
         }
     }
 
-    let identity = identity_from_claims(&claims)?;
-    if identity.job_id != job.job_id() {
-        return Err(IdentityError::JobMismatch {
-            token_job_id: identity.job_id,
-            payload_job_id: job.job_id(),
-        });
-    }
-    if ic.confirm_with_gitlab_api {
-        gitlab_api::confirm(cfg, job, &identity)?;
-        return Ok(Identity {
-            source: IdentitySource::IdTokenAndGitlabApi,
-            ..identity
-        });
-    }
-    Ok(identity)
+    identity_from_claims(&claims)
 }
 
 /// A jsonwebtoken error without any part of the token (its JSON errors may quote claim text).

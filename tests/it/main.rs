@@ -13,6 +13,7 @@ mod crash;
 mod credentials;
 mod demo;
 mod example_project;
+mod explain;
 mod full_disk;
 mod identity;
 mod image;

@@ -1,0 +1,211 @@
+//! `p3-executor policy explain`: would a job get a devstage, and why (not)? Offline, from the
+//! config alone: the claims come from a file (or a directory of files) or from a token verified
+//! exactly as `prepare` verifies it. The decision is [`policy::decide`]'s; the rows are the
+//! same [`policy::evaluate`] it decides with, all of them instead of the first failure.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::identity::{self, Identity, JwksStore};
+use crate::policy::{self, Decision, RuleCheck};
+
+/// Exit code: every explained request would be granted.
+pub const GRANTED: i32 = 0;
+/// Exit code: some request would be denied.
+pub const DENIED: i32 = 1;
+/// Exit code: the claims, token or arguments are unusable.
+pub const INPUT_ERROR: i32 = 2;
+
+/// `policy` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Would a job with these claims get a devstage? One row per rule, then the decision.
+    /// With --request: exit 0 granted, 1 denied; with --all (a report): 0; bad input: 2.
+    Explain(ExplainArgs),
+}
+
+/// `policy explain` arguments.
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("who").required(true).args(["claims", "token"]))]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["request", "all"]))]
+pub struct ExplainArgs {
+    /// JSON claims as GitLab puts them in an ID token; a directory explains every `*.json`
+    /// file in it (a policy regression suite).
+    #[arg(long, value_name = "FILE|DIR")]
+    pub claims: Option<PathBuf>,
+    /// An ID token, verified against the JWKS exactly as `prepare` verifies it.
+    #[arg(long, value_name = "JWT")]
+    pub token: Option<String>,
+    /// Check the token's `exp`/`nbf` against this time (RFC 3339) instead of now.
+    #[arg(long, value_name = "TIME", requires = "token")]
+    pub at: Option<String>,
+    /// The devstage requested.
+    #[arg(long, value_name = "DEVSTAGE")]
+    pub request: Option<String>,
+    /// Every devstage of the config.
+    #[arg(long)]
+    pub all: bool,
+    /// The same as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One request explained.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    /// Where the claims came from (file, or `token`).
+    pub source: String,
+    /// The devstage requested.
+    pub devstage: String,
+    /// Every rule with the claim and its verdict (empty for an unknown devstage).
+    pub rules: Vec<RuleCheck>,
+    /// `policy::decide`'s answer.
+    pub decision: Decision,
+}
+
+fn input_error(message: String) -> Error {
+    Error::Usage(message)
+}
+
+/// The identities to explain, with where each came from.
+fn identities(cfg: &Config, args: &ExplainArgs) -> Result<Vec<(String, Identity)>> {
+    if let Some(token) = &args.token {
+        let at = args
+            .at
+            .as_deref()
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.timestamp().max(0) as u64)
+                    .map_err(|e| input_error(format!("--at {t:?} is not an RFC 3339 time: {e}")))
+            })
+            .transpose()?;
+        let identity = identity::verify_token(cfg, token.trim(), &JwksStore::from_config(cfg), at)
+            .map_err(|e| input_error(format!("the token does not verify: {e}")))?;
+        return Ok(vec![("token".into(), identity)]);
+    }
+    let path = args
+        .claims
+        .as_deref()
+        .expect("clap requires claims or token");
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(format!("read {}", path.display()), e))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .iter()
+        .map(|f| Ok((f.display().to_string(), from_file(f)?)))
+        .collect()
+}
+
+fn from_file(file: &Path) -> Result<Identity> {
+    let bytes = crate::limits::read_bounded(file, 1 << 20, "claims file")?;
+    let claims: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|e| {
+        input_error(format!(
+            "{} is not a JSON object of claims: {e}",
+            file.display()
+        ))
+    })?;
+    identity::identity_from_claims(&claims)
+        .map_err(|e| input_error(format!("{}: {e}", file.display())))
+}
+
+/// Explain every requested devstage for every identity.
+pub fn explain(cfg: &Config, args: &ExplainArgs) -> Result<Vec<Explanation>> {
+    let requests: Vec<String> = match &args.request {
+        Some(r) => vec![r.clone()],
+        None => cfg.devstages.keys().cloned().collect(),
+    };
+    let mut out = Vec::new();
+    for (source, identity) in identities(cfg, args)? {
+        for devstage in &requests {
+            let rules = cfg
+                .devstages
+                .get(devstage)
+                .map(|stage| policy::evaluate(&identity, devstage, stage))
+                .unwrap_or_default();
+            out.push(Explanation {
+                source: source.clone(),
+                devstage: devstage.clone(),
+                rules,
+                decision: policy::decide(&identity, devstage, cfg),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The human-readable report: per request, one row per rule, then the decision.
+pub fn render(explanations: &[Explanation]) -> String {
+    use p3_contract::terminal::{escape, table};
+    let mut text = String::new();
+    for e in explanations {
+        text.push_str(&format!(
+            "{} — devstage {}\n",
+            escape(&e.source),
+            escape(&e.devstage)
+        ));
+        if !e.rules.is_empty() {
+            let rows = e.rules.iter().map(|r| {
+                [
+                    r.rule.clone(),
+                    escape(&r.claim).into_owned(),
+                    escape(&r.expected).into_owned(),
+                    if r.ok { "✔" } else { "✘" }.to_string(),
+                ]
+            });
+            text.push_str(&table(["RULE", "CLAIM", "REQUIRES", ""], rows));
+        }
+        match &e.decision {
+            Decision::Grant {
+                deploy_account,
+                principal,
+                ..
+            } => text.push_str(&format!(
+                "decision: GRANTED — deploy account {deploy_account}, principal {principal}\n\n"
+            )),
+            Decision::Deny { rule, reason } => text.push_str(&format!(
+                "decision: DENIED — {rule}: {}\n\n",
+                escape(reason)
+            )),
+        }
+    }
+    text
+}
+
+/// `p3-executor policy explain`: prints the report; returns the exit code (its own table, as
+/// for `check`: input errors are printed here and are [`INPUT_ERROR`]).
+pub fn run(cfg: &Config, cmd: PolicyCommand) -> i32 {
+    let PolicyCommand::Explain(args) = cmd;
+    let explanations = match explain(cfg, &args) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("p3-executor policy explain: error: {e}");
+            return INPUT_ERROR;
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explanations).expect("explanations serialize")
+        );
+    } else {
+        print!("{}", render(&explanations));
+    }
+    if args.all || explanations.iter().all(|e| e.decision.is_grant()) {
+        GRANTED
+    } else {
+        DENIED
+    }
+}
