@@ -165,7 +165,7 @@ pub fn render(explanations: &[Explanation]) -> String {
                     if r.ok { "✔" } else { "✘" }.to_string(),
                 ]
             });
-            text.push_str(&table(["RULE", "CLAIM", "REQUIRES", ""], rows));
+            text.push_str(&table(["RULE", "CLAIM", "REQUIRES", "HOLDS"], rows));
         }
         match &e.decision {
             Decision::Grant {
