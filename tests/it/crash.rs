@@ -158,7 +158,7 @@ fn sigkill_at_any_moment_leaves_nothing_after_cleanup_and_gc() {
     let seed = std::env::var("P3_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| u64::from(std::process::id()) * 0x9e37_79b9 | 1);
+        .unwrap_or_else(|| (u64::from(std::process::id()) * 0x9e37_79b9) | 1);
     println!("crash trials: seed {seed} (replay with P3_CRASH_SEED={seed})");
     let mut moments = Moments(seed);
     let body = "sleep 30 &\nsetsid sleep 31 &\necho started\nsleep 32";

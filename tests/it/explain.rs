@@ -89,7 +89,16 @@ fn explain_answers_as_prepare_does_for_every_rule() {
     }
     let fx = fx();
     // (case, ref, ref type, protected, edit, request, the rule that denies or None)
-    let cases: &[(&str, &str, &str, bool, &str, &str, Option<&str>)] = &[
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        bool,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: &[Case] = &[
         (
             "dev from a branch",
             "feature/x",

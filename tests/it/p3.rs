@@ -133,6 +133,18 @@ impl Fixture {
 
     /// Run a step as a job of `devstage` holding `deploy_stage`'s credentials.
     fn p3(&self, devstage: &str, deploy_stage: &str, args: &[&str], fail: Option<&str>) -> Output {
+        self.command(devstage, deploy_stage, args, fail)
+            .output()
+            .unwrap()
+    }
+
+    fn command(
+        &self,
+        devstage: &str,
+        deploy_stage: &str,
+        args: &[&str],
+        fail: Option<&str>,
+    ) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
@@ -151,7 +163,7 @@ impl Fixture {
         if let Some(job) = fail {
             cmd.env("P3_STANDIN_FAIL", job);
         }
-        cmd.output().unwrap()
+        cmd
     }
 
     /// Every recorded call's arguments (after the program name), in order.
@@ -469,6 +481,146 @@ fn bad_input_fails_before_any_call() {
     let out = f.p3("client_dev", "client_dev", &["deploy", "--image="], None);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("deploy needs an image"),
+        "{}",
+        text(&out)
+    );
+    assert!(f.calls().is_empty());
+}
+
+/// Exit codes a runner might ask for, distinct from the steps' own 1 and 2, so a test sees
+/// which kind of failure a step reported.
+const BUILD_FAILURE: i32 = 17;
+const SYSTEM_FAILURE: i32 = 18;
+
+impl Fixture {
+    /// Like [`Fixture::p3`], with the runner's failure exit codes set.
+    fn p3_coded(&self, devstage: &str, args: &[&str]) -> Output {
+        self.command(devstage, devstage, args, None)
+            .env("BUILD_FAILURE_EXIT_CODE", BUILD_FAILURE.to_string())
+            .env("SYSTEM_FAILURE_EXIT_CODE", SYSTEM_FAILURE.to_string())
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn a_p3_toml_without_jobs_fails_deploy_remove_and_status() {
+    let f = Fixture::new();
+    for (name, content) in [
+        ("empty.toml", ""),
+        ("blank.toml", "\n  \n# all jobs moved elsewhere\n"),
+        (
+            "defaults-only.toml",
+            "[defaults]\nenv = { LOG_LEVEL = \"info\" }\n",
+        ),
+    ] {
+        std::fs::write(f.dir.path().join(name), content).unwrap();
+        let file = format!("--file={name}");
+        for action in ["deploy", "remove", "status"] {
+            for extra in [None, Some("--allow-empty"), Some("--dry-run")] {
+                if action == "status" && extra == Some("--allow-empty") {
+                    continue;
+                }
+                let mut args = vec![action, file.as_str()];
+                args.extend(extra);
+                let out = f.p3_coded("client_dev", &args);
+                assert_eq!(
+                    out.status.code(),
+                    Some(BUILD_FAILURE),
+                    "{args:?}: {}",
+                    text(&out)
+                );
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    stderr.contains(&format!(
+                        "{name} declares no [[job]], so p3 {action} would do nothing. Declare"
+                    )),
+                    "{args:?}: {}",
+                    text(&out)
+                );
+            }
+        }
+    }
+    assert!(f.calls().is_empty());
+}
+
+#[test]
+fn a_devstage_without_jobs_fails_unless_allow_empty() {
+    let f = Fixture::new();
+    std::fs::write(
+        f.dir.path().join("dev-only.toml"),
+        "[[job]]\nname = \"backfill\"\ncommand = \"python -m backfill\"\ndevstages = [\"client_dev\"]\n\
+         [[job]]\nname = \"ingest\"\ncommand = \"python -m ingest\"\ndevstages = [\"client_dev\", \"client_uat\"]\n",
+    )
+    .unwrap();
+    for action in ["deploy", "remove"] {
+        let out = f.p3_coded("client_prod", &[action, "--file=dev-only.toml"]);
+        assert_eq!(out.status.code(), Some(BUILD_FAILURE), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "dev-only.toml declares no job for devstage client_prod (it declares jobs for: \
+                 client_dev (backfill, ingest); client_uat (ingest)), so p3 {action} would do nothing."
+            )) && stderr.contains("pass --allow-empty"),
+            "{}",
+            text(&out)
+        );
+
+        let report = format!("report-{action}.json");
+        let out = f.p3_coded(
+            "client_prod",
+            &[
+                action,
+                "--file=dev-only.toml",
+                "--allow-empty",
+                "--report",
+                &report,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(
+                "declares no job for devstage client_prod; nothing to do (--allow-empty)"
+            ),
+            "{}",
+            text(&out)
+        );
+        // The release step still finds a report: it lists no jobs.
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(f.dir.path().join(&report)).unwrap()).unwrap();
+        assert_eq!(report["devstage"], "client_prod");
+        assert_eq!(report["jobs"], serde_json::json!([]));
+    }
+    // status of such a devstage only says so.
+    let out = f.p3_coded("client_prod", &["status", "--file=dev-only.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // status does not take --allow-empty: it never fails for an empty devstage.
+    let out = f.p3_coded(
+        "client_prod",
+        &["status", "--file=dev-only.toml", "--allow-empty"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(f.calls().is_empty());
+    // Where the devstage has jobs, nothing changes.
+    let out = f.p3_coded("client_uat", &["deploy", "--file=dev-only.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(f.deployed("client_uat"), BTreeSet::from(["ingest".into()]));
+}
+
+#[test]
+fn a_type_error_in_a_job_names_the_key_and_its_line() {
+    let f = Fixture::new();
+    std::fs::write(
+        f.dir.path().join("typo.toml"),
+        "[[job]]\nname = \"ingest\"\n\ncommand = 5\n",
+    )
+    .unwrap();
+    let out = f.p3_coded("client_dev", &["deploy", "--file=typo.toml"]);
+    assert_eq!(out.status.code(), Some(BUILD_FAILURE), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "typo.toml: line 4, column 11: job \"ingest\": key command: invalid type: integer `5`, expected a string"
+        ),
         "{}",
         text(&out)
     );

@@ -29,11 +29,24 @@ use p3_contract::terminal::escape;
 #[derive(Debug, clap::Subcommand)]
 pub enum P3Command {
     /// Deploy (create or update) the devstage's jobs.
-    Deploy(P3Args),
+    Deploy(ChangeArgs),
     /// Remove the devstage's jobs (exactly those p3.toml declares, or `--job`).
-    Remove(P3Args),
+    Remove(ChangeArgs),
     /// Show the devstage's jobs.
     Status(P3Args),
+}
+
+/// Options of `deploy` and `remove`, the subcommands that change P3.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChangeArgs {
+    /// Options shared with `status`.
+    #[command(flatten)]
+    pub common: P3Args,
+    /// Succeed, doing nothing, when p3.toml declares jobs but none for this devstage. Without
+    /// it that is an error: a deploy job that deploys nothing must not pass. A p3.toml with
+    /// no [[job]] at all is an error even with this flag.
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 /// Options shared by the `p3` subcommands.
@@ -71,6 +84,14 @@ pub enum P3Error {
     /// p3.toml problem.
     #[error(transparent)]
     File(#[from] P3TomlError),
+    /// The file is not a valid p3.toml (syntax, schema or consistency; names line and key).
+    #[error("{path}: {detail}")]
+    Invalid {
+        /// The file, as given (escaped).
+        path: String,
+        /// What is wrong, and where.
+        detail: String,
+    },
     /// Template problem.
     #[error("steps.p3.{action}: {source}")]
     Template {
@@ -83,6 +104,31 @@ pub enum P3Error {
     /// Missing input.
     #[error("{0}")]
     Missing(String),
+    /// The file declares no `[[job]]` at all (deploy, remove and status refuse it).
+    #[error(
+        "{path} declares no [[job]], so p3 {action} would do nothing. Declare the project's P3 jobs in it ([[job]] tables with name and command, see docs/steps.md), or point --file at the right file"
+    )]
+    NoJobs {
+        /// The file, as given (escaped).
+        path: String,
+        /// Action.
+        action: &'static str,
+    },
+    /// The file declares jobs, but none for the devstage (deploy and remove, without
+    /// `--allow-empty`).
+    #[error(
+        "{path} declares no job for devstage {devstage} (it declares jobs for: {declared}), so p3 {action} would do nothing. Add {devstage} to a job's `devstages` (or drop the list so the job is in every devstage), or pass --allow-empty if p3 {action} in {devstage} is meant to do nothing"
+    )]
+    NoJobsForDevstage {
+        /// The file, as given (escaped).
+        path: String,
+        /// Action.
+        action: &'static str,
+        /// The devstage (escaped).
+        devstage: String,
+        /// [`P3File::declared`] (escaped).
+        declared: String,
+    },
     /// File I/O.
     #[error("{context}: {source}")]
     Io {
@@ -281,28 +327,109 @@ pub fn load_file(path: &Path) -> Result<P3File, P3Error> {
         context: format!("cannot read {}", path.display()),
         source,
     })?;
-    Ok(P3File::parse(&text)?)
+    P3File::parse(&text).map_err(|e| match e {
+        P3TomlError::Parse(detail) | P3TomlError::Invalid(detail) => P3Error::Invalid {
+            path: escape(&path.display().to_string()).into_owned(),
+            detail,
+        },
+        other => other.into(),
+    })
+}
+
+/// Whether there is anything to do (pure): a file without jobs is always an error; a
+/// devstage without jobs is an error for deploy and remove unless `allow_empty`. `Ok(true)`:
+/// go on; `Ok(false)`: nothing to do, and that is fine.
+pub fn check_not_empty(
+    file: &P3File,
+    path: &Path,
+    action: Action,
+    devstage: &str,
+    selected: &[ResolvedJob],
+    allow_empty: bool,
+) -> Result<bool, P3Error> {
+    let shown_path = || escape(&path.display().to_string()).into_owned();
+    if file.jobs.is_empty() {
+        return Err(P3Error::NoJobs {
+            path: shown_path(),
+            action: action.name(),
+        });
+    }
+    if !selected.is_empty() {
+        return Ok(true);
+    }
+    if action == Action::Status || allow_empty {
+        return Ok(false);
+    }
+    Err(P3Error::NoJobsForDevstage {
+        path: shown_path(),
+        action: action.name(),
+        devstage: escape(devstage).into_owned(),
+        declared: escape(&file.declared()).into_owned(),
+    })
+}
+
+/// Write `--report`, if asked for.
+fn write_report(
+    args: &P3Args,
+    action: Action,
+    devstage: &str,
+    deploy_stage: &str,
+    facts: &Facts,
+    results: &[JobResult],
+) -> Result<(), P3Error> {
+    let Some(path) = &args.report else {
+        return Ok(());
+    };
+    let report = Report {
+        devstage: devstage.into(),
+        deploy_stage: deploy_stage.into(),
+        image: facts.image.clone(),
+        action: action.name().into(),
+        jobs: results
+            .iter()
+            .map(|r| ReportJob {
+                job: r.job.clone(),
+                ok: r.ok,
+            })
+            .collect(),
+    };
+    let json = serde_json::to_string_pretty(&report).expect("report serializes");
+    std::fs::write(path, json + "\n").map_err(|source| P3Error::Io {
+        context: format!("cannot write {}", path.display()),
+        source,
+    })
 }
 
 /// Run the step; returns the process exit code.
 pub fn run(cmd: P3Command) -> anyhow::Result<i32> {
-    let (action, args) = match cmd {
-        P3Command::Deploy(a) => (Action::Deploy, a),
-        P3Command::Remove(a) => (Action::Remove, a),
-        P3Command::Status(a) => (Action::Status, a),
+    let (action, args, allow_empty) = match cmd {
+        P3Command::Deploy(a) => (Action::Deploy, a.common, a.allow_empty),
+        P3Command::Remove(a) => (Action::Remove, a.common, a.allow_empty),
+        P3Command::Status(a) => (Action::Status, a, false),
     };
     let ctx = StepContext::from_env(args.steps_config.as_deref())?;
-    run_action(&ctx, action, &args).map_err(|e| match e {
-        // A bad p3.toml or a missing input is the job's fault; a broken template is the host's.
-        P3Error::File(_) | P3Error::Missing(_) => {
+    run_action(&ctx, action, &args, allow_empty).map_err(|e| match e {
+        // A bad or empty p3.toml or a missing input is the job's fault; a broken template is
+        // the host's.
+        P3Error::File(_)
+        | P3Error::Invalid { .. }
+        | P3Error::Missing(_)
+        | P3Error::NoJobs { .. }
+        | P3Error::NoJobsForDevstage { .. } => {
             anyhow::Error::new(p3_contract::exit::Failure::build(e.to_string()))
         }
         other => other.into(),
     })
 }
 
-/// The step with its context given.
-pub fn run_action(ctx: &StepContext, action: Action, args: &P3Args) -> Result<i32, P3Error> {
+/// The step with its context given. `allow_empty` (deploy and remove): a devstage without
+/// jobs is not an error.
+pub fn run_action(
+    ctx: &StepContext,
+    action: Action,
+    args: &P3Args,
+    allow_empty: bool,
+) -> Result<i32, P3Error> {
     let devstage = args
         .devstage
         .clone()
@@ -322,19 +449,27 @@ pub fn run_action(ctx: &StepContext, action: Action, args: &P3Args) -> Result<i3
         })?;
     let file = load_file(&args.file)?;
     let jobs = file.select(&devstage, &args.jobs)?;
+    let anything = check_not_empty(&file, &args.file, action, &devstage, &jobs, allow_empty)?;
     let facts = Facts {
         deploy_stage: deploy_stage.clone(),
         devstage: devstage.clone(),
         image: args.image.clone().filter(|i| !i.is_empty()),
     };
     let calls = plan(action, &ctx.config.p3, &jobs, &facts)?;
-    if calls.is_empty() {
+    if !anything {
         println!(
-            "p3 {}: {} declares no job for devstage {}; nothing to do",
+            "p3 {}: {} declares no job for devstage {}; nothing to do{}",
             action.name(),
             escape(&args.file.display().to_string()),
-            escape(&devstage)
+            escape(&devstage),
+            if allow_empty { " (--allow-empty)" } else { "" }
         );
+    }
+    if !anything {
+        // With --allow-empty the release step still finds its report (listing no jobs).
+        if !args.dry_run {
+            write_report(args, action, &devstage, &deploy_stage, &facts, &[])?;
+        }
         return Ok(0);
     }
     if args.dry_run {
@@ -368,26 +503,7 @@ pub fn run_action(ctx: &StepContext, action: Action, args: &P3Args) -> Result<i3
         }
     }
     print!("{}", table(&results));
-    if let Some(path) = &args.report {
-        let report = Report {
-            devstage,
-            deploy_stage,
-            image: facts.image,
-            action: action.name().into(),
-            jobs: results
-                .iter()
-                .map(|r| ReportJob {
-                    job: r.job.clone(),
-                    ok: r.ok,
-                })
-                .collect(),
-        };
-        let json = serde_json::to_string_pretty(&report).expect("report serializes");
-        std::fs::write(path, json + "\n").map_err(|source| P3Error::Io {
-            context: format!("cannot write {}", path.display()),
-            source,
-        })?;
-    }
+    write_report(args, action, &devstage, &deploy_stage, &facts, &results)?;
     let failed = results.iter().filter(|r| !r.ok).count();
     if failed > 0 {
         eprintln!(
@@ -483,6 +599,58 @@ mod tests {
         assert!(err.to_string().contains("{image}"), "{err}");
         let err = plan(Action::Status, &cfg(), &[job("a", None)], &facts(None)).unwrap_err();
         assert!(err.to_string().contains("steps.p3.status"), "{err}");
+    }
+
+    #[test]
+    fn nothing_to_do_is_an_error_unless_allowed() {
+        let path = Path::new("ci/p3.toml");
+        let empty = P3File::parse("# no jobs yet\n").unwrap();
+        for action in [Action::Deploy, Action::Remove, Action::Status] {
+            for allow in [false, true] {
+                let err = check_not_empty(&empty, path, action, "client_dev", &[], allow)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.starts_with(&format!(
+                        "ci/p3.toml declares no [[job]], so p3 {} would do nothing.",
+                        action.name()
+                    )),
+                    "{err}"
+                );
+            }
+        }
+        let file = P3File::parse(
+            "[[job]]\nname = \"a\"\ncommand = \"x\"\ndevstages = [\"client_dev\", \"client_uat\"]\n\
+             [[job]]\nname = \"b\"\ncommand = \"x\"\ndevstages = [\"client_dev\"]\n",
+        )
+        .unwrap();
+        let jobs = file.jobs_for("client_prod");
+        assert!(jobs.is_empty());
+        for action in [Action::Deploy, Action::Remove] {
+            let err = check_not_empty(&file, path, action, "client_prod", &jobs, false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "ci/p3.toml declares no job for devstage client_prod (it declares jobs for: \
+                     client_dev (a, b); client_uat (a)), so p3 {} would do nothing.",
+                    action.name()
+                )) && err.contains("--allow-empty"),
+                "{err}"
+            );
+            assert!(!check_not_empty(&file, path, action, "client_prod", &jobs, true).unwrap());
+        }
+        // status of an empty devstage only says so.
+        assert!(
+            !check_not_empty(&file, path, Action::Status, "client_prod", &jobs, false).unwrap()
+        );
+        let dev = file.jobs_for("client_dev");
+        assert!(check_not_empty(&file, path, Action::Deploy, "client_dev", &dev, false).unwrap());
+        // A devstage name from the job's environment is escaped.
+        let err = check_not_empty(&file, path, Action::Deploy, "x\x1b[2J", &[], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(r"devstage x\x1b[2J (it"), "{err}");
     }
 
     #[test]

@@ -87,20 +87,69 @@ pub struct JobSettings {
 }
 
 /// One declared job.
+///
+/// Read and written through [`RawJob`], which spells every key out: `#[serde(flatten)]` would
+/// buffer the job's keys and lose where a mistake is (every error said `line 1, column 1`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "RawJob", into = "RawJob")]
 pub struct JobSpec {
     /// P3 job name (`[A-Za-z0-9][A-Za-z0-9._-]*`).
     pub name: String,
     /// Devstages the job exists in; None: all.
-    #[serde(default)]
     pub devstages: Option<Vec<String>>,
     /// The job's own settings.
-    #[serde(flatten)]
     pub settings: JobSettings,
     /// Per-devstage overrides.
-    #[serde(default)]
     pub overrides: BTreeMap<String, JobSettings>,
+}
+
+/// A `[[job]]` table as written: the job's own keys and the [`JobSettings`] keys side by side.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: String,
+    #[serde(default)]
+    devstages: Option<Vec<String>>,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    schedule: Option<String>,
+    #[serde(default)]
+    resources: Resources,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    overrides: BTreeMap<String, JobSettings>,
+}
+
+impl From<RawJob> for JobSpec {
+    fn from(raw: RawJob) -> Self {
+        Self {
+            name: raw.name,
+            devstages: raw.devstages,
+            settings: JobSettings {
+                command: raw.command,
+                schedule: raw.schedule,
+                resources: raw.resources,
+                env: raw.env,
+            },
+            overrides: raw.overrides,
+        }
+    }
+}
+
+impl From<JobSpec> for RawJob {
+    fn from(job: JobSpec) -> Self {
+        Self {
+            name: job.name,
+            devstages: job.devstages,
+            command: job.settings.command,
+            schedule: job.settings.schedule,
+            resources: job.settings.resources,
+            env: job.settings.env,
+            overrides: job.overrides,
+        }
+    }
 }
 
 /// A job as it is in one devstage: every layer applied.
@@ -149,48 +198,279 @@ fn valid_env_key(key: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// One step of a path into the document: a key, or an item of an array (0-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
+}
+
+/// A consistency problem and where it is (so [`P3File::parse`] can give its line).
+struct Problem {
+    at: Vec<Seg>,
+    message: String,
+}
+
+/// 1-based line and column (in characters) of byte offset `pos`.
+fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let mut pos = pos.min(text.len());
+    while !text.is_char_boundary(pos) {
+        pos -= 1;
+    }
+    let before = &text[..pos];
+    let line = before.matches('\n').count() + 1;
+    let col = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    (line, col)
+}
+
+/// A key as TOML would spell it in a dotted path: bare when it can be, quoted otherwise.
+fn shown_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_string()
+    } else {
+        format!("{k:?}")
+    }
+}
+
+/// The path a person reads: `job "score": key overrides.client_prod.schedule`, or
+/// `key defaults.env` outside the jobs. A job is named by its `name` when it has a valid one
+/// (`doc` is the parsed document), else by its position (`[[job]] #2`).
+fn shown_path(doc: Option<&toml::de::DeTable<'_>>, path: &[Seg]) -> String {
+    let dotted = |segs: &[Seg]| {
+        let mut s = String::new();
+        for seg in segs {
+            match seg {
+                Seg::Key(k) => {
+                    if !s.is_empty() {
+                        s.push('.');
+                    }
+                    s.push_str(&shown_key(k));
+                }
+                Seg::Index(i) => s.push_str(&format!("[{i}]")),
+            }
+        }
+        s
+    };
+    match path {
+        [Seg::Key(j), Seg::Index(i), rest @ ..] if j == "job" => {
+            let name = doc
+                .and_then(|d| entry(d, "job"))
+                .and_then(|v| v.get_ref().as_array())
+                .and_then(|a| a.get(*i))
+                .and_then(|t| t.get_ref().as_table())
+                .and_then(|t| entry(t, "name"))
+                .and_then(|n| n.get_ref().as_str())
+                .filter(|n| valid_name(n));
+            let job = match name {
+                Some(n) => format!("job {n:?}"),
+                None => format!("[[job]] #{}", i + 1),
+            };
+            if rest.is_empty() {
+                job
+            } else {
+                format!("{job}: key {}", dotted(rest))
+            }
+        }
+        [] => String::new(),
+        _ => format!("key {}", dotted(path)),
+    }
+}
+
+fn entry<'a, 'i>(
+    table: &'a toml::de::DeTable<'i>,
+    name: &str,
+) -> Option<&'a toml::Spanned<toml::de::DeValue<'i>>> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref() == name)
+        .map(|(_, v)| v)
+}
+
+/// The deepest path whose key or value covers byte `pos`; false if none does.
+fn path_at_value(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    pos: usize,
+    path: &mut Vec<Seg>,
+) -> bool {
+    use toml::de::DeValue;
+    match value.get_ref() {
+        DeValue::Table(t) if path_at_table(t, pos, path) => return true,
+        DeValue::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                path.push(Seg::Index(i));
+                if path_at_value(item, pos, path) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+    value.span().contains(&pos)
+}
+
+fn path_at_table(table: &toml::de::DeTable<'_>, pos: usize, path: &mut Vec<Seg>) -> bool {
+    for (k, v) in table {
+        path.push(key(k.get_ref()));
+        if k.span().contains(&pos) || path_at_value(v, pos, path) {
+            return true;
+        }
+        path.pop();
+    }
+    false
+}
+
+/// Where `path` is written: the span of its last key (or of the array item).
+fn span_of(doc: &toml::de::DeTable<'_>, path: &[Seg]) -> Option<std::ops::Range<usize>> {
+    let mut table = doc;
+    let mut value: Option<&toml::Spanned<toml::de::DeValue<'_>>> = None;
+    let mut span = None;
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if let Some(v) = value {
+                    table = v.get_ref().as_table()?;
+                }
+                let (kspan, v) = table
+                    .iter()
+                    .find(|(name, _)| name.get_ref() == k)
+                    .map(|(name, v)| (name.span(), v))?;
+                span = Some(kspan);
+                value = Some(v);
+            }
+            Seg::Index(i) => {
+                let item = value?.get_ref().as_array()?.get(*i)?;
+                span = Some(item.span());
+                value = Some(item);
+            }
+        }
+    }
+    span
+}
+
 impl P3File {
-    /// Parse and validate.
+    /// Parse and validate. Every error names its line and the key (`job "score": key
+    /// resources.cpu`): the jobs are read through [`RawJob`], not `flatten`, so the TOML
+    /// reader keeps the position of a wrong type; the key path is found in a second,
+    /// schema-free parse of the same text.
     pub fn parse(text: &str) -> Result<Self, P3TomlError> {
-        let file: P3File = toml::from_str(text).map_err(|e| P3TomlError::Parse(e.to_string()))?;
-        file.validate()?;
-        Ok(file)
+        let doc = toml::de::DeTable::parse(text).ok();
+        let doc = doc.as_ref().map(|d| d.get_ref());
+        let file: P3File = toml::from_str(text).map_err(|e| {
+            let Some(span) = e.span() else {
+                return P3TomlError::Parse(e.to_string());
+            };
+            let (line, col) = line_col(text, span.start);
+            let mut path = Vec::new();
+            let at = match doc {
+                Some(d) if path_at_table(d, span.start, &mut path) => {
+                    format!("{}: ", shown_path(doc, &path))
+                }
+                _ => String::new(),
+            };
+            P3TomlError::Parse(format!(
+                "line {line}, column {col}: {at}{}",
+                p3_contract::terminal::escape(e.message().trim_end())
+            ))
+        })?;
+        let problems = file.problems();
+        if problems.is_empty() {
+            return Ok(file);
+        }
+        let shown: Vec<String> = problems
+            .iter()
+            .map(|p| match doc.and_then(|d| span_of(d, &p.at)) {
+                Some(span) => format!("line {}: {}", line_col(text, span.start).0, p.message),
+                None => p.message.clone(),
+            })
+            .collect();
+        Err(P3TomlError::Invalid(shown.join("; ")))
     }
 
     /// Consistency checks: unique valid names, a command for every devstage a job is in,
     /// valid env keys, overrides only for devstages the job is in.
     pub fn validate(&self) -> Result<(), P3TomlError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            let shown: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+            Err(P3TomlError::Invalid(shown.join("; ")))
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
+        let mut problem = |at: Vec<Seg>, message: String| problems.push(Problem { at, message });
         let mut seen = std::collections::BTreeSet::new();
-        for job in &self.jobs {
+        if !self.jobs.is_empty() {
+            for k in self.defaults.env.keys().filter(|k| !valid_env_key(k)) {
+                problem(
+                    vec![key("defaults"), key("env"), key(k)],
+                    format!("defaults: env key {k:?} is not a valid variable name"),
+                );
+            }
+        }
+        for (i, job) in self.jobs.iter().enumerate() {
+            let at = |rest: &[&str]| {
+                let mut p = vec![key("job"), Seg::Index(i)];
+                p.extend(rest.iter().map(|k| key(k)));
+                p
+            };
             if !valid_name(&job.name) {
-                problems.push(format!(
-                    "job name {:?} must match [A-Za-z0-9][A-Za-z0-9._-]*",
-                    job.name
-                ));
+                problem(
+                    at(&["name"]),
+                    format!(
+                        "job name {:?} must match [A-Za-z0-9][A-Za-z0-9._-]*",
+                        job.name
+                    ),
+                );
             }
             if !seen.insert(job.name.as_str()) {
-                problems.push(format!("job {:?} is declared twice", job.name));
+                problem(
+                    at(&["name"]),
+                    format!("job {:?} is declared twice", job.name),
+                );
             }
-            let layers = std::iter::once(&self.defaults)
-                .chain(std::iter::once(&job.settings))
-                .chain(job.overrides.values());
-            for key in layers.flat_map(|l| l.env.keys()) {
-                if !valid_env_key(key) {
-                    problems.push(format!(
-                        "job {:?}: env key {key:?} is not a valid variable name",
-                        job.name
-                    ));
+            let layers = std::iter::once((at(&["env"]), &job.settings)).chain(
+                job.overrides
+                    .iter()
+                    .map(|(stage, s)| (at(&["overrides", stage, "env"]), s)),
+            );
+            for (place, settings) in layers {
+                for k in settings.env.keys().filter(|k| !valid_env_key(k)) {
+                    let mut place = place.clone();
+                    place.push(key(k));
+                    problem(
+                        place,
+                        format!(
+                            "job {:?}: env key {k:?} is not a valid variable name",
+                            job.name
+                        ),
+                    );
                 }
             }
             if let Some(stages) = &job.devstages {
                 for stage in job.overrides.keys() {
                     if !stages.contains(stage) {
-                        problems.push(format!(
-                            "job {:?}: overrides.{stage} is for a devstage the job is not in ({})",
-                            job.name,
-                            stages.join(", ")
-                        ));
+                        problem(
+                            at(&["overrides", stage]),
+                            format!(
+                                "job {:?}: overrides.{stage} is for a devstage the job is not in ({})",
+                                job.name,
+                                stages.join(", ")
+                            ),
+                        );
                     }
                 }
             }
@@ -205,16 +485,12 @@ impl P3File {
                     .as_deref()
                     .is_none_or(|c| c.trim().is_empty())
                 {
-                    problems.push(format!("job {:?} has no command", job.name));
+                    problem(at(&[]), format!("job {:?} has no command", job.name));
                     break;
                 }
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(P3TomlError::Invalid(problems.join("; ")))
-        }
+        problems
     }
 
     fn merged(&self, job: &JobSpec, devstage: &str) -> JobSettings {
@@ -249,6 +525,42 @@ impl P3File {
                 }
             })
             .collect()
+    }
+
+    /// What the file declares per devstage, for a message: `client_dev (backfill, ingest);
+    /// client_uat (ingest)`, with `every devstage (…)` for jobs that list no devstages and
+    /// `no devstage (…)` for jobs with `devstages = []`. Empty when there are no jobs.
+    pub fn declared(&self) -> String {
+        let mut everywhere = Vec::new();
+        let mut nowhere = Vec::new();
+        let mut per_stage: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for job in &self.jobs {
+            match &job.devstages {
+                None => everywhere.push(job.name.as_str()),
+                Some(stages) if stages.is_empty() => nowhere.push(job.name.as_str()),
+                Some(stages) => {
+                    for stage in stages {
+                        let names = per_stage.entry(stage.as_str()).or_default();
+                        if !names.contains(&job.name.as_str()) {
+                            names.push(job.name.as_str());
+                        }
+                    }
+                }
+            }
+        }
+        let mut parts: Vec<String> = Vec::new();
+        if !everywhere.is_empty() {
+            parts.push(format!("every devstage ({})", everywhere.join(", ")));
+        }
+        parts.extend(
+            per_stage
+                .iter()
+                .map(|(stage, names)| format!("{stage} ({})", names.join(", "))),
+        );
+        if !nowhere.is_empty() {
+            parts.push(format!("no devstage ({})", nowhere.join(", ")));
+        }
+        parts.join("; ")
     }
 
     /// The jobs of `devstage`, narrowed to `only` when it is not empty. Naming a job the
@@ -325,6 +637,227 @@ devstages = ["client_dev"]
         assert!(err.to_string().contains("declared: nightly"), "{err}");
         let one = f.select("client_dev", &["backfill".into()]).unwrap();
         assert_eq!(one.len(), 1);
+    }
+
+    /// A wrong type or unknown key anywhere names the key (with its job) and its line.
+    #[test]
+    fn schema_errors_name_key_and_line_table() {
+        let job = "[[job]]\nname = \"a\"\ncommand = \"x\"\n";
+        let cases: Vec<(String, &str, &str)> = vec![
+            // Top level.
+            (
+                "defaults = 3\n".into(),
+                "line 1, column 12",
+                "key defaults: invalid type",
+            ),
+            (
+                "# comment\n\njob = \"x\"\n".into(),
+                "line 3, column 7",
+                "key job: invalid type",
+            ),
+            (
+                "jobs = []\n".into(),
+                "line 1, column 1",
+                "key jobs: unknown field `jobs`",
+            ),
+            // [defaults].
+            (
+                "[defaults]\ncommand = 5\n".into(),
+                "line 2, column 11",
+                "key defaults.command: invalid type: integer `5`, expected a string",
+            ),
+            (
+                "\n[defaults]\nresources = { cpu = 1 }\n".into(),
+                "line 3, column 21",
+                "key defaults.resources.cpu: invalid type",
+            ),
+            (
+                "[defaults]\nenv = { A = true }\n".into(),
+                "line 2, column 13",
+                "key defaults.env.A: invalid type",
+            ),
+            (
+                "[defaults]\nname = \"x\"\n".into(),
+                "line 2, column 1",
+                "key defaults.name: unknown field `name`",
+            ),
+            // [[job]]: the case of the issue (used to say line 1, column 1 and no key).
+            (
+                "[[job]]\nname = \"a\"\n\ncommand = 5\n".into(),
+                "line 4, column 11",
+                "job \"a\": key command: invalid type: integer `5`, expected a string",
+            ),
+            (
+                format!("{job}[[job]]\nname = \"b\"\ncommand = \"y\"\nschedule = 3\n"),
+                "line 7, column 12",
+                "job \"b\": key schedule: invalid type",
+            ),
+            (
+                format!("{job}devstages = \"client_dev\"\n"),
+                "line 4, column 13",
+                "job \"a\": key devstages: invalid type",
+            ),
+            (
+                format!("{job}devstages = [\n  \"client_dev\",\n  5,\n]\n"),
+                "line 6, column 3",
+                "job \"a\": key devstages[1]: invalid type",
+            ),
+            (
+                format!("{job}resources.memory = 4\n"),
+                "line 4, column 20",
+                "job \"a\": key resources.memory: invalid type",
+            ),
+            (
+                format!("{job}cmd = \"y\"\n"),
+                "line 4, column 1",
+                "job \"a\": key cmd: unknown field `cmd`",
+            ),
+            (
+                "[[job]]\ncommand = 5\nname = \"late\"\n".into(),
+                "line 2, column 11",
+                "job \"late\": key command: invalid type",
+            ),
+            (
+                format!("{job}[[job]]\ncommand = \"y\"\n"),
+                "line 4, column 1",
+                "[[job]] #2: missing field `name`",
+            ),
+            (
+                "[[job]]\nname = 7\ncommand = \"y\"\n".into(),
+                "line 2, column 8",
+                "[[job]] #1: key name: invalid type",
+            ),
+            // Per-devstage overrides.
+            (
+                format!("{job}[job.overrides.client_prod]\nschedule = 3\n"),
+                "line 5, column 12",
+                "job \"a\": key overrides.client_prod.schedule: invalid type",
+            ),
+            (
+                format!("{job}[job.overrides.client_prod]\nresources = {{ memory = 8 }}\n"),
+                "line 5, column 24",
+                "job \"a\": key overrides.client_prod.resources.memory: invalid type",
+            ),
+            (
+                format!("{job}overrides = {{ client_uat = {{ env = {{ A = 1 }} }} }}\n"),
+                "line 4, column 42",
+                "job \"a\": key overrides.client_uat.env.A: invalid type",
+            ),
+            (
+                format!("{job}[job.overrides.client_prod]\ndevstages = []\n"),
+                "line 5, column 1",
+                "job \"a\": key overrides.client_prod.devstages: unknown field `devstages`",
+            ),
+            (
+                format!("{job}overrides = 1\n"),
+                "line 4, column 13",
+                "job \"a\": key overrides: invalid type",
+            ),
+        ];
+        for (text, line, want) in cases {
+            let err = P3File::parse(&text).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("p3.toml: {line}: {want}")),
+                "{text:?}:\n{err}\nwanted: p3.toml: {line}: {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_give_their_line_and_escape_what_the_file_holds() {
+        let cases = [
+            (
+                "[[job]]\nname = \"a\"\ncommand = \"x\n",
+                "p3.toml: line 3, column 13: ",
+            ),
+            (
+                "[[job]\n",
+                "p3.toml: line 1, column 7: unclosed array table",
+            ),
+            ("[defaults]\n\ncommand = \n", "p3.toml: line 3, column 11: "),
+        ];
+        for (text, want) in cases {
+            let err = P3File::parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{text:?}:\n{err}");
+        }
+        let err = P3File::parse("[defaults]\n\"\\u001b[2J\" = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\x1b'), "{err:?}");
+        assert!(
+            err.starts_with(
+                r#"p3.toml: line 2, column 1: key defaults."\u{1b}[2J": unknown field `\x1b[2J`"#
+            ),
+            "{err}"
+        );
+    }
+
+    /// Consistency problems give the line of what is wrong, too.
+    #[test]
+    fn consistency_problems_name_their_line() {
+        let cases = [
+            (
+                "[[job]]\nname = \"a\"\ncommand = \"x\"\n\n[[job]]\nname = \"a\"\ncommand = \"y\"\n",
+                "line 6: job \"a\" is declared twice",
+            ),
+            (
+                "[[job]]\nname = \"a\"\ncommand = \"x\"\n[[job]]\nname = \"b\"\n",
+                "line 4: job \"b\" has no command",
+            ),
+            (
+                "[[job]]\nname = \"a\"\ncommand = \"x\"\n[job.overrides.client_uat]\nenv = { \"A-B\" = \"1\" }\n",
+                "line 5: job \"a\": env key \"A-B\" is not a valid variable name",
+            ),
+            (
+                "[defaults]\nenv = { \"1X\" = \"1\" }\n[[job]]\nname = \"a\"\ncommand = \"x\"\n",
+                "line 2: defaults: env key \"1X\"",
+            ),
+            (
+                "[[job]]\nname = \"a\"\ncommand = \"x\"\ndevstages = [\"client_dev\"]\n\n[job.overrides.client_prod]\nschedule = \"x\"\n",
+                "line 6: job \"a\": overrides.client_prod is for a devstage the job is not in",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = P3File::parse(text).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("p3.toml: {want}")),
+                "{text:?}:\n{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_file_parses_to_no_jobs_and_declared_lists_devstages() {
+        for text in ["", "  \n# nothing yet\n", "[defaults]\ncommand = \"x\"\n"] {
+            let f = P3File::parse(text).unwrap();
+            assert!(f.jobs.is_empty(), "{text:?}");
+            assert_eq!(f.declared(), "");
+        }
+        let f = P3File::parse(FILE).unwrap();
+        assert_eq!(
+            f.declared(),
+            "every devstage (nightly); client_dev (backfill)"
+        );
+        let f = P3File::parse(
+            "[[job]]\nname = \"a\"\ncommand = \"x\"\ndevstages = [\"client_uat\", \"client_dev\"]\n\
+             [[job]]\nname = \"b\"\ncommand = \"x\"\ndevstages = [\"client_dev\"]\n\
+             [[job]]\nname = \"c\"\ncommand = \"x\"\ndevstages = []\n",
+        )
+        .unwrap();
+        assert_eq!(
+            f.declared(),
+            "client_dev (a, b); client_uat (a); no devstage (c)"
+        );
+    }
+
+    #[test]
+    fn serializes_back_to_the_same_model() {
+        let f = P3File::parse(FILE).unwrap();
+        let text = toml::to_string(&f).unwrap();
+        let again = P3File::parse(&text).unwrap();
+        for stage in ["client_dev", "client_uat", "client_prod"] {
+            assert_eq!(again.jobs_for(stage), f.jobs_for(stage), "{text}");
+        }
     }
 
     #[test]
