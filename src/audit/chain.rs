@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -37,6 +37,9 @@ pub enum AuditEvent {
     Gc,
     /// S3 credentials were issued or refreshed for a job.
     S3Credentials,
+    /// An append found a torn tail (an earlier append was interrupted), removed exactly those
+    /// bytes and recorded what it removed ([`AuditRecord::recovery`]).
+    Recovered,
     /// An event written by a newer version (read-only: shown, never written).
     #[serde(other)]
     Other,
@@ -143,6 +146,9 @@ pub struct AuditRecord {
     /// Event-specific facts (ticket expiry, S3 credential expiry, ...): never secrets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, Value>,
+    /// For a `recovered` record: what was removed from the end of the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
     /// Hash of the previous record ([`GENESIS`] for the first); set by [`append`].
     #[serde(default)]
     pub prev: String,
@@ -180,10 +186,28 @@ impl AuditRecord {
             identity_source: None,
             token_jti: None,
             extra: BTreeMap::new(),
+            recovery: None,
             prev: String::new(),
             hash: String::new(),
         }
     }
+}
+
+/// What a `recovered` record removed: the torn tail an interrupted append left at the end of
+/// the log (never a complete record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// How many bytes were removed.
+    pub removed_bytes: u64,
+    /// SHA-256 (hex) of the removed bytes.
+    pub removed_sha256: String,
+    /// Where they started: the log's length after the removal, where this record begins.
+    pub offset: u64,
+    /// `seq` of the last good record (0 when the log held none).
+    pub last_good_seq: u64,
+    /// `hash` of the last good record ([`GENESIS`] when the log held none); also this
+    /// record's `prev`.
+    pub last_good_hash: String,
 }
 
 /// Why the audit log could not be written or read. A failed append is a host-side (system)
@@ -201,14 +225,15 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
-    /// The log's last record cannot be read, so the chain cannot be continued.
+    /// The log is damaged beyond a torn last append: complete records are affected, and those
+    /// are never removed, so the chain cannot be continued (fail closed).
     #[error(
-        "audit log {path}: {message}\n  fix: run `p3-executor audit verify` to find the damage; move the damaged log aside (keep it as evidence) to start a new chain"
+        "audit log {path} is damaged: {message}\n  nothing was removed, and no record can be appended to it\n  fix: inspect it with `p3-executor audit verify`, then move it aside and keep it as evidence (mv {path} {path}.damaged-$(date +%Y%m%dT%H%M%S)); the next record starts a new chain"
     )]
     Damaged {
         /// The log.
         path: PathBuf,
-        /// What is wrong with its tail.
+        /// Where it is damaged (the line, when known) and how.
         message: String,
     },
 }
@@ -281,7 +306,12 @@ pub fn record_hash(record: &Value) -> String {
 
 /// Append `record` to the log at `cfg.path`, filling `seq`, `time`, `prev` and `hash`; returns
 /// the record as written. Creates the directory (0750) and the log (0640) if missing.
-pub fn append(cfg: &AuditConfig, mut record: AuditRecord) -> Result<AuditRecord, AuditError> {
+///
+/// A torn tail (an earlier append was interrupted: bytes after the last good record that are
+/// not a record) is removed first, exactly those bytes, and a `recovered` record with their
+/// SHA-256 and length is appended before `record`. Damage that reaches a complete record is
+/// never repaired: [`AuditError::Damaged`], naming the line and the fix.
+pub fn append(cfg: &AuditConfig, record: AuditRecord) -> Result<AuditRecord, AuditError> {
     let path = &cfg.path;
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
@@ -301,30 +331,48 @@ pub fn append(cfg: &AuditConfig, mut record: AuditRecord) -> Result<AuditRecord,
         .open(path)
         .map_err(io(path, "open"))?;
     // Held until `locked` drops at the end of this function (after the fsync).
-    let mut locked = Flock::lock(file, FlockArg::LockExclusive)
+    let locked = Flock::lock(file, FlockArg::LockExclusive)
         .map_err(|(_, errno)| io(path, "lock")(std::io::Error::from(errno)))?;
 
-    let (last_seq, last_hash) = match last_line(&locked, path)? {
-        None => (0, GENESIS.to_string()),
-        Some(line) => {
-            let v: Value = serde_json::from_slice(&line).map_err(|e| AuditError::Damaged {
-                path: path.clone(),
-                message: format!("the last record is not valid JSON ({e})"),
-            })?;
-            let seq = v.get("seq").and_then(Value::as_u64);
-            let hash = v.get("hash").and_then(Value::as_str);
-            match (seq, hash) {
-                (Some(seq), Some(hash)) if hash.len() == 64 => (seq, hash.to_string()),
-                _ => {
-                    return Err(AuditError::Damaged {
-                        path: path.clone(),
-                        message: "the last record has no seq or hash".into(),
-                    });
-                }
+    // Only the last two lines are read on this path, however long the log is.
+    let (last_seq, last_hash) = match inspect_tail(&locked, path)? {
+        Tail::Good { seq, hash } => (seq, hash),
+        Tail::Torn(torn) => {
+            // Rare (once per interrupted append): walk the whole chain to make sure everything
+            // before the torn bytes verifies, so nothing but the torn bytes is ever removed.
+            let walked = walk(&locked, path)?;
+            let v = &walked.verification;
+            if walked.break_offset != Some(torn.good_end)
+                || v.records != torn.seq
+                || v.head != torn.hash
+            {
+                return Err(damaged(path, &walked, torn.why));
             }
+            let recovered = recover(&locked, path, &torn)?;
+            (recovered.seq, recovered.hash)
+        }
+        Tail::Damaged(message) => {
+            // The failure path: walk the chain to name the first broken line.
+            let walked = walk(&locked, path)?;
+            return Err(damaged(path, &walked, message));
         }
     };
-    record.seq = last_seq + 1;
+    write_record(&locked, path, record, last_seq, last_hash)
+}
+
+/// Stamp `record` as the successor of (`last_seq`, `last_hash`), write it as one line on the
+/// locked `O_APPEND` descriptor and fsync it.
+fn write_record(
+    file: &File,
+    path: &Path,
+    mut record: AuditRecord,
+    last_seq: u64,
+    last_hash: String,
+) -> Result<AuditRecord, AuditError> {
+    record.seq = last_seq.checked_add(1).ok_or_else(|| AuditError::Damaged {
+        path: path.to_path_buf(),
+        message: format!("the last record's seq {last_seq} cannot be followed"),
+    })?;
     // Stamped under the lock, so times follow the order of the log.
     record.time = Utc::now();
     record.prev = last_hash;
@@ -334,52 +382,261 @@ pub fn append(cfg: &AuditConfig, mut record: AuditRecord) -> Result<AuditRecord,
     let mut line = serde_json::to_vec(&record).expect("audit record serialises");
     line.push(b'\n');
     // One write on an O_APPEND descriptor: the whole line lands at the end, in one piece.
-    locked.write_all(&line).map_err(io(path, "write"))?;
-    locked.sync_data().map_err(io(path, "fsync"))?;
+    let mut out = file;
+    out.write_all(&line).map_err(io(path, "write"))?;
+    out.sync_data().map_err(io(path, "fsync"))?;
     Ok(record)
 }
 
-/// The last complete line of the log (without its newline), reading backwards from the end
-/// in small chunks so appends stay cheap however long the log grows.
-fn last_line(file: &File, path: &Path) -> Result<Option<Vec<u8>>, AuditError> {
+/// Remove the torn bytes at the end of the locked log (exactly those), fsync, and append the
+/// `recovered` record that says what was removed. Returns that record.
+fn recover(file: &File, path: &Path, torn: &Torn) -> Result<AuditRecord, AuditError> {
+    let removed_bytes = torn.len - torn.good_end;
+    let mut bytes = vec![0u8; removed_bytes as usize];
+    file.read_exact_at(&mut bytes, torn.good_end)
+        .map_err(io(path, "read the torn tail"))?;
+    let removed_sha256 = hex::encode(Sha256::digest(&bytes));
+    file.set_len(torn.good_end)
+        .map_err(io(path, "truncate the torn tail"))?;
+    file.sync_data()
+        .map_err(io(path, "fsync after truncating the torn tail"))?;
+    let last = if torn.seq == 0 {
+        "the log held no complete record".to_string()
+    } else {
+        format!("the last good record is seq {}", torn.seq)
+    };
+    let mut rec = AuditRecord::new(
+        AuditEvent::Recovered,
+        Decision::Succeeded,
+        format!(
+            "torn tail removed: {removed_bytes} byte(s) at offset {} (sha256 {removed_sha256}): {}; {last}",
+            torn.good_end, torn.why
+        ),
+    );
+    rec.recovery = Some(Recovery {
+        removed_bytes,
+        removed_sha256,
+        offset: torn.good_end,
+        last_good_seq: torn.seq,
+        last_good_hash: torn.hash.clone(),
+    });
+    let rec = write_record(file, path, rec, torn.seq, torn.hash.clone())?;
+    tracing::warn!(
+        "audit log {}: removed a torn tail of {removed_bytes} byte(s) ({}) and recorded the removal as seq {}",
+        path.display(),
+        torn.why,
+        rec.seq
+    );
+    Ok(rec)
+}
+
+/// The [`AuditError::Damaged`] for the log at `path`: the first break the full walk found
+/// (its line), or what the tail showed when the walk found none.
+fn damaged(path: &Path, walked: &Walk, tail: String) -> AuditError {
+    let message = match &walked.verification.broken {
+        Some(b) => format!(
+            "line {}{}: {}",
+            b.line,
+            b.seq.map(|s| format!(" (seq {s})")).unwrap_or_default(),
+            b.message
+        ),
+        None => tail,
+    };
+    AuditError::Damaged {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// How the log ends, judged from its last two lines only.
+#[derive(Debug, PartialEq, Eq)]
+enum Tail {
+    /// Empty, or the last line is a good record continuing the one before it.
+    Good {
+        /// Its `seq` (0 for an empty log).
+        seq: u64,
+        /// Its `hash` ([`GENESIS`] for an empty log).
+        hash: String,
+    },
+    /// What follows the last good record is not a record: an interrupted append.
+    Torn(Torn),
+    /// Not a torn append: damage that reaches a complete record.
+    Damaged(String),
+}
+
+/// A torn tail: bytes `good_end..len` of the log are not a record.
+#[derive(Debug, PartialEq, Eq)]
+struct Torn {
+    /// Where the last good record ends (0 when there is none).
+    good_end: u64,
+    /// The log's length.
+    len: u64,
+    /// `seq` of the last good record (0 when there is none).
+    seq: u64,
+    /// `hash` of the last good record ([`GENESIS`] when there is none).
+    hash: String,
+    /// What the torn bytes are.
+    why: String,
+}
+
+/// A line that is a record on its own: it parses and its `hash` is its content's hash.
+struct Good {
+    seq: u64,
+    hash: String,
+    prev: String,
+}
+
+/// Whether `line` (without its newline) is a record on its own; otherwise what it is.
+fn check_line(line: &[u8]) -> Result<Good, String> {
+    let v: Value = match serde_json::from_slice(line) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return Err("is not a JSON object".into()),
+        Err(e) => return Err(format!("is not valid JSON ({e})")),
+    };
+    let stored = v.get("hash").and_then(Value::as_str).unwrap_or_default();
+    let actual = record_hash(&v);
+    if stored != actual {
+        return Err(format!(
+            "does not match its hash (stored {:.16}…, content hashes to {:.16}…)",
+            stored, actual
+        ));
+    }
+    let Some(seq) = v.get("seq").and_then(Value::as_u64) else {
+        return Err("has no seq".into());
+    };
+    let prev = v.get("prev").and_then(Value::as_str).unwrap_or_default();
+    Ok(Good {
+        seq,
+        hash: actual,
+        prev: prev.to_string(),
+    })
+}
+
+/// How the log ends, reading only its last two lines (backwards, in small chunks), so appends
+/// stay cheap however long the log grows.
+///
+/// Torn: bytes after the last newline, and/or a last line that is not a record on its own
+/// (not JSON, or not matching its hash) after a line that is. Damaged: a last record that does
+/// not continue the one before it, or two bad lines in a row: complete records are involved.
+fn inspect_tail(file: &File, path: &Path) -> Result<Tail, AuditError> {
     let len = file.metadata().map_err(io(path, "stat"))?.len();
     if len == 0 {
-        return Ok(None);
-    }
-    let mut last = [0u8; 1];
-    file.read_exact_at(&mut last, len - 1)
-        .map_err(io(path, "read"))?;
-    if last[0] != b'\n' {
-        return Err(AuditError::Damaged {
-            path: path.to_path_buf(),
-            message:
-                "the last record is incomplete (no trailing newline): an append was interrupted"
-                    .into(),
+        return Ok(Tail::Good {
+            seq: 0,
+            hash: GENESIS.into(),
         });
     }
-    let end = len - 1; // exclusive end of the last line
-    let mut start = end;
-    let mut tail: Vec<u8> = Vec::new();
-    loop {
-        if let Some(i) = tail.iter().rposition(|&b| b == b'\n') {
-            return Ok(Some(tail[i + 1..].to_vec()));
+    let Some((after_newline, partial)) = line_ending_at(file, path, len)? else {
+        return Ok(Tail::Damaged(
+            "its last 1 MiB holds no line end, so it is not a torn append".into(),
+        ));
+    };
+    let partial = (!partial.is_empty())
+        .then(|| "an incomplete line (no newline): an append was interrupted".to_string());
+    let torn = |good_end: u64, seq: u64, hash: String, why: String| {
+        Tail::Torn(Torn {
+            good_end,
+            len,
+            seq,
+            hash,
+            why,
+        })
+    };
+    if after_newline == 0 {
+        let why = partial.unwrap_or_default();
+        return Ok(torn(0, 0, GENESIS.into(), why));
+    }
+    // The last complete line: `line_start..after_newline - 1`, then its newline.
+    let Some((line_start, line)) = line_ending_at(file, path, after_newline - 1)? else {
+        return Ok(Tail::Damaged("the last line is longer than 1 MiB".into()));
+    };
+    // The record before the last line (GENESIS, seq 0, when the last line is the first).
+    let before = || -> Result<Result<Good, String>, AuditError> {
+        if line_start == 0 {
+            return Ok(Ok(Good {
+                seq: 0,
+                hash: GENESIS.into(),
+                prev: String::new(),
+            }));
         }
+        Ok(match line_ending_at(file, path, line_start - 1)? {
+            Some((_, bytes)) => check_line(&bytes),
+            None => Err("is longer than 1 MiB".into()),
+        })
+    };
+    match check_line(&line) {
+        Ok(last) => {
+            let prev = match before()? {
+                Ok(prev) => prev,
+                Err(why) => {
+                    return Ok(Tail::Damaged(format!(
+                        "the line before the last record {why}"
+                    )));
+                }
+            };
+            if prev.seq.checked_add(1) != Some(last.seq) || last.prev != prev.hash {
+                return Ok(Tail::Damaged(format!(
+                    "the last record (seq {}) does not continue the one before it (seq {}): records were removed, replaced or reordered",
+                    last.seq, prev.seq
+                )));
+            }
+            Ok(match partial {
+                None => Tail::Good {
+                    seq: last.seq,
+                    hash: last.hash,
+                },
+                Some(why) => torn(after_newline, last.seq, last.hash, why),
+            })
+        }
+        Err(line_why) => match before()? {
+            Ok(prev) => {
+                let mut why = format!("the last line {line_why}");
+                if partial.is_some() {
+                    why.push_str(", followed by an incomplete line (no newline)");
+                }
+                Ok(torn(line_start, prev.seq, prev.hash, why))
+            }
+            Err(prev_why) => Ok(Tail::Damaged(format!(
+                "the last line {line_why}, and the line before it {prev_why}: more than a torn append"
+            ))),
+        },
+    }
+}
+
+/// The line that ends at offset `end` (exclusive: `end` is its newline, or the end of the
+/// file): where it starts and its bytes, read backwards in small chunks. None when it is
+/// longer than [`MAX_RECORD`].
+fn line_ending_at(
+    file: &File,
+    path: &Path,
+    end: u64,
+) -> Result<Option<(u64, Vec<u8>)>, AuditError> {
+    let mut start = end;
+    // Read chunks, nearest to `end` first; none of them holds a newline.
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let joined = |mut chunks: Vec<Vec<u8>>| {
+        chunks.reverse();
+        chunks.concat()
+    };
+    loop {
         if start == 0 {
-            return Ok(Some(tail));
+            return Ok((end <= MAX_RECORD).then(|| (0, joined(chunks))));
         }
         if end - start > MAX_RECORD {
-            return Err(AuditError::Damaged {
-                path: path.to_path_buf(),
-                message: "the last record is longer than 1 MiB".into(),
-            });
+            return Ok(None);
         }
-        let chunk = start.min(4096);
-        start -= chunk;
-        let mut buf = vec![0u8; chunk as usize];
+        let n = start.min(4096);
+        start -= n;
+        let mut buf = vec![0u8; n as usize];
         file.read_exact_at(&mut buf, start)
             .map_err(io(path, "read"))?;
-        buf.extend_from_slice(&tail);
-        tail = buf;
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            let line_start = start + i as u64 + 1;
+            buf.drain(..=i);
+            chunks.push(buf);
+            return Ok((end - line_start <= MAX_RECORD).then(|| (line_start, joined(chunks))));
+        }
+        chunks.push(buf);
     }
 }
 
@@ -394,6 +651,32 @@ pub struct ChainBreak {
     pub message: String,
 }
 
+/// A `recovered` record found by `verify`: an append removed a torn tail here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryNote {
+    /// 1-based line number of the `recovered` record.
+    pub line: u64,
+    /// Its `seq`.
+    pub seq: u64,
+    /// When the torn tail was removed.
+    pub time: DateTime<Utc>,
+    /// What was removed.
+    pub recovery: Recovery,
+}
+
+/// The log ends in a torn append: the next append removes it and records a recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// 1-based line number where the torn bytes start.
+    pub line: u64,
+    /// Byte offset where they start.
+    pub offset: u64,
+    /// How many there are.
+    pub bytes: u64,
+    /// What they are.
+    pub message: String,
+}
+
 /// Result of walking the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verification {
@@ -403,10 +686,16 @@ pub struct Verification {
     pub head: String,
     /// The first break, if any.
     pub broken: Option<ChainBreak>,
+    /// The `recovered` records among the good ones: torn appends that a later append removed.
+    pub recoveries: Vec<RecoveryNote>,
+    /// Set when the break is only a torn append at the end (everything before it verifies):
+    /// the next append removes exactly those bytes and records it, so no operator action is
+    /// needed.
+    pub torn_tail: Option<TornTail>,
 }
 
 /// Walk the chain of the log at `path` (an empty or missing log is intact) and report the first
-/// record that was edited, removed or reordered.
+/// record that was edited, removed or reordered, and the recoveries of torn appends.
 pub fn verify(path: &Path) -> Result<Verification, AuditError> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -415,6 +704,8 @@ pub fn verify(path: &Path) -> Result<Verification, AuditError> {
                 records: 0,
                 head: GENESIS.into(),
                 broken: None,
+                recoveries: Vec::new(),
+                torn_tail: None,
             });
         }
         Err(e) => return Err(io(path, "open")(e)),
@@ -422,10 +713,53 @@ pub fn verify(path: &Path) -> Result<Verification, AuditError> {
     // A shared lock: no append lands half-way through the walk.
     let locked = Flock::lock(file, FlockArg::LockShared)
         .map_err(|(_, errno)| io(path, "lock")(std::io::Error::from(errno)))?;
-    let mut reader = BufReader::new(&*locked);
+    let Walk {
+        mut verification,
+        break_offset,
+    } = walk(&locked, path)?;
+    if let (Some(offset), Some(b)) = (break_offset, &verification.broken) {
+        if let Tail::Torn(torn) = inspect_tail(&locked, path)? {
+            if torn.good_end == offset && torn.seq == verification.records {
+                verification.torn_tail = Some(TornTail {
+                    line: b.line,
+                    offset,
+                    bytes: torn.len - torn.good_end,
+                    message: torn.why,
+                });
+            }
+        }
+    }
+    Ok(verification)
+}
+
+/// A walk over the chain, and where (byte offset) its first broken line starts.
+struct Walk {
+    verification: Verification,
+    break_offset: Option<u64>,
+}
+
+/// Reads a file from the start with `pread`, leaving its offset alone.
+struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Walk the whole chain of an open (and locked) log.
+fn walk(file: &File, path: &Path) -> Result<Walk, AuditError> {
+    let mut reader = BufReader::new(ReadAt { file, pos: 0 });
     let mut expected_prev = GENESIS.to_string();
     let mut expected_seq = 1u64;
     let mut line_no = 0u64;
+    let mut offset = 0u64;
+    let mut recoveries = Vec::new();
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -436,14 +770,21 @@ pub fn verify(path: &Path) -> Result<Verification, AuditError> {
             break;
         }
         line_no += 1;
-        let broken = |seq: Option<u64>, message: String| Verification {
-            records: line_no - 1,
-            head: expected_prev.clone(),
-            broken: Some(ChainBreak {
-                line: line_no,
-                seq,
-                message,
-            }),
+        let line_start = offset;
+        offset += n as u64;
+        let broken = |seq: Option<u64>, message: String| Walk {
+            verification: Verification {
+                records: line_no - 1,
+                head: expected_prev.clone(),
+                broken: Some(ChainBreak {
+                    line: line_no,
+                    seq,
+                    message,
+                }),
+                recoveries: recoveries.clone(),
+                torn_tail: None,
+            },
+            break_offset: Some(line_start),
         };
         if buf.last() != Some(&b'\n') {
             return Ok(broken(
@@ -518,13 +859,45 @@ pub fn verify(path: &Path) -> Result<Verification, AuditError> {
                 ),
             ));
         }
+        if v.get("event").and_then(Value::as_str) == Some("recovered") {
+            // A recovery must say what it follows, and sit where the torn bytes were.
+            let record = serde_json::from_value::<AuditRecord>(v.clone()).ok();
+            match record {
+                Some(AuditRecord {
+                    recovery: Some(r),
+                    time,
+                    ..
+                }) if r.last_good_hash == expected_prev
+                    && r.last_good_seq.checked_add(1) == Some(expected_seq)
+                    && r.offset == line_start =>
+                {
+                    recoveries.push(RecoveryNote {
+                        line: line_no,
+                        seq: expected_seq,
+                        time,
+                        recovery: r,
+                    });
+                }
+                _ => {
+                    return Ok(broken(
+                        seq,
+                        "a recovered record that does not describe its place in the log (last good record, offset): it was edited".into(),
+                    ));
+                }
+            }
+        }
         expected_prev = actual;
         expected_seq += 1;
     }
-    Ok(Verification {
-        records: line_no,
-        head: expected_prev,
-        broken: None,
+    Ok(Walk {
+        verification: Verification {
+            records: line_no,
+            head: expected_prev,
+            broken: None,
+            recoveries,
+            torn_tail: None,
+        },
+        break_offset: None,
     })
 }
 
@@ -553,5 +926,295 @@ mod tests {
         .unwrap();
         assert_eq!(r.event, AuditEvent::Other);
         assert_eq!(r.decision, Decision::Other);
+    }
+}
+
+#[cfg(test)]
+mod torn_tail_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cfg(path: &Path) -> AuditConfig {
+        AuditConfig {
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn rec(i: u64) -> AuditRecord {
+        let mut r = AuditRecord::new(AuditEvent::Grant, Decision::Granted, format!("grant {i}"));
+        r.job_id = Some(i);
+        r
+    }
+
+    /// A log of `n` records in a fresh directory; returns the directory, the log and the records.
+    fn log_of(n: u64) -> (tempfile::TempDir, PathBuf, Vec<AuditRecord>) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.jsonl");
+        let written = (1..=n)
+            .map(|i| append(&cfg(&log), rec(i)).unwrap())
+            .collect();
+        (dir, log, written)
+    }
+
+    fn add(log: &Path, bytes: &[u8]) {
+        let mut f = fs::OpenOptions::new().append(true).open(log).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    fn records(log: &Path) -> Vec<AuditRecord> {
+        fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Append after `torn` was added to a good log of three records: the torn bytes, and only
+    /// they, are replaced by a `recovered` record, then the new record follows; the chain
+    /// verifies and lists the recovery.
+    fn assert_recovers(torn: &[u8]) {
+        let (_dir, log, written) = log_of(3);
+        let good = fs::read(&log).unwrap();
+        add(&log, torn);
+        let before = verify(&log).unwrap();
+        let t = before.torn_tail.clone().expect("a torn tail is recognised");
+        assert_eq!(
+            (t.line, t.offset, t.bytes),
+            (4, good.len() as u64, torn.len() as u64)
+        );
+
+        let new = append(&cfg(&log), rec(4)).unwrap();
+        let after = fs::read(&log).unwrap();
+        assert_eq!(
+            &after[..good.len()],
+            &good[..],
+            "nothing complete is removed"
+        );
+        let all = records(&log);
+        assert_eq!(all.len(), 5);
+        assert_eq!(&all[..3], &written[..]);
+        let r = &all[3];
+        assert_eq!(
+            (r.event, r.decision, r.seq),
+            (AuditEvent::Recovered, Decision::Succeeded, 4)
+        );
+        assert_eq!(r.prev, written[2].hash);
+        assert_eq!(
+            r.recovery,
+            Some(Recovery {
+                removed_bytes: torn.len() as u64,
+                removed_sha256: hex::encode(Sha256::digest(torn)),
+                offset: good.len() as u64,
+                last_good_seq: 3,
+                last_good_hash: written[2].hash.clone(),
+            })
+        );
+        assert!(r.reason.contains("torn tail removed"), "{}", r.reason);
+        assert_eq!(all[4], new);
+        assert_eq!((new.seq, &new.prev), (5, &r.hash));
+
+        let v = verify(&log).unwrap();
+        assert_eq!((v.records, v.broken, v.torn_tail), (5, None, None));
+        assert_eq!(v.head, new.hash);
+        assert_eq!(v.recoveries.len(), 1);
+        assert_eq!((v.recoveries[0].line, v.recoveries[0].seq), (4, 4));
+        assert_eq!(v.recoveries[0].recovery, r.recovery.clone().unwrap());
+
+        // The repaired log appends as usual, with no second recovery.
+        append(&cfg(&log), rec(5)).unwrap();
+        assert_eq!(verify(&log).unwrap().recoveries.len(), 1);
+    }
+
+    /// What an interrupted append of the next record would leave: the first `n` bytes of it.
+    fn prefix_of_a_record(n: usize) -> Vec<u8> {
+        let mut r = rec(99);
+        r.extra.insert("pad".into(), "x".repeat(n).into());
+        r.prev = "ab".repeat(32);
+        r.hash = "cd".repeat(32);
+        serde_json::to_vec(&r).unwrap()[..n].to_vec()
+    }
+
+    #[test]
+    fn a_partial_json_line_without_newline_is_removed_and_recorded() {
+        assert_recovers(&prefix_of_a_record(57));
+    }
+
+    #[test]
+    fn a_partial_line_longer_than_a_read_chunk_is_removed_and_recorded() {
+        assert_recovers(&prefix_of_a_record(9000));
+    }
+
+    #[test]
+    fn a_complete_looking_last_line_with_a_bad_hash_is_removed_and_recorded() {
+        let (_dir, log, _) = log_of(1);
+        let mut line: Value = serde_json::from_slice(&fs::read(&log).unwrap()).unwrap();
+        line["seq"] = 4.into();
+        line["reason"] = "edited after hashing".into();
+        let mut torn = serde_json::to_vec(&line).unwrap();
+        torn.push(b'\n');
+        assert_recovers(&torn);
+    }
+
+    #[test]
+    fn garbage_bytes_at_the_end_are_removed_and_recorded() {
+        // Zeros: what a crash can leave where the file grew but its data never reached disk.
+        assert_recovers(&[0u8; 300]);
+        assert_recovers(b"\x00\xffnot json at all\n");
+        assert_recovers(b"[1,2,3]\n{\"seq\":4,");
+        assert_recovers(b"\n");
+    }
+
+    #[test]
+    fn a_log_with_no_complete_line_starts_its_chain_with_the_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.jsonl");
+        let torn = prefix_of_a_record(40);
+        fs::write(&log, &torn).unwrap();
+        append(&cfg(&log), rec(1)).unwrap();
+        let all = records(&log);
+        assert_eq!(all[0].event, AuditEvent::Recovered);
+        assert_eq!((all[0].seq, all[0].prev.as_str()), (1, GENESIS));
+        let r = all[0].recovery.clone().unwrap();
+        assert_eq!((r.removed_bytes, r.offset, r.last_good_seq), (40, 0, 0));
+        let v = verify(&log).unwrap();
+        assert_eq!((v.records, v.broken, v.recoveries.len()), (2, None, 1));
+    }
+
+    /// Damage that reaches a complete record is never repaired: the append fails with the line
+    /// and the fix, and the log is left byte for byte as it was.
+    fn assert_fails_closed(log: &Path, line: u64) {
+        let before = fs::read(log).unwrap();
+        let err = append(&cfg(log), rec(9)).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, AuditError::Damaged { .. }), "{text}");
+        assert!(text.contains(&format!("line {line}")), "{text}");
+        for fix in [
+            "p3-executor audit verify",
+            "move it aside",
+            "evidence",
+            "mv ",
+        ] {
+            assert!(text.contains(fix), "the fix names {fix:?}: {text}");
+        }
+        assert_eq!(fs::read(log).unwrap(), before, "nothing was removed");
+        let v = verify(log).unwrap();
+        assert_eq!(v.broken.map(|b| b.line), Some(line));
+        assert_eq!(v.torn_tail, None, "damage is not a torn tail");
+    }
+
+    fn edit_line(log: &Path, index: usize, edit: impl FnOnce(&mut Value)) {
+        let text = fs::read_to_string(log).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut v: Value = serde_json::from_str(&lines[index]).unwrap();
+        edit(&mut v);
+        lines[index] = v.to_string();
+        fs::write(log, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn a_damaged_middle_with_a_torn_tail_stays_an_error() {
+        let (_dir, log, _) = log_of(4);
+        edit_line(&log, 1, |v| v["reason"] = "edited".into());
+        add(&log, &prefix_of_a_record(30));
+        assert_fails_closed(&log, 2);
+    }
+
+    #[test]
+    fn a_last_record_that_does_not_continue_its_predecessor_stays_an_error() {
+        // Removing the second-to-last record leaves two complete records that do not chain.
+        let (_dir, log, _) = log_of(4);
+        let text = fs::read_to_string(&log).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.remove(2);
+        fs::write(&log, lines.join("\n") + "\n").unwrap();
+        assert_fails_closed(&log, 3);
+
+        // An edited and re-hashed last record: complete on its own, so never removed.
+        let (_dir, log, _) = log_of(3);
+        edit_line(&log, 2, |v| {
+            v["prev"] = "ef".repeat(32).into();
+            v["hash"] = record_hash(v).into();
+        });
+        assert_fails_closed(&log, 3);
+    }
+
+    #[test]
+    fn two_bad_lines_at_the_end_stay_an_error() {
+        let (_dir, log, _) = log_of(3);
+        edit_line(&log, 2, |v| v["reason"] = "edited".into());
+        add(&log, b"garbage\n");
+        assert_fails_closed(&log, 3);
+    }
+
+    #[test]
+    fn no_line_end_in_the_last_mebibyte_stays_an_error() {
+        let (_dir, log, _) = log_of(1);
+        add(&log, &vec![b'x'; MAX_RECORD as usize + 10]);
+        let before = fs::read(&log).unwrap();
+        let err = append(&cfg(&log), rec(2)).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert_eq!(fs::read(&log).unwrap(), before);
+    }
+
+    #[test]
+    fn an_edited_recovery_record_breaks_the_chain() {
+        let (_dir, log, _) = log_of(2);
+        add(&log, b"{\"seq\":3");
+        append(&cfg(&log), rec(3)).unwrap();
+        edit_line(&log, 2, |v| {
+            v["recovery"]["last_good_seq"] = 1.into();
+            v["hash"] = record_hash(v).into();
+        });
+        let v = verify(&log).unwrap();
+        let b = v.broken.expect("broken");
+        assert_eq!(b.line, 3);
+        assert!(b.message.contains("recovered record"), "{}", b.message);
+    }
+
+    #[test]
+    fn recovery_records_keep_the_schema_compatible() {
+        // Records without the new field still parse; only recovered records carry it.
+        let old: AuditRecord = serde_json::from_str(
+            r#"{"seq":1,"time":"2026-11-26T12:00:00Z","host":"h","event":"grant","decision":"granted","reason":"r","prev":"","hash":""}"#,
+        )
+        .unwrap();
+        assert_eq!(old.recovery, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("recovery"));
+        let (_dir, log, _) = log_of(1);
+        add(&log, b"{");
+        append(&cfg(&log), rec(2)).unwrap();
+        let text = fs::read_to_string(&log).unwrap();
+        let line = text.lines().nth(1).unwrap();
+        assert!(line.contains(r#""event":"recovered""#), "{line}");
+        let back: AuditRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), line, "round trip");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Cut a good log anywhere: at a line end nothing is recovered; anywhere else exactly
+        /// the bytes after the last line end are removed, and the result verifies.
+        #[test]
+        fn a_log_cut_anywhere_heals_without_losing_a_complete_record(cut in any::<prop::sample::Index>()) {
+            let (_dir, log, _) = log_of(3);
+            let full = fs::read(&log).unwrap();
+            let at = cut.index(full.len() + 1);
+            fs::write(&log, &full[..at]).unwrap();
+            let complete = full[..at].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let lines = full[..complete].iter().filter(|&&b| b == b'\n').count() as u64;
+            append(&cfg(&log), rec(9)).unwrap();
+            let after = fs::read(&log).unwrap();
+            prop_assert_eq!(&after[..complete], &full[..complete]);
+            let v = verify(&log).unwrap();
+            prop_assert_eq!(&v.broken, &None);
+            let torn = (at - complete) as u64;
+            prop_assert_eq!(v.recoveries.len(), usize::from(torn > 0));
+            prop_assert_eq!(v.records, lines + 1 + u64::from(torn > 0));
+            if let Some(r) = v.recoveries.first() {
+                prop_assert_eq!(r.recovery.removed_bytes, torn);
+                prop_assert_eq!(r.recovery.offset, complete as u64);
+            }
+        }
     }
 }

@@ -27,7 +27,8 @@ pub enum AuditCommand {
         json: bool,
     },
     /// Check the hash chain; report the first record that was edited, removed or reordered
-    /// (exit 1; also when the log does not exist).
+    /// (exit 1; also when the log does not exist, or ends in a torn append), and list the
+    /// recovery records (torn appends a later append removed).
     Verify,
 }
 
@@ -73,19 +74,23 @@ pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
                 return Ok(1);
             }
             let v = verify(path)?;
-            match v.broken {
+            let recoveries = match v.recoveries.len() {
+                0 => String::new(),
+                n => format!(", {n} recovery record(s)"),
+            };
+            let code = match &v.broken {
                 None => {
                     println!(
-                        "audit log {} OK: {} record(s), head {}",
+                        "audit log {} OK: {} record(s){recoveries}, head {}",
                         path.display(),
                         v.records,
                         v.head
                     );
-                    Ok(0)
+                    0
                 }
                 Some(b) => {
                     println!(
-                        "audit log {} BROKEN at line {}{}: {}\n{} record(s) before it verify (head {})",
+                        "audit log {} BROKEN at line {}{}: {}\n{} record(s) before it verify{recoveries} (head {})",
                         path.display(),
                         b.line,
                         b.seq.map(|s| format!(" (seq {s})")).unwrap_or_default(),
@@ -93,9 +98,35 @@ pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
                         v.records,
                         v.head
                     );
-                    Ok(1)
+                    match &v.torn_tail {
+                        Some(t) => println!(
+                            "this is a torn append, not damage: {} byte(s) from offset {} ({}); the next append removes exactly those bytes and records a `recovered` record",
+                            t.bytes,
+                            t.offset,
+                            escape(&t.message)
+                        ),
+                        None => println!(
+                            "fix: keep the log as evidence: move it aside (mv {0} {0}.damaged-$(date +%Y%m%dT%H%M%S)); the next record starts a new chain",
+                            path.display()
+                        ),
+                    }
+                    1
                 }
+            };
+            for r in &v.recoveries {
+                let rec = &r.recovery;
+                println!(
+                    "recovery at line {} (seq {}, {}): removed a torn append of {} byte(s) at offset {} (sha256 {}) after seq {}",
+                    r.line,
+                    r.seq,
+                    r.time.format("%Y-%m-%d %H:%M:%S UTC"),
+                    rec.removed_bytes,
+                    rec.offset,
+                    escape(&rec.removed_sha256),
+                    rec.last_good_seq
+                );
             }
+            Ok(code)
         }
     }
 }

@@ -11,6 +11,14 @@
 //! descriptor and fsynced, all under the lock, so records never interleave and the chain never
 //! forks.
 //!
+//! An append that finds a *torn tail* (bytes after the last good record that are not a record:
+//! an earlier append was interrupted by a crash or a full disk) removes exactly those bytes and
+//! appends a `recovered` record carrying their SHA-256 and length and the last good hash, then
+//! its own record; it walks the whole chain first (only then) to make sure everything before
+//! the torn bytes verifies. A complete record is never removed: damage that reaches one (a last
+//! record that does not continue the one before it, two bad lines, a broken middle) fails
+//! closed with the line and the fix. `audit verify` accepts and lists recovery records.
+//!
 //! The chain proves the log is internally consistent, not that nobody with root rewrote all of
 //! it: `audit verify` prints the head hash, which operators can record elsewhere.
 //!
@@ -24,8 +32,8 @@ mod cli;
 mod query;
 
 pub use chain::{
-    AuditError, AuditEvent, AuditRecord, ChainBreak, Decision, GENESIS, Verification, append,
-    record_hash, verify,
+    AuditError, AuditEvent, AuditRecord, ChainBreak, Decision, GENESIS, Recovery, RecoveryNote,
+    TornTail, Verification, append, record_hash, verify,
 };
 pub use cli::{AuditCommand, run};
 pub use query::{Filter, parse_since, show};

@@ -1,32 +1,71 @@
-//! The audit log's hash chain is intact: a broken chain also blocks every grant (appends refuse
-//! a damaged tail), so `check` says so.
+//! The audit log's hash chain is intact. A torn last append is repaired by the next append (a
+//! `recovered` record), so `check` warns about it and about recoveries that happened; damage
+//! to complete records blocks appends that reach it and needs the operator, so it is an error.
 
 use super::finding::{Finding, Severity, finding};
 use crate::config::Config;
 
-/// An existing audit log must verify.
+/// An existing audit log must verify; torn appends and their recoveries are reported.
 pub(super) fn audit_chain(cfg: &Config, out: &mut Vec<Finding>) {
-    if cfg.audit.path.exists() {
-        match crate::audit::verify(&cfg.audit.path) {
-            Ok(v) => {
-                if let Some(b) = v.broken {
-                    out.push(finding(
-                    Severity::Error,
-                    format!(
-                        "audit log {} is broken at line {}: {}",
-                        cfg.audit.path.display(),
-                        b.line,
-                        b.message
-                    ),
-                    "investigate (p3-executor audit verify), then move the log aside so a new chain starts; keep the old one as evidence",
-                ));
-                }
-            }
-            Err(e) => out.push(finding(
+    let path = &cfg.audit.path;
+    if !path.exists() {
+        return;
+    }
+    let v = match crate::audit::verify(path) {
+        Ok(v) => v,
+        Err(e) => {
+            out.push(finding(
                 Severity::Error,
-                format!("audit log {} cannot be read: {e}", cfg.audit.path.display()),
+                format!("audit log {} cannot be read: {e}", path.display()),
                 "fix its permissions (root, 0640) or move it aside",
-            )),
+            ));
+            return;
         }
+    };
+    if let Some(last) = v.recoveries.last() {
+        let r = &last.recovery;
+        out.push(finding(
+            Severity::Warning,
+            format!(
+                "audit log {}: {} recovery record(s); the last, at {} (line {}, seq {}), removed a torn append of {} byte(s) (sha256 {}) after seq {}",
+                path.display(),
+                v.recoveries.len(),
+                last.time.format("%Y-%m-%d %H:%M:%S UTC"),
+                last.line,
+                last.seq,
+                r.removed_bytes,
+                r.removed_sha256,
+                r.last_good_seq
+            ),
+            "an append was interrupted (crash or full disk) and the next one repaired the tail; the chain verifies. Check free space and the host's crash history around that time (details: p3-executor audit verify)",
+        ));
+    }
+    match (&v.broken, &v.torn_tail) {
+        (None, _) => {}
+        (Some(_), Some(t)) => out.push(finding(
+            Severity::Warning,
+            format!(
+                "audit log {} ends in a torn append at line {}: {} byte(s) ({})",
+                path.display(),
+                t.line,
+                t.bytes,
+                t.message
+            ),
+            "nothing to do: the next append removes exactly those bytes and records a `recovered` record; if it recurs, check free space and crashes",
+        )),
+        (Some(b), None) => out.push(finding(
+            Severity::Error,
+            format!(
+                "audit log {} is damaged at line {}{}: {}",
+                path.display(),
+                b.line,
+                b.seq.map(|s| format!(" (seq {s})")).unwrap_or_default(),
+                b.message
+            ),
+            format!(
+                "inspect it with `p3-executor audit verify`, then move it aside and keep it as evidence (mv {0} {0}.damaged-$(date +%Y%m%dT%H%M%S)); the next record starts a new chain. A damaged log is never repaired: an append that finds the damage fails, and the grant with it (fail closed)",
+                path.display()
+            ),
+        )),
     }
 }

@@ -219,22 +219,193 @@ fn swapped_lines_are_reported_as_reordered() {
 }
 
 #[test]
-fn a_torn_last_line_is_reported_and_blocks_appends() {
+fn a_torn_last_line_is_reported_then_removed_and_recorded_by_the_next_append() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
-    five(&log);
+    let written = five(&log);
     let text = std::fs::read_to_string(&log).unwrap();
-    std::fs::write(&log, &text[..text.len() - 20]).unwrap();
+    let cut = text.len() - 20;
+    std::fs::write(&log, &text[..cut]).unwrap();
+    let good = text[..cut].rfind('\n').unwrap() + 1;
     let (line, msg) = broken_at(&log);
     assert_eq!(line, 5);
     assert!(msg.contains("incomplete"), "{msg}");
-    let err = audit::append(
+    let (code, out) = p3(&log, &["audit", "verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("BROKEN at line 5"), "{out}");
+    assert!(
+        out.contains(&format!("torn append, not damage: {} byte(s)", cut - good)),
+        "{out}"
+    );
+
+    let new = audit::append(
         &cfg(&log),
         AuditRecord::new(AuditEvent::Grant, Decision::Granted, "x"),
     )
-    .unwrap_err();
-    assert!(err.to_string().contains("incomplete"), "{err}");
-    assert!(err.to_string().contains("audit verify"), "{err}");
+    .unwrap();
+    let stored = lines(&log);
+    assert_eq!(stored.len(), 6);
+    assert_eq!(
+        stored[..4].join("\n") + "\n",
+        text[..good],
+        "records 1-4 untouched"
+    );
+    let recovered: AuditRecord = serde_json::from_str(&stored[4]).unwrap();
+    assert_eq!(recovered.event, AuditEvent::Recovered);
+    assert_eq!(recovered.prev, written[3].hash);
+    let r = recovered.recovery.unwrap();
+    assert_eq!(r.removed_bytes as usize, cut - good);
+    assert_eq!(r.last_good_hash, written[3].hash);
+    assert_eq!((new.seq, new.prev), (6, recovered.hash));
+
+    let (code, out) = p3(&log, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("OK: 6 record(s), 1 recovery record(s)"),
+        "{out}"
+    );
+    assert!(out.contains("recovery at line 5 (seq 5"), "{out}");
+    assert!(out.contains(&r.removed_sha256), "{out}");
+}
+
+/// Write `records` grants to the log at `log`, then `torn` bytes after them.
+fn log_with_tail(log: &Path, records: u64, torn: &[u8]) {
+    for i in 0..records {
+        audit::append(
+            &cfg(log),
+            grant(i + 1, "grp/app", "client_dev", "client_dev"),
+        )
+        .unwrap();
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+    std::io::Write::write_all(&mut f, torn).unwrap();
+}
+
+/// The runner host's `check` output.
+fn check(host: &p3_testkit::driver::Host) -> String {
+    let out = host.exec(&["check"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A crash during an append left half a record at the end of a host's log. The next job's
+/// denial removes exactly those bytes, records the recovery and its own denial; `audit verify`
+/// passes and lists the recovery; `check` warns about it.
+#[test]
+fn a_denied_job_heals_a_torn_tail_and_verify_and_check_report_it() {
+    let host = runner::host("");
+    let log = host.root().join("audit/audit.jsonl");
+    let torn = br#"{"seq":3,"time":"2026-11-26T12:00:00Z","host":"h","event":"gra"#;
+    log_with_tail(&log, 2, torn);
+    let good = std::fs::metadata(&log).unwrap().len() as usize - torn.len();
+    let before = std::fs::read(&log).unwrap();
+    let out = check(&host);
+    assert!(
+        out.contains("ends in a torn append at line 3") && !out.contains("error: audit log"),
+        "a torn tail is a warning, not an error: {out}"
+    );
+
+    let mut job = host.job(8811, "true").var("P3_DEVSTAGE", "client_dev");
+    assert_eq!(
+        job.run_all(),
+        runner::JobResult::BuildFailure(Some(1)),
+        "{}",
+        job.log
+    );
+    assert!(job.log.contains("grants no devstages"), "{}", job.log);
+    assert!(
+        job.log.contains(&format!(
+            "removed a torn tail of {} byte(s) (an incomplete line (no newline)",
+            torn.len()
+        )),
+        "{}",
+        job.log
+    );
+
+    let after = std::fs::read(&log).unwrap();
+    assert_eq!(
+        after[..good],
+        before[..good],
+        "no complete record is removed"
+    );
+    let records: Vec<AuditRecord> = lines(&log)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 4, "{records:#?}");
+    assert_eq!(records[2].event, AuditEvent::Recovered);
+    let r = records[2].recovery.clone().unwrap();
+    assert_eq!(
+        (r.removed_bytes as usize, r.offset as usize),
+        (torn.len(), good)
+    );
+    assert_eq!(r.last_good_hash, records[1].hash);
+    assert_eq!(records[3].event, AuditEvent::Deny);
+    assert_eq!(records[3].job_id, Some(8811));
+
+    let verify = host.exec(&["audit", "verify"]);
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{text}");
+    assert!(
+        text.contains("OK: 4 record(s), 1 recovery record(s)"),
+        "{text}"
+    );
+    assert!(text.contains("recovery at line 3 (seq 3"), "{text}");
+
+    let out = check(&host);
+    assert!(
+        out.contains(&format!(
+            "warning: audit log {}: 1 recovery record(s); the last, at ",
+            log.display()
+        )) && out.contains(&format!("removed a torn append of {} byte(s)", torn.len())),
+        "{out}"
+    );
+    assert!(!out.contains("error: audit log"), "{out}");
+}
+
+/// A log damaged in the middle is never repaired: a denied job is still a denial (build
+/// failure) and says in its log that its record could not be written, with the fix; the log
+/// is left as it was; `check` and `audit verify` name the line.
+#[test]
+fn a_damaged_middle_fails_closed_and_a_denial_stays_a_denial() {
+    let host = runner::host("");
+    let log = host.root().join("audit/audit.jsonl");
+    log_with_tail(&log, 3, b"{\"seq\":4,");
+    let mut l = lines(&log);
+    l[1] = l[1].replace("grp/app", "grp/other");
+    std::fs::write(&log, l.join("\n")).unwrap();
+    let before = std::fs::read(&log).unwrap();
+
+    let mut job = host.job(8812, "true").var("P3_DEVSTAGE", "client_dev");
+    assert_eq!(
+        job.run_all(),
+        runner::JobResult::BuildFailure(Some(1)),
+        "{}",
+        job.log
+    );
+    assert!(job.log.contains("grants no devstages"), "{}", job.log);
+    assert!(
+        job.log.contains("cannot write audit record")
+            && job.log.contains("is damaged: line 2 (seq 2)")
+            && job.log.contains("p3-executor audit verify")
+            && job.log.contains("keep it as evidence"),
+        "{}",
+        job.log
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), before, "nothing is removed");
+
+    let verify = host.exec(&["audit", "verify"]);
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert_eq!(verify.status.code(), Some(1), "{text}");
+    assert!(text.contains("BROKEN at line 2 (seq 2)"), "{text}");
+    assert!(text.contains("move it aside"), "{text}");
+    let out = check(&host);
+    assert!(
+        out.contains(&format!(
+            "error: audit log {} is damaged at line 2",
+            log.display()
+        )) && out.contains("keep it as evidence"),
+        "{out}"
+    );
 }
 
 #[test]
