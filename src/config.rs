@@ -157,6 +157,19 @@ pub struct AuditConfig {
     /// Append-only JSON-lines file, hash-chained.
     #[serde(default = "default_audit_path")]
     pub path: PathBuf,
+    /// What every record is stamped with; set when the config is loaded, never from the file.
+    #[serde(skip)]
+    pub stamp: AuditStamp,
+}
+
+/// Facts that let an auditor answer "on which runner, under which policy": the same for every
+/// record one executor process writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditStamp {
+    /// Stable id of this runner host (`<state_root>/host-id`), surviving renames.
+    pub host_id: Option<String>,
+    /// SHA-256 of the executor config file in force.
+    pub config_sha256: Option<String>,
 }
 
 /// Kerberos tools and timings.
@@ -417,8 +430,44 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             path: default_audit_path(),
+            stamp: AuditStamp::default(),
         }
     }
+}
+
+/// This host's stable id: `<state_root>/host-id`, made once (128 random bits, hex) and kept.
+/// None when the state root cannot hold it (not root, read-only): records then name the host
+/// by its name only.
+pub fn host_id(state_root: &Path) -> Option<String> {
+    let file = state_root.join("host-id");
+    if let Ok(id) = std::fs::read_to_string(&file) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Some(id.to_string());
+        }
+    }
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .ok()?;
+    let id = hex::encode(bytes);
+    std::fs::create_dir_all(state_root).ok()?;
+    // create_new: two first executions race; the loser reads the winner's id.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&file)
+    {
+        Ok(mut f) => std::io::Write::write_all(&mut f, format!("{id}\n").as_bytes()).ok()?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return std::fs::read_to_string(&file)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
+        }
+        Err(_) => return None,
+    }
+    Some(id)
 }
 
 impl Default for KerberosConfig {
@@ -458,10 +507,17 @@ impl Config {
                 message: "the file is empty: restore it (see executor-config/config.toml for an annotated example); an empty config is never taken to mean the defaults".into(),
             });
         }
-        Self::parse(&text).map_err(|message| Error::Config {
+        let mut cfg = Self::parse(&text).map_err(|message| Error::Config {
             path: path.to_path_buf(),
             message,
-        })
+        })?;
+        cfg.audit.stamp = AuditStamp {
+            host_id: host_id(&cfg.state_root),
+            config_sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                text.as_bytes(),
+            ))),
+        };
+        Ok(cfg)
     }
 
     /// The private uid range jobs lease from, or None when jobs share `job_user`'s uid.

@@ -92,6 +92,12 @@ pub struct AuditRecord {
     pub time: DateTime<Utc>,
     /// Runner host that made the decision.
     pub host: String,
+    /// Stable id of that host (`<state_root>/host-id`), kept across renames and rebuilds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// SHA-256 of the executor config in force: which policy version decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<String>,
     /// What happened.
     pub event: AuditEvent,
     /// Its outcome.
@@ -167,6 +173,8 @@ impl AuditRecord {
             host: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "unknown".into()),
+            host_id: None,
+            config_sha256: None,
             event,
             decision,
             reason: reason.into(),
@@ -357,6 +365,11 @@ pub fn append(cfg: &AuditConfig, record: AuditRecord) -> Result<AuditRecord, Aud
             return Err(damaged(path, &walked, message));
         }
     };
+    let mut record = record;
+    record.host_id = record.host_id.or_else(|| cfg.stamp.host_id.clone());
+    record.config_sha256 = record
+        .config_sha256
+        .or_else(|| cfg.stamp.config_sha256.clone());
     write_record(&locked, path, record, last_seq, last_hash)
 }
 
@@ -937,6 +950,7 @@ mod torn_tail_tests {
     fn cfg(path: &Path) -> AuditConfig {
         AuditConfig {
             path: path.to_path_buf(),
+            ..AuditConfig::default()
         }
     }
 

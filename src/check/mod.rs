@@ -21,6 +21,19 @@ pub use finding::{Finding, Severity};
 /// Every finding for this config on this host.
 pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
     let mut out = Vec::new();
+    // What every audit record this config writes will carry: which policy, which host.
+    let stamp = &cfg.audit.stamp;
+    if let Some(hash) = &stamp.config_sha256 {
+        out.push(finding::finding(
+            Severity::Info,
+            format!(
+                "config {} has sha256 {hash}; host id {} (every audit record names both)",
+                config_path.display(),
+                stamp.host_id.as_deref().unwrap_or("(none: the state root cannot hold one)")
+            ),
+            "nothing to do",
+        ));
+    }
     paths::private_paths(cfg, config_path, &mut out);
     tools::tools(cfg, &mut out);
     if nix::unistd::geteuid().is_root() {

@@ -17,6 +17,7 @@ const PER_WRITER: usize = 50;
 fn cfg(path: &Path) -> AuditConfig {
     AuditConfig {
         path: path.to_path_buf(),
+        ..AuditConfig::default()
     }
 }
 
@@ -616,4 +617,34 @@ fn show_escapes_what_a_denied_job_requested() {
     assert_eq!(shown, records);
     let verify = host.exec(&["audit", "verify"]);
     assert!(verify.status.success(), "{verify:?}");
+}
+
+/// Every record names the runner (a stable host id kept in the state root) and the policy
+/// version (the config's SHA-256), and `check` shows the same two values.
+#[test]
+fn records_name_the_host_id_and_the_config_in_force() {
+    use sha2::Digest;
+    let host = crate::common::host("");
+    let mut job = host.job(8840, "true").var("P3_DEVSTAGE", "client_dev");
+    job.run_all();
+    let mut again = host.job(8841, "true").var("P3_DEVSTAGE", "client_dev");
+    again.run_all();
+    let config_hash = hex::encode(sha2::Sha256::digest(std::fs::read(&host.config).unwrap()));
+    let log = std::fs::read_to_string(host.root().join("audit/audit.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(records.len() >= 2, "{log}");
+    let host_id = records[0]["host_id"].as_str().expect("host_id").to_string();
+    assert_eq!(host_id.len(), 32, "{host_id}");
+    for r in &records {
+        assert_eq!(r["host_id"], host_id.as_str(), "the id is stable: {r}");
+        assert_eq!(r["config_sha256"], config_hash.as_str(), "{r}");
+    }
+    let check = String::from_utf8_lossy(&host.exec(&["check"]).stdout).to_string();
+    assert!(
+        check.contains(&config_hash) && check.contains(&host_id),
+        "{check}"
+    );
 }
