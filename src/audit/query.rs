@@ -43,16 +43,26 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    let (num, unit) = text.split_at(text.len().saturating_sub(1));
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
+    // The unit is the last character (which may be more than one byte in arbitrary input).
+    let (num, unit) = match text.char_indices().next_back() {
+        Some((at, unit)) => (&text[..at], unit),
+        None => ("", ' '),
+    };
+    let secs: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
         _ => 0,
     };
     match num.parse::<i64>() {
-        Ok(n) if secs > 0 && n >= 0 => Ok(now - chrono::Duration::seconds(n * secs)),
+        Ok(n) if secs > 0 && n >= 0 => n
+            .checked_mul(secs)
+            .and_then(chrono::TimeDelta::try_seconds)
+            .and_then(|age| now.checked_sub_signed(age))
+            .ok_or_else(|| {
+                format!("--since {text:?}: the age reaches back beyond the representable time")
+            }),
         _ => Err(format!(
             "--since {text:?}: expected an RFC 3339 time (2026-11-26T12:00:00Z), a date (2026-11-26) or an age (90m, 12h, 7d)"
         )),

@@ -20,6 +20,7 @@ mod image;
 mod isolation;
 mod kerberos;
 mod p3;
+mod parsers;
 mod pipeline;
 mod release;
 mod runner;
