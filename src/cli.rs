@@ -43,8 +43,16 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print Prometheus metrics (grants, denials, durations, active jobs); also writes
+    /// `[metrics] textfile` when set.
+    Metrics,
     /// Validate the config and this host; print every problem with a fix.
-    Check,
+    Check {
+        /// Also run a real kinit from each account's keytab (bounded, into a throwaway cache)
+        /// and show which DC answered and how fast.
+        #[arg(long)]
+        probe: bool,
+    },
     /// Run the demo locally, no GitLab needed: jobs through the four runner calls on an embedded
     /// config (with MIT Kerberos: a policy grant, a forged-variable denial, the audit log).
     /// Runs `p3-executor-demo`, which is built from the test fixtures, not shipped in this binary.

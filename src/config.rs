@@ -81,6 +81,21 @@ pub struct Config {
     /// The per-job sandbox around every job script.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics (see `metrics.rs`): printed by `p3-executor metrics`, and written for a
+/// node_exporter textfile collector when `textfile` is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to write the exposition (atomically, 0644), e.g.
+    /// `/var/lib/prometheus/node-exporter/p3_executor.prom`; updated by `metrics`, `gc` and
+    /// at the end of every `cleanup`.
+    #[serde(default)]
+    pub textfile: Option<PathBuf>,
 }
 
 /// The per-job sandbox: namespaces around every job script (see `sandbox/`).
@@ -227,6 +242,188 @@ pub struct Account {
     /// S3 access for this account, if any.
     #[serde(default)]
     pub s3: Option<S3Account>,
+    /// The account's own realm and DCs (an Active Directory domain). Without it kinit and the
+    /// job use the host's krb5.conf (`kerberos.krb5_config`), as before.
+    #[serde(default)]
+    pub kerberos: Option<AccountKerberos>,
+}
+
+/// An account's own Kerberos realm, usually an Active Directory domain: each job granted the
+/// account gets a krb5.conf of its own naming this realm and its DCs (see
+/// `credentials::kerberos::realm_conf`), used by the executor's kinit and by the job's clients.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountKerberos {
+    /// The realm: for AD the domain name in upper case (`CORP.EXAMPLE.COM`). It becomes the
+    /// job's `default_realm`.
+    pub realm: String,
+    /// The realm's DCs, `host` or `host:port` (`[v6 address]:port`), tried in this order: one
+    /// that refuses the connection is skipped at once, one that accepts and never answers
+    /// after about 10 s (MIT's wait for a TCP reply).
+    #[serde(default)]
+    pub kdcs: Vec<String>,
+    /// Find DCs from the `_kerberos._tcp.<realm>` DNS SRV records, for the realm when `kdcs`
+    /// is empty and for realms a referral leads to (trusted domains of the forest).
+    #[serde(default)]
+    pub dns_lookup_kdc: bool,
+    /// Encryption types for tickets and session keys, in order of preference (empty: the
+    /// library's defaults), e.g. `["aes256-cts-hmac-sha1-96", "aes128-cts-hmac-sha1-96"]`.
+    #[serde(default)]
+    pub enctypes: Vec<String>,
+    /// Reverse-resolve service hosts before building their principal names. AD registers SPNs
+    /// under the names clients use, so the default is false.
+    #[serde(default)]
+    pub rdns: bool,
+    /// Let the KDC canonicalize the client principal (AD: UPNs and enterprise names).
+    #[serde(default)]
+    pub canonicalize: bool,
+    /// End the per-job krb5.conf with `include <kerberos.krb5_config or /etc/krb5.conf>`, so
+    /// the host's other settings and realms still apply. The account's own settings come first
+    /// and win: MIT's profile returns the first value it reads.
+    #[serde(default = "default_true")]
+    pub include_host_config: bool,
+    /// Bound on this account's kinit calls, instead of `kerberos.timeout_secs`. A DC that
+    /// accepts and never answers costs MIT kinit about 10 s before it asks the next one: allow
+    /// 10 s for every DC that may be mute, plus a few seconds.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Encryption type names MIT krb5 accepts in `permitted_enctypes` and friends (compared
+/// without case; a leading `+`/`-` adds or removes, as in `DEFAULT -rc4`).
+const ENCTYPES: &[&str] = &[
+    "default",
+    "aes",
+    "aes256-cts-hmac-sha1-96",
+    "aes256-cts",
+    "aes256-sha1",
+    "aes128-cts-hmac-sha1-96",
+    "aes128-cts",
+    "aes128-sha1",
+    "aes256-cts-hmac-sha384-192",
+    "aes256-sha2",
+    "aes128-cts-hmac-sha256-128",
+    "aes128-sha2",
+    "rc4",
+    "arcfour-hmac",
+    "rc4-hmac",
+    "arcfour-hmac-md5",
+    "des3",
+    "des3-cbc-sha1",
+    "des3-hmac-sha1",
+    "des3-cbc-sha1-kd",
+    "camellia",
+    "camellia256-cts-cmac",
+    "camellia256-cts",
+    "camellia128-cts-cmac",
+    "camellia128-cts",
+];
+
+impl AccountKerberos {
+    /// Problems with `[accounts.<name>.kerberos]` for the account's `principal`, each naming
+    /// its key. Everything here ends up in a krb5.conf, so only plain profile words pass.
+    pub fn problems(&self, name: &str, principal: &str) -> Vec<String> {
+        let key = format!("accounts.{name}.kerberos");
+        let mut problems = Vec::new();
+        let realm = &self.realm;
+        if realm.is_empty() {
+            problems.push(format!(
+                "{key}.realm is empty: name the realm (AD: the domain in upper case, CORP.EXAMPLE.COM)"
+            ));
+        } else if !realm.bytes().all(|b| {
+            b.is_ascii_uppercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        }) || realm.starts_with('.')
+            || realm.ends_with('.')
+        {
+            problems.push(format!(
+                "{key}.realm = {realm:?} is not a realm name: upper-case letters, digits, '.', '-' and '_' (AD: the domain in upper case, {:?})",
+                realm.to_ascii_uppercase()
+            ));
+        } else if let Some((_, own)) = principal.rsplit_once('@')
+            && own != realm
+        {
+            problems.push(format!(
+                "accounts.{name}.principal {principal:?} is in realm {own:?}, but {key}.realm is {realm:?}: kinit would ask {realm}'s DCs for a principal of another realm (write the principal as <name>@{realm}, or leave its realm out)"
+            ));
+        }
+        if self.kdcs.is_empty() && !self.dns_lookup_kdc {
+            problems.push(format!(
+                "{key}: no way to find the realm's DCs: list them in kdcs = [\"dc1.example.com\", ...] or set dns_lookup_kdc = true"
+            ));
+        }
+        let mut seen = Vec::new();
+        for kdc in &self.kdcs {
+            if let Err(why) = parse_kdc(kdc) {
+                problems.push(format!("{key}.kdcs: {kdc:?}: {why}"));
+            } else if seen.contains(&kdc) {
+                problems.push(format!("{key}.kdcs: {kdc:?} is listed twice"));
+            }
+            seen.push(kdc);
+        }
+        for enctype in &self.enctypes {
+            let bare = enctype.trim_start_matches(['+', '-']).to_ascii_lowercase();
+            if !ENCTYPES.contains(&bare.as_str()) {
+                problems.push(format!(
+                    "{key}.enctypes: {enctype:?} is not an encryption type MIT krb5 knows (AD: \"aes256-cts-hmac-sha1-96\", \"aes128-cts-hmac-sha1-96\")"
+                ));
+            }
+        }
+        if self.timeout_secs == Some(0) {
+            problems.push(format!(
+                "{key}.timeout_secs = 0: give kinit at least a few seconds (10 s more for every DC that may be mute)"
+            ));
+        }
+        problems
+    }
+}
+
+/// A DC entry, `host`, `host:port` or `[v6]:port`: the host and the port, if given.
+pub fn parse_kdc(entry: &str) -> std::result::Result<(&str, Option<u16>), String> {
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (addr, after) = rest
+            .split_once(']')
+            .ok_or("an IPv6 address needs its closing ']'")?;
+        addr.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("{addr:?} is not an IPv6 address"))?;
+        match after {
+            "" => (addr, None),
+            _ => (
+                addr,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or("expected ':<port>' after ']'")?,
+                ),
+            ),
+        }
+    } else {
+        match entry.split_once(':') {
+            Some((_, p)) if p.contains(':') => {
+                return Err("an IPv6 address goes in brackets: \"[2001:db8::1]:88\"".into());
+            }
+            Some((h, p)) => (h, Some(p)),
+            None => (entry, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host name".into());
+    }
+    if !entry.starts_with('[')
+        && (!host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            || host.starts_with(['.', '-']))
+    {
+        return Err("not a host name: letters, digits, '.', '-' and '_' only".into());
+    }
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+            _ => return Err(format!("port {p:?} is not a number from 1 to 65535")),
+        },
+    };
+    Ok((host, port))
 }
 
 /// S3 settings and credential source for an account.
@@ -611,6 +808,9 @@ impl Config {
             if !account.keytab.is_absolute() {
                 problems.push(format!("accounts.{name}.keytab must be an absolute path"));
             }
+            if let Some(realm) = &account.kerberos {
+                problems.extend(realm.problems(name, &account.principal));
+            }
             if let Some(s3) = &account.s3 {
                 if s3.credential_process.is_some() == s3.profile.is_some() {
                     problems.push(format!(
@@ -713,6 +913,113 @@ mod tests {
             err.contains("devstages.d.tag_pattern: invalid regex"),
             "{err}"
         );
+    }
+
+    fn account_with(kerberos: &str) -> std::result::Result<Config, String> {
+        Config::parse(&format!(
+            "[accounts.corp]\nprincipal = \"svc_ci@CORP.EXAMPLE.COM\"\nkeytab = \"/k\"\n[accounts.corp.kerberos]\n{kerberos}\n"
+        ))
+    }
+
+    #[test]
+    fn an_accounts_realm_settings_parse_with_ad_defaults() {
+        let cfg = account_with(
+            "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"dc1.corp.example.com\", \"dc2:88\"]",
+        )
+        .unwrap();
+        let realm = cfg.accounts["corp"].kerberos.clone().unwrap();
+        assert_eq!(realm.kdcs, ["dc1.corp.example.com", "dc2:88"]);
+        assert!(!realm.rdns && !realm.canonicalize && !realm.dns_lookup_kdc);
+        assert!(realm.include_host_config);
+        assert_eq!(realm.timeout_secs, None);
+        // Accounts without the table keep the host's krb5.conf.
+        let plain = Config::parse("[accounts.a]\nprincipal = \"p\"\nkeytab = \"/k\"\n").unwrap();
+        assert!(plain.accounts["a"].kerberos.is_none());
+        // SRV discovery alone is enough.
+        account_with("realm = \"CORP.EXAMPLE.COM\"\ndns_lookup_kdc = true").unwrap();
+    }
+
+    #[test]
+    fn bad_realm_settings_are_named() {
+        // (the [accounts.corp.kerberos] table, what the error must say)
+        let table = [
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdc = [\"dc1\"]",
+                "unknown field `kdc`",
+            ),
+            ("realm = \"\"\nkdcs = [\"dc1\"]", "realm is empty"),
+            (
+                "realm = \"corp.example.com\"\nkdcs = [\"dc1\"]",
+                "\"CORP.EXAMPLE.COM\"",
+            ),
+            (
+                "realm = \"CORP EXAMPLE\"\nkdcs = [\"dc1\"]",
+                "is not a realm name",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"",
+                "no way to find the realm's DCs",
+            ),
+            (
+                "realm = \"OTHER.EXAMPLE.COM\"\nkdcs = [\"dc1\"]",
+                "is in realm \"CORP.EXAMPLE.COM\"",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"dc1:0\"]",
+                "port \"0\"",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"dc1:70000\"]",
+                "port \"70000\"",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"dc1:\"]",
+                "port \"\"",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"dc1:+88\"]",
+                "port \"+88\"",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"2001:db8::1\"]",
+                "in brackets",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"[2001:db8::1\"]",
+                "closing ']'",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"[nope]:88\"]",
+                "not an IPv6 address",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"dc1 }\\n[x]\"]",
+                "not a host name",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"dc1\", \"dc1\"]",
+                "listed twice",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"dc1\"]\nenctypes = [\"aes257\"]",
+                "\"aes257\" is not an encryption type",
+            ),
+            (
+                "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"dc1\"]\ntimeout_secs = 0",
+                "timeout_secs = 0",
+            ),
+        ];
+        for (table_text, needle) in table {
+            let err = account_with(table_text).unwrap_err();
+            assert!(err.contains(needle), "{table_text}: {err}");
+        }
+        // What passes: host names, IPv4, bracketed IPv6 with a port, enctype families.
+        account_with(
+            "realm = \"CORP.EXAMPLE.COM\"\nkdcs = [\"dc1.corp.example.com:88\", \"10.0.0.5\", \"[2001:db8::1]:88\", \"[2001:db8::2]\"]\nenctypes = [\"AES256-CTS-HMAC-SHA1-96\", \"aes\", \"-rc4\"]",
+        )
+        .unwrap();
+        // A principal without a realm takes the account's.
+        Config::parse("[accounts.a]\nprincipal = \"svc\"\nkeytab = \"/k\"\n[accounts.a.kerberos]\nrealm = \"DEV.TEST\"\nkdcs = [\"dc1\"]\n").unwrap();
     }
 
     #[test]

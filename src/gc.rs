@@ -75,5 +75,8 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
             idle_secs: idle,
         });
     }
+    if !dry_run {
+        crate::metrics::update_textfile(cfg);
+    }
     Ok(swept)
 }

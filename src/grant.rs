@@ -5,6 +5,7 @@
 //! be written is withdrawn (fail closed).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -176,8 +177,21 @@ fn grant(
         Duration::from_secs(cfg.kerberos.lifetime_margin_secs),
         Utc::now(),
     );
-    let ticket = match kerberos::obtain_capped(&cfg.kerberos, account, &ccache, owner, max_life) {
-        Ok(t) => t,
+    // An account with its own realm gets a krb5.conf of its own in the creds dir: kinit runs
+    // with it (traced, to record the DC that answered) and the job gets it as KRB5_CONFIG.
+    let kinit_started = std::time::Instant::now();
+    let obtained = job_krb5_conf(cfg, account, paths).and_then(|job_conf| {
+        let opts = kerberos::KinitOptions {
+            owner,
+            max_life,
+            krb5_config: job_conf.as_deref(),
+            trace: job_conf.is_some(),
+        };
+        kerberos::obtain_with(&cfg.kerberos, account, &ccache, &opts).map(|o| (o, job_conf))
+    });
+    let kinit_ms = elapsed_ms(kinit_started);
+    let (obtained, job_conf) = match obtained {
+        Ok(o) => o,
         Err(e) => {
             rec.decision = Outcome::Failed;
             rec.reason = format!("kinit failed: {e}");
@@ -188,6 +202,7 @@ fn grant(
             )));
         }
     };
+    let ticket = &obtained.ticket;
     grant.ticket_expires = Some(ticket.expires);
     grant.ticket_renew_until = ticket.renew_until;
     let mut env = BTreeMap::from([
@@ -196,7 +211,7 @@ fn grant(
         (env::DEPLOY_STAGE.to_string(), deploy_account.clone()),
         (env::SYSTEM_ACCOUNT.to_string(), principal.clone()),
     ]);
-    if let Some(krb5_config) = &cfg.kerberos.krb5_config {
+    if let Some(krb5_config) = job_conf.as_ref().or(cfg.kerberos.krb5_config.as_ref()) {
         env.insert(env::KRB5_CONFIG.into(), krb5_config.display().to_string());
     }
     rec.reason = format!("devstages.{devstage}: every rule satisfied");
@@ -204,6 +219,8 @@ fn grant(
         "ticket_expires".into(),
         Value::String(ticket.expires.to_rfc3339()),
     );
+    record_kdc(&mut rec, &obtained);
+    rec.extra.insert("kinit_ms".into(), Value::from(kinit_ms));
     let s3_rec = match &account.s3 {
         Some(s3) => match obtain_s3(
             cfg,
@@ -274,13 +291,22 @@ fn obtain_s3(
         Value::String(aws::S3Credentials::source_of(s3).into()),
     );
     let ccname = kerberos::krb5ccname(&grant.ccache);
-    let written = aws::retrieve_with_duration(
-        s3,
-        Some(&ccname),
-        cfg.kerberos.krb5_config.as_deref(),
-        duration_secs,
-    )
-    .and_then(|creds| {
+    let krb5_config = match cfg.accounts.get(account_name) {
+        Some(account) if account.kerberos.is_some() => {
+            Some(paths.creds.join(kerberos::realm_conf::JOB_KRB5_CONF))
+        }
+        _ => cfg.kerberos.krb5_config.clone(),
+    };
+    let started = std::time::Instant::now();
+    let retrieved =
+        aws::retrieve_with_duration(s3, Some(&ccname), krb5_config.as_deref(), duration_secs);
+    if s3.credential_process.is_some() {
+        rec.extra.insert(
+            "credential_process_ms".into(),
+            Value::from(elapsed_ms(started)),
+        );
+    }
+    let written = retrieved.and_then(|creds| {
         aws::write_job_files(&paths.creds, account_name, s3, &creds, owner(state))
             .map(|env| (env, creds.expiration))
     });
@@ -344,21 +370,27 @@ pub fn refresh(
     if near {
         let mut rec =
             record_from_grant(&grant, AuditEvent::Renew, Outcome::Succeeded, String::new());
-        match kerberos::refresh_if_needed(
-            &cfg.kerberos,
-            account,
-            &grant.ccache,
-            owner(state),
-            threshold,
-            now,
-            max_life,
-        ) {
-            Ok(Some(ticket)) => {
+        let kinit_started = std::time::Instant::now();
+        let refreshed = job_krb5_conf(cfg, account, paths).and_then(|job_conf| {
+            let opts = kerberos::KinitOptions {
+                owner: owner(state),
+                max_life,
+                krb5_config: job_conf.as_deref(),
+                trace: job_conf.is_some(),
+            };
+            kerberos::refresh_with(&cfg.kerberos, account, &grant.ccache, threshold, now, &opts)
+        });
+        match refreshed {
+            Ok(Some(obtained)) => {
+                let ticket = &obtained.ticket;
                 rec.reason = "ticket close to expiry: obtained a fresh one from the keytab".into();
                 rec.extra.insert(
                     "ticket_expires".into(),
                     Value::String(ticket.expires.to_rfc3339()),
                 );
+                record_kdc(&mut rec, &obtained);
+                rec.extra
+                    .insert("kinit_ms".into(), Value::from(elapsed_ms(kinit_started)));
                 record_best_effort(cfg, rec);
                 if let Some(g) = state.grant.as_mut() {
                     g.ticket_expires = Some(ticket.expires);
@@ -517,6 +549,39 @@ fn for_job_log(err: &kerberos::KerberosError, account_name: &str, account: &Acco
         &account.keytab.display().to_string(),
         &format!("<keytab of account {account_name}>"),
     )
+}
+
+/// The job's own krb5.conf for an account with its own realm (`[accounts.<name>.kerberos]`),
+/// written (again: the config may have changed) into its root-owned credentials dir. None: the
+/// account uses the host's krb5.conf, as accounts always did.
+fn job_krb5_conf(
+    cfg: &Config,
+    account: &Account,
+    paths: &JobPaths,
+) -> std::result::Result<Option<PathBuf>, kerberos::KerberosError> {
+    account
+        .kerberos
+        .as_ref()
+        .map(|realm| kerberos::realm_conf::write_job_conf(&cfg.kerberos, realm, &paths.creds))
+        .transpose()
+}
+
+/// The DC that answered a traced kinit, and those asked before it that did not.
+/// Milliseconds since `started`, for the duration histograms (`metrics.rs`).
+fn elapsed_ms(started: std::time::Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn record_kdc(rec: &mut AuditRecord, obtained: &kerberos::Obtained) {
+    if let Some(kdc) = &obtained.kdc {
+        rec.extra.insert("kdc".into(), Value::String(kdc.clone()));
+    }
+    if !obtained.unanswered.is_empty() {
+        rec.extra.insert(
+            "kdc_unanswered".into(),
+            Value::from(obtained.unanswered.clone()),
+        );
+    }
 }
 
 fn owner(state: &JobState) -> Option<(u32, u32)> {

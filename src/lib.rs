@@ -17,6 +17,7 @@ pub(crate) mod grant;
 pub mod identity;
 pub mod job;
 pub(crate) mod limits;
+pub mod metrics;
 pub mod policy;
 pub(crate) mod process;
 pub(crate) mod residue;

@@ -9,7 +9,7 @@ use p3_executor::cli::{Cli, Command};
 use p3_executor::config::{Config, LogConfig};
 use p3_executor::error::{ExitCodes, FailureKind, kind_of};
 use p3_executor::job::JobContext;
-use p3_executor::{audit, check, explain, gc, logging, runner};
+use p3_executor::{audit, check, explain, gc, logging, metrics, runner};
 
 /// What a command ended with, before it becomes an exit code.
 enum Outcome {
@@ -107,9 +107,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             println!("{} job(s) {verb}", swept.len());
             Ok(Outcome::Success)
         }
-        Command::Check => {
+        Command::Metrics => {
             let cfg = load_config(&path)?;
-            Ok(Outcome::Code(check::report(&check::check(&cfg, &path))))
+            let text = metrics::collect(&cfg)?;
+            print!("{text}");
+            metrics::update_textfile(&cfg);
+            Ok(Outcome::Success)
+        }
+        Command::Check { probe } => {
+            let cfg = load_config(&path)?;
+            let mut findings = check::check(&cfg, &path);
+            if probe {
+                findings.extend(check::kerberos::probe(&cfg));
+            }
+            Ok(Outcome::Code(check::report(&findings)))
         }
         Command::Demo(_) => Err(exec_sibling(
             "p3-executor-demo",

@@ -1,13 +1,24 @@
 //! Host checks for Kerberos, for `p3-executor check`: kinit/klist/kdestroy present, krb5.conf
-//! present, and every account's keytab exists, is private to the executor, and holds its
-//! principal.
+//! present, every account's keytab exists, is private to the executor, and holds its
+//! principal, and every account's own realm (`[accounts.<name>.kerberos]`) can work for jobs.
+//! `check --probe` ([`probe`]) also runs a real kinit per account and says which DC answered.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use super::finding::{Finding, Severity};
-use crate::config::Config;
-use crate::credentials::kerberos::{keytab_principals, principal_matches, resolve_tool};
+use super::finding::{Finding, Severity, finding};
+use crate::config::{Account, AccountKerberos, Config};
+use crate::credentials::kerberos::realm_conf::{self, SYSTEM_KRB5_CONF};
+use crate::credentials::kerberos::{
+    KerberosError, KinitOptions, destroy, keytab_principals, obtain_with, principal_matches,
+    resolve_tool,
+};
+
+/// How long MIT kinit (1.20) waits for a DC that accepts a TCP connection and never answers
+/// before it asks the next one (measured; not configurable before MIT 1.22).
+pub const MUTE_DC_WAIT_SECS: u64 = 10;
 
 /// Host checks for `p3-executor check`: tools present; every account's keytab exists, is
 /// private to the executor, and holds its principal.
@@ -50,6 +61,9 @@ pub fn check(cfg: &Config) -> Vec<Finding> {
         .flatten()
         .map(|u| u.uid.as_raw());
     for (name, account) in &cfg.accounts {
+        if let Some(realm) = &account.kerberos {
+            realm_findings(cfg, name, realm, &mut out);
+        }
         let keytab = &account.keytab;
         let meta = match fs::metadata(keytab) {
             Ok(m) => m,
@@ -60,13 +74,7 @@ pub fn check(cfg: &Config) -> Vec<Finding> {
                         "accounts.{name}: keytab {} cannot be read: {e}",
                         keytab.display()
                     ),
-                    fix: format!(
-                        "export the keytab of {} to {} (kadmin: ktadd -norandkey -k {} {}), owned by root, mode 0600",
-                        account.principal,
-                        keytab.display(),
-                        keytab.display(),
-                        account.principal
-                    ),
+                    fix: missing_keytab_fix(account),
                 });
                 continue;
             }
@@ -156,4 +164,241 @@ pub fn check(cfg: &Config) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// How to put a missing keytab in place: MIT kadmin, or the Active Directory tools.
+fn missing_keytab_fix(account: &Account) -> String {
+    let (principal, keytab) = (&account.principal, account.keytab.display());
+    let user = principal.split('@').next().unwrap_or(principal);
+    format!(
+        "export the keytab of {principal} to {keytab}, owned by root, mode 0600. MIT KDC: kadmin: ktadd -norandkey -k {keytab} {principal}. Active Directory: on a DC, ktpass /princ {principal} /mapuser {user} /crypto AES256-SHA1 /ptype KRB5_NT_PRINCIPAL +rndPass /out {user}.keytab (then copy it here); on Linux, msktutil --use-service-account --account-name {user} --keytab {keytab}, or adcli (adcli create-msa for a managed service account). ktpass, msktutil and adcli set a new key: keytabs exported earlier for the account stop working"
+    )
+}
+
+/// What can be known about an account's own realm without asking a DC: whether its jobs can
+/// read the host file their krb5.conf includes, whether the kinit bound leaves room for
+/// failover, weak enctypes; and, as an `ok:` line, what the job's krb5.conf will say.
+fn realm_findings(cfg: &Config, name: &str, realm: &AccountKerberos, out: &mut Vec<Finding>) {
+    let key = format!("accounts.{name}.kerberos");
+    let include = realm_conf::host_include(&cfg.kerberos, realm);
+    let mut found = vec![if realm.kdcs.is_empty() {
+        format!("DCs from DNS (_kerberos._tcp.{})", realm.realm)
+    } else {
+        format!("DCs {} (in this order)", realm.kdcs.join(", "))
+    }];
+    if realm.include_host_config {
+        let host = cfg
+            .kerberos
+            .krb5_config
+            .clone()
+            .unwrap_or_else(|| SYSTEM_KRB5_CONF.into());
+        match &include {
+            Some(host) => found.push(format!("then {}", host.display())),
+            None => out.push(finding(
+                Severity::Warning,
+                format!(
+                    "{key}: the host file {} does not exist, so jobs' krb5.conf cannot include it",
+                    host.display()
+                ),
+                format!(
+                    "create {} (or set kerberos.krb5_config), or set {key}.include_host_config = false",
+                    host.display()
+                ),
+            )),
+        }
+    }
+    if let Some(host) = &include {
+        host_file_readable(cfg, &key, host, out);
+    }
+    out.push(finding(
+        Severity::Info,
+        format!(
+            "{key}: jobs get a krb5.conf of their own for realm {}: {}",
+            realm.realm,
+            found.join(", ")
+        ),
+        "",
+    ));
+    let timeout = realm.timeout_secs.unwrap_or(cfg.kerberos.timeout_secs);
+    let spare = realm.kdcs.len().saturating_sub(1) as u64;
+    if spare > 0 && timeout < MUTE_DC_WAIT_SECS * spare + 5 {
+        out.push(finding(
+            Severity::Warning,
+            format!(
+                "{key}: {} DCs, but kinit is stopped after {timeout} s: MIT kinit waits {MUTE_DC_WAIT_SECS} s on a DC that accepts and never answers before it asks the next, so only {} mute DC(s) can be skipped in time",
+                realm.kdcs.len(),
+                timeout.saturating_sub(1) / MUTE_DC_WAIT_SECS
+            ),
+            format!(
+                "set {key}.timeout_secs = {} ({MUTE_DC_WAIT_SECS} s for each DC but the last, plus 5)",
+                MUTE_DC_WAIT_SECS * spare + 5
+            ),
+        ));
+    }
+    let weak: Vec<&String> = realm
+        .enctypes
+        .iter()
+        .filter(|e| {
+            let e = e.to_ascii_lowercase();
+            !e.starts_with('-') && (e.contains("rc4") || e.contains("arcfour") || e.contains("des"))
+        })
+        .collect();
+    if !weak.is_empty() {
+        out.push(finding(
+            Severity::Warning,
+            format!(
+                "{key}.enctypes allows weak encryption types: {}",
+                weak.iter()
+                    .map(|e| e.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "give the account AES keys in AD (msDS-SupportedEncryptionTypes) and list only aes256-cts-hmac-sha1-96 and aes128-cts-hmac-sha1-96",
+        ));
+    }
+}
+
+/// A job's krb5.conf includes `host`: if the job cannot read it (mode, or hidden by the
+/// sandbox), every Kerberos call in the job fails ("Included profile file could not be read").
+fn host_file_readable(cfg: &Config, key: &str, host: &Path, out: &mut Vec<Finding>) {
+    if let Ok(meta) = fs::metadata(host)
+        && meta.permissions().mode() & 0o004 == 0
+    {
+        out.push(finding(
+            Severity::Error,
+            format!(
+                "{key}: jobs' krb5.conf includes {}, which jobs cannot read (mode {:03o}): every Kerberos call in a job would fail",
+                host.display(),
+                meta.permissions().mode() & 0o777
+            ),
+            format!(
+                "chmod 644 {} (it holds no secrets), or set {key}.include_host_config = false",
+                host.display()
+            ),
+        ));
+    }
+    let hidden = cfg.sandbox.enabled
+        && cfg
+            .sandbox
+            .hide
+            .iter()
+            .chain([&cfg.state_root, &cfg.builds_root])
+            .any(|dir| host.starts_with(dir) && host != dir);
+    if hidden {
+        out.push(finding(
+            Severity::Error,
+            format!(
+                "{key}: jobs' krb5.conf includes {}, which the job sandbox hides: every Kerberos call in a job would fail",
+                host.display()
+            ),
+            format!(
+                "keep the host krb5.conf outside sandbox.hide, state_root and builds_root (/etc/krb5.conf), or set {key}.include_host_config = false"
+            ),
+        ));
+    }
+}
+
+/// `p3-executor check --probe`: a real kinit from each account's keytab, bounded by its
+/// timeout, into a throwaway root-only cache (destroyed right after), with the krb5.conf a
+/// job of the account would get. Reports which DC answered and how long it took, or why none
+/// did.
+pub fn probe(cfg: &Config) -> Vec<Finding> {
+    cfg.accounts
+        .iter()
+        .map(|(name, account)| probe_account(cfg, name, account))
+        .collect()
+}
+
+fn probe_account(cfg: &Config, name: &str, account: &Account) -> Finding {
+    let key = format!("accounts.{name}");
+    let dir = match tempfile::Builder::new().prefix("p3-probe-").tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            return finding(
+                Severity::Error,
+                format!("{key}: probe: cannot create a temp dir: {e}"),
+                "make the temp dir (TMPDIR) writable",
+            );
+        }
+    };
+    let job_conf = match account
+        .kerberos
+        .as_ref()
+        .map(|realm| realm_conf::write_job_conf(&cfg.kerberos, realm, dir.path()))
+        .transpose()
+    {
+        Ok(conf) => conf,
+        Err(e) => {
+            return finding(
+                Severity::Error,
+                format!("{key}: probe: {e}"),
+                "see the error",
+            );
+        }
+    };
+    let ccache = dir.path().join("krb5cc");
+    let opts = KinitOptions {
+        owner: None,
+        // A probe ticket is not for use: a minute is plenty.
+        max_life: Some(Duration::from_secs(60)),
+        krb5_config: job_conf.as_deref(),
+        trace: true,
+    };
+    let start = Instant::now();
+    let result = obtain_with(&cfg.kerberos, account, &ccache, &opts);
+    let ms = start.elapsed().as_millis();
+    let _ = destroy(&cfg.kerberos, &ccache);
+    match result {
+        Ok(obtained) => {
+            let skipped = if obtained.unanswered.is_empty() {
+                String::new()
+            } else {
+                format!(" (no answer first from {})", obtained.unanswered.join(", "))
+            };
+            finding(
+                Severity::Info,
+                format!(
+                    "{key}: probe kinit as {} answered by {} in {ms} ms{skipped}",
+                    obtained.ticket.principal,
+                    obtained
+                        .kdc
+                        .as_deref()
+                        .unwrap_or("a KDC the trace did not name"),
+                ),
+                "",
+            )
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let (problem, fix) = text
+                .split_once("\n  fix: ")
+                .map(|(p, f)| (p.to_string(), f.to_string()))
+                .unwrap_or((text.clone(), String::new()));
+            let fix = match (&e, &account.kerberos) {
+                (KerberosError::KdcUnreachable { .. }, Some(realm)) => format!(
+                    "no DC of {} answered: check that {} accept TCP port 88 from this host (or that DNS has _kerberos._tcp.{} records when dns_lookup_kdc = true)",
+                    realm.realm,
+                    if realm.kdcs.is_empty() {
+                        "the realm's DCs".to_string()
+                    } else {
+                        realm.kdcs.join(", ")
+                    },
+                    realm.realm
+                ),
+                (KerberosError::Timeout { .. }, Some(_)) => format!(
+                    "a DC that accepts connections and never answers costs MIT kinit {MUTE_DC_WAIT_SECS} s before it asks the next: fix or remove the mute DC, or raise {key}.kerberos.timeout_secs"
+                ),
+                (KerberosError::WrongKeytab { .. }, _) if !account.keytab.exists() => {
+                    missing_keytab_fix(account)
+                }
+                _ if fix.is_empty() => "see the error above".into(),
+                _ => fix,
+            };
+            finding(
+                Severity::Error,
+                format!("{key}: probe kinit failed after {ms} ms: {problem}"),
+                fix,
+            )
+        }
+    }
 }

@@ -15,5 +15,7 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     // old workspace needs an operator (or gc with the old config).
     let announced = JobPaths::new(cfg, job.job_id()).check_announced();
     crate::teardown::teardown(cfg, job.job_id(), Ending::Cleanup)?;
+    // Incremental (only the records since the last update): a few file operations.
+    crate::metrics::update_textfile(cfg);
     announced
 }

@@ -28,6 +28,12 @@ impl Kdc {
         Kdc(Realm::start(names).unwrap_or_else(|e| panic!("test KDC: {e:#}")))
     }
 
+    /// [`Realm::start_named`]: a KDC for the realm `realm` instead of [`REALM`].
+    pub fn start_named(realm: &str, names: &[&str]) -> Kdc {
+        Kdc(Realm::start_named(realm, names)
+            .unwrap_or_else(|e| panic!("test KDC for {realm}: {e:#}")))
+    }
+
     /// [`Realm::kadmin`].
     pub fn kadmin(&self, query: &str) -> String {
         self.0.kadmin(query).unwrap_or_else(|e| panic!("{e:#}"))

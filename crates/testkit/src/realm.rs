@@ -6,6 +6,7 @@
 //! realm.keytab("svc_client_dev");    // keytab holding that principal's current key
 //! realm.principal("svc_client_dev"); // "svc_client_dev@P3.TEST"
 //! realm.realm();                     // "P3.TEST"
+//! let dev = Realm::start_named("DEV.TEST", &["svc_dev"])?; // another realm beside it
 //! ```
 //!
 //! The realm lives in a temp dir: its database, `krb5.conf`, `kdc.conf`, keytabs. `krb5kdc -n`
@@ -24,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// The realm every fixture creates (each in its own config, so fixtures do not collide).
+/// The realm a fixture creates unless named otherwise (each in its own config, so fixtures do
+/// not collide).
 pub const REALM: &str = "P3.TEST";
 
 /// What to install when a tool is missing.
@@ -36,6 +38,7 @@ pub const TOOLS: [&str; 5] = ["krb5kdc", "kdb5_util", "kadmin.local", "kinit", "
 
 /// A running throwaway KDC. Killed and its directory removed on drop.
 pub struct Realm {
+    name: String,
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
@@ -75,10 +78,15 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Write a client `krb5.conf` for [`REALM`] whose only KDC is `127.0.0.1:<port>` over TCP.
 pub fn write_krb5_conf(path: &Path, port: u16) -> anyhow::Result<()> {
+    write_krb5_conf_for(path, REALM, port)
+}
+
+/// [`write_krb5_conf`] for the realm `realm`.
+pub fn write_krb5_conf_for(path: &Path, realm: &str, port: u16) -> anyhow::Result<()> {
     std::fs::write(
         path,
         format!(
-            "[libdefaults]\n default_realm = {REALM}\n dns_lookup_kdc = false\n dns_lookup_realm = false\n rdns = false\n udp_preference_limit = 1\n\n[realms]\n {REALM} = {{\n  kdc = 127.0.0.1:{port}\n }}\n"
+            "[libdefaults]\n default_realm = {realm}\n dns_lookup_kdc = false\n dns_lookup_realm = false\n rdns = false\n udp_preference_limit = 1\n\n[realms]\n {realm} = {{\n  kdc = 127.0.0.1:{port}\n }}\n"
         ),
     )
     .with_context(|| format!("write {}", path.display()))
@@ -88,6 +96,12 @@ impl Realm {
     /// Create the realm, add each name as a renewable principal (`<name>@P3.TEST`, max
     /// renewable life 7 days) with a keytab at [`Realm::keytab`], and start the KDC.
     pub fn start(names: &[&str]) -> anyhow::Result<Realm> {
+        Realm::start_named(REALM, names)
+    }
+
+    /// [`Realm::start`] for the realm `realm` (`DEV.TEST`) instead of [`REALM`]: several
+    /// realms can run side by side, each with its own KDC.
+    pub fn start_named(realm: &str, names: &[&str]) -> anyhow::Result<Realm> {
         let missing = missing_tools();
         if !missing.is_empty() {
             bail!(
@@ -100,12 +114,14 @@ impl Realm {
             .tempdir_in(crate::driver::scratch_dir())
             .context("create the realm's temp dir")?;
         let mut realm = Realm {
+            name: realm.to_string(),
             dir,
             port: 0,
             child: None,
         };
         realm.write_kdc_conf_and_db()?;
-        realm.kadmin(&format!("modprinc -maxrenewlife 7d krbtgt/{REALM}@{REALM}"))?;
+        let r = realm.name.clone();
+        realm.kadmin(&format!("modprinc -maxrenewlife 7d krbtgt/{r}@{r}"))?;
         for name in names {
             realm.add_principal(name)?;
         }
@@ -118,19 +134,20 @@ impl Realm {
         self.port = free_port()?;
         let d = self.dir.path().display().to_string();
         let port = self.port;
+        let realm = &self.name;
         std::fs::write(
             self.kdc_conf(),
             format!(
-                "[kdcdefaults]\n kdc_listen = 127.0.0.1:{port}\n kdc_tcp_listen = 127.0.0.1:{port}\n\n[realms]\n {REALM} = {{\n  database_name = {d}/principal\n  key_stash_file = {d}/stash\n  acl_file = {d}/kadm5.acl\n  max_life = 1d\n  max_renewable_life = 7d\n }}\n\n[logging]\n kdc = FILE:{d}/kdc.log\n"
+                "[kdcdefaults]\n kdc_listen = 127.0.0.1:{port}\n kdc_tcp_listen = 127.0.0.1:{port}\n\n[realms]\n {realm} = {{\n  database_name = {d}/principal\n  key_stash_file = {d}/stash\n  acl_file = {d}/kadm5.acl\n  max_life = 1d\n  max_renewable_life = 7d\n }}\n\n[logging]\n kdc = FILE:{d}/kdc.log\n"
             ),
         )
         .context("write kdc.conf")?;
-        write_krb5_conf(&self.krb5_conf(), port)?;
+        write_krb5_conf_for(&self.krb5_conf(), realm, port)?;
         if !self.dir.path().join("principal").exists() {
             let password = format!("p3-{}-{}", std::process::id(), port);
             self.run(
                 Command::new(tool("kdb5_util")?)
-                    .args(["-r", REALM, "create", "-s", "-P", &password]),
+                    .args(["-r", realm, "create", "-s", "-P", &password]),
                 "kdb5_util create",
             )?;
         }
@@ -161,7 +178,7 @@ impl Realm {
     /// Run one `kadmin.local` query against the realm's database; returns its stdout.
     pub fn kadmin(&self, query: &str) -> anyhow::Result<String> {
         self.run(
-            Command::new(tool("kadmin.local")?).args(["-r", REALM, "-q", query]),
+            Command::new(tool("kadmin.local")?).args(["-r", &self.name, "-q", query]),
             &format!("kadmin.local -q {query:?}"),
         )
     }
@@ -253,7 +270,7 @@ impl Realm {
 
     /// The realm name.
     pub fn realm(&self) -> &str {
-        REALM
+        &self.name
     }
 
     /// The KDC's loopback TCP port.
@@ -283,7 +300,7 @@ impl Realm {
 
     /// Full principal of `name`.
     pub fn principal(&self, name: &str) -> String {
-        format!("{name}@{REALM}")
+        format!("{name}@{}", self.name)
     }
 
     /// `KRB5_CONFIG` setting for commands run against this realm.

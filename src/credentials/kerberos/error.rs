@@ -32,7 +32,7 @@ pub enum KerberosError {
     },
     /// The keytab is missing, holds no key for the principal, or holds a stale key.
     #[error(
-        "kinit for {principal} with keytab {keytab} failed: {stderr}\n  fix: the keytab must hold the principal's current key: compare `klist -kt {keytab}` with the account's principal, and re-export it (kadmin: ktadd -norandkey) if the key was rotated; then run `p3-executor check`"
+        "kinit for {principal} with keytab {keytab} failed: {stderr}\n  fix: the keytab must hold the principal's current key: compare `klist -kt {keytab}` with the account's principal, and re-export it if the key was rotated (MIT kadmin: ktadd -norandkey; Active Directory: ktpass on a DC, or msktutil or adcli on Linux, each of which sets a new key); then run `p3-executor check`"
     )]
     WrongKeytab {
         /// Principal asked for.

@@ -13,8 +13,12 @@
 //! - `ccache.rs`: [`read_ticket`], the pure parser of MIT FILE caches (v3/v4), rather than
 //!   `klist` output, whose dates are locale-formatted with two-digit years.
 //! - `keytab.rs`: [`keytab_fingerprint`] for the audit log, [`keytab_principals`].
-//! - `tool.rs`: every kinit/klist/kdestroy call, bounded by `kerberos.timeout_secs`
-//!   ([`crate::command`]).
+//! - `realm_conf.rs`: the per-job krb5.conf of an account with its own realm
+//!   (`[accounts.<name>.kerberos]`, an AD domain): [`realm_conf::render`] (pure) and
+//!   [`realm_conf::write_job_conf`] into the job's credentials dir. kinit, refresh and the job
+//!   all use it; accounts without the table use the host's krb5.conf.
+//! - `tool.rs`: every kinit/klist/kdestroy call, bounded by `kerberos.timeout_secs` (or the
+//!   account's own), and [`parse_kdc_trace`] (which DC answered a traced kinit).
 //! - `error.rs`: [`KerberosError`].
 //!
 //! The host checks for `p3-executor check` live in [`crate::check::kerberos`]: check depends on
@@ -23,6 +27,7 @@
 mod ccache;
 mod error;
 mod keytab;
+pub mod realm_conf;
 mod ticket;
 mod tool;
 
@@ -31,6 +36,8 @@ pub use error::KerberosError;
 pub(crate) use keytab::principal_matches;
 pub use keytab::{keytab_fingerprint, keytab_principals};
 pub use ticket::{
-    destroy, krb5ccname, obtain, obtain_capped, refresh_if_needed, requested_lifetime,
+    KinitOptions, Obtained, destroy, krb5ccname, obtain, obtain_capped, obtain_with,
+    refresh_if_needed, refresh_with, requested_lifetime,
 };
 pub(crate) use tool::resolve_tool;
+pub use tool::{KdcTrace, parse_kdc_trace};

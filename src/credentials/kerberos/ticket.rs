@@ -14,13 +14,14 @@ use chrono::{DateTime, Utc};
 use super::ccache::{Ticket, read_ticket};
 use super::error::{KerberosError, io_err};
 use super::keytab::principal_matches;
-use super::tool::{run_tool, run_tool_with};
+use super::tool::{parse_kdc_trace, run_tool, run_tool_with, without_trace};
 use crate::command::Output;
 use crate::config::{Account, KerberosConfig};
 
-/// Classify a failed kinit by its (precise, stable) stderr text.
-fn kinit_error(account: &Account, kcfg: &KerberosConfig, out: &Output) -> KerberosError {
-    let stderr = out.stderr_text();
+/// Classify a failed kinit by its (precise, stable) stderr text, trace lines left out;
+/// `krb5_config` is the file whose KDC entries it used.
+fn kinit_error(account: &Account, krb5_config: String, out: &Output) -> KerberosError {
+    let stderr = without_trace(&out.stderr_text());
     let principal = account.principal.clone();
     if stderr.contains("Cannot contact any KDC")
         || stderr.contains("Cannot find KDC")
@@ -29,11 +30,7 @@ fn kinit_error(account: &Account, kcfg: &KerberosConfig, out: &Output) -> Kerber
         KerberosError::KdcUnreachable {
             principal,
             stderr,
-            krb5_config: kcfg
-                .krb5_config
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "/etc/krb5.conf".into()),
+            krb5_config,
         }
     } else if stderr.contains("Keytab contains no suitable keys")
         || stderr.contains("Key table file")
@@ -87,6 +84,32 @@ fn temp_sibling(ccache: &Path) -> Result<PathBuf, KerberosError> {
     Ok(dir.join(format!(".{base}.{}.{n}.{nanos}.tmp", std::process::id())))
 }
 
+/// How a kinit for a job runs, beyond the account's own settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KinitOptions<'a> {
+    /// (uid, gid) the cache is handed to; None keeps root's.
+    pub owner: Option<(u32, u32)>,
+    /// The longest the ticket may live (the job's deadline plus margin; see
+    /// [`requested_lifetime`]).
+    pub max_life: Option<Duration>,
+    /// `KRB5_CONFIG` instead of `kerberos.krb5_config`: the job's own krb5.conf of an account
+    /// with its own realm ([`super::realm_conf::write_job_conf`]).
+    pub krb5_config: Option<&'a Path>,
+    /// Run kinit with `KRB5_TRACE` to learn which KDC answered ([`Obtained::kdc`]).
+    pub trace: bool,
+}
+
+/// A ticket, and which KDC it came from when kinit was traced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Obtained {
+    /// What the KDC granted, read back from the cache.
+    pub ticket: Ticket,
+    /// The KDC (`host:port`) that answered.
+    pub kdc: Option<String>,
+    /// KDCs asked before it that never answered (refused, mute), in order.
+    pub unanswered: Vec<String>,
+}
+
 /// Obtain a ticket for `account` from its keytab into the file cache `ccache`, with the
 /// account's own lifetime ([`obtain_capped`] without a cap).
 pub fn obtain(
@@ -120,13 +143,41 @@ pub fn obtain_capped(
     owner: Option<(u32, u32)>,
     max_life: Option<Duration>,
 ) -> Result<Ticket, KerberosError> {
+    let opts = KinitOptions {
+        owner,
+        max_life,
+        ..KinitOptions::default()
+    };
+    obtain_with(kcfg, account, ccache, &opts).map(|o| o.ticket)
+}
+
+/// [`obtain_capped`] with [`KinitOptions`]: an account with its own realm runs kinit with the
+/// job's krb5.conf (`KRB5_CONFIG=<non-renewable profile>:<job's krb5.conf>`, the account's
+/// `timeout_secs` as the bound), and a traced kinit reports which KDC answered.
+pub fn obtain_with(
+    kcfg: &KerberosConfig,
+    account: &Account,
+    ccache: &Path,
+    opts: &KinitOptions<'_>,
+) -> Result<Obtained, KerberosError> {
+    let own_timeout;
+    let kcfg = match account.kerberos.as_ref().and_then(|k| k.timeout_secs) {
+        Some(timeout_secs) => {
+            own_timeout = KerberosConfig {
+                timeout_secs,
+                ..kcfg.clone()
+            };
+            &own_timeout
+        }
+        None => kcfg,
+    };
     let tmp = temp_sibling(ccache)?;
     let no_renew = (account.renewable_lifetime_secs == 0).then(|| {
         let mut name = tmp.clone().into_os_string();
         name.push(".krb5.conf");
         PathBuf::from(name)
     });
-    let lifetime = requested_lifetime(account.ticket_lifetime_secs, max_life);
+    let lifetime = requested_lifetime(account.ticket_lifetime_secs, opts.max_life);
     let result = obtain_into(
         kcfg,
         account,
@@ -134,7 +185,7 @@ pub fn obtain_capped(
         &tmp,
         no_renew.as_deref(),
         lifetime,
-        owner,
+        opts,
     );
     if let Some(conf) = &no_renew {
         let _ = fs::remove_file(conf);
@@ -176,17 +227,22 @@ fn no_renew_profile(principal: &str) -> String {
     text
 }
 
+/// The profile kinit reads without the non-renewable one: the job's krb5.conf of an account
+/// with its own realm, else `kerberos.krb5_config`, else what the executor inherited.
+fn base_krb5_config(kcfg: &KerberosConfig, job_conf: Option<&Path>) -> OsString {
+    match job_conf.or(kcfg.krb5_config.as_deref()) {
+        Some(conf) => conf.as_os_str().to_os_string(),
+        None => std::env::var_os("KRB5_CONFIG").unwrap_or_else(|| "/etc/krb5.conf".into()),
+    }
+}
+
 /// `KRB5_CONFIG` for a kinit that must not ask for a renewable ticket: `first` (written here,
-/// root-only, created exclusively) in front of the profile kinit would otherwise read.
+/// root-only, created exclusively) in front of `base`, the profile kinit would otherwise read.
 fn no_renew_krb5_config(
-    kcfg: &KerberosConfig,
+    base: OsString,
     account: &Account,
     first: &Path,
 ) -> Result<OsString, KerberosError> {
-    let base: OsString = match &kcfg.krb5_config {
-        Some(conf) => conf.clone().into_os_string(),
-        None => std::env::var_os("KRB5_CONFIG").unwrap_or_else(|| "/etc/krb5.conf".into()),
-    };
     if first.as_os_str().as_encoded_bytes().contains(&b':') {
         return Err(KerberosError::Io {
             context: format!("profile {}", first.display()),
@@ -211,7 +267,7 @@ fn no_renew_krb5_config(
     Ok(list)
 }
 
-/// kinit into `tmp`, read the ticket back, hand it to `owner` and rename it over `ccache`.
+/// kinit into `tmp`, read the ticket back, hand it to the owner and rename it over `ccache`.
 fn obtain_into(
     kcfg: &KerberosConfig,
     account: &Account,
@@ -219,8 +275,8 @@ fn obtain_into(
     tmp: &Path,
     no_renew: Option<&Path>,
     lifetime: Option<u64>,
-    owner: Option<(u32, u32)>,
-) -> Result<Ticket, KerberosError> {
+    opts: &KinitOptions<'_>,
+) -> Result<Obtained, KerberosError> {
     let mut args: Vec<OsString> = vec!["-kt".into(), account.keytab.clone().into()];
     if let Some(secs) = lifetime {
         args.extend(["-l".into(), format!("{secs}s").into()]);
@@ -236,21 +292,39 @@ fn obtain_into(
         cache_name(tmp),
         account.principal.clone().into(),
     ]);
-    let krb5_config = match no_renew {
-        Some(first) => Some(no_renew_krb5_config(kcfg, account, first)?),
-        None => None,
-    };
+    let base = base_krb5_config(kcfg, opts.krb5_config);
+    let mut envs = Vec::new();
+    match no_renew {
+        Some(first) => envs.push((
+            "KRB5_CONFIG",
+            no_renew_krb5_config(base.clone(), account, first)?,
+        )),
+        None if opts.krb5_config.is_some() => envs.push(("KRB5_CONFIG", base.clone())),
+        None => {}
+    }
+    if opts.trace {
+        envs.push(("KRB5_TRACE", "/dev/stderr".into()));
+    }
     let out = run_tool_with(
         kcfg,
         &kcfg.kinit,
         "kinit",
         args,
         &format!("for {}", account.principal),
-        krb5_config,
+        envs,
     )?;
     if !out.status.success() {
-        return Err(kinit_error(account, kcfg, &out));
+        return Err(kinit_error(
+            account,
+            base.to_string_lossy().into_owned(),
+            &out,
+        ));
     }
+    let trace = if opts.trace {
+        parse_kdc_trace(&String::from_utf8_lossy(&out.stderr))
+    } else {
+        Default::default()
+    };
     // Read back what the KDC actually granted (it may cap lifetimes) before the job can touch it.
     let ticket = read_ticket(tmp)?;
     if no_renew.is_some() && ticket.renew_until.is_some() {
@@ -260,7 +334,7 @@ fn obtain_into(
     }
     fs::set_permissions(tmp, fs::Permissions::from_mode(0o600))
         .map_err(io_err(format!("chmod {}", tmp.display())))?;
-    if let Some((uid, gid)) = owner {
+    if let Some((uid, gid)) = opts.owner {
         std::os::unix::fs::lchown(tmp, Some(uid), Some(gid))
             .map_err(io_err(format!("chown {} to {uid}:{gid}", tmp.display())))?;
     }
@@ -273,9 +347,14 @@ fn obtain_into(
         principal = %ticket.principal,
         expires = %ticket.expires,
         cache = %ccache.display(),
+        kdc = trace.answered.as_deref().unwrap_or("-"),
         "obtained Kerberos ticket"
     );
-    Ok(ticket)
+    Ok(Obtained {
+        ticket,
+        kdc: trace.answered,
+        unanswered: trace.unanswered,
+    })
 }
 
 /// If the ticket in `ccache` has less than `threshold` of life left at `now` (or the cache is
@@ -295,6 +374,23 @@ pub fn refresh_if_needed(
     now: DateTime<Utc>,
     max_life: Option<Duration>,
 ) -> Result<Option<Ticket>, KerberosError> {
+    let opts = KinitOptions {
+        owner,
+        max_life,
+        ..KinitOptions::default()
+    };
+    refresh_with(kcfg, account, ccache, threshold, now, &opts).map(|o| o.map(|o| o.ticket))
+}
+
+/// [`refresh_if_needed`] with [`KinitOptions`] (an account's own realm: the job's krb5.conf).
+pub fn refresh_with(
+    kcfg: &KerberosConfig,
+    account: &Account,
+    ccache: &Path,
+    threshold: Duration,
+    now: DateTime<Utc>,
+    opts: &KinitOptions<'_>,
+) -> Result<Option<Obtained>, KerberosError> {
     match read_ticket(ccache) {
         Ok(t)
             if principal_matches(&t.principal, &account.principal)
@@ -309,7 +405,7 @@ pub fn refresh_if_needed(
         ),
         Err(e) => tracing::info!("no usable ticket in the cache ({e}): obtaining a fresh one"),
     }
-    obtain_capped(kcfg, account, ccache, owner, max_life).map(Some)
+    obtain_with(kcfg, account, ccache, opts).map(Some)
 }
 
 /// Destroy the cache at `ccache` (`kdestroy`, which overwrites it) and remove the file.
