@@ -172,9 +172,53 @@ pub struct AuditConfig {
     /// Append-only JSON-lines file, hash-chained.
     #[serde(default = "default_audit_path")]
     pub path: PathBuf,
+    /// Also send every record to the host's syslog (RFC 5424, JSON); never blocks a grant.
+    #[serde(default)]
+    pub syslog: Option<SyslogConfig>,
     /// What every record is stamped with; set when the config is loaded, never from the file.
     #[serde(skip)]
     pub stamp: AuditStamp,
+}
+
+/// `[audit.syslog]`: every audit record also to the local syslog socket (see `audit/syslog.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// The local syslog datagram socket.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Syslog facility: `auth`, `authpriv`, `daemon`, `local0` … `local7`.
+    #[serde(default = "default_facility")]
+    pub facility: String,
+}
+
+fn default_socket() -> PathBuf {
+    "/dev/log".into()
+}
+fn default_facility() -> String {
+    "auth".into()
+}
+
+impl SyslogConfig {
+    /// The numeric code of the facility, or None for an unknown name.
+    pub fn facility_code(&self) -> Option<u8> {
+        Some(match self.facility.as_str() {
+            "kern" => 0,
+            "user" => 1,
+            "daemon" => 3,
+            "auth" => 4,
+            "authpriv" => 10,
+            "local0" => 16,
+            "local1" => 17,
+            "local2" => 18,
+            "local3" => 19,
+            "local4" => 20,
+            "local5" => 21,
+            "local6" => 22,
+            "local7" => 23,
+            _ => return None,
+        })
+    }
 }
 
 /// Facts that let an auditor answer "on which runner, under which policy": the same for every
@@ -627,6 +671,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         Self {
             path: default_audit_path(),
+            syslog: None,
             stamp: AuditStamp::default(),
         }
     }
@@ -749,6 +794,14 @@ impl Config {
             if lo < 1000 || hi < lo {
                 problems.push(format!(
                     "job_uid_range [{lo}, {hi}] must be ascending and above 1000 (system uids)"
+                ));
+            }
+        }
+        if let Some(s) = &self.audit.syslog {
+            if s.facility_code().is_none() {
+                problems.push(format!(
+                    "audit.syslog.facility = {:?} is not a syslog facility (auth, authpriv, daemon, user, local0 … local7)",
+                    s.facility
                 ));
             }
         }

@@ -137,6 +137,8 @@ pub struct Gauges {
     pub uids_leased: u64,
     /// Private uids out of the pool until they are proven clean.
     pub uids_quarantined: u64,
+    /// Audit records that could not be sent to syslog.
+    pub syslog_drops: u64,
 }
 
 /// A label value in the exposition format: `\`, `"` and line breaks escaped.
@@ -225,6 +227,12 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
             c.recoveries,
         ),
         (
+            "p3_executor_syslog_drops_total",
+            "counter",
+            "Audit records that could not be sent to syslog (the local log has them).",
+            g.syslog_drops,
+        ),
+        (
             "p3_executor_jobs_active",
             "gauge",
             "Jobs prepared on this host and not yet cleaned up.",
@@ -286,6 +294,7 @@ fn gauges(cfg: &Config) -> Gauges {
         jobs_active: count(cfg.state_root.join("jobs")),
         uids_leased: crate::uid_pool::leases(cfg).len() as u64,
         uids_quarantined: crate::uid_pool::quarantined(cfg).len() as u64,
+        syslog_drops: crate::audit::syslog::drops(&cfg.audit.path),
     }
 }
 

@@ -370,7 +370,12 @@ pub fn append(cfg: &AuditConfig, record: AuditRecord) -> Result<AuditRecord, Aud
     record.config_sha256 = record
         .config_sha256
         .or_else(|| cfg.stamp.config_sha256.clone());
-    write_record(&locked, path, record, last_seq, last_hash)
+    let written = write_record(&locked, path, record, last_seq, last_hash)?;
+    drop(locked);
+    if let Some(syslog) = &cfg.syslog {
+        super::syslog::send(syslog, path, &written);
+    }
+    Ok(written)
 }
 
 /// Stamp `record` as the successor of (`last_seq`, `last_hash`), write it as one line on the

@@ -30,6 +30,7 @@
 mod chain;
 mod cli;
 mod query;
+pub mod syslog;
 
 pub use chain::{
     AuditError, AuditEvent, AuditRecord, ChainBreak, Decision, GENESIS, Recovery, RecoveryNote,

@@ -8,6 +8,22 @@ use crate::config::Config;
 /// An existing audit log must verify; torn appends and their recoveries are reported.
 pub(super) fn audit_chain(cfg: &Config, out: &mut Vec<Finding>) {
     let path = &cfg.audit.path;
+    if let Some(syslog) = &cfg.audit.syslog {
+        let drops = crate::audit::syslog::drops(path);
+        if drops > 0 {
+            out.push(finding(
+                Severity::Warning,
+                format!(
+                    "{drops} audit record(s) could not be sent to syslog ({}); the local log has them all",
+                    syslog.socket.display()
+                ),
+                format!(
+                    "check the syslog daemon's socket; then reset the count: rm {}",
+                    crate::audit::syslog::drops_file(path).display()
+                ),
+            ));
+        }
+    }
     if !path.exists() {
         return;
     }

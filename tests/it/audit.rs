@@ -648,3 +648,66 @@ fn records_name_the_host_id_and_the_config_in_force() {
         "{check}"
     );
 }
+
+/// With `[audit.syslog]`, every record also reaches the syslog socket as RFC 5424 with the
+/// record as JSON; with nothing listening, jobs are decided as before and the drop is counted,
+/// shown by `check` and the metrics.
+#[test]
+fn records_reach_syslog_and_an_outage_never_blocks_a_decision() {
+    use std::os::unix::net::UnixDatagram;
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("log.sock");
+    let host = crate::common::host("");
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    std::fs::write(
+        &host.config,
+        format!(
+            "{text}\n[audit.syslog]\nsocket = \"{}\"\nfacility = \"auth\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let listener = UnixDatagram::bind(&socket).unwrap();
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut job = host.job(8850, "true").var("P3_DEVSTAGE", "client_dev");
+    assert_eq!(
+        job.run_all(),
+        runner::JobResult::BuildFailure(Some(1)),
+        "{}",
+        job.log
+    );
+    let mut buf = vec![0u8; 65536];
+    let n = listener.recv(&mut buf).expect("a datagram");
+    let line = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        line.starts_with("<36>1 "),
+        "auth.warning for a denial: {line}"
+    );
+    let json = &line[line.find(" - {").unwrap() + 3..];
+    let record: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(record["job_id"], 8850, "{line}");
+    assert_eq!(record["event"], "deny", "{line}");
+
+    // The syslog daemon is gone: the next denial is still a denial, and the drop is counted.
+    drop(listener);
+    std::fs::remove_file(&socket).unwrap();
+    let mut job = host.job(8851, "true").var("P3_DEVSTAGE", "client_dev");
+    assert_eq!(
+        job.run_all(),
+        runner::JobResult::BuildFailure(Some(1)),
+        "{}",
+        job.log
+    );
+    let check = String::from_utf8_lossy(&host.exec(&["check"]).stdout).to_string();
+    assert!(
+        check.contains("1 audit record(s) could not be sent to syslog"),
+        "{check}"
+    );
+    let metrics = String::from_utf8_lossy(&host.exec(&["metrics"]).stdout).to_string();
+    assert!(
+        metrics.contains("p3_executor_syslog_drops_total 1"),
+        "{metrics}"
+    );
+}
