@@ -78,8 +78,9 @@ fn setup() -> Setup {
     } else {
         ""
     };
+    // As in production with metrics on: cleanup also updates the textfile (incrementally).
     let text = format!(
-        "state_root = \"{0}/state\"\nbuilds_root = \"{0}/builds\"\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = \"{0}/audit.jsonl\"\n",
+        "state_root = \"{0}/state\"\nbuilds_root = \"{0}/builds\"\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = \"{0}/audit.jsonl\"\n[metrics]\ntextfile = \"{0}/p3_executor.prom\"\n",
         root.display()
     );
     fs::write(&config, &text).unwrap();
