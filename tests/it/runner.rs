@@ -444,3 +444,31 @@ fn check_warns_that_isolation_is_off_when_not_root() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("isolation is off"), "{text}");
 }
+
+#[test]
+fn a_directory_given_as_script_is_named_as_such() {
+    let host = new_host("");
+    let mut job = host.job(120, "true");
+    job.config();
+    assert_eq!(job.prepare(), 0, "{}", job.log);
+    let dir = job.tmp.path().join("not-a-script");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = job
+        .command(&["run", dir.to_str().unwrap(), "build_script"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a regular file"), "{err}");
+    assert!(!err.contains("does not exist"), "{err}");
+    job.cleanup();
+}
+
+#[test]
+fn an_empty_config_file_is_a_system_failure_not_the_defaults() {
+    let host = new_host("");
+    std::fs::write(&host.config, "\n  \n").unwrap();
+    let mut job = host.job(121, "true");
+    assert_eq!(job.config(), 2, "{}", job.log);
+    assert!(job.log.contains("the file is empty"), "{}", job.log);
+}
