@@ -225,8 +225,9 @@ impl SyslogConfig {
 /// record one executor process writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditStamp {
-    /// Stable id of this runner host (`<state_root>/host-id`), surviving renames.
-    pub host_id: Option<String>,
+    /// The state root holding this runner host's stable id (`<state_root>/host-id`, made by
+    /// the first append once the state root exists), which survives renames.
+    pub state_root: Option<PathBuf>,
     /// SHA-256 of the executor config file in force.
     pub config_sha256: Option<String>,
 }
@@ -693,7 +694,11 @@ pub fn host_id(state_root: &Path) -> Option<String> {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .ok()?;
     let id = hex::encode(bytes);
-    std::fs::create_dir_all(state_root).ok()?;
+    // Never create the state root here (loading a config must not make directories, and the
+    // workspace code makes it with the right mode); the first prepare does.
+    if !state_root.is_dir() {
+        return None;
+    }
     // create_new: two first executions race; the loser reads the winner's id.
     match std::fs::OpenOptions::new()
         .write(true)
@@ -754,7 +759,7 @@ impl Config {
             message,
         })?;
         cfg.audit.stamp = AuditStamp {
-            host_id: host_id(&cfg.state_root),
+            state_root: Some(cfg.state_root.clone()),
             config_sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
                 text.as_bytes(),
             ))),

@@ -366,7 +366,9 @@ pub fn append(cfg: &AuditConfig, record: AuditRecord) -> Result<AuditRecord, Aud
         }
     };
     let mut record = record;
-    record.host_id = record.host_id.or_else(|| cfg.stamp.host_id.clone());
+    record.host_id = record
+        .host_id
+        .or_else(|| crate::config::host_id(cfg.stamp.state_root.as_deref()?));
     record.config_sha256 = record
         .config_sha256
         .or_else(|| cfg.stamp.config_sha256.clone());

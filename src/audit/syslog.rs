@@ -86,7 +86,7 @@ fn count_drop(audit_log: &Path) {
     let n = text.trim().parse::<u64>().unwrap_or(0) + 1;
     let _ = file.set_len(0);
     let _ = std::io::Seek::seek(&mut *file, std::io::SeekFrom::Start(0));
-    let _ = write!(file, "{n}\n");
+    let _ = writeln!(file, "{n}");
 }
 
 #[cfg(test)]

@@ -29,7 +29,12 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
             format!(
                 "config {} has sha256 {hash}; host id {} (every audit record names both)",
                 config_path.display(),
-                stamp.host_id.as_deref().unwrap_or("(none: the state root cannot hold one)")
+                stamp
+                    .state_root
+                    .as_deref()
+                    .and_then(crate::config::host_id)
+                    .as_deref()
+                    .unwrap_or("(none yet: made with the state root)")
             ),
             "nothing to do",
         ));
