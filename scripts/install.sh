@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Install p3-executor on a Debian runner host (run as root from a checkout).
+# Install p3-executor from a checkout on a Debian runner host (run as root). The .deb is the
+# usual way (README, Install); this is for hosts that build from source.
 #
 #   scripts/install.sh [--binary PATH] [--prefix /usr/local] [--job-user p3-job] [--no-deps]
 #
-# Builds the release binaries (unless --binary names a built p3-executor, with
-# p3-executor-steps next to it), installs both, creates the job user,
-# the config directory (0700, with the annotated example config if none exists yet), the state
-# root and the audit log directory, a gc cron entry, and finally runs `p3-executor check`.
+# Builds the release binaries and the man pages and completions (unless --binary names a
+# built p3-executor, with p3-executor-steps, and man/ and completions/ if present, next to it),
+# installs them under the prefix, creates the job user, the directories of
+# packaging/tmpfiles/p3-executor.conf, the annotated example config if none exists yet, the
+# gc timer (packaging/systemd), and finally runs `p3-executor check`. The same unit,
+# tmpfiles and man-page files as the .deb: one definition of each.
 set -euo pipefail
 
 prefix=/usr/local
@@ -19,7 +22,7 @@ while (($#)); do
     --binary) binary=$2; shift 2 ;;
     --job-user) job_user=$2; shift 2 ;;
     --no-deps) deps=0; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -31,38 +34,80 @@ fi
 cd "$(dirname "$0")/.."
 
 if ((deps)); then
-  # bash and git run job scripts; krb5-user provides kinit/klist/kdestroy for credentials.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bash git krb5-user ca-certificates >/dev/null
+  # The .deb's Depends: git runs in the job's get_sources stage; krb5-user provides
+  # kinit/klist/kdestroy for credentials; adduser creates the job user (bash is Essential).
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bash git krb5-user ca-certificates adduser >/dev/null
 fi
 
 if [[ -z $binary ]]; then
-  cargo build --release --locked -p p3-executor -p p3-executor-steps
+  # One cargo invocation: the xtask that writes the man pages links the same libraries.
+  cargo build --release --locked -p p3-executor -p p3-executor-steps -p p3-executor-xtask
   binary=target/release/p3-executor
+  target/release/p3-executor-xtask man target/packaging/man >/dev/null
+  target/release/p3-executor-xtask completions target/packaging/completions >/dev/null
+  docs=target/packaging
+else
+  docs=$(dirname "$binary")
 fi
 install -D -m 0755 "$binary" "$prefix/bin/p3-executor"
 # The built-in steps; `p3-executor <step>` runs it from the same directory.
 install -D -m 0755 "$(dirname "$binary")/p3-executor-steps" "$prefix/bin/p3-executor-steps"
 
-if ! id -u "$job_user" >/dev/null 2>&1; then
-  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$job_user"
+# Man pages and completions where man-db, bash-completion, zsh and fish look under /usr/local.
+if compgen -G "$docs/man/*.1" >/dev/null; then
+  install -d "$prefix/share/man/man1"
+  for page in "$docs"/man/*.1; do
+    gzip -9n -c "$page" > "$prefix/share/man/man1/$(basename "$page").gz"
+    chmod 0644 "$prefix/share/man/man1/$(basename "$page").gz"
+  done
+else
+  echo "install.sh: no man pages in $docs/man (a release tarball carries them): skipped" >&2
+fi
+if [[ -d $docs/completions ]]; then
+  install -D -m 0644 "$docs/completions/p3-executor.bash" "$prefix/share/bash-completion/completions/p3-executor"
+  install -D -m 0644 "$docs/completions/_p3-executor" "$prefix/share/zsh/site-functions/_p3-executor"
+  install -D -m 0644 "$docs/completions/p3-executor.fish" "$prefix/share/fish/vendor_completions.d/p3-executor.fish"
+fi
+
+if ! getent passwd "$job_user" >/dev/null; then
+  # As the .deb's postinst does: a system user with its own group, no home, no shell.
+  adduser --system --group --quiet --no-create-home --home /nonexistent --shell /usr/sbin/nologin "$job_user"
   echo "created job user $job_user"
 fi
 
-install -d -m 0700 -o root -g root /etc/p3-executor /etc/p3-executor/keytabs
+# The directories and their modes: the .deb's tmpfiles file, in the admin's tmpfiles dir (so
+# systemd-tmpfiles also restores the modes at boot). Without systemd-tmpfiles, its `d` lines
+# are applied directly.
+install -D -m 0644 packaging/tmpfiles/p3-executor.conf /etc/tmpfiles.d/p3-executor.conf
+if command -v systemd-tmpfiles >/dev/null 2>&1; then
+  systemd-tmpfiles --create p3-executor.conf
+else
+  grep -E '^d[[:space:]]' /etc/tmpfiles.d/p3-executor.conf | while read -r _type path mode user group _age; do
+    install -d -m "$mode" -o "$user" -g "$group" "$path"
+  done
+fi
+
 if [[ ! -e /etc/p3-executor/config.toml ]]; then
+  install -m 0600 /dev/null /etc/p3-executor/config.toml
   sed "s/^job_user = .*/job_user = \"$job_user\"/" executor-config/config.toml > /etc/p3-executor/config.toml
-  chmod 0600 /etc/p3-executor/config.toml
   echo "installed example config /etc/p3-executor/config.toml: edit it, then run p3-executor check"
 fi
-# state_root is traversable (jobs reach their own credentials dir) but not listable.
-install -d -m 0711 -o root -g root /var/lib/p3-executor /var/lib/p3-executor/builds
-install -d -m 0750 -o root -g root /var/log/p3-executor
 
-# Sweep jobs whose cleanup never ran (runner crash, host reboot).
-cat > /etc/cron.d/p3-executor-gc <<CRON
-# p3-executor: remove workspaces and credentials of jobs whose cleanup never ran
-17 * * * * root $prefix/bin/p3-executor gc >/dev/null
-CRON
+# gc every hour: the .deb's units, ExecStart pointing at this prefix. Earlier versions of
+# this script wrote a cron entry; the timer replaces it.
+rm -f /etc/cron.d/p3-executor-gc
+install -d /etc/systemd/system
+sed "s|^ExecStart=/usr/bin/p3-executor |ExecStart=$prefix/bin/p3-executor |" \
+  packaging/systemd/p3-executor-gc.service > /etc/systemd/system/p3-executor-gc.service
+install -m 0644 packaging/systemd/p3-executor-gc.timer /etc/systemd/system/p3-executor-gc.timer
+chmod 0644 /etc/systemd/system/p3-executor-gc.service
+if [[ -d /run/systemd/system ]]; then
+  systemctl daemon-reload
+  systemctl enable --now p3-executor-gc.timer
+else
+  echo "install.sh: systemd is not running here: p3-executor-gc.timer is installed but not" \
+       "started; run \`$prefix/bin/p3-executor gc\` hourly some other way" >&2
+fi
 
 echo "installed $prefix/bin/p3-executor ($("$prefix/bin/p3-executor" --version))"
 "$prefix/bin/p3-executor" check || echo "fix the problems above before registering the runner"

@@ -5,8 +5,18 @@
 # services themselves, each on its own loopback port.
 #
 #   scripts/test.sh [extra cargo test args]
+#
+# Then, on a full run (no extra args) or with P3_TEST_PACKAGE=1, the packaging test: it builds
+# the .deb from the debug build with cargo-deb, checks it with dpkg-deb and lintian, installs,
+# upgrades, removes and purges it on this machine (tests/it/packaging.rs). P3_TEST_PACKAGE=0
+# skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [[ -n ${P3_TEST_PACKAGE:-} ]]; then package_test=$P3_TEST_PACKAGE
+elif (($#)); then package_test=0
+else package_test=1
+fi
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
@@ -18,6 +28,14 @@ for pair in git:git krb5kdc:krb5-kdc kinit:krb5-user kadmin.local:krb5-admin-ser
             /usr/bin/aws:awscli; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || apt_pkgs+=("${pair#*:}")
 done
+if [[ $package_test == 1 ]]; then
+  # The packaging test: lintian; dpkg-shlibdeps (dpkg-dev) for the package's library
+  # dependencies; man-db for `man -w`; adduser for the postinst; the .deb's Depends.
+  for pair in lintian:lintian dpkg-shlibdeps:dpkg-dev man:man-db adduser:adduser \
+              update-ca-certificates:ca-certificates; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || apt_pkgs+=("${pair#*:}")
+  done
+fi
 if ((${#apt_pkgs[@]})); then
   echo "test.sh: installing ${apt_pkgs[*]}"
   as_root apt-get update -qq
@@ -64,4 +82,21 @@ esac
 export TMPDIR
 mkdir -p "$TMPDIR"
 
+if [[ $package_test == 1 ]]; then
+  # cargo-deb builds the .deb (Cargo.toml [package.metadata.deb]). Pinned: the packaging test
+  # packages the debug build, which cargo-deb 3.x only warns about.
+  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+  if [[ $(cargo deb --version 2>/dev/null) != *3.8.0* ]]; then
+    echo "test.sh: installing cargo-deb 3.8.0 (cargo install)"
+    cargo install --quiet --locked cargo-deb --version 3.8.0
+  fi
+fi
+
 cargo test --workspace --locked "$@"
+
+if [[ $package_test == 1 ]]; then
+  # After the suite, on its own: it installs and purges the package on this machine. The
+  # suite above built what it packages (debug binaries and p3-executor-xtask).
+  P3_TEST_PACKAGE=1 cargo test --workspace --locked --test it -- --ignored --exact \
+    packaging::the_deb_installs_upgrades_under_a_running_job_removes_and_purges
+fi

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 /// GitLab Runner custom executor that grants verified jobs Kerberos and S3 credentials by
 /// policy, and built-in steps for image builds, P3 deploys and S3 transfers.
 #[derive(Debug, Parser)]
-#[command(name = "p3-executor", version, about, long_about = None)]
+#[command(name = "p3-executor", version = env!("P3_EXECUTOR_VERSION"), about, long_about = None)]
 pub struct Cli {
     /// Executor config file.
     #[arg(long, global = true, env = "P3_EXECUTOR_CONFIG", default_value = crate::config::DEFAULT_CONFIG_PATH)]

@@ -21,6 +21,7 @@ mod isolation;
 mod kerberos;
 mod metrics;
 mod p3;
+mod packaging;
 mod parsers;
 mod pipeline;
 mod realms;
