@@ -45,16 +45,30 @@ fn idle_secs(cfg: &Config, paths: &JobPaths, leases: &[(u32, u64)]) -> u64 {
     })
 }
 
-/// Remove every job idle longer than `max_age_secs` (config default when None) whose
-/// processes are gone. With `dry_run`, only report.
+/// `p3-executor gc` (the timer): retry quarantined uids, remove every job idle longer than
+/// `max_age_secs` (config default when None) whose processes are gone, and update the metrics
+/// textfile. With `dry_run`, only report.
 pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<Vec<Swept>> {
-    let max_age = max_age_secs.unwrap_or(cfg.gc_max_age_secs);
-    let mut swept = Vec::new();
     if !dry_run {
         for (uid, why) in crate::uid_pool::retry_quarantined(cfg) {
             tracing::warn!(uid, "uid still quarantined: {why}");
         }
     }
+    let swept = sweep_jobs(cfg, max_age_secs.unwrap_or(cfg.gc_max_age_secs), dry_run)?;
+    if !dry_run {
+        crate::metrics::update_textfile(cfg);
+    }
+    Ok(swept)
+}
+
+/// The part of gc every `prepare` runs: only the stale jobs. Retrying quarantined uids (a walk
+/// of the world-writable dirs each) and the metrics are the timer's job, off the job's path.
+pub fn sweep_stale(cfg: &Config) -> Result<Vec<Swept>> {
+    sweep_jobs(cfg, cfg.gc_max_age_secs, false)
+}
+
+fn sweep_jobs(cfg: &Config, max_age: u64, dry_run: bool) -> Result<Vec<Swept>> {
+    let mut swept = Vec::new();
     let leases = crate::uid_pool::leases(cfg);
     for job_id in workspace::known_jobs(cfg, &leases) {
         let paths = JobPaths::new(cfg, job_id);
@@ -74,9 +88,6 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
             job_id,
             idle_secs: idle,
         });
-    }
-    if !dry_run {
-        crate::metrics::update_textfile(cfg);
     }
     Ok(swept)
 }

@@ -58,7 +58,7 @@ pub fn resolve_ids(cfg: &Config, job_id: u64) -> Result<(JobIdentityIds, String)
 /// `p3-executor prepare`.
 pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     // Jobs whose cleanup never ran (runner crash, SIGKILL) are swept here too.
-    if let Err(e) = crate::gc::sweep(cfg, None, false) {
+    if let Err(e) = crate::gc::sweep_stale(cfg) {
         tracing::warn!("opportunistic gc failed: {e}");
     }
     let job_id = job.job_id();
