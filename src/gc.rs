@@ -56,9 +56,33 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
     }
     let swept = sweep_jobs(cfg, max_age_secs.unwrap_or(cfg.gc_max_age_secs), dry_run)?;
     if !dry_run {
+        remove_stray_temp_files(cfg);
         crate::metrics::update_textfile(cfg);
     }
     Ok(swept)
+}
+
+/// Temp files of `atomic_file` (`.p3-*`) that a killed process left in the executor's own
+/// root-owned dirs (the job dirs go whole with their job): removed once clearly abandoned.
+fn remove_stray_temp_files(cfg: &Config) {
+    const ABANDONED: Duration = Duration::from_secs(600);
+    for dir in [cfg.state_root.clone(), cfg.state_root.join("uids")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let stale = e.file_name().to_string_lossy().starts_with(".p3-")
+                && e.metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .is_some_and(|m| {
+                        SystemTime::now().duration_since(m).unwrap_or_default() > ABANDONED
+                    });
+            if stale {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// The part of gc every `prepare` runs: only the stale jobs. Retrying quarantined uids (a walk

@@ -71,9 +71,32 @@ fn temp_with(dir: &Path, content: &str) -> Result<tempfile::NamedTempFile> {
 }
 
 /// Link a complete file holding `content` to `name` unless `name` exists (then false).
+///
+/// The content is written to an unnamed `O_TMPFILE` inode, which gets its only name by
+/// `linkat`: a prepare killed at any moment leaves neither a half-written lease nor a temp file.
 fn create_complete(dir: &Path, name: &str, content: &str) -> Result<bool> {
-    let tmp = temp_with(dir, content)?;
-    match fs::hard_link(tmp.path(), dir.join(name)) {
+    use nix::fcntl::{AtFlags, OFlag, open};
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
+    let fail = |e: std::io::Error| Error::io(format!("lease uid {name} in {}", dir.display()), e);
+    let fd = open(
+        dir,
+        OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| fail(e.into()))?;
+    let mut file = fs::File::from(fd);
+    std::io::Write::write_all(&mut file, content.as_bytes()).map_err(fail)?;
+    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let linked = nix::unistd::linkat(
+        nix::fcntl::AT_FDCWD,
+        source.as_str(),
+        nix::fcntl::AT_FDCWD,
+        &dir.join(name),
+        AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(std::io::Error::from);
+    match linked {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(Error::io(
