@@ -1,7 +1,7 @@
 //! Private job uids from `job_uid_range`: leased one per job, proven clean before reuse.
 //!
-//! `<state_root>/uids/<uid>` is the lease. It is created complete or not at all (written to a
-//! temp file, then `link`ed into place, which fails if the uid is taken), so a crash never
+//! `<state_root>/uids/<uid>` is the lease. It is created complete or not at all (written to an
+//! unnamed `O_TMPFILE` inode, then `linkat`ed into place, which fails if the uid is taken), so a crash never
 //! leaves an empty lease behind. Its content is the job id, or `quarantine: <why>` for a uid
 //! that could not be proven clean when its job ended: no process, SysV IPC object or file of
 //! it may remain (see [`crate::residue`]). `gc` retries quarantined uids; `check` lists them.
