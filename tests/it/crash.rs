@@ -88,41 +88,10 @@ fn leftovers(host: &Host, id: u64, uid_range: [u32; 2]) -> Vec<String> {
             }
         }
     }
-    for (pid, uids) in processes_in(uid_range) {
-        left.push(format!("process {pid} with uids {uids}"));
+    for p in p3_testkit::procs::holding(uid_range[0]..=uid_range[1]) {
+        left.push(format!("process {p}"));
     }
     left
-}
-
-/// Live processes holding a uid of `[lo, hi]` in any field.
-fn processes_in([lo, hi]: [u32; 2]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        if status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z'))
-        {
-            continue;
-        }
-        let Some(uids) = status.lines().find_map(|l| l.strip_prefix("Uid:")) else {
-            continue;
-        };
-        let held = uids
-            .split_whitespace()
-            .filter_map(|u| u.parse::<u32>().ok())
-            .any(|u| (lo..=hi).contains(&u));
-        if held {
-            out.push((name, uids.trim().to_string()));
-        }
-    }
-    out
 }
 
 fn uid_range(config: &Path) -> [u32; 2] {

@@ -148,36 +148,12 @@ impl Running {
     }
 }
 
-/// Live processes holding `uid` as real, effective, saved or filesystem uid, as
-/// `(pid, "pid uids [r e s f]: cmdline")`.
+/// Live processes holding `uid` in any field, as (pid, description).
 fn processes_holding(uid: u32) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        if status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"))
-        {
-            continue;
-        }
-        let Some(uids) = status.lines().find_map(|l| l.strip_prefix("Uid:")) else {
-            continue;
-        };
-        if uids.split_whitespace().any(|f| f.parse() == Ok(uid)) {
-            let cmd = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let uids = uids.split_whitespace().collect::<Vec<_>>().join(" ");
-            out.push((
-                pid,
-                format!("{pid} uids [{uids}]: {}", cmd.replace('\0', " ").trim()),
-            ));
-        }
-    }
-    out
+    p3_testkit::procs::holding(uid..=uid)
+        .into_iter()
+        .map(|p| (p.pid, p.to_string()))
+        .collect()
 }
 
 fn describe(procs: &[(i32, String)]) -> Vec<&str> {

@@ -21,10 +21,26 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
         let value: f64 = value
             .parse()
             .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        // `name` or `name{label="value",...}`: a metric name, then only well-formed labels.
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
         assert!(
-            series.starts_with("p3_executor_") && !series.contains(' ') || series.contains('{'),
-            "bad series {series:?}"
+            name.starts_with("p3_executor_")
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "bad metric name in {line:?}"
         );
+        let labels = labels
+            .strip_suffix('}')
+            .unwrap_or_else(|| panic!("unclosed labels in {line:?}"));
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once("=\"")
+                .unwrap_or_else(|| panic!("bad label {pair:?} in {line:?}"));
+            assert!(
+                key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "{line:?}"
+            );
+            assert!(!value.contains('\n'), "{line:?}");
+        }
         assert!(
             out.insert(series.to_string(), value).is_none(),
             "duplicate {series}"

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod driver;
 pub mod http_stub;
 pub mod kdc;
+pub mod procs;
 pub mod realm;
 pub mod s3;
 pub mod tokens;
