@@ -37,8 +37,9 @@ pub struct ExplainArgs {
     /// file in it (a policy regression suite).
     #[arg(long, value_name = "FILE|DIR")]
     pub claims: Option<PathBuf>,
-    /// An ID token, verified against the JWKS exactly as `prepare` verifies it.
-    #[arg(long, value_name = "JWT")]
+    /// An ID token, verified against the JWKS exactly as `prepare` verifies it. `-` reads it
+    /// from standard input (a token on the command line is visible to `ps`).
+    #[arg(long, value_name = "JWT|-")]
     pub token: Option<String>,
     /// Check the token's `exp`/`nbf` against this time (RFC 3339) instead of now.
     #[arg(long, value_name = "TIME", requires = "token")]
@@ -74,6 +75,17 @@ fn input_error(message: String) -> Error {
 /// The identities to explain, with where each came from.
 fn identities(cfg: &Config, args: &ExplainArgs) -> Result<Vec<(String, Identity)>> {
     if let Some(token) = &args.token {
+        let token = if token == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(std::io::stdin(), 1 << 20),
+                &mut text,
+            )
+            .map_err(|e| input_error(format!("read the token from standard input: {e}")))?;
+            text
+        } else {
+            token.clone()
+        };
         let at = args
             .at
             .as_deref()

@@ -282,6 +282,24 @@ fn explain_shows_every_rule_and_verifies_tokens_like_prepare() {
         "client_prod",
     ]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // `--token -` reads it from standard input, off the process list.
+    let mut child = fx
+        .host
+        .host_command(&[
+            "policy",
+            "explain",
+            "--token",
+            "-",
+            "--request",
+            "client_prod",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), good.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
     let forged = TokenMinter::new().mint(claims(8203, "v1.2.3", "tag", true, ""));
     let out = fx.host.exec(&[
         "policy",

@@ -129,14 +129,16 @@ impl Host {
         Job::new(self, id, script)
     }
 
-    /// Run a host subcommand (`gc`, `check`, ...) with this host's config.
+    /// A host subcommand (`gc`, `check`, ...) with this host's config, not yet started.
+    pub fn host_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd
+    }
+
+    /// Run a host subcommand with this host's config.
     pub fn exec(&self, args: &[&str]) -> Output {
-        Command::new(&self.exe)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap()
+        self.host_command(args).output().unwrap()
     }
 }
 
