@@ -175,6 +175,10 @@ pub struct AuditConfig {
     /// Also send every record to the host's syslog (RFC 5424, JSON); never blocks a grant.
     #[serde(default)]
     pub syslog: Option<SyslogConfig>,
+    /// Ship every record off the host to S3, as immutable Object-Locked batches
+    /// (`p3-executor audit ship`; see `crates/aws/src/fleet/`).
+    #[serde(default)]
+    pub s3: Option<AuditS3Config>,
     /// What every record is stamped with; set when the config is loaded, never from the file.
     #[serde(skip)]
     pub stamp: AuditStamp,
@@ -190,6 +194,84 @@ pub struct SyslogConfig {
     /// Syslog facility: `auth`, `authpriv`, `daemon`, `local0` … `local7`.
     #[serde(default = "default_facility")]
     pub facility: String,
+}
+
+/// `[audit.s3]`: where `audit ship` puts this host's records, with the host's own credentials
+/// (never a job's).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditS3Config {
+    /// The bucket (created with Object Lock enabled, so versioned).
+    pub bucket: String,
+    /// Key prefix; objects are `<prefix>/<host-id>/<chain>/<first_seq>-<last_seq>.jsonl`.
+    #[serde(default = "default_audit_prefix")]
+    pub prefix: String,
+    /// AWS region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Endpoint URL for S3-compatible stores (MinIO, Ceph RGW).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Path-style addressing (`https://host/bucket/key`).
+    #[serde(default)]
+    pub path_style: bool,
+    /// Host-side shared-credentials profile (from `shared_credentials_file`).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Host-side shared-credentials file for `profile` (default `~root/.aws/credentials`).
+    #[serde(default)]
+    pub shared_credentials_file: Option<PathBuf>,
+    /// argv of an AWS `credential_process` for the shipper (alternative to `profile`).
+    #[serde(default)]
+    pub credential_process: Option<Vec<String>>,
+    /// Object Lock retention for every shipped batch. Without it objects are only protected
+    /// by the conditional put and the chain; with COMPLIANCE not even the bucket owner can
+    /// shorten it.
+    #[serde(default)]
+    pub object_lock: Option<ObjectLockConfig>,
+    /// At most this many records per object.
+    #[serde(default = "default_batch_records")]
+    pub batch_records: u64,
+    /// Bound of the opportunistic ship at the end of `cleanup` (0: do not ship from cleanup).
+    #[serde(default = "default_cleanup_ship_secs")]
+    pub cleanup_ship_secs: f64,
+    /// Upper bound on each S3 call.
+    #[serde(default = "default_audit_s3_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// `object_lock = { mode = "...", retain_days = N }` of `[audit.s3]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockConfig {
+    /// Retention mode.
+    pub mode: ObjectLockMode,
+    /// Days each object is retained from its upload.
+    pub retain_days: u32,
+}
+
+/// S3 Object Lock retention modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ObjectLockMode {
+    /// Users with `s3:BypassGovernanceRetention` can still overwrite or delete (verify
+    /// detects it).
+    Governance,
+    /// Nobody can overwrite or delete before the retention ends, not even the root account.
+    Compliance,
+}
+
+fn default_audit_prefix() -> String {
+    "p3-executor-audit".into()
+}
+fn default_batch_records() -> u64 {
+    1000
+}
+fn default_cleanup_ship_secs() -> f64 {
+    2.0
+}
+fn default_audit_s3_timeout() -> u64 {
+    30
 }
 
 fn default_socket() -> PathBuf {
@@ -673,6 +755,7 @@ impl Default for AuditConfig {
         Self {
             path: default_audit_path(),
             syslog: None,
+            s3: None,
             stamp: AuditStamp::default(),
         }
     }
@@ -808,6 +891,32 @@ impl Config {
                     "audit.syslog.facility = {:?} is not a syslog facility (auth, authpriv, daemon, user, local0 … local7)",
                     s.facility
                 ));
+            }
+        }
+        if let Some(s3) = &self.audit.s3 {
+            if s3.bucket.is_empty() || s3.bucket.contains('/') {
+                problems.push(format!(
+                    "audit.s3.bucket = {:?} is not a bucket name (the key prefix goes in audit.s3.prefix)",
+                    s3.bucket
+                ));
+            }
+            if s3.profile.is_some() && s3.credential_process.is_some() {
+                problems.push(
+                    "audit.s3: profile and credential_process contradict each other: keep one"
+                        .into(),
+                );
+            }
+            if s3.batch_records == 0 {
+                problems.push("audit.s3.batch_records must be at least 1".into());
+            }
+            if !(s3.cleanup_ship_secs >= 0.0 && s3.cleanup_ship_secs <= 60.0) {
+                problems.push(format!(
+                    "audit.s3.cleanup_ship_secs = {} must be between 0 (off) and 60: it delays every job's cleanup",
+                    s3.cleanup_ship_secs
+                ));
+            }
+            if s3.object_lock.as_ref().is_some_and(|l| l.retain_days == 0) {
+                problems.push("audit.s3.object_lock.retain_days must be at least 1".into());
             }
         }
         // Interpolated into tmpfs mount options: no separators, only a size.

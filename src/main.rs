@@ -126,6 +126,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             "p3-executor-demo",
             "the demo is built from the test fixtures and not installed with the executor: run scripts/demo.sh from a checkout",
         )),
+        Command::Audit(cmd) if cmd.needs_s3() => Err(exec_sibling(
+            "p3-executor-aws",
+            "install it next to p3-executor (the package and scripts/install.sh do)",
+        )),
         Command::Audit(cmd) => {
             let cfg = load_config(&path)?;
             Ok(Outcome::Code(audit::run(&cfg, cmd)?))
@@ -144,7 +148,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
 }
 
 /// Built-in steps live in the sibling binary `p3-executor-steps`, the demo in
-/// `p3-executor-demo`; both get the same arguments.
+/// `p3-executor-demo`, the audit trail's S3 side in `p3-executor-aws`; each gets the same
+/// arguments.
 ///
 /// The runner starts `p3-executor` four or more times per job; keeping the AWS SDK, the steps'
 /// other heavy dependencies and the demo's fixtures out of this binary keeps every one of those

@@ -1,10 +1,8 @@
 //! The `p3-executor audit` subcommands: the clap definitions of `show` and `verify`, and
 //! [`run`], which parses their options and prints the result.
 
-use chrono::Utc;
-
 use super::chain::verify;
-use super::query::{Filter, parse_since, show};
+use super::query::{Filter, show};
 use crate::config::Config;
 use crate::terminal::escape;
 
@@ -25,38 +23,70 @@ pub enum AuditCommand {
         /// Print the stored JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        /// Query every host's shipped records in `s3://bucket/prefix` instead of the local
+        /// log (a HOST column is added).
+        #[arg(long, value_name = "S3_URI")]
+        s3: Option<String>,
+        /// With `--s3`: only this host id.
+        #[arg(long, requires = "s3")]
+        host: Option<String>,
     },
     /// Check the hash chain; report the first record that was edited, removed or reordered
     /// (exit 1; also when the log does not exist, or ends in a torn append), and list the
     /// recovery records (torn appends a later append removed).
-    Verify,
+    ///
+    /// With `--s3 s3://bucket/prefix`: verify every host's chain across its shipped objects
+    /// (continuity, no gap, no overwritten object) and, on a host that shipped, that the local
+    /// log agrees with what it shipped.
+    Verify {
+        /// The shipped trail to verify (`[audit.s3]`'s bucket and prefix).
+        #[arg(long, value_name = "S3_URI")]
+        s3: Option<String>,
+        /// With `--s3`: only this host id.
+        #[arg(long, requires = "s3")]
+        host: Option<String>,
+    },
+    /// Copy every record not yet shipped to `[audit.s3]` as immutable batches (safe to run at
+    /// any time, concurrently, and after a crash); the gc timer runs it.
+    Ship {
+        /// Stop starting new uploads after this many seconds (the end of `cleanup` uses a
+        /// short bound); the rest is shipped by the next run.
+        #[arg(long, value_name = "SECS")]
+        max_secs: Option<f64>,
+    },
+}
+
+impl AuditCommand {
+    /// Whether the command talks to S3, which `p3-executor-aws` does (the runner binary
+    /// carries no AWS SDK).
+    pub fn needs_s3(&self) -> bool {
+        matches!(
+            self,
+            AuditCommand::Ship { .. }
+                | AuditCommand::Show { s3: Some(_), .. }
+                | AuditCommand::Verify { s3: Some(_), .. }
+        )
+    }
 }
 
 /// Run an audit subcommand; returns the exit code (`verify`: 1 when the chain is broken).
 pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
     let path = &cfg.audit.path;
     match cmd {
+        AuditCommand::Ship { .. }
+        | AuditCommand::Show { s3: Some(_), .. }
+        | AuditCommand::Verify { s3: Some(_), .. } => Err(crate::error::Error::Usage(
+            "this audit command runs in p3-executor-aws (`p3-executor audit` execs it)".into(),
+        )
+        .into()),
         AuditCommand::Show {
             job,
             project,
             since,
             json,
+            ..
         } => {
-            let project = project
-                .map(|p| {
-                    globset::Glob::new(&p)
-                        .map(|g| g.compile_matcher())
-                        .map_err(|e| crate::error::Error::Usage(format!("--project {p:?}: {e}")))
-                })
-                .transpose()?;
-            let since = since
-                .map(|s| parse_since(&s, Utc::now()).map_err(crate::error::Error::Usage))
-                .transpose()?;
-            let filter = Filter {
-                job,
-                project,
-                since,
-            };
+            let filter = Filter::from_options(job, project.as_deref(), since.as_deref())?;
             let stdout = std::io::stdout();
             let n = show(path, &filter, json, &mut stdout.lock())?;
             if !json {
@@ -64,7 +94,7 @@ pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        AuditCommand::Verify => {
+        AuditCommand::Verify { s3: None, .. } => {
             if !path.exists() {
                 // Absent evidence is not verified evidence: the log may have been deleted.
                 println!(

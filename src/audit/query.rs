@@ -22,6 +22,29 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The filter for `audit show`'s `--job`, `--project` (path or glob) and `--since`.
+    pub fn from_options(
+        job: Option<u64>,
+        project: Option<&str>,
+        since: Option<&str>,
+    ) -> Result<Self, crate::error::Error> {
+        let project = project
+            .map(|p| {
+                globset::Glob::new(p)
+                    .map(|g| g.compile_matcher())
+                    .map_err(|e| crate::error::Error::Usage(format!("--project {p:?}: {e}")))
+            })
+            .transpose()?;
+        let since = since
+            .map(|s| parse_since(s, chrono::Utc::now()).map_err(crate::error::Error::Usage))
+            .transpose()?;
+        Ok(Filter {
+            job,
+            project,
+            since,
+        })
+    }
+
     /// Whether `r` passes every set criterion.
     pub fn matches(&self, r: &AuditRecord) -> bool {
         self.job.is_none_or(|j| r.job_id == Some(j))
