@@ -312,6 +312,8 @@ pub struct AuditStamp {
     pub state_root: Option<PathBuf>,
     /// SHA-256 of the executor config file in force.
     pub config_sha256: Option<String>,
+    /// The config file it was loaded from (the shipper is started with the same one).
+    pub config_path: Option<PathBuf>,
 }
 
 /// Kerberos tools and timings.
@@ -846,6 +848,7 @@ impl Config {
             config_sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
                 text.as_bytes(),
             ))),
+            config_path: Some(path.to_path_buf()),
         };
         Ok(cfg)
     }

@@ -139,6 +139,9 @@ pub struct Gauges {
     pub uids_quarantined: u64,
     /// Audit records that could not be sent to syslog.
     pub syslog_drops: u64,
+    /// With `[audit.s3]`: records not yet shipped, the age of the oldest in seconds, and
+    /// whether the last ship failed.
+    pub ship: Option<(u64, u64, bool)>,
 }
 
 /// A label value in the exposition format: `\`, `"` and line breaks escaped.
@@ -254,6 +257,28 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
         family(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
+    if let Some((records, age, failing)) = g.ship {
+        for (name, help, value) in [
+            (
+                "p3_executor_audit_ship_lag_records",
+                "Audit records not yet shipped to [audit.s3].",
+                records,
+            ),
+            (
+                "p3_executor_audit_ship_lag_seconds",
+                "Age of the oldest audit record not yet shipped (0 when none waits).",
+                age,
+            ),
+            (
+                "p3_executor_audit_ship_failing",
+                "1 when the last audit ship stopped on an error (check says which).",
+                u64::from(failing),
+            ),
+        ] {
+            family(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
     histogram(
         &mut out,
         "p3_executor_kinit_duration_seconds",
@@ -295,6 +320,10 @@ fn gauges(cfg: &Config) -> Gauges {
         uids_leased: crate::uid_pool::leases(cfg).len() as u64,
         uids_quarantined: crate::uid_pool::quarantined(cfg).len() as u64,
         syslog_drops: crate::audit::syslog::drops(&cfg.audit.path),
+        ship: crate::audit::shipped::lag(cfg).map(|l| {
+            let failing = l.state.as_ref().is_some_and(|s| s.last_error.is_some());
+            (l.records, l.age_secs(chrono::Utc::now()), failing)
+        }),
     }
 }
 

@@ -25,11 +25,16 @@
 //! This file is the module's public surface only. The parts:
 //! - `chain.rs`: records, hashing, [`append`] and [`verify`];
 //! - `query.rs`: [`Filter`], [`parse_since`] and [`show`] (the table or the JSON lines);
-//! - `cli.rs`: the `audit` subcommands ([`AuditCommand`]) and [`run`].
+//! - `cli.rs`: the `audit` subcommands ([`AuditCommand`]) and [`run`];
+//! - `shipped.rs`: how far the log has been shipped to `[audit.s3]` (the watermark and the lag);
+//!   the shipping itself is `p3-executor-aws` (crates/aws/src/fleet/);
+//! - `syslog.rs`: every record also to the local syslog socket.
 
 mod chain;
 mod cli;
 mod query;
+pub mod shipped;
+pub mod shipper;
 pub mod syslog;
 
 pub use chain::{
@@ -37,4 +42,4 @@ pub use chain::{
     TornTail, Verification, append, record_hash, verify,
 };
 pub use cli::{AuditCommand, run};
-pub use query::{Filter, parse_since, show};
+pub use query::{Filter, parse_since, print, show};

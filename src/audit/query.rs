@@ -107,8 +107,7 @@ pub fn show(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(io(path, "open")(e)),
     };
-    let mut rows: Vec<[String; 9]> = Vec::new();
-    let mut count = 0;
+    let mut matching: Vec<(String, AuditRecord)> = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(io(path, "read"))?;
         let record: AuditRecord = match serde_json::from_str(&line) {
@@ -123,20 +122,51 @@ pub fn show(
                 continue;
             }
         };
-        if !filter.matches(&record) {
-            continue;
+        if filter.matches(&record) {
+            matching.push((line, record));
         }
-        count += 1;
-        if json {
-            writeln!(out, "{line}").map_err(io(path, "write output"))?;
-            continue;
+    }
+    print(&matching, json, false, out).map_err(io(path, "write output"))?;
+    Ok(matching.len())
+}
+
+/// Print `records` (each with its stored line): a table, with a HOST column first when
+/// `with_host` (records of several hosts, `audit show --s3`), or with `json` the stored lines
+/// unchanged.
+pub fn print(
+    records: &[(String, AuditRecord)],
+    json: bool,
+    with_host: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    if json {
+        for (line, _) in records {
+            writeln!(out, "{line}")?;
         }
-        rows.push(table_row(&record));
+        return Ok(());
     }
-    if !json {
-        print_table(rows, out).map_err(io(path, "write output"))?;
+    let rows = records.iter().map(|(_, r)| table_row(r));
+    if !with_host {
+        return print_table(rows.collect(), out);
     }
-    Ok(count)
+    let mut header = vec!["HOST"];
+    header.extend(HEADER);
+    let header: [&str; 10] = header.try_into().expect("ten columns");
+    let rows = records.iter().zip(rows).map(|((_, r), row)| {
+        let mut cells = vec![host_cell(r)];
+        cells.extend(row);
+        let cells: [String; 10] = cells.try_into().expect("ten cells");
+        cells
+    });
+    write!(out, "{}", p3_contract::terminal::table(header, rows))
+}
+
+/// The host a record names: its name, and the start of its stable id (names get reused).
+fn host_cell(r: &AuditRecord) -> String {
+    match &r.host_id {
+        Some(id) => format!("{} ({:.8})", escape(&r.host), escape(id)),
+        None => escape(&r.host).into_owned(),
+    }
 }
 
 const HEADER: [&str; 9] = [

@@ -24,6 +24,7 @@ pub(super) fn audit_chain(cfg: &Config, out: &mut Vec<Finding>) {
             ));
         }
     }
+    shipping(cfg, out);
     if !path.exists() {
         return;
     }
@@ -83,5 +84,49 @@ pub(super) fn audit_chain(cfg: &Config, out: &mut Vec<Finding>) {
                 path.display()
             ),
         )),
+    }
+}
+
+/// Records waiting longer than this to be shipped are a warning: the gc timer ships every few
+/// minutes, so an hour means shipping is failing or not scheduled.
+const SHIP_LAG_WARN_SECS: u64 = 3600;
+
+/// With `[audit.s3]`: how far shipping is behind, and why the last ship stopped short.
+fn shipping(cfg: &Config, out: &mut Vec<Finding>) {
+    let Some(s3) = &cfg.audit.s3 else { return };
+    let Some(lag) = crate::audit::shipped::lag(cfg) else {
+        return;
+    };
+    let age = lag.age_secs(chrono::Utc::now());
+    let dest = format!("s3://{}/{}", s3.bucket, s3.prefix);
+    if let Some(err) = lag.state.as_ref().and_then(|s| s.last_error.as_ref()) {
+        out.push(finding(
+            Severity::Error,
+            format!("audit shipping to {dest} is failing: {err}"),
+            "fix the cause, then run `p3-executor audit ship` (the gc timer retries on its own); the local log keeps every record meanwhile",
+        ));
+    } else if lag.records > 0 && age > SHIP_LAG_WARN_SECS {
+        out.push(finding(
+            Severity::Warning,
+            format!(
+                "audit shipping to {dest} is {} record(s) behind; the oldest waits for {age} s",
+                lag.records
+            ),
+            "make sure the gc timer runs (systemctl status p3-executor-gc.timer) or run `p3-executor audit ship`",
+        ));
+    } else {
+        out.push(finding(
+            Severity::Info,
+            format!(
+                "audit shipping to {dest}: {} record(s) waiting{}",
+                lag.records,
+                if lag.records > 0 {
+                    format!(", the oldest for {age} s")
+                } else {
+                    String::new()
+                }
+            ),
+            "",
+        ));
     }
 }

@@ -15,6 +15,13 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     // old workspace needs an operator (or gc with the old config).
     let announced = JobPaths::new(cfg, job.job_id()).check_announced();
     crate::teardown::teardown(cfg, job.job_id(), Ending::Cleanup)?;
+    // Opportunistic and bounded (`[audit.s3] cleanup_ship_secs`): the gc timer ships the rest.
+    if let Some(s3) = &cfg.audit.s3 {
+        let bound = std::time::Duration::from_secs_f64(s3.cleanup_ship_secs);
+        if let Err(e) = crate::audit::shipper::ship(cfg, bound) {
+            tracing::warn!("{e}");
+        }
+    }
     // Incremental (only the records since the last update): a few file operations.
     crate::metrics::update_textfile(cfg);
     announced

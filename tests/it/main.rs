@@ -3,8 +3,9 @@
 //! an MIT KDC, S3 servers, buildah, RS256 tokens. Stand-ins exist only for what cannot run
 //! here (GitLab, P3) and follow the documented APIs. Fixtures come from `p3_testkit`.
 //!
-//! `cargo test` builds `p3-executor-steps` and `p3-executor-demo` too (their crates' own small
-//! tests need them), so `p3-executor <step>` and `p3-executor demo` find their siblings.
+//! `cargo test` builds `p3-executor-steps`, `p3-executor-aws` and `p3-executor-demo` too (their
+//! crates' own small tests need them), so `p3-executor <step>`, `p3-executor audit ship` and
+//! `p3-executor demo` find their siblings.
 
 mod common;
 
@@ -14,6 +15,7 @@ mod credentials;
 mod demo;
 mod example_project;
 mod explain;
+mod fleet;
 mod full_disk;
 mod identity;
 mod image;

@@ -1,0 +1,296 @@
+//! The bucket side of the audit trail: an S3 client with the host's own credentials (never a
+//! job's) and the few calls shipping and verifying need: list, list versions, get, and a put
+//! that never overwrites.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::config::{Credentials, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ObjectLockMode as SdkLockMode;
+use base64::Engine;
+use md5::Digest;
+
+use p3_executor::config::{AuditS3Config, ObjectLockConfig, ObjectLockMode};
+
+/// One bucket, with the shipper's client (cheap to clone: the client is shared).
+#[derive(Clone)]
+pub struct Store {
+    client: aws_sdk_s3::Client,
+    /// The bucket.
+    pub bucket: String,
+}
+
+/// One version of an object, as `ListObjectVersions` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// The key.
+    pub key: String,
+    /// Its version id (`null` in an unversioned bucket).
+    pub version_id: Option<String>,
+    /// Whether this is the current version.
+    pub is_latest: bool,
+    /// Whether it is a delete marker (the object was deleted; older versions remain).
+    pub delete_marker: bool,
+}
+
+/// What a put that never overwrites found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Put {
+    /// The object was created.
+    Created,
+    /// An object already had the key (412): a crashed or concurrent shipper put it.
+    Exists,
+}
+
+/// Connection settings: `[audit.s3]`, or defaults when only an `s3://` URI is known.
+pub fn settings(cfg: Option<&AuditS3Config>, bucket: &str) -> AuditS3Config {
+    let mut s = cfg.cloned().unwrap_or_else(|| AuditS3Config {
+        bucket: bucket.into(),
+        prefix: String::new(),
+        region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+        endpoint_url: std::env::var("AWS_ENDPOINT_URL_S3")
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            .ok(),
+        path_style: false,
+        profile: None,
+        shared_credentials_file: None,
+        credential_process: None,
+        object_lock: None,
+        batch_records: 1000,
+        cleanup_ship_secs: 0.0,
+        timeout_secs: 30,
+    });
+    s.bucket = bucket.into();
+    s
+}
+
+impl Store {
+    /// A client for `s.bucket` with the host's credentials: `credential_process`, `profile`,
+    /// or the SDK's default chain (environment, `~root/.aws`, instance role).
+    pub async fn connect(s: &AuditS3Config) -> Result<Store> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(s.region.clone()))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(Duration::from_millis(100)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_timeout(Duration::from_secs(s.timeout_secs.max(1)))
+                    .build(),
+            )
+            // Content-MD5 is sent by hand (Object Lock puts need it, every S3-compatible
+            // server understands it); the SDK's aws-chunked trailers are not understood by all.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(url) = &s.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(argv) = &s.credential_process {
+            loader = loader.credentials_provider(process_credentials(argv, s.timeout_secs)?);
+        } else if let Some(profile) = &s.profile {
+            // The same reading of a shared-credentials profile as the executor's own.
+            let file = s.shared_credentials_file.clone().unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+                Path::new(&home).join(".aws/credentials")
+            });
+            let c = p3_executor::credentials::aws::read_profile(&file, profile)
+                .map_err(|e| anyhow!("audit.s3: {e}"))?;
+            loader = loader.credentials_provider(static_credentials(&c, "audit.s3.profile"));
+        }
+        let sdk = loader.load().await;
+        let conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(s.path_style)
+            .build();
+        Ok(Store {
+            client: aws_sdk_s3::Client::from_conf(conf),
+            bucket: s.bucket.clone(),
+        })
+    }
+
+    /// Every key under `prefix`, in key order, after `start_after` if given.
+    pub async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_start_after(start_after.map(Into::into))
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| self.failed("list", prefix, e))?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(String::from)),
+            );
+            token = out.next_continuation_token().map(String::from);
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Every version and delete marker under `prefix`.
+    pub async fn versions(&self, prefix: &str) -> Result<Vec<Version>> {
+        let mut all = Vec::new();
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let out = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker)
+                .set_version_id_marker(version_marker)
+                .send()
+                .await
+                .map_err(|e| self.failed("list versions of", prefix, e))?;
+            for v in out.versions() {
+                all.push(Version {
+                    key: v.key().unwrap_or_default().into(),
+                    version_id: v.version_id().map(String::from),
+                    is_latest: v.is_latest().unwrap_or(true),
+                    delete_marker: false,
+                });
+            }
+            for m in out.delete_markers() {
+                all.push(Version {
+                    key: m.key().unwrap_or_default().into(),
+                    version_id: m.version_id().map(String::from),
+                    is_latest: m.is_latest().unwrap_or(false),
+                    delete_marker: true,
+                });
+            }
+            if out.is_truncated() != Some(true) {
+                return Ok(all);
+            }
+            key_marker = out.next_key_marker().map(String::from);
+            version_marker = out.next_version_id_marker().map(String::from);
+        }
+    }
+
+    /// The current content of `key`.
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.failed("get", key, e))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("read s3://{}/{key}", self.bucket))?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    /// Put `body` at `key` unless an object already has that key (`If-None-Match: *`), with
+    /// the Object Lock retention of `lock`.
+    pub async fn put_new(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        lock: Option<&ObjectLockConfig>,
+    ) -> Result<Put> {
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/x-ndjson")
+            .content_md5(md5)
+            .if_none_match("*")
+            .body(ByteStream::from(body));
+        if let Some(lock) = lock {
+            let until = chrono::Utc::now() + chrono::Duration::days(i64::from(lock.retain_days));
+            put = put
+                .object_lock_mode(match lock.mode {
+                    ObjectLockMode::Governance => SdkLockMode::Governance,
+                    ObjectLockMode::Compliance => SdkLockMode::Compliance,
+                })
+                .object_lock_retain_until_date(aws_smithy_types::DateTime::from_secs(
+                    until.timestamp(),
+                ));
+        }
+        match put.send().await {
+            Ok(_) => Ok(Put::Created),
+            Err(e) => {
+                // 412: the key exists. 409: a concurrent conditional put on the same key is
+                // in flight; either way someone else owns it and the caller compares.
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                if matches!(status, Some(412) | Some(409)) {
+                    Ok(Put::Exists)
+                } else {
+                    Err(self.failed("put", key, e))
+                }
+            }
+        }
+    }
+
+    fn failed<E>(&self, what: &str, key: &str, e: aws_sdk_s3::error::SdkError<E>) -> anyhow::Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let detail = match &e {
+            aws_sdk_s3::error::SdkError::ServiceError(se) => {
+                let status = se.raw().status().as_u16();
+                format!(
+                    "HTTP {status}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                )
+            }
+            _ => aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+        };
+        anyhow!("cannot {what} s3://{}/{key}: {detail}", self.bucket)
+    }
+}
+
+/// Run the shipper's `credential_process` once (bounded) and hand its keys to the SDK.
+fn process_credentials(argv: &[String], timeout_secs: u64) -> Result<Credentials> {
+    let program = argv
+        .first()
+        .ok_or_else(|| anyhow!("audit.s3.credential_process is empty"))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(&argv[1..]);
+    let out = p3_contract::command::run_bounded(cmd, Duration::from_secs(timeout_secs.max(1)))
+        .with_context(|| format!("audit.s3.credential_process {program}"))?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "audit.s3.credential_process {program} failed ({}): {}",
+            out.status,
+            out.stderr_text()
+        ));
+    }
+    let creds = p3_executor::credentials::aws::parse_process_output(&out.stdout)
+        .map_err(|why| anyhow!("audit.s3.credential_process {program}: {why}"))?;
+    Ok(static_credentials(&creds, "audit.s3.credential_process"))
+}
+
+fn static_credentials(
+    c: &p3_executor::credentials::aws::S3Credentials,
+    source: &'static str,
+) -> Credentials {
+    Credentials::new(
+        c.access_key_id.clone(),
+        c.secret_access_key.clone(),
+        c.session_token.clone(),
+        c.expiration.map(std::time::SystemTime::from),
+        source,
+    )
+}
