@@ -38,9 +38,9 @@ case "$profile" in dev|debug) profile=dev; out_dir=$target_dir/debug ;; *) out_d
 
 if ((build)); then
   # One cargo invocation, so the xtask links the same libraries the binaries were built from.
-  cargo build --locked --profile "$profile" -p p3-executor -p p3-executor-steps -p p3-executor-xtask
+  cargo build --locked --profile "$profile" -p p3-executor -p p3-executor-steps -p p3-executor-aws -p p3-executor-xtask
 fi
-for bin in p3-executor p3-executor-steps p3-executor-xtask; do
+for bin in p3-executor p3-executor-steps p3-executor-aws p3-executor-xtask; do
   [[ -x $out_dir/$bin ]] || { echo "build-deb.sh: $out_dir/$bin is not built (drop --no-build)" >&2; exit 1; }
 done
 

@@ -5,7 +5,7 @@
 #   scripts/install.sh [--binary PATH] [--prefix /usr/local] [--job-user p3-job] [--no-deps]
 #
 # Builds the release binaries and the man pages and completions (unless --binary names a
-# built p3-executor, with p3-executor-steps, and man/ and completions/ if present, next to it),
+# built p3-executor, with p3-executor-steps and p3-executor-aws, and man/ and completions/ if present, next to it),
 # installs them under the prefix, creates the job user, the directories of
 # packaging/tmpfiles/p3-executor.conf, the annotated example config if none exists yet, the
 # gc timer (packaging/systemd), and finally runs `p3-executor check`. The same unit,
@@ -41,7 +41,7 @@ fi
 
 if [[ -z $binary ]]; then
   # One cargo invocation: the xtask that writes the man pages links the same libraries.
-  cargo build --release --locked -p p3-executor -p p3-executor-steps -p p3-executor-xtask
+  cargo build --release --locked -p p3-executor -p p3-executor-steps -p p3-executor-aws -p p3-executor-xtask
   binary=target/release/p3-executor
   target/release/p3-executor-xtask man target/packaging/man >/dev/null
   target/release/p3-executor-xtask completions target/packaging/completions >/dev/null
@@ -52,6 +52,8 @@ fi
 install -D -m 0755 "$binary" "$prefix/bin/p3-executor"
 # The built-in steps; `p3-executor <step>` runs it from the same directory.
 install -D -m 0755 "$(dirname "$binary")/p3-executor-steps" "$prefix/bin/p3-executor-steps"
+# The host-side AWS calls: `audit ship|verify --s3|show --s3` and web-identity S3 credentials.
+install -D -m 0755 "$(dirname "$binary")/p3-executor-aws" "$prefix/bin/p3-executor-aws"
 
 # Man pages and completions where man-db, bash-completion, zsh and fish look under /usr/local.
 if compgen -G "$docs/man/*.1" >/dev/null; then

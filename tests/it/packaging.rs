@@ -321,7 +321,7 @@ fn the_deb_installs_upgrades_under_a_running_job_removes_and_purges() {
              or run the test elsewhere"
         );
     }
-    for tool in ["p3-executor-steps", "p3-executor-xtask"] {
+    for tool in ["p3-executor-steps", "p3-executor-aws", "p3-executor-xtask"] {
         assert!(
             sibling(tool).exists(),
             "{} is not built: run `cargo test --workspace` (scripts/test.sh)",
@@ -432,6 +432,7 @@ fn the_deb_installs_upgrades_under_a_running_job_removes_and_purges() {
     };
     expect("/usr/bin/p3-executor", "-rwxr-xr-x");
     expect("/usr/bin/p3-executor-steps", "-rwxr-xr-x");
+    expect("/usr/bin/p3-executor-aws", "-rwxr-xr-x");
     expect("/etc/p3-executor/config.toml", "-rw-------");
     expect("/usr/lib/tmpfiles.d/p3-executor.conf", "-rw-r--r--");
     expect(
