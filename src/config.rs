@@ -853,6 +853,21 @@ impl Config {
         Ok(cfg)
     }
 
+    /// [`Config::load`], then start logging with the config's settings (or the defaults, when
+    /// the config cannot be loaded, so the error itself is logged): how every command starts.
+    pub fn load_and_init_logging(path: &Path) -> Result<Self> {
+        match Self::load(path) {
+            Ok(cfg) => {
+                crate::logging::init(&cfg.log);
+                Ok(cfg)
+            }
+            Err(e) => {
+                crate::logging::init(&LogConfig::default());
+                Err(e)
+            }
+        }
+    }
+
     /// The private uid range jobs lease from, or None when jobs share `job_user`'s uid.
     pub fn private_uid_range(&self) -> Option<[u32; 2]> {
         (!self.shared_job_uid).then(|| self.job_uid_range.unwrap_or(DEFAULT_JOB_UID_RANGE))

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use p3_executor::cli::{Cli, Command};
-use p3_executor::config::{Config, LogConfig};
+use p3_executor::config::Config;
 use p3_executor::error::{ExitCodes, FailureKind, kind_of};
 use p3_executor::job::JobContext;
-use p3_executor::{audit, check, explain, gc, logging, metrics, runner};
+use p3_executor::{audit, check, explain, gc, metrics, runner};
 
 /// What a command ended with, before it becomes an exit code.
 enum Outcome {
@@ -55,16 +55,7 @@ fn record_build_exit_code(code: i32) {
 
 /// Load the executor config and start logging with its settings.
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
-    match Config::load(path) {
-        Ok(cfg) => {
-            logging::init(&cfg.log);
-            Ok(cfg)
-        }
-        Err(e) => {
-            logging::init(&LogConfig::default());
-            Err(e.into())
-        }
-    }
+    Ok(Config::load_and_init_logging(path)?)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {

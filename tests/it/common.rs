@@ -16,6 +16,16 @@ pub fn host(extra: &str) -> p3_testkit::driver::Host {
     p3_testkit::driver::Host::new(exe(), extra)
 }
 
+/// A command's status, stdout and stderr, for assertion messages.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// True when the tests run as root (isolation tests need it; CI runs as root).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

@@ -13,7 +13,7 @@ use p3_testkit::driver::Host;
 use p3_testkit::s3::S3Server;
 
 use crate::common::tokens::{ISSUER, JwksServer, TokenMinter, gitlab_claims};
-use crate::common::{JobResult, host, is_root};
+use crate::common::{JobResult, host, is_root, text};
 use p3_testkit::kdc;
 
 /// A bucket with Object Lock (so versioned), created with the AWS CLI.
@@ -81,15 +81,6 @@ fn clean_env(cmd: &mut Command) {
     ] {
         cmd.env_remove(v);
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn ok(h: &Host, args: &[&str]) -> String {

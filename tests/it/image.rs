@@ -2,6 +2,7 @@
 //! an image `FROM scratch` + `COPY` (nothing can be pulled here), pushed to an `oci:` layout
 //! directory as the registry stand-in, read back with skopeo.
 
+use crate::common::text;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -93,15 +94,6 @@ impl Fixture {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn labels(image: &serde_json::Value) -> &serde_json::Map<String, serde_json::Value> {

@@ -7,6 +7,7 @@
 //! keeps deployed jobs as state per devstage (deploy is an upsert, remove/status of an unknown
 //! job fail like a real client), and fails for the job named in `P3_STANDIN_FAIL`.
 
+use crate::common::text;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -199,15 +200,6 @@ fn nul_records(path: &Path) -> Vec<String> {
         .collect();
     assert_eq!(v.pop().as_deref(), Some(""), "records end with NUL");
     v
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn s(v: &[&str]) -> Vec<String> {

@@ -8,6 +8,7 @@
 //! `PUT .../assets/links/:link_id`; every request must carry the `JOB-TOKEN` header (else 401).
 //! Path parameters are URL-encoded and bodies are JSON or form-encoded, as clients send them.
 
+use crate::common::text;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -305,15 +306,6 @@ impl Job {
         }
         cmd.output().unwrap()
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn link_urls(release: &Value) -> BTreeMap<String, String> {

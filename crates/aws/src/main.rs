@@ -35,14 +35,5 @@ fn dispatch(cli: AwsCli) -> anyhow::Result<i32> {
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
-    match Config::load(path) {
-        Ok(cfg) => {
-            logging::init(&cfg.log);
-            Ok(cfg)
-        }
-        Err(e) => {
-            logging::init(&LogConfig::default());
-            Err(e.into())
-        }
-    }
+    Ok(Config::load_and_init_logging(path)?)
 }
