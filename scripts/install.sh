@@ -103,6 +103,10 @@ sed "s|^ExecStart=/usr/bin/p3-executor |ExecStart=$prefix/bin/p3-executor |" \
   packaging/systemd/p3-executor-gc.service > /etc/systemd/system/p3-executor-gc.service
 install -m 0644 packaging/systemd/p3-executor-gc.timer /etc/systemd/system/p3-executor-gc.timer
 chmod 0644 /etc/systemd/system/p3-executor-gc.service
+# Audit shipping ([audit.s3]), started by the gc service.
+sed "s|^ExecStart=/usr/bin/p3-executor |ExecStart=$prefix/bin/p3-executor |" \
+  packaging/systemd/p3-executor-audit-ship.service > /etc/systemd/system/p3-executor-audit-ship.service
+chmod 0644 /etc/systemd/system/p3-executor-audit-ship.service
 if [[ -d /run/systemd/system ]]; then
   systemctl daemon-reload
   systemctl enable --now p3-executor-gc.timer

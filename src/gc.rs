@@ -57,9 +57,6 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
     let swept = sweep_jobs(cfg, max_age_secs.unwrap_or(cfg.gc_max_age_secs), dry_run)?;
     if !dry_run {
         remove_stray_temp_files(cfg);
-        if let Err(e) = crate::audit::shipper::ship(cfg, crate::audit::shipper::GC_BOUND) {
-            tracing::warn!("{e}");
-        }
         crate::metrics::update_textfile(cfg);
     }
     Ok(swept)

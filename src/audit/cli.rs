@@ -53,6 +53,10 @@ pub enum AuditCommand {
         /// short bound); the rest is shipped by the next run.
         #[arg(long, value_name = "SECS")]
         max_secs: Option<f64>,
+        /// Exit 0 without doing anything when the config has no `[audit.s3]` (for the timer
+        /// unit, installed on every host).
+        #[arg(long)]
+        if_configured: bool,
     },
 }
 

@@ -1,7 +1,7 @@
-//! Starting `p3-executor-aws audit ship` from the executor: after every `gc` sweep (the timer)
-//! and, bounded, at the end of each `cleanup`. A failed or slow ship never fails a job or a
-//! sweep: the records stay in the local log, `check` and the metrics show the lag, and the
-//! next run ships them.
+//! Starting `p3-executor-aws audit ship` from the executor, bounded, at the end of each
+//! `cleanup`. (The timer's ship is `p3-executor-audit-ship.service`, which the gc service wants:
+//! gc's own unit has no network.) A failed or slow ship never fails a job: the records stay in
+//! the local log, `check` and the metrics show the lag, and the next run ships them.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,9 +11,6 @@ use crate::config::Config;
 
 /// The sibling binary that talks to S3.
 const SHIPPER: &str = "p3-executor-aws";
-
-/// How long a gc-started ship may take (it ships everything that waits).
-pub const GC_BOUND: Duration = Duration::from_secs(300);
 
 /// Ship what waits, taking at most `bound` in all: uploads start only in the first half,
 /// and the process is killed at the bound (an interrupted put leaves no object; the next ship

@@ -87,9 +87,9 @@ pub(super) fn audit_chain(cfg: &Config, out: &mut Vec<Finding>) {
     }
 }
 
-/// Records waiting longer than this to be shipped are a warning: the gc timer ships every few
-/// minutes, so an hour means shipping is failing or not scheduled.
-const SHIP_LAG_WARN_SECS: u64 = 3600;
+/// Records waiting longer than this to be shipped are a warning: every cleanup ships and the
+/// gc timer's ship unit runs hourly, so two hours means shipping is failing or not scheduled.
+const SHIP_LAG_WARN_SECS: u64 = 7200;
 
 /// With `[audit.s3]`: how far shipping is behind, and why the last ship stopped short.
 fn shipping(cfg: &Config, out: &mut Vec<Finding>) {
@@ -112,7 +112,7 @@ fn shipping(cfg: &Config, out: &mut Vec<Finding>) {
                 "audit shipping to {dest} is {} record(s) behind; the oldest waits for {age} s",
                 lag.records
             ),
-            "make sure the gc timer runs (systemctl status p3-executor-gc.timer) or run `p3-executor audit ship`",
+            "make sure the gc timer and its ship unit run (systemctl status p3-executor-gc.timer p3-executor-audit-ship.service) or run `p3-executor audit ship`",
         ));
     } else {
         out.push(finding(

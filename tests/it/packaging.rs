@@ -441,6 +441,10 @@ fn the_deb_installs_upgrades_under_a_running_job_removes_and_purges() {
     );
     expect("/usr/lib/systemd/system/p3-executor-gc.timer", "-rw-r--r--");
     expect(
+        "/usr/lib/systemd/system/p3-executor-audit-ship.service",
+        "-rw-r--r--",
+    );
+    expect(
         "/usr/share/bash-completion/completions/p3-executor",
         "-rw-r--r--",
     );
@@ -559,6 +563,7 @@ fn the_deb_installs_upgrades_under_a_running_job_removes_and_purges() {
     let units = [
         "/usr/lib/systemd/system/p3-executor-gc.service",
         "/usr/lib/systemd/system/p3-executor-gc.timer",
+        "/usr/lib/systemd/system/p3-executor-audit-ship.service",
     ];
     if run(Command::new("sh").args(["-c", "command -v systemd-analyze"]))
         .status

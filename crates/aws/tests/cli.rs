@@ -30,6 +30,21 @@ fn ship_without_audit_s3_says_what_to_configure() {
 }
 
 #[test]
+fn the_timer_units_ship_does_nothing_without_audit_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "gc_max_age_secs = 60\n").unwrap();
+    let out = aws()
+        .arg("--config")
+        .arg(&config)
+        .args(["audit", "ship", "--if-configured"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing is shipped"));
+}
+
+#[test]
 fn a_bad_uri_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");

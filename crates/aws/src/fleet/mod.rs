@@ -28,7 +28,11 @@ pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     match cmd {
-        AuditCommand::Ship { max_secs } => {
+        AuditCommand::Ship { if_configured, .. } if if_configured && cfg.audit.s3.is_none() => {
+            println!("no [audit.s3] in the config: nothing is shipped");
+            Ok(0)
+        }
+        AuditCommand::Ship { max_secs, .. } => {
             let deadline = max_secs
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(|s| Instant::now() + Duration::from_secs_f64(s));
