@@ -476,6 +476,7 @@ fn the_deb_installs_upgrades_under_a_running_job_removes_and_purges() {
     );
     expect("/usr/share/man/man1/p3-executor.1.gz", "-rw-r--r--");
     expect("/usr/share/man/man1/p3-executor-steps.1.gz", "-rw-r--r--");
+    expect("/usr/share/man/man1/p3-executor-aws.1.gz", "-rw-r--r--");
     for path in subcommand_paths() {
         expect(
             &format!("/usr/share/man/man1/{}.gz", man_page(&path)),

@@ -69,6 +69,18 @@ pub fn steps_command() -> Command {
         )
 }
 
+/// The host-side AWS calls' binary on its own (`p3-executor-aws(1)`): what the executor runs
+/// for `audit ship|verify --s3|show --s3` and web-identity S3 credentials.
+#[must_use]
+pub fn aws_command() -> Command {
+    p3_aws::cli::AwsCli::command()
+        .name("p3-executor-aws")
+        .bin_name("p3-executor-aws")
+        .about(
+            "p3-executor's host-side AWS calls: audit shipping to S3, audit verify and show              across the fleet, STS web identity. Run by p3-executor (`p3-executor audit ship`,              prepare), not by hand.",
+        )
+}
+
 /// Every subcommand path below `cmd` (`["audit"]`, `["audit", "show"]`, ...), depth first,
 /// without clap's `help` and hidden ones: one man page each.
 #[must_use]
@@ -155,6 +167,7 @@ pub fn write_man_pages(dir: &Path) -> Result<Vec<PathBuf>> {
     // subcommands and the top page.
     let mut all: Vec<String> = paths.iter().map(|p| man_page_name(p)).collect();
     all.push("p3-executor-steps.1".into());
+    all.push("p3-executor-aws.1".into());
     page(cmd.clone(), man_page_name(&[]), all)?;
     for path in &paths {
         let mut sub = &cmd;
@@ -186,6 +199,17 @@ pub fn write_man_pages(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut see_also = vec![man_page_name(&[])];
     see_also.extend(step_pages);
     page(steps, "p3-executor-steps.1".into(), see_also)?;
+
+    let mut aws = aws_command().disable_help_subcommand(true).version(version);
+    aws.build();
+    page(
+        aws,
+        "p3-executor-aws.1".into(),
+        vec![
+            man_page_name(&[]),
+            man_page_name(&["audit".into(), "ship".into()]),
+        ],
+    )?;
     Ok(written)
 }
 
@@ -275,6 +299,10 @@ mod tests {
         assert_eq!(listed, in_help);
     }
 
+    fn read_aws(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("p3-executor-aws.1")).unwrap()
+    }
+
     #[test]
     fn every_subcommand_has_a_man_page_that_its_parent_lists() {
         let dir = tempfile::tempdir().unwrap();
@@ -286,7 +314,9 @@ mod tests {
         );
         let cmd = command();
         let paths = subcommand_paths(&cmd);
-        assert_eq!(written.len(), paths.len() + 2, "{written:?}");
+        // The top page, one per subcommand, the steps binary's and the AWS binary's.
+        assert_eq!(written.len(), paths.len() + 3, "{written:?}");
+        assert!(read_aws(dir.path()).contains("audit ship"));
         let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
         let top = read("p3-executor.1");
         assert!(top.contains(".TH P3-EXECUTOR 1"), "{top}");
