@@ -582,12 +582,117 @@ pub struct S3Account {
     /// Host-side shared-credentials file for `profile` (default `~root/.aws/credentials`).
     #[serde(default)]
     pub shared_credentials_file: Option<PathBuf>,
+    /// STS `AssumeRoleWithWebIdentity` with the job's verified GitLab ID token (alternative to
+    /// `credential_process` and `profile`: no secret on the host).
+    #[serde(default)]
+    pub web_identity: Option<WebIdentity>,
     /// Refresh credentials expiring within this many seconds before each run stage.
     #[serde(default = "default_s3_refresh")]
     pub refresh_threshold_secs: u64,
     /// Upper bound on the credential_process call.
     #[serde(default = "default_process_timeout")]
     pub timeout_secs: u64,
+}
+
+/// `web_identity = { role_arn = "...", ... }` of `[accounts.<name>.s3]`: temporary credentials
+/// from STS `AssumeRoleWithWebIdentity` (AWS, MinIO, Ceph RGW), obtained in `prepare` with
+/// the job's GitLab ID token and refreshed like any other S3 credentials.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebIdentity {
+    /// The role to assume; its trust policy names GitLab as the OIDC provider.
+    pub role_arn: String,
+    /// The `aud` the STS expects, when it is not `identity.audience`: the job then supplies a
+    /// second `id_tokens:` entry with it, in `token_variable`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The job variable of that second token (verified like the identity token, against
+    /// `audience`). Without it the identity token prepare verified is sent.
+    #[serde(default)]
+    pub token_variable: Option<String>,
+    /// The longest session to ask for: the role's maximum session duration (STS refuses
+    /// more). Default 3600, STS's default maximum; the job's own duration is clamped to
+    /// 900 (STS's minimum) ..= this.
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
+    /// STS endpoint; default the account's `endpoint_url` (MinIO and Ceph RGW serve STS
+    /// there), or AWS's regional STS when neither is set.
+    #[serde(default)]
+    pub sts_endpoint_url: Option<String>,
+}
+
+impl WebIdentity {
+    /// STS's shortest session.
+    pub const MIN_DURATION_SECS: u64 = 900;
+    /// STS's longest role session (a role's maximum session duration is at most 12 hours).
+    pub const MAX_DURATION_SECS: u64 = 43_200;
+    /// The longest session asked for when `duration_secs` is not set: STS's default maximum.
+    pub const DEFAULT_MAX_DURATION_SECS: u64 = 3600;
+
+    /// Problems with these settings, each naming its key under `accounts.<account>.s3`.
+    pub fn problems(&self, account: &str, identity: &IdentityConfig) -> Vec<String> {
+        let key = |k: &str| format!("accounts.{account}.s3.web_identity.{k}");
+        let mut problems = Vec::new();
+        let arn = self.role_arn.as_str();
+        if !arn.starts_with("arn:")
+            || arn.split(':').count() < 6
+            || arn.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            problems.push(format!(
+                "{} = {arn:?} is not a role ARN (e.g. arn:aws:iam::123456789012:role/gitlab-deploy)",
+                key("role_arn")
+            ));
+        }
+        if let Some(d) = self.duration_secs
+            && !(Self::MIN_DURATION_SECS..=Self::MAX_DURATION_SECS).contains(&d)
+        {
+            problems.push(format!(
+                "{} = {d} is outside what STS accepts ({}..={})",
+                key("duration_secs"),
+                Self::MIN_DURATION_SECS,
+                Self::MAX_DURATION_SECS
+            ));
+        }
+        match (&self.token_variable, &self.audience) {
+            (Some(var), _) if !is_variable_name(var) => problems.push(format!(
+                "{} = {var:?} is not a CI variable name (letters, digits, '_')",
+                key("token_variable")
+            )),
+            (Some(var), _) if *var == identity.token_variable => problems.push(format!(
+                "{} = {var:?} is identity.token_variable: leave token_variable out to send the identity token",
+                key("token_variable")
+            )),
+            (Some(_), None) => problems.push(format!(
+                "{} is required with token_variable: the aud the STS expects of that token",
+                key("audience")
+            )),
+            (None, Some(aud)) if *aud != identity.audience => problems.push(format!(
+                "{} = {aud:?} needs token_variable: without it the identity token (aud {:?}) is sent",
+                key("audience"),
+                identity.audience
+            )),
+            _ => {}
+        }
+        if matches!(&self.audience, Some(a) if a.trim().is_empty()) {
+            problems.push(format!("{} is empty", key("audience")));
+        }
+        if matches!(&self.sts_endpoint_url, Some(u) if !(u.starts_with("https://") || u.starts_with("http://")))
+        {
+            problems.push(format!(
+                "{} must be an http:// or https:// URL",
+                key("sts_endpoint_url")
+            ));
+        }
+        problems
+    }
+}
+
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Ref kinds GitLab reports in `ref_type`.
@@ -997,10 +1102,18 @@ impl Config {
                 problems.extend(realm.problems(name, &account.principal));
             }
             if let Some(s3) = &account.s3 {
-                if s3.credential_process.is_some() == s3.profile.is_some() {
+                let sources = [
+                    s3.credential_process.is_some(),
+                    s3.profile.is_some(),
+                    s3.web_identity.is_some(),
+                ];
+                if sources.iter().filter(|set| **set).count() != 1 {
                     problems.push(format!(
-                        "accounts.{name}.s3: set exactly one of credential_process or profile"
+                        "accounts.{name}.s3: set exactly one of credential_process, profile or web_identity"
                     ));
+                }
+                if let Some(wi) = &s3.web_identity {
+                    problems.extend(wi.problems(name, &self.identity));
                 }
                 if matches!(&s3.credential_process, Some(argv) if argv.is_empty()) {
                     problems.push(format!("accounts.{name}.s3.credential_process is empty"));
@@ -1066,6 +1179,95 @@ mod tests {
         let err =
             Config::parse("shared_job_uid = true\njob_uid_range = [300000, 300009]").unwrap_err();
         assert!(err.contains("contradict"), "{err}");
+    }
+
+    #[test]
+    fn web_identity_is_a_third_s3_source_validated_key_by_key() {
+        let account = |s3: &str| {
+            format!(
+                "[identity]\ngitlab_url = \"https://gitlab.example.com\"\n\
+                 [accounts.a]\nprincipal = \"p\"\nkeytab = \"/k\"\n[accounts.a.s3]\n{s3}\n"
+            )
+        };
+        let role = r#"role_arn = "arn:aws:iam::123456789012:role/deploy""#;
+        let cfg = Config::parse(&account(&format!("web_identity = {{ {role} }}"))).unwrap();
+        let wi = cfg.accounts["a"]
+            .s3
+            .as_ref()
+            .unwrap()
+            .web_identity
+            .clone()
+            .unwrap();
+        assert_eq!(wi.role_arn, "arn:aws:iam::123456789012:role/deploy");
+        assert_eq!(
+            (wi.audience, wi.token_variable, wi.duration_secs),
+            (None, None, None)
+        );
+        Config::parse(&account(&format!(
+            "web_identity = {{ {role}, audience = \"sts.amazonaws.com\", token_variable = \"P3_STS_TOKEN\", duration_secs = 43200 }}"
+        )))
+        .unwrap();
+        // The identity audience needs no second token.
+        Config::parse(&account(&format!(
+            "web_identity = {{ {role}, audience = \"p3-executor\" }}"
+        )))
+        .unwrap();
+
+        // (s3 table, a text the error must contain)
+        let table = [
+            (
+                format!("profile = \"x\"\nweb_identity = {{ {role} }}"),
+                "accounts.a.s3: set exactly one of credential_process, profile or web_identity",
+            ),
+            (
+                format!("credential_process = [\"x\"]\nweb_identity = {{ {role} }}"),
+                "set exactly one of",
+            ),
+            (
+                "web_identity = { role_arn = \"deploy\" }".to_string(),
+                "accounts.a.s3.web_identity.role_arn = \"deploy\" is not a role ARN",
+            ),
+            (
+                format!("web_identity = {{ {role}, duration_secs = 600 }}"),
+                "accounts.a.s3.web_identity.duration_secs = 600 is outside what STS accepts",
+            ),
+            (
+                format!("web_identity = {{ {role}, duration_secs = 50000 }}"),
+                "web_identity.duration_secs = 50000",
+            ),
+            (
+                format!("web_identity = {{ {role}, token_variable = \"P3_STS_TOKEN\" }}"),
+                "accounts.a.s3.web_identity.audience is required with token_variable",
+            ),
+            (
+                format!("web_identity = {{ {role}, audience = \"sts\" }}"),
+                "accounts.a.s3.web_identity.audience = \"sts\" needs token_variable",
+            ),
+            (
+                format!(
+                    "web_identity = {{ {role}, audience = \"sts\", token_variable = \"P3-STS\" }}"
+                ),
+                "web_identity.token_variable = \"P3-STS\" is not a CI variable name",
+            ),
+            (
+                format!(
+                    "web_identity = {{ {role}, audience = \"sts\", token_variable = \"P3_ID_TOKEN\" }}"
+                ),
+                "is identity.token_variable",
+            ),
+            (
+                format!("web_identity = {{ {role}, sts_endpoint_url = \"sts.local\" }}"),
+                "web_identity.sts_endpoint_url must be an http:// or https:// URL",
+            ),
+            (
+                format!("web_identity = {{ {role}, rolearn = \"x\" }}"),
+                "rolearn",
+            ),
+        ];
+        for (s3, want) in table {
+            let err = Config::parse(&account(&s3)).unwrap_err();
+            assert!(err.contains(want), "{s3}: {err}");
+        }
     }
 
     #[test]

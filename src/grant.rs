@@ -15,9 +15,10 @@ use crate::atomic_file;
 use crate::audit::{self, AuditEvent, AuditRecord, Decision as Outcome};
 use crate::config::{Account, S3Account};
 use crate::config::{Config, RefType};
+use crate::credentials::web_identity::{self, JobToken};
 use crate::credentials::{aws, kerberos};
 use crate::error::{Error, Result};
-use crate::identity::{self, Identity, IdentitySource};
+use crate::identity::{self, Identity, IdentityError, IdentitySource};
 use crate::job::JobContext;
 use crate::policy::{self, Decision};
 use crate::workspace::{GrantState, JobPaths, JobState};
@@ -106,26 +107,87 @@ pub fn prepare(
             devstage,
             deploy_account,
             principal,
-        } => grant(
-            cfg,
-            job,
-            paths,
-            state,
-            &identity,
-            Granted {
-                devstage,
-                deploy_account,
-                principal,
-            },
-        ),
+        } => {
+            // A web-identity account's STS token is checked before anything is obtained: a
+            // missing or forged second token denies the job like a bad identity token.
+            let web_token = match web_identity_token(cfg, job, &deploy_account) {
+                Ok(token) => token,
+                Err(e) => {
+                    let (outcome, err) = web_token_failure(&e, &format!("devstage {requested}"));
+                    let mut rec = base_record(
+                        cfg,
+                        job,
+                        Some(&identity),
+                        AuditEvent::Deny,
+                        outcome,
+                        format!("accounts.{deploy_account}.s3.web_identity token: {e}"),
+                    );
+                    rec.devstage = Some(devstage.clone());
+                    rec.deploy_stage = Some(deploy_account.clone());
+                    rec.account = Some(deploy_account.clone());
+                    record_best_effort(cfg, rec);
+                    return Err(err);
+                }
+            };
+            grant(
+                cfg,
+                job,
+                paths,
+                state,
+                &identity,
+                Granted {
+                    devstage,
+                    deploy_account,
+                    principal,
+                    web_token,
+                },
+            )
+        }
     }
 }
 
-/// What policy granted: the devstage, and the account (deploy stage) and principal serving it.
+/// What policy granted: the devstage, and the account (deploy stage) and principal serving it;
+/// for a web-identity S3 account, the verified token STS gets.
 struct Granted {
     devstage: String,
     deploy_account: String,
     principal: String,
+    web_token: Option<JobToken>,
+}
+
+/// The verified token a web-identity S3 account sends to STS, read from the job's payload
+/// (None: the account has no S3 or another credential source).
+fn web_identity_token(
+    cfg: &Config,
+    job: &JobContext,
+    account_name: &str,
+) -> std::result::Result<Option<JobToken>, IdentityError> {
+    let wi = cfg
+        .accounts
+        .get(account_name)
+        .and_then(|a| a.s3.as_ref())
+        .and_then(|s3| s3.web_identity.as_ref());
+    wi.map(|wi| web_identity::job_token(cfg, job, wi))
+        .transpose()
+}
+
+/// How a web-identity token that did not verify ends what was being done (`what`: the
+/// devstage, or the refresh): the job's fault is a denial (build failure), the host's (JWKS
+/// unreachable) a system failure. Returns the audit outcome and the error.
+fn web_token_failure(e: &IdentityError, what: &str) -> (Outcome, Error) {
+    if e.is_system() {
+        (
+            Outcome::Failed,
+            Error::Credentials(format!(
+                "{what}: cannot verify the S3 web identity token: {e}"
+            )),
+        )
+    } else {
+        (
+            Outcome::Denied,
+            Error::Denied(format!("{what} denied: S3 web identity token: {e}")),
+        )
+    }
 }
 
 fn grant(
@@ -140,6 +202,7 @@ fn grant(
         devstage,
         deploy_account,
         principal,
+        web_token,
     } = granted;
     let account = cfg.accounts.get(&deploy_account).ok_or_else(|| {
         Error::Credentials(format!("account {deploy_account} vanished from config"))
@@ -228,6 +291,7 @@ fn grant(
             state,
             &deploy_account,
             s3,
+            web_token.as_ref(),
             credential_duration(account, max_life),
         ) {
             Ok((s3_env, expires, s3_rec)) => {
@@ -267,16 +331,18 @@ type S3Grant = (
     AuditRecord,
 );
 
-/// Retrieve the account's S3 credentials with the job's fresh ticket and hand them to the job
-/// as AWS config files; a credential process is asked for `duration_secs`. Returns the job's
-/// AWS environment, the expiry, and the audit record (account, source, expiry; never a
-/// secret); on failure the error and a failure record.
+/// Retrieve the account's S3 credentials with the job's fresh ticket (or, for `web_identity`,
+/// from STS with `web_token`) and hand them to the job as AWS config files; a credential
+/// process or STS is asked for `duration_secs`. Returns the job's AWS environment, the expiry,
+/// and the audit record (account, source, expiry, for web identity the role, session name and
+/// assumed-role ARN; never a token or key); on failure the error and a failure record.
 fn obtain_s3(
     cfg: &Config,
     paths: &JobPaths,
     state: &JobState,
     account_name: &str,
     s3: &S3Account,
+    web_token: Option<&JobToken>,
     duration_secs: u64,
 ) -> std::result::Result<S3Grant, (Error, Box<AuditRecord>)> {
     let grant = state.grant.clone().unwrap_or_default();
@@ -298,8 +364,43 @@ fn obtain_s3(
         _ => cfg.kerberos.krb5_config.clone(),
     };
     let started = std::time::Instant::now();
-    let retrieved =
-        aws::retrieve_with_duration(s3, Some(&ccname), krb5_config.as_deref(), duration_secs);
+    let retrieved = match (&s3.web_identity, web_token) {
+        (Some(wi), Some(token)) => {
+            rec.extra
+                .insert("role_arn".into(), Value::String(wi.role_arn.clone()));
+            rec.extra.insert(
+                "token_variable".into(),
+                Value::String(token.variable.clone()),
+            );
+            rec.extra.insert(
+                "token_audience".into(),
+                Value::String(token.audience.clone()),
+            );
+            let assumed = web_identity::sibling_path()
+                .and_then(|sts| web_identity::assume_role(&sts, s3, wi, token, duration_secs));
+            rec.extra
+                .insert("sts_ms".into(), Value::from(elapsed_ms(started)));
+            assumed.map(|a| {
+                rec.extra.insert(
+                    "role_session_name".into(),
+                    Value::String(a.session_name.clone()),
+                );
+                rec.extra.insert(
+                    "assumed_role_arn".into(),
+                    a.assumed_role_arn
+                        .clone()
+                        .map_or(Value::Null, Value::String),
+                );
+                rec.extra
+                    .insert("duration_secs".into(), Value::from(a.duration_secs));
+                a.creds
+            })
+        }
+        (Some(_), None) => Err(aws::AwsCredError::NeedsJobToken),
+        (None, _) => {
+            aws::retrieve_with_duration(s3, Some(&ccname), krb5_config.as_deref(), duration_secs)
+        }
+    };
     if s3.credential_process.is_some() {
         rec.extra.insert(
             "credential_process_ms".into(),
@@ -413,12 +514,14 @@ pub fn refresh(
     if let (true, Some(s3)) = (grant.s3, &account.s3) {
         let s3_threshold = Duration::from_secs(s3.refresh_threshold_secs);
         if aws::needs_refresh(grant.s3_expires, s3_threshold, now) {
+            let web_token = refresh_web_token(cfg, job, &grant, s3)?;
             let (env, expires, rec) = obtain_s3(
                 cfg,
                 paths,
                 state,
                 &grant.deploy_account,
                 s3,
+                web_token.as_ref(),
                 credential_duration(account, max_life),
             )
             .map_err(|(e, rec)| {
@@ -437,6 +540,41 @@ pub fn refresh(
         state.save(paths)?;
     }
     Ok(())
+}
+
+/// The token a web-identity account sends again when its credentials are refreshed before a
+/// run stage (None for other sources); a failure is recorded.
+///
+/// Re-read from this stage's payload and verified again rather than kept in `state.json`: the
+/// executor then never writes a bearer token to disk itself, the runner's payload is its one
+/// copy, and a token that has meanwhile expired is refused here instead of by STS.
+fn refresh_web_token(
+    cfg: &Config,
+    job: &JobContext,
+    grant: &GrantState,
+    s3: &S3Account,
+) -> Result<Option<JobToken>> {
+    let Some(wi) = &s3.web_identity else {
+        return Ok(None);
+    };
+    web_identity::job_token(cfg, job, wi)
+        .map(Some)
+        .map_err(|e| {
+            let (outcome, err) = web_token_failure(&e, "S3 credentials refresh");
+            let mut rec = record_from_grant(
+                grant,
+                AuditEvent::S3Credentials,
+                outcome,
+                format!(
+                    "S3 credentials for account {} not refreshed: web identity token: {e}",
+                    grant.deploy_account
+                ),
+            );
+            rec.extra
+                .insert("source".into(), Value::String("web_identity".into()));
+            record_best_effort(cfg, rec);
+            err
+        })
 }
 
 /// When the runner stops the job: prepare's time plus the payload's `runner_info.timeout`

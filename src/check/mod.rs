@@ -15,6 +15,7 @@ mod paths;
 mod sandbox;
 mod tools;
 mod users;
+mod web_identity;
 
 pub use finding::{Finding, Severity};
 
@@ -41,6 +42,9 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
     }
     paths::private_paths(cfg, config_path, &mut out);
     tools::tools(cfg, &mut out);
+    if let Ok(exe) = std::env::current_exe() {
+        web_identity::sibling(cfg, &exe, &mut out);
+    }
     if nix::unistd::geteuid().is_root() {
         users::job_user(cfg, &mut out);
         sandbox::sandbox_findings(cfg, &mut out);

@@ -1,7 +1,8 @@
 //! Per-job S3 credentials: obtained on the host, handed to the job as AWS config files.
 //!
 //! `prepare` calls [`retrieve`] (an AWS `credential_process` run with the job's Kerberos ticket,
-//! or a host-side shared-credentials profile) and [`write_job_files`], which writes an AWS
+//! or a host-side shared-credentials profile; a `web_identity` account goes through
+//! [`super::web_identity`] instead) and [`write_job_files`], which writes an AWS
 //! config and credentials file into the job's root-owned credentials directory and returns the
 //! environment that points the AWS CLI, boto3, the SDKs and `p3-executor s3` at them. Before
 //! each run stage [`needs_refresh`] decides whether to do both again; cleanup calls
@@ -75,11 +76,13 @@ impl fmt::Debug for S3Credentials {
 }
 
 impl S3Credentials {
-    /// Where an account's credentials come from, for the audit record: `credential_process`
-    /// or `profile`, as named in the config.
+    /// Where an account's credentials come from, for the audit record: `credential_process`,
+    /// `web_identity` or `profile`, as named in the config.
     pub fn source_of(account: &S3Account) -> &'static str {
         if account.credential_process.is_some() {
             "credential_process"
+        } else if account.web_identity.is_some() {
+            "web_identity"
         } else {
             "profile"
         }
@@ -90,9 +93,23 @@ impl S3Credentials {
 /// the credential process's stdout.
 #[derive(Debug, thiserror::Error)]
 pub enum AwsCredError {
-    /// The account has neither `credential_process` nor `profile`.
-    #[error("S3 account has no credential source (set credential_process or profile)")]
+    /// The account has neither `credential_process` nor `profile` (nor `web_identity`).
+    #[error(
+        "S3 account has no credential source (set credential_process, profile or web_identity)"
+    )]
     NoSource,
+    /// A `web_identity` account's credentials need the job's verified token: they are
+    /// obtained by `credentials::web_identity`, not by [`retrieve`].
+    #[error("S3 account uses web_identity: its credentials are obtained with the job's ID token")]
+    NeedsJobToken,
+    /// A sibling binary the executor runs is missing.
+    #[error(
+        "{program} is not installed next to p3-executor (the package and scripts/install.sh put it there)"
+    )]
+    MissingSibling {
+        /// The binary's name.
+        program: &'static str,
+    },
     /// The credential process could not be started or timed out.
     #[error("credential_process: {0}")]
     Command(#[from] CommandError),
@@ -127,7 +144,7 @@ pub enum AwsCredError {
     /// The credentials had already expired when obtained.
     #[error("S3 credentials from {source_name} expired at {expiration}")]
     Expired {
-        /// `credential_process` or `profile`.
+        /// `credential_process`, `profile` or `web_identity`.
         source_name: &'static str,
         /// Their expiry.
         expiration: DateTime<Utc>,
@@ -193,6 +210,8 @@ pub fn retrieve_with_duration(
             .clone()
             .unwrap_or_else(default_shared_credentials_file);
         read_profile(&file, profile)?
+    } else if account.web_identity.is_some() {
+        return Err(AwsCredError::NeedsJobToken);
     } else {
         return Err(AwsCredError::NoSource);
     };
@@ -515,6 +534,7 @@ mod tests {
             credential_process: None,
             profile: None,
             shared_credentials_file: None,
+            web_identity: None,
             refresh_threshold_secs: 600,
             timeout_secs: 5,
         }

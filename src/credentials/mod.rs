@@ -3,3 +3,4 @@
 
 pub mod aws;
 pub mod kerberos;
+pub mod web_identity;

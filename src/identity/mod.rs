@@ -295,7 +295,51 @@ pub fn verify_with(
             "identity.gitlab_url is not set (it is the ID token's expected issuer)".into(),
         ));
     }
-    let variable = ic.token_variable.as_str();
+    let (identity, _) = verify_job_token(cfg, job, keys, &Expected::identity(cfg))?;
+    if ic.confirm_with_gitlab_api {
+        gitlab_api::confirm(cfg, job, &identity)?;
+        return Ok(Identity {
+            source: IdentitySource::IdTokenAndGitlabApi,
+            ..identity
+        });
+    }
+    Ok(identity)
+}
+
+/// Which token a check is about: the job variable it came from and the `aud` it must carry.
+///
+/// The job's identity token is [`Expected::identity`]; a web-identity S3 account may ask for a
+/// second `id_tokens:` entry with the audience its STS expects, checked exactly the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected<'a> {
+    /// The job variable holding the token (for messages: never the token itself).
+    pub variable: &'a str,
+    /// The audience the token must name.
+    pub audience: &'a str,
+}
+
+impl<'a> Expected<'a> {
+    /// The identity token: `identity.token_variable` with `identity.audience`.
+    pub fn identity(cfg: &'a Config) -> Self {
+        Expected {
+            variable: &cfg.identity.token_variable,
+            audience: &cfg.identity.audience,
+        }
+    }
+}
+
+/// Read the token `expected` names from the job's variables and verify it with
+/// [`verify_token_for`], plus `job_id` = the payload's job id. Returns the identity and the
+/// token text (borrowed from the payload; callers that pass it on must not print it).
+///
+/// A token defined more than once is refused: a job variable could shadow GitLab's.
+pub fn verify_job_token<'j>(
+    cfg: &Config,
+    job: &'j JobContext,
+    keys: &JwksStore,
+    expected: &Expected<'_>,
+) -> Result<(Identity, &'j str), IdentityError> {
+    let variable = expected.variable;
     let count = job.variable_count(variable);
     if count > 1 {
         return Err(IdentityError::DuplicateToken {
@@ -307,24 +351,17 @@ pub fn verify_with(
     if token.is_empty() {
         return Err(IdentityError::MissingToken {
             variable: variable.into(),
-            audience: ic.audience.clone(),
+            audience: expected.audience.into(),
         });
     }
-    let identity = verify_token(cfg, token, keys, None)?;
+    let identity = verify_token_for(cfg, token, keys, None, expected)?;
     if identity.job_id != job.job_id() {
         return Err(IdentityError::JobMismatch {
             token_job_id: identity.job_id,
             payload_job_id: job.job_id(),
         });
     }
-    if ic.confirm_with_gitlab_api {
-        gitlab_api::confirm(cfg, job, &identity)?;
-        return Ok(Identity {
-            source: IdentitySource::IdTokenAndGitlabApi,
-            ..identity
-        });
-    }
-    Ok(identity)
+    Ok((identity, token))
 }
 
 /// Check one ID token's signature (RS256 against `keys`), issuer, audience and times, and
@@ -336,6 +373,18 @@ pub fn verify_token(
     keys: &JwksStore,
     at: Option<u64>,
 ) -> Result<Identity, IdentityError> {
+    verify_token_for(cfg, token, keys, at, &Expected::identity(cfg))
+}
+
+/// [`verify_token`] for a token from `expected.variable` that must name `expected.audience`
+/// (the identity token, or a web-identity account's STS token).
+pub fn verify_token_for(
+    cfg: &Config,
+    token: &str,
+    keys: &JwksStore,
+    at: Option<u64>,
+    expected: &Expected<'_>,
+) -> Result<Identity, IdentityError> {
     let ic = &cfg.identity;
     let issuer = ic.gitlab_url.trim_end_matches('/');
     if issuer.is_empty() {
@@ -343,7 +392,7 @@ pub fn verify_token(
             "identity.gitlab_url is not set (it is the ID token's expected issuer)".into(),
         ));
     }
-    let variable = ic.token_variable.as_str();
+    let variable = expected.variable;
 
     // The header is read before the signature is checked only to pick the key; nothing in it
     // is trusted beyond that, and only RS256 is accepted (no `none`, no HMAC key confusion).
@@ -369,13 +418,13 @@ pub fn verify_token(
     validation.validate_nbf = at.is_none();
     validation.validate_aud = true;
     validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-    validation.set_audience(&[ic.audience.as_str()]);
+    validation.set_audience(&[expected.audience]);
     // GitLab's `iss` is its URL without a trailing slash; accept either spelling of the
     // configured URL so a config typo does not deny every job.
     validation.set_issuer(&[issuer.to_string(), format!("{issuer}/")]);
 
     let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
-        .map_err(|e| map_decode_error(e, token, cfg))?;
+        .map_err(|e| map_decode_error(e, token, cfg, expected))?;
     let claims = data.claims;
 
     // jsonwebtoken does not check `iat`; a token "issued" in the future means a skewed clock
@@ -418,7 +467,12 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
     }
 }
 
-fn map_decode_error(e: jsonwebtoken::errors::Error, token: &str, cfg: &Config) -> IdentityError {
+fn map_decode_error(
+    e: jsonwebtoken::errors::Error,
+    token: &str,
+    cfg: &Config,
+    expected: &Expected<'_>,
+) -> IdentityError {
     let ic = &cfg.identity;
     // Only reached after the signature verified (jsonwebtoken checks it before the claims), so
     // reading the claims unverified here just recovers values for a precise message.
@@ -448,7 +502,7 @@ fn map_decode_error(e: jsonwebtoken::errors::Error, token: &str, cfg: &Config) -
             got: unverified().get("iss").map(value_text).unwrap_or_default(),
         },
         ErrorKind::InvalidAudience => IdentityError::WrongAudience {
-            expected: ic.audience.clone(),
+            expected: expected.audience.to_string(),
             got: match unverified().get("aud") {
                 Some(Value::Array(items)) => items.iter().map(value_text).collect(),
                 Some(v) => vec![value_text(v)],
@@ -469,7 +523,7 @@ fn map_decode_error(e: jsonwebtoken::errors::Error, token: &str, cfg: &Config) -
             detail: format!("key cannot be used: {}", describe(&e)),
         },
         _ => IdentityError::Malformed {
-            variable: ic.token_variable.clone(),
+            variable: expected.variable.to_string(),
             detail: describe(&e),
         },
     }

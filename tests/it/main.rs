@@ -30,3 +30,4 @@ mod realms;
 mod release;
 mod runner;
 mod s3;
+mod web_identity;

@@ -939,6 +939,7 @@ fn job_uses_only_the_files_prepare_wrote() {
         credential_process: Some(vec![p(&script).to_string()]),
         profile: None,
         shared_credentials_file: None,
+        web_identity: None,
         refresh_threshold_secs: 600,
         timeout_secs: 10,
     };
