@@ -30,4 +30,5 @@ mod realms;
 mod release;
 mod runner;
 mod s3;
+mod s3_integrity;
 mod web_identity;

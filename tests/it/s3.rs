@@ -15,15 +15,15 @@ use p3_executor::config::S3Account;
 use p3_executor::credentials::aws;
 use s3srv::S3Server;
 
-const MIB: usize = 1024 * 1024;
+pub(crate) const MIB: usize = 1024 * 1024;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
-fn run(mut cmd: Command) -> Run {
+pub(crate) fn run(mut cmd: Command) -> Run {
     let out = cmd.output().expect("run p3-executor");
     Run {
         code: out.status.code().unwrap_or(-1),
@@ -32,14 +32,14 @@ fn run(mut cmd: Command) -> Run {
     }
 }
 
-fn ok(cmd: Command) -> Run {
+pub(crate) fn ok(cmd: Command) -> Run {
     let r = run(cmd);
     assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     r
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so a corruption cannot hide in zeros.
-fn data(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -52,12 +52,12 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn write(path: &Path, bytes: &[u8]) {
+pub(crate) fn write(path: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
 
-fn p(path: &Path) -> &str {
+pub(crate) fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
@@ -66,7 +66,7 @@ fn lines_starting(text: &str, prefix: &str) -> usize {
 }
 
 /// Keys under `s3://bucket/prefix`, listed with the AWS CLI.
-fn keys(srv: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
+pub(crate) fn keys(srv: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
     let out = srv.aws_ok(&[
         "s3api",
         "list-objects-v2",

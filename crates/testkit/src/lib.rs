@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod corrupting_proxy;
 pub mod demo;
 pub mod driver;
 pub mod http_stub;

@@ -83,20 +83,27 @@ pub fn local_etag(
     };
     let mut first = None;
     for ps in part_size_candidates(size, parts, our_part_size) {
-        let mut part_md5s = Vec::new();
-        let mut offset = 0;
-        while offset < size {
-            let len = ps.min(size - offset);
-            part_md5s.push(md5_range(&file, offset, len).map_err(read_err)?);
-            offset += len;
+        let etag = multipart_etag(&file, size, ps).map_err(read_err)?;
+        if etag.split('-').next() == Some(remote_hex.as_str()) {
+            return Ok(etag);
         }
-        let hex = hex::encode(md5(part_md5s.iter().map(|m| &m[..])));
-        if hex == remote_hex {
-            return Ok(format!("{hex}-{parts}"));
-        }
-        first.get_or_insert(format!("{hex}-{parts}"));
+        first.get_or_insert(etag);
     }
     Ok(first.unwrap_or_default())
+}
+
+/// The multipart ETag (`<md5 of part MD5s>-<parts>`) of the first `size` bytes of `file`
+/// uploaded in parts of `part_size`.
+pub fn multipart_etag(file: &std::fs::File, size: u64, part_size: u64) -> std::io::Result<String> {
+    let mut part_md5s = Vec::new();
+    let mut offset = 0;
+    while offset < size {
+        let len = part_size.min(size - offset);
+        part_md5s.push(md5_range(file, offset, len)?);
+        offset += len;
+    }
+    let hex = hex::encode(md5(part_md5s.iter().map(|m| &m[..])));
+    Ok(format!("{hex}-{}", part_md5s.len()))
 }
 
 /// [`local_etag`] off the async threads.

@@ -219,6 +219,7 @@ fn job_for(
                 size: entry.size,
                 etag: entry.etag.clone(),
                 mtime: Some(entry.mtime),
+                crc32: None,
             }),
             dst: local_path_for(dir, &entry.rel)?,
         }),
@@ -241,7 +242,9 @@ fn jobs_for(
     stats: &mut Stats,
 ) -> Vec<Job> {
     let mut jobs = Vec::new();
-    let wanted = |rel: &str| only.is_none_or(|o| o.iter().any(|e| e.rel == rel));
+    let only: Option<std::collections::HashSet<&str>> =
+        only.map(|o| o.iter().map(|e| e.rel.as_str()).collect());
+    let wanted = |rel: &str| only.as_ref().is_none_or(|o| o.contains(rel));
     let mut push = |entry: &Entry, path: Option<&Path>, src_name: String| {
         if !wanted(&entry.rel) {
             return;
@@ -374,14 +377,19 @@ pub async fn sync(
     if let (Location::Local(_), Location::Local(_)) = (&src, &dst) {
         return Err(both_local(&src, &dst));
     }
-    let listed = list_source(ctx, &src, filters).await?;
-    // The destination side: missing local directories are simply empty.
-    let dst_entries: Vec<(Entry, Option<PathBuf>)> = match &dst {
-        Location::Local(dir) if !dir.exists() => Vec::new(),
-        Location::S3(_) | Location::Local(_) => match list_source(ctx, &dst, filters).await? {
-            Listed::Local(files) => files.into_iter().map(|(e, p)| (e, Some(p))).collect(),
-            Listed::S3 { entries, .. } => entries.into_iter().map(|e| (e, None)).collect(),
-        },
+    // Both sides are listed at once: a sync with nothing to do costs one listing's time.
+    let dst_listing = async {
+        Ok::<_, S3Error>(match &dst {
+            // A missing local directory is simply empty.
+            Location::Local(dir) if !dir.exists() => None,
+            Location::S3(_) | Location::Local(_) => Some(list_source(ctx, &dst, filters).await?),
+        })
+    };
+    let (listed, dst_listed) = tokio::try_join!(list_source(ctx, &src, filters), dst_listing)?;
+    let dst_entries: Vec<(Entry, Option<PathBuf>)> = match dst_listed {
+        None => Vec::new(),
+        Some(Listed::Local(files)) => files.into_iter().map(|(e, p)| (e, Some(p))).collect(),
+        Some(Listed::S3 { entries, .. }) => entries.into_iter().map(|e| (e, None)).collect(),
     };
     let mut src_entries: Vec<Entry> = match &listed {
         Listed::Local(files) => files.iter().map(|(e, _)| e.clone()).collect(),
@@ -395,11 +403,15 @@ pub async fn sync(
     let mut stats = Stats::default();
     let mut jobs = jobs_for(ctx, &listed, Some(&plan.copy), &dst, &mut stats);
     let mut s3_deletes = Vec::new();
+    let local_paths: std::collections::HashMap<&str, &PathBuf> = dst_entries
+        .iter()
+        .filter_map(|(e, p)| Some((e.rel.as_str(), p.as_ref()?)))
+        .collect();
     for d in &plan.delete {
         match &dst {
             Location::Local(_) => {
-                if let Some((_, Some(p))) = dst_entries.iter().find(|(e, _)| e.rel == d.rel) {
-                    jobs.push(Job::DeleteLocal(p.clone()));
+                if let Some(p) = local_paths.get(d.rel.as_str()) {
+                    jobs.push(Job::DeleteLocal((*p).clone()));
                 }
             }
             Location::S3(uri) => s3_deletes.push(join_key(&uri.key, &d.rel)),

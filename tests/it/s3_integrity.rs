@@ -1,0 +1,391 @@
+//! Downloads are checked: ranged and parallel downloads at every part-size boundary, objects
+//! made by the AWS CLI and by p3-executor, a byte flipped on the way (a corrupting proxy) is
+//! caught and downloaded again and never leaves a file; and `sync` decides like the AWS CLI.
+//!
+//! Needs: `npm install -g s3rver@3`, `pip install awscli 'moto[server]'`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use p3_testkit::corrupting_proxy::CorruptingProxy;
+use p3_testkit::s3::S3Server;
+
+use crate::s3::{MIB, data, keys, ok, p, run, write};
+
+/// Sizes around the 5 MiB part size the tests use: empty, one byte, exactly one part, one
+/// byte over, and many parts (ranges of several parts and a short last one).
+const BOUNDARIES: [usize; 5] = [0, 1, 5 * MIB, 5 * MIB + 1, 23 * MIB + 3];
+
+fn port_of(srv: &S3Server) -> u16 {
+    srv.endpoint().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Names in `dir` (temporary download files start with `.p3-s3-`).
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn boundaries_round_trip(srv: &S3Server) {
+    srv.create_bucket("edge-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    for (i, &size) in BOUNDARIES.iter().enumerate() {
+        let body = data(size, 10 + i as u64);
+        let src = dir.path().join(format!("in-{size}"));
+        write(&src, &body);
+        let key = format!("s3://edge-bkt/ours-{size}");
+        ok(srv.p3(&["s3", "cp", p(&src), &key, "--part-size", "5MiB"]));
+        // Downloaded in 5 MiB ranges (ranges = parts) and with the default 16 MiB part size
+        // (ranges of three 5 MiB parts when the ETag has parts).
+        for part in ["5MiB", "16MiB"] {
+            let back = dir.path().join(format!("back-{size}-{part}"));
+            let r = ok(srv.p3(&["s3", "cp", &key, p(&back), "--part-size", part]));
+            assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+            assert_eq!(
+                std::fs::read(&back).unwrap(),
+                body,
+                "{size} bytes, {part} parts, {:?}",
+                srv.kind
+            );
+        }
+    }
+    assert!(names(dir.path()).iter().all(|n| !n.starts_with(".p3-s3-")));
+}
+
+#[test]
+fn ranged_downloads_at_every_part_boundary_with_plain_etags() {
+    // s3rver's ETags are plain MD5s even for multipart objects: checked in order.
+    boundaries_round_trip(&S3Server::start());
+}
+
+#[test]
+fn ranged_downloads_at_every_part_boundary_with_multipart_etags() {
+    // moto's multipart ETags are MD5s of part MD5s, as S3's: checked per part, in parallel.
+    boundaries_round_trip(&S3Server::start_moto());
+}
+
+#[test]
+fn objects_uploaded_by_the_aws_cli_verify() {
+    let srv = S3Server::start_moto();
+    srv.create_bucket("awsmade-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    // Single PUT (below the CLI's 8 MiB threshold), multipart with the CLI's 8 MiB parts,
+    // and a single PUT with a CRC32 checksum (checked through the object's full CRC32).
+    let cases: [(&str, usize, &[&str]); 3] = [
+        ("single", 3 * MIB + 11, &[]),
+        ("multi", 20 * MIB + 7, &[]),
+        ("crc", 2 * MIB + 5, &["--checksum-algorithm", "CRC32"]),
+    ];
+    for (i, (name, size, extra)) in cases.iter().enumerate() {
+        let body = data(*size, 40 + i as u64);
+        let src = dir.path().join(name);
+        write(&src, &body);
+        let key = format!("s3://awsmade-bkt/{name}");
+        let mut args = vec!["s3", "cp", p(&src), &key, "--only-show-errors"];
+        args.extend_from_slice(extra);
+        srv.aws_ok(&args);
+        let back = dir.path().join(format!("{name}.back"));
+        let r = ok(srv.p3(&["s3", "cp", &key, p(&back)]));
+        assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+        assert_eq!(std::fs::read(&back).unwrap(), body, "{name}");
+    }
+    let head = srv.aws_ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "awsmade-bkt",
+        "--key",
+        "multi",
+    ]);
+    assert!(head.contains("-3\\\""), "the CLI's 8 MiB parts: {head}");
+}
+
+/// A 12 MiB object (three 5 MiB ranges) and a 1 MiB one (one request), each corrupted once
+/// on the way: both are downloaded again and arrive intact.
+fn corrupted_once_is_downloaded_again(srv: &S3Server) {
+    srv.create_bucket("flip-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    for (size, seed) in [(12 * MIB + 5, 50), (MIB, 51)] {
+        let body = data(size, seed);
+        let src = dir.path().join("src.bin");
+        write(&src, &body);
+        // Uploaded by p3 in 5 MiB parts (moto: a multipart ETag; s3rver: a plain MD5).
+        ok(srv.p3(&[
+            "s3",
+            "cp",
+            p(&src),
+            "s3://flip-bkt/obj",
+            "--part-size",
+            "5MiB",
+        ]));
+        let proxy = CorruptingProxy::start(port_of(srv), 1);
+        let out = dir.path().join(format!("out-{size}"));
+        std::fs::create_dir(&out).unwrap();
+        let r = ok(srv.p3(&[
+            "s3",
+            "cp",
+            "s3://flip-bkt/obj",
+            p(&out.join("obj")),
+            "--part-size",
+            "5MiB",
+            "--endpoint-url",
+            &proxy.endpoint(),
+        ]));
+        assert_eq!(proxy.corrupted(), 1, "the proxy flipped nothing");
+        assert!(
+            r.stderr.contains("does not match") && r.stderr.contains("downloading again"),
+            "{:?}: {}",
+            srv.kind,
+            r.stderr
+        );
+        assert_eq!(std::fs::read(out.join("obj")).unwrap(), body);
+        assert_eq!(names(&out), ["obj"]);
+    }
+}
+
+#[test]
+fn a_corrupted_range_is_detected_and_downloaded_again() {
+    corrupted_once_is_downloaded_again(&S3Server::start());
+    corrupted_once_is_downloaded_again(&S3Server::start_moto());
+}
+
+#[test]
+fn corruption_that_persists_fails_and_leaves_no_file() {
+    let srv = S3Server::start();
+    srv.create_bucket("bad-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.bin");
+    write(&src, &data(12 * MIB, 60));
+    ok(srv.p3(&["s3", "cp", p(&src), "s3://bad-bkt/obj", "--quiet"]));
+    let proxy = CorruptingProxy::start(port_of(&srv), usize::MAX);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // An existing destination stays as it was.
+    write(&out.join("kept"), b"old");
+    let r = run(srv.p3(&[
+        "s3",
+        "cp",
+        "s3://bad-bkt/obj",
+        p(&out.join("obj")),
+        "--part-size",
+        "5MiB",
+        "--endpoint-url",
+        &proxy.endpoint(),
+    ]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("s3://bad-bkt/obj") && r.stderr.contains("after 3 downloads"),
+        "{}",
+        r.stderr
+    );
+    assert!(proxy.corrupted() >= 3);
+    let r = run(srv.p3(&[
+        "s3",
+        "cp",
+        "s3://bad-bkt/obj",
+        p(&out.join("kept")),
+        "--endpoint-url",
+        &proxy.endpoint(),
+    ]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(names(&out), ["kept"], "a partial or bad file was left");
+    assert_eq!(std::fs::read(out.join("kept")).unwrap(), b"old");
+}
+
+/// The relative paths named by `verb:` lines (`upload: a to s3://b/pre/x` → `x`), whatever
+/// the tool, relative to `root` (a local dir or an s3:// prefix ending in `/`).
+fn ops(stdout: &str, verb: &str, root: &str) -> BTreeSet<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{verb}: ")))
+        .map(|l| {
+            // `delete:` names one path; the others name SRC to DST: take DST.
+            let target = l.rsplit_once(" to ").map_or(l, |(_, dst)| dst);
+            // The AWS CLI names local files by relative paths: match the root's tail.
+            let rel = target
+                .rfind(root)
+                .map_or(target, |i| &target[i + root.len()..]);
+            rel.trim_start_matches('/').to_string()
+        })
+        .collect()
+}
+
+fn set_mtime(path: &Path, t: SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// Local files under `root` with their contents.
+fn local_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn sync_copies_skips_and_deletes_what_the_aws_cli_does() {
+    let srv = S3Server::start();
+    srv.create_bucket("cmp-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    for (i, rel) in [
+        "a.txt",
+        "same.bin",
+        "newer.txt",
+        "sub/c.txt",
+        "sub/gone.txt",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(&tree.join(rel), &data(1000 + i, 70 + i as u64));
+    }
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    for e in [
+        "a.txt",
+        "same.bin",
+        "newer.txt",
+        "sub/c.txt",
+        "sub/gone.txt",
+    ] {
+        set_mtime(&tree.join(e), hour_ago);
+    }
+    let sync_both = |extra: &[&str]| {
+        let mut aws = vec!["s3", "sync", p(&tree), "s3://cmp-bkt/aws", "--no-progress"];
+        aws.extend_from_slice(extra);
+        let a = srv.aws_ok(&aws);
+        let mut ours = vec!["s3", "sync", p(&tree), "s3://cmp-bkt/p3", "--no-progress"];
+        ours.extend_from_slice(extra);
+        let o = ok(srv.p3(&ours)).stdout;
+        (a, o)
+    };
+    let compare = |(a, o): &(String, String), what: &str| {
+        for verb in ["upload", "delete"] {
+            assert_eq!(
+                ops(a, verb, "s3://cmp-bkt/aws/"),
+                ops(o, verb, "s3://cmp-bkt/p3/"),
+                "{what}: {verb}\naws:\n{a}\np3:\n{o}"
+            );
+        }
+    };
+    // Everything is new.
+    let first = sync_both(&[]);
+    assert_eq!(ops(&first.1, "upload", "s3://cmp-bkt/p3/").len(), 5);
+    compare(&first, "first sync");
+    // Nothing changed.
+    let again = sync_both(&[]);
+    assert!(
+        again.0.trim().is_empty() && again.1.trim().is_empty(),
+        "{again:?}"
+    );
+    // One file grows, one is touched (same size, newer), one is added, one removed; --delete.
+    write(&tree.join("a.txt"), &data(2000, 80));
+    set_mtime(&tree.join("a.txt"), hour_ago);
+    set_mtime(
+        &tree.join("newer.txt"),
+        SystemTime::now() + Duration::from_secs(3600),
+    );
+    write(&tree.join("sub/new.txt"), b"new");
+    std::fs::remove_file(tree.join("sub/gone.txt")).unwrap();
+    let changed = sync_both(&["--delete"]);
+    compare(&changed, "changed tree with --delete");
+    assert_eq!(
+        ops(&changed.1, "upload", "s3://cmp-bkt/p3/"),
+        ["a.txt", "newer.txt", "sub/new.txt"]
+            .map(String::from)
+            .into()
+    );
+    let strip = |v: Vec<String>, pre: &str| -> Vec<String> {
+        v.into_iter()
+            .map(|k| k.strip_prefix(pre).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        strip(keys(&srv, "cmp-bkt", "aws/"), "aws/"),
+        strip(keys(&srv, "cmp-bkt", "p3/"), "p3/")
+    );
+
+    // The other direction: S3 to two local trees, then a changed, an added and a removed
+    // object; --delete.
+    let (to_aws, to_p3) = (dir.path().join("down-aws"), dir.path().join("down-p3"));
+    let down = |extra: &[&str]| {
+        let mut aws = vec!["s3", "sync", "s3://cmp-bkt/p3", p(&to_aws), "--no-progress"];
+        aws.extend_from_slice(extra);
+        let a = srv.aws_ok(&aws);
+        let mut ours = vec!["s3", "sync", "s3://cmp-bkt/p3", p(&to_p3), "--no-progress"];
+        ours.extend_from_slice(extra);
+        (a, ok(srv.p3(&ours)).stdout)
+    };
+    let first = down(&[]);
+    let (aws_root, p3_root) = ("/down-aws/".to_string(), "/down-p3/".to_string());
+    let compare_down = |(a, o): &(String, String), what: &str| {
+        for verb in ["download", "delete"] {
+            assert_eq!(
+                ops(a, verb, &aws_root),
+                ops(o, verb, &p3_root),
+                "{what}: {verb}\naws:\n{a}\np3:\n{o}"
+            );
+        }
+        assert_eq!(local_tree(&to_aws), local_tree(&to_p3), "{what}");
+    };
+    compare_down(&first, "first download sync");
+    assert_eq!(ops(&first.1, "download", &p3_root).len(), 5);
+    let again = down(&[]);
+    assert!(
+        again.0.trim().is_empty() && again.1.trim().is_empty(),
+        "{again:?}"
+    );
+    let src = dir.path().join("x");
+    write(&src, &data(3000, 90));
+    srv.aws_ok(&[
+        "s3",
+        "cp",
+        p(&src),
+        "s3://cmp-bkt/p3/a.txt",
+        "--only-show-errors",
+    ]);
+    srv.aws_ok(&[
+        "s3",
+        "cp",
+        p(&src),
+        "s3://cmp-bkt/p3/sub/more.txt",
+        "--only-show-errors",
+    ]);
+    srv.aws_ok(&[
+        "s3",
+        "rm",
+        "s3://cmp-bkt/p3/sub/c.txt",
+        "--only-show-errors",
+    ]);
+    let changed = down(&["--delete"]);
+    compare_down(&changed, "changed objects with --delete");
+    assert_eq!(
+        ops(&changed.1, "download", &p3_root),
+        ["a.txt", "sub/more.txt"].map(String::from).into()
+    );
+    assert_eq!(
+        ops(&changed.1, "delete", &p3_root),
+        ["sub/c.txt"].map(String::from).into()
+    );
+}
