@@ -106,25 +106,41 @@ fn objects_uploaded_by_the_aws_cli_verify() {
 }
 
 /// A 12 MiB object (three 5 MiB ranges) and a 1 MiB one (one request), each corrupted once
-/// on the way: both are downloaded again and arrive intact.
+/// on the way: both are downloaded again and arrive intact. Uploaded by p3 (checked through
+/// the CRC32 its upload recorded) and by the AWS CLI (checked through the ETag's MD5: on
+/// moto a multipart ETag, on s3rver a plain one).
 fn corrupted_once_is_downloaded_again(srv: &S3Server) {
     srv.create_bucket("flip-bkt");
     let dir = tempfile::tempdir().unwrap();
-    for (size, seed) in [(12 * MIB + 5, 50), (MIB, 51)] {
+    for (size, seed, by_p3) in [
+        (12 * MIB + 5, 50, true),
+        (MIB, 51, true),
+        (12 * MIB + 5, 52, false),
+        (MIB, 53, false),
+    ] {
         let body = data(size, seed);
         let src = dir.path().join("src.bin");
         write(&src, &body);
-        // Uploaded by p3 in 5 MiB parts (moto: a multipart ETag; s3rver: a plain MD5).
-        ok(srv.p3(&[
-            "s3",
-            "cp",
-            p(&src),
-            "s3://flip-bkt/obj",
-            "--part-size",
-            "5MiB",
-        ]));
+        if by_p3 {
+            ok(srv.p3(&[
+                "s3",
+                "cp",
+                p(&src),
+                "s3://flip-bkt/obj",
+                "--part-size",
+                "5MiB",
+            ]));
+        } else {
+            srv.aws_ok(&[
+                "s3",
+                "cp",
+                p(&src),
+                "s3://flip-bkt/obj",
+                "--only-show-errors",
+            ]);
+        }
         let proxy = CorruptingProxy::start(port_of(srv), 1);
-        let out = dir.path().join(format!("out-{size}"));
+        let out = dir.path().join(format!("out-{size}-{seed}"));
         std::fs::create_dir(&out).unwrap();
         let r = ok(srv.p3(&[
             "s3",
@@ -152,6 +168,86 @@ fn corrupted_once_is_downloaded_again(srv: &S3Server) {
 fn a_corrupted_range_is_detected_and_downloaded_again() {
     corrupted_once_is_downloaded_again(&S3Server::start());
     corrupted_once_is_downloaded_again(&S3Server::start_moto());
+}
+
+/// CRC32 of `path` as zlib computes it, 8 hex digits (an implementation other than ours).
+fn zlib_crc32(path: &Path) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zlib; print('%08x' % zlib.crc32(open(sys.argv[1], 'rb').read()))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn p3_uploads_record_the_sources_crc32_and_downloads_check_it() {
+    // s3rver keeps no checksums of its own (moto and newer AWS CLIs add a CRC32 the server
+    // stores, which a download then prefers): here only the recorded CRC can be checked.
+    let srv = S3Server::start();
+    srv.create_bucket("crc-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    // A multipart upload (three 5 MiB parts and a short one) and a single PUT.
+    for (name, size) in [("multi", 17 * MIB + 9), ("single", MIB + 1)] {
+        let src = dir.path().join(name);
+        write(&src, &data(size, 70));
+        let key = format!("s3://crc-bkt/{name}");
+        ok(srv.p3(&["s3", "cp", p(&src), &key, "--part-size", "5MiB"]));
+        let head = srv.aws_ok(&[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "crc-bkt",
+            "--key",
+            name,
+            "--query",
+            "Metadata",
+        ]);
+        let meta: serde_json::Value = serde_json::from_str(&head).unwrap();
+        assert_eq!(
+            meta["p3-crc32"],
+            zlib_crc32(&src).as_str(),
+            "{name}: {head}"
+        );
+    }
+    // The recorded CRC is what a download is held to: an object whose metadata claims another
+    // CRC (here set by hand with the AWS CLI) never arrives.
+    let src = dir.path().join("claimed");
+    write(&src, &data(7 * MIB, 71));
+    srv.aws_ok(&[
+        "s3",
+        "cp",
+        p(&src),
+        "s3://crc-bkt/claimed",
+        "--metadata",
+        "p3-crc32=00000000",
+        "--only-show-errors",
+    ]);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let r = run(srv.p3(&["s3", "cp", "s3://crc-bkt/claimed", p(&out.join("claimed"))]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("after 3 downloads"), "{}", r.stderr);
+    assert!(names(&out).is_empty(), "{:?}", names(&out));
+    // With the right CRC claimed, the same object arrives.
+    srv.aws_ok(&[
+        "s3",
+        "cp",
+        p(&src),
+        "s3://crc-bkt/claimed",
+        "--metadata",
+        &format!("p3-crc32={}", zlib_crc32(&src)),
+        "--only-show-errors",
+    ]);
+    ok(srv.p3(&["s3", "cp", "s3://crc-bkt/claimed", p(&out.join("claimed"))]));
+    assert_eq!(
+        std::fs::read(out.join("claimed")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
 }
 
 #[test]

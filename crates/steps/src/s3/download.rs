@@ -24,7 +24,7 @@ use md5::{Digest, Md5};
 
 use super::ctx::{Ctx, Parts, unquote_etag};
 use super::error::S3Error;
-use super::local::multipart_etag;
+use super::local::{CRC32_METADATA, multipart_etag, parse_crc32_hex};
 use super::plan::{parse_etag, part_size_candidates};
 use super::uri::S3Uri;
 
@@ -47,8 +47,9 @@ pub struct ObjectInfo {
     pub etag: Option<String>,
     /// LastModified, seconds since the epoch.
     pub mtime: Option<i64>,
-    /// Full-object CRC32 (`x-amz-checksum-crc32` without a part count), when the server
-    /// keeps one (HeadObject with checksum mode; listings do not carry it).
+    /// Full-object CRC32: `x-amz-checksum-crc32` without a part count, when the server keeps
+    /// one (HeadObject with checksum mode), else the one p3-executor's upload recorded in the
+    /// object's metadata ([`CRC32_METADATA`]). Listings carry neither.
     pub crc32: Option<u32>,
 }
 
@@ -97,7 +98,15 @@ pub async fn head(ctx: &Ctx, src: &S3Uri) -> Result<ObjectInfo, S3Error> {
         size: out.content_length().unwrap_or(0).max(0) as u64,
         etag,
         mtime: out.last_modified().map(|t| t.secs()),
-        crc32: out.checksum_crc32().filter(|_| whole).and_then(parse_crc32),
+        crc32: out
+            .checksum_crc32()
+            .filter(|_| whole)
+            .and_then(parse_crc32)
+            .or_else(|| {
+                out.metadata()
+                    .and_then(|m| m.get(CRC32_METADATA))
+                    .and_then(|v| parse_crc32_hex(v))
+            }),
     })
 }
 

@@ -14,7 +14,9 @@ use bytes::Bytes;
 
 use super::ctx::{Ctx, Parts};
 use super::error::S3Error;
-use super::local::{content_md5, crc32_base64};
+use super::local::{
+    CRC32_METADATA, combine_crc32, content_md5, crc32_base64, crc32_hex, file_crc32,
+};
 use super::uri::S3Uri;
 
 /// S3 accepts at most this many parts per multipart upload.
@@ -59,6 +61,7 @@ async fn put_single(
         .content_length(size as i64)
         // Content-MD5 makes the server verify the body (S3, MinIO, s3rver and moto all do).
         .content_md5(content_md5(&data))
+        .metadata(CRC32_METADATA, crc32_hex(crc32fast::hash(&data)))
         .body(ByteStream::from(data))
         .customize()
         // The payload is already covered by Content-MD5; signing it too would hash it twice.
@@ -77,24 +80,76 @@ async fn put_multipart(
     size: u64,
     dst: S3Uri,
 ) -> Result<(), S3Error> {
-    let upload_id = begin_multipart(&ctx, &dst, Some(ChecksumAlgorithm::Crc32)).await?;
-    let parts = upload_parts(&ctx, file, &path, size, &dst, &upload_id).await;
+    // The whole file's CRC32 goes into the object's metadata, which CreateMultipartUpload
+    // fixes before any part is read: one extra pass over the file (CRC32 runs at several
+    // GB/s), checked at the end against the CRCs of the parts as they were sent.
+    let crc = {
+        let (file, path) = (file.clone(), path.clone());
+        tokio::task::spawn_blocking(move || file_crc32(&file, size))
+            .await
+            .expect("CRC task panicked")
+            .map_err(|e| S3Error::local(&path, "cannot read", e))?
+    };
+    let upload_id = begin_multipart(
+        &ctx,
+        &dst,
+        Some(ChecksumAlgorithm::Crc32),
+        Some(crc32_hex(crc)),
+    )
+    .await?;
+    let part_size = upload_part_size(size, ctx.part_size);
+    let parts = upload_parts(&ctx, file, &path, size, &dst, &upload_id)
+        .await
+        .and_then(|parts| {
+            // A file that changed while it was read would otherwise leave an object whose
+            // recorded CRC no later download could match.
+            if sent_crc32(&parts, part_size, size) == Some(crc) {
+                Ok(parts)
+            } else {
+                Err(S3Error::local(
+                    &path,
+                    "changed while it was uploaded (its parts do not add up to the CRC32 read first); upload it again",
+                    std::io::Error::other("content changed"),
+                ))
+            }
+        });
     finish_multipart(&ctx, &dst, &upload_id, parts).await
 }
 
-/// CreateMultipartUpload to `dst` (its parts carrying `checksum`, if any), registered before
-/// the first part so that an interruption from here on aborts it. Returns the upload id.
+/// The CRC32 of the whole object from the CRC32s of its parts as sent (None when a part has
+/// none, or a malformed one).
+fn sent_crc32(parts: &[CompletedPart], part_size: u64, size: u64) -> Option<u32> {
+    let mut sorted: Vec<&CompletedPart> = parts.iter().collect();
+    sorted.sort_by_key(|p| p.part_number());
+    let mut pieces = Vec::with_capacity(sorted.len());
+    for (i, p) in sorted.iter().enumerate() {
+        let raw = aws_smithy_types::base64::decode(p.checksum_crc32()?).ok()?;
+        let crc = u32::from_be_bytes(raw.try_into().ok()?);
+        let offset = i as u64 * part_size;
+        pieces.push((crc, part_size.min(size.checked_sub(offset)?)));
+    }
+    Some(combine_crc32(pieces))
+}
+
+/// CreateMultipartUpload to `dst` (its parts carrying `checksum`, if any; `crc32`: the whole
+/// content's, for [`CRC32_METADATA`]), registered before the first part so that an
+/// interruption from here on aborts it. Returns the upload id.
 pub(super) async fn begin_multipart(
     ctx: &Ctx,
     dst: &S3Uri,
     checksum: Option<ChecksumAlgorithm>,
+    crc32: Option<String>,
 ) -> Result<String, S3Error> {
-    let created = ctx
+    let mut create = ctx
         .client
         .create_multipart_upload()
         .bucket(&dst.bucket)
         .key(&dst.key)
-        .set_checksum_algorithm(checksum)
+        .set_checksum_algorithm(checksum);
+    if let Some(crc) = crc32 {
+        create = create.metadata(CRC32_METADATA, crc);
+    }
+    let created = create
         .send()
         .await
         .map_err(ctx.object_error("CreateMultipartUpload", dst))?;
