@@ -14,6 +14,7 @@ use p3_testkit::s3::S3Server;
 
 use crate::common::tokens::{ISSUER, JwksServer, TokenMinter, gitlab_claims};
 use crate::common::{JobResult, host, is_root, text};
+use crate::s3::keys;
 use p3_testkit::kdc;
 
 /// A bucket with Object Lock (so versioned), created with the AWS CLI.
@@ -87,25 +88,6 @@ fn ok(h: &Host, args: &[&str]) -> String {
     let out = run(h, args);
     assert!(out.status.success(), "{args:?}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Every key under `prefix`, from the AWS CLI (not the code under test).
-fn keys(s3: &S3Server, bucket: &str, prefix: &str) -> Vec<String> {
-    let out = s3.aws_ok(&[
-        "s3api",
-        "list-objects-v2",
-        "--bucket",
-        bucket,
-        "--prefix",
-        prefix,
-        "--query",
-        "Contents[].Key",
-        "--output",
-        "json",
-    ]);
-    serde_json::from_str::<Option<Vec<String>>>(&out)
-        .unwrap()
-        .unwrap_or_default()
 }
 
 /// The seq ranges the keys name, checked to cover 1..=n exactly once (no gap, no overlap,

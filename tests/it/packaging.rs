@@ -163,11 +163,12 @@ fn man_pages_and_completions_cover_every_subcommand() {
         );
     }
     assert!(read(man.join("p3-executor-steps.1")).contains("p3\\-executor\\-steps"));
+    assert!(read(man.join("p3-executor-aws.1")).contains("p3\\-executor\\-aws"));
     let pages = std::fs::read_dir(&man).unwrap().count();
     assert_eq!(
         pages,
-        paths.len() + 2,
-        "one page per subcommand, the top and the steps'"
+        paths.len() + 3,
+        "one page per subcommand, the top, the steps' and the AWS binary's"
     );
 
     let bash = read(completions.join("p3-executor.bash"));
