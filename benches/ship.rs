@@ -14,9 +14,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use p3_executor::audit::{AuditEvent, AuditRecord, Decision, append};
-use p3_executor::config::Config;
 use p3_testkit::driver::{Host, executor_exe};
+use p3_testkit::fleet::{append_records, ship_to};
 use p3_testkit::s3::S3Server;
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -26,42 +25,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// Add `[audit.s3]` (profile credentials in a file of the host's own) to the host's config.
-fn ship_to(h: &Host, s3: &S3Server, prefix: &str) {
-    let creds = h.root().join("ship-credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "[shipper]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            s3.access_key(),
-            s3.secret_key()
-        ),
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(&h.config).unwrap();
-    std::fs::write(
-        &h.config,
-        format!(
-            "{text}\n[audit.s3]\nbucket = \"bench\"\nprefix = \"{prefix}\"\nendpoint_url = \"{}\"\npath_style = true\nprofile = \"shipper\"\nshared_credentials_file = \"{}\"\nobject_lock = {{ mode = \"GOVERNANCE\", retain_days = 1 }}\n",
-            s3.endpoint(),
-            creds.display()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(h.root().join("state")).unwrap();
-}
-
-fn append_records(h: &Host, n: u64) {
-    let cfg = Config::load(&h.config).unwrap();
-    for i in 0..n {
-        let mut r = AuditRecord::new(AuditEvent::Grant, Decision::Granted, format!("bench {i}"));
-        r.job_id = Some(100_000 + i);
-        r.project = Some("data-ml/forecast".into());
-        r.devstage = Some("client_dev".into());
-        append(&cfg.audit, r).unwrap();
-    }
 }
 
 fn timed(h: &Host, args: &[&str]) -> (Duration, String) {
@@ -93,7 +56,7 @@ fn main() {
 
     // A long log shipped at once (a host that was offline, or the first ship).
     let h = Host::new(exe.clone(), "");
-    ship_to(&h, &s3, "full");
+    ship_to(&h, &s3, "bench", "full", "");
     let start = Instant::now();
     append_records(&h, records);
     let appended = start.elapsed();
@@ -132,7 +95,7 @@ fn main() {
     // cleanup, interleaved so both see the same load.
     let plain = Host::new(exe.clone(), "");
     let shipping = Host::new(exe, "");
-    ship_to(&shipping, &s3, "jobs");
+    ship_to(&shipping, &s3, "bench", "jobs", "");
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for i in 0..15u64 {
         for (h, into) in [(&plain, &mut without), (&shipping, &mut with)] {

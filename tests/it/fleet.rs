@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use p3_executor::audit::{AuditEvent, AuditRecord, Decision, append};
-use p3_executor::config::Config;
+use p3_executor::audit::{AuditEvent, AuditRecord};
 use p3_testkit::driver::Host;
+use p3_testkit::fleet::{append_records as records, ship_to};
 use p3_testkit::s3::S3Server;
 
 use crate::common::tokens::{ISSUER, JwksServer, TokenMinter, gitlab_claims};
@@ -26,43 +26,6 @@ fn locked_bucket(s3: &S3Server, name: &str) {
         name,
         "--object-lock-enabled-for-bucket",
     ]);
-}
-
-/// Add `[audit.s3]` shipping to `bucket`/`prefix` on `s3` to the host's config, with
-/// host-side credentials in a profile of the host's own file, and create its state root.
-fn ship_to(h: &Host, s3: &S3Server, bucket: &str, prefix: &str, extra: &str) {
-    let creds = h.root().join("ship-credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "[shipper]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            s3.access_key(),
-            s3.secret_key()
-        ),
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(&h.config).unwrap();
-    std::fs::write(
-        &h.config,
-        format!(
-            "{text}\n[audit.s3]\nbucket = \"{bucket}\"\nprefix = \"{prefix}\"\nendpoint_url = \"{}\"\npath_style = true\nprofile = \"shipper\"\nshared_credentials_file = \"{}\"\nobject_lock = {{ mode = \"GOVERNANCE\", retain_days = 1 }}\n{extra}\n",
-            s3.endpoint(),
-            creds.display()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(h.root().join("state")).unwrap();
-}
-
-/// Append `n` records to the host's log, as the executor does (the real `append`).
-fn records(h: &Host, n: u64) {
-    let cfg = Config::load(&h.config).unwrap();
-    for i in 0..n {
-        let mut r = AuditRecord::new(AuditEvent::Deny, Decision::Denied, format!("test {i}"));
-        r.job_id = Some(9000 + i);
-        r.project = Some("data-ml/fleet".into());
-        append(&cfg.audit, r).unwrap();
-    }
 }
 
 /// The executor with the host's config and no AWS settings of ours in its environment.

@@ -11,6 +11,7 @@
 pub mod corrupting_proxy;
 pub mod demo;
 pub mod driver;
+pub mod fleet;
 pub mod http_stub;
 pub mod kdc;
 pub mod procs;
