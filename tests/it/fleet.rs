@@ -174,6 +174,42 @@ fn three_hosts_ship_thirty_jobs_to_one_bucket_and_verify() {
             "{metrics}"
         );
     }
+    // --host narrows both to one host.
+    let one = host_id(&hosts[2]);
+    let out = ok(
+        &hosts[0],
+        &[
+            "audit",
+            "verify",
+            "--s3",
+            "s3://fleet/audit",
+            "--host",
+            &one,
+        ],
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with(&format!("OK   host {one}")), "{out}");
+    let out = ok(
+        &hosts[0],
+        &[
+            "audit",
+            "show",
+            "--s3",
+            "s3://fleet/audit",
+            "--host",
+            &one,
+            "--json",
+        ],
+    );
+    assert!(!out.is_empty());
+    assert!(
+        out.lines().all(|l| serde_json::from_str::<AuditRecord>(l)
+            .unwrap()
+            .host_id
+            .as_deref()
+            == Some(one.as_str())),
+        "{out}"
+    );
     // Every job exactly once across the fleet, with the host that ran it.
     let out = ok(
         &hosts[0],
