@@ -11,7 +11,7 @@
 //!   puts the same batch under the same key.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
 
@@ -87,31 +87,35 @@ async fn ship_locked(
     deadline: Option<Instant>,
 ) -> Result<Shipped> {
     let log = &cfg.audit.path;
-    let mut text = Vec::new();
-    match File::open(log) {
-        Ok(mut f) => f
-            .read_to_end(&mut text)
-            .with_context(|| format!("read {}", log.display()))?,
+    let mut file = match File::open(log) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Shipped::default()),
         Err(e) => return Err(e).with_context(|| format!("open {}", log.display())),
     };
-    // Only the first line names the chain.
-    let first_end = text.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let first = read_chain(&text[..first_end], 0, p3_executor::audit::GENESIS.into());
+    let read_err = || format!("read {}", log.display());
+    let len = file.metadata().with_context(read_err)?.len();
+    // Only the first line names the chain (a record is far below 1 MiB).
+    let mut head = Vec::new();
+    (&mut file)
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .with_context(read_err)?;
+    let first_end = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let first = read_chain(&head[..first_end], 0, p3_executor::audit::GENESIS.into());
     let Some(genesis) = first.lines.first() else {
         return Ok(Shipped::default()); // empty, or not even one good record yet
     };
     let chain = shipped::chain_id(&genesis.hash);
     let mut state = shipped::load(&cfg.state_root)
-        .filter(|s| s.chain == chain && s.offset <= text.len() as u64)
+        .filter(|s| s.chain == chain && s.offset <= len)
         .unwrap_or_else(|| ShipState::start(&chain));
-    // Everything after the watermark that continues it.
+    // Everything after the watermark that continues it: only that is read (this runs at the
+    // end of every cleanup, and the log only grows).
     let base = state.offset;
-    let after = read_chain(
-        &text[base as usize..],
-        state.last_seq,
-        state.last_hash.clone(),
-    );
+    let mut text = Vec::new();
+    file.seek(SeekFrom::Start(base)).with_context(read_err)?;
+    file.read_to_end(&mut text).with_context(read_err)?;
+    let after = read_chain(&text, state.last_seq, state.last_hash.clone());
     if after.lines.is_empty()
         && let Some(why) = &after.stop
     {
