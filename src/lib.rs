@@ -23,6 +23,7 @@ pub(crate) mod process;
 pub(crate) mod residue;
 pub mod runner;
 pub mod sandbox;
+pub mod siblings;
 pub(crate) mod teardown;
 pub(crate) mod uid_pool;
 pub(crate) mod workspace;

@@ -9,7 +9,7 @@ use p3_executor::cli::{Cli, Command};
 use p3_executor::config::Config;
 use p3_executor::error::{ExitCodes, FailureKind, kind_of};
 use p3_executor::job::JobContext;
-use p3_executor::{audit, check, explain, gc, metrics, runner};
+use p3_executor::{audit, check, explain, gc, metrics, runner, siblings};
 
 /// What a command ended with, before it becomes an exit code.
 enum Outcome {
@@ -114,11 +114,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome::Code(check::report(&findings)))
         }
         Command::Demo(_) => Err(exec_sibling(
-            "p3-executor-demo",
+            siblings::DEMO,
             "the demo is built from the test fixtures and not installed with the executor: run scripts/demo.sh from a checkout",
         )),
         Command::Audit(cmd) if cmd.needs_s3() => Err(exec_sibling(
-            "p3-executor-aws",
+            siblings::AWS,
             "install it next to p3-executor (the package and scripts/install.sh do)",
         )),
         Command::Audit(cmd) => {
@@ -147,11 +147,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
 /// starts fast. Returns only if the exec failed.
 fn exec_sibling(name: &str, fix: &str) -> anyhow::Error {
     use std::os::unix::process::CommandExt;
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join(name)))
-        .filter(|p| p.is_file());
-    let Some(sibling) = sibling else {
+    let Some(sibling) = siblings::path(name) else {
         return anyhow::anyhow!("{name} is not installed next to p3-executor: {fix}");
     };
     let err = std::process::Command::new(&sibling)

@@ -3,14 +3,10 @@
 //! gc's own unit has no network.) A failed or slow ship never fails a job: the records stay in
 //! the local log, `check` and the metrics show the lag, and the next run ships them.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use crate::config::Config;
-
-/// The sibling binary that talks to S3.
-const SHIPPER: &str = "p3-executor-aws";
 
 /// Ship what waits, taking at most `bound` in all: uploads start only in the first half,
 /// and the process is killed at the bound (an interrupted put leaves no object; the next ship
@@ -19,8 +15,11 @@ pub fn ship(cfg: &Config, bound: Duration) -> Result<(), String> {
     if cfg.audit.s3.is_none() || bound.is_zero() {
         return Ok(());
     }
-    let program = sibling().ok_or_else(|| {
-        format!("{SHIPPER} is not installed next to p3-executor: audit records are not shipped")
+    let program = crate::siblings::path(crate::siblings::AWS).ok_or_else(|| {
+        format!(
+            "{} is not installed next to p3-executor: audit records are not shipped",
+            crate::siblings::AWS
+        )
     })?;
     let mut cmd = Command::new(program);
     if let Some(config) = &cfg.audit.stamp.config_path {
@@ -45,9 +44,4 @@ pub fn ship(cfg: &Config, bound: Duration) -> Result<(), String> {
         )),
         Err(e) => Err(format!("audit ship: {e}")),
     }
-}
-
-fn sibling() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.join(SHIPPER)).filter(|p| p.is_file())
 }

@@ -7,8 +7,7 @@ use crate::config::Config;
 /// The steps binary next to this one, the shell, and git/gitlab-runner on `job_path`.
 pub(super) fn tools(cfg: &Config, out: &mut Vec<Finding>) {
     // `p3-executor <step>` runs the steps binary installed next to this one.
-    if let Ok(exe) = std::env::current_exe() {
-        let steps = exe.with_file_name("p3-executor-steps");
+    if let Some(steps) = crate::siblings::expected(crate::siblings::STEPS) {
         if !steps.is_file() {
             out.push(finding(
                 Severity::Warning,

@@ -29,7 +29,7 @@ use crate::job::JobContext;
 /// The environment variable that carries the token to `p3-executor-aws` (never its argv).
 pub const TOKEN_ENV: &str = "P3_WEB_IDENTITY_TOKEN";
 /// The sibling binary that calls STS.
-pub const SIBLING: &str = "p3-executor-aws";
+pub use crate::siblings::AWS as SIBLING;
 /// Longest role session name STS accepts.
 pub const SESSION_NAME_MAX: usize = 64;
 /// The extra key in the sibling's JSON naming the assumed role (`AssumedRoleUser.Arn`).
@@ -148,11 +148,7 @@ pub struct Assumed {
 
 /// Where `p3-executor-aws` is: next to the running executor (as for every sibling).
 pub fn sibling_path() -> Result<PathBuf, AwsCredError> {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join(SIBLING)))
-        .filter(|p| p.is_file())
-        .ok_or(AwsCredError::MissingSibling { program: SIBLING })
+    crate::siblings::path(SIBLING).ok_or(AwsCredError::MissingSibling { program: SIBLING })
 }
 
 /// Assume the account's role with `token` for `job_duration_secs` (clamped by
