@@ -532,6 +532,26 @@ fn check_line(line: &[u8]) -> Result<Good, String> {
     })
 }
 
+/// Whether `line` (without its newline) is the record after (`seq`, `prev`): a record on its
+/// own ([`check_line`]) whose `seq` and `prev` continue them. Returns its hash, or what is wrong.
+/// The same rule for shipped objects as for the log (`p3-executor-aws audit verify --s3`).
+pub fn continues(line: &[u8], seq: u64, prev: &str) -> Result<String, String> {
+    let good = check_line(line).map_err(|why| format!("the record after seq {seq} {why}"))?;
+    if good.seq != seq + 1 {
+        return Err(format!(
+            "seq {} follows seq {seq}: records are missing, duplicated or reordered",
+            good.seq
+        ));
+    }
+    if good.prev != prev {
+        return Err(format!(
+            "record seq {} does not continue seq {seq} (prev {:.16}… ≠ {:.16}…)",
+            good.seq, good.prev, prev
+        ));
+    }
+    Ok(good.hash)
+}
+
 /// How the log ends, reading only its last two lines (backwards, in small chunks), so appends
 /// stay cheap however long the log grows.
 ///
@@ -626,7 +646,7 @@ fn inspect_tail(file: &File, path: &Path) -> Result<Tail, AuditError> {
 /// The line that ends at offset `end` (exclusive: `end` is its newline, or the end of the
 /// file): where it starts and its bytes, read backwards in small chunks. None when it is
 /// longer than [`MAX_RECORD`].
-fn line_ending_at(
+pub(super) fn line_ending_at(
     file: &File,
     path: &Path,
     end: u64,

@@ -39,7 +39,7 @@ pub mod syslog;
 
 pub use chain::{
     AuditError, AuditEvent, AuditRecord, ChainBreak, Decision, GENESIS, Recovery, RecoveryNote,
-    TornTail, Verification, append, record_hash, verify,
+    TornTail, Verification, append, continues, record_hash, verify,
 };
 pub use cli::{AuditCommand, run};
 pub use query::{Filter, parse_since, print, show};

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::chain::{AuditRecord, GENESIS};
+use super::chain::{AuditRecord, GENESIS, line_ending_at};
 use crate::config::Config;
 
 /// The shipper's watermark for one chain of this host's log.
@@ -127,7 +127,7 @@ pub fn lag(cfg: &Config) -> Option<Lag> {
         });
     };
     let first = read_line_at(&mut file, 0);
-    let last_seq = last_record(&mut file).map_or(0, |r| r.seq);
+    let last_seq = last_record(&mut file, &cfg.audit.path).map_or(0, |r| r.seq);
     let same_chain = match (&first, &state) {
         (Some(f), Some(s)) => chain_id(&f.hash) == s.chain,
         _ => false,
@@ -162,27 +162,14 @@ fn read_line_at(file: &mut File, offset: u64) -> Option<AuditRecord> {
         .flatten()
 }
 
-/// The log's last complete record line, read from the end: 8 KiB holds it (records are well
-/// under 1 KiB) unless a record is unusually long, then up to 1 MiB. Every cleanup's metrics
-/// update reads it, so it stays small.
-fn last_record(file: &mut File) -> Option<AuditRecord> {
+/// The log's last complete record line, read backwards from the end in small chunks (the
+/// same reader `append` uses for the tail): every cleanup's metrics update computes the lag.
+fn last_record(file: &mut File, path: &Path) -> Option<AuditRecord> {
     let len = file.metadata().ok()?.len();
-    [8 << 10, 1 << 20].into_iter().find_map(|window: u64| {
-        let window = window.min(len);
-        file.seek(SeekFrom::Start(len - window)).ok()?;
-        let mut tail = Vec::with_capacity(window as usize);
-        file.take(window).read_to_end(&mut tail).ok()?;
-        // Only complete lines: drop whatever follows the last newline (an append in flight).
-        let end = tail.iter().rposition(|&b| b == b'\n')?;
-        let body = &tail[..end];
-        let start = match body.iter().rposition(|&b| b == b'\n') {
-            Some(i) => i + 1,
-            // The line may start before the window: only the whole file is sure.
-            None if window < len => return None,
-            None => 0,
-        };
-        serde_json::from_slice(&body[start..]).ok()
-    })
+    // What follows the last newline is an append in flight, not a record yet.
+    let (after_newline, _) = line_ending_at(file, path, len).ok()??;
+    let (_, line) = line_ending_at(file, path, after_newline.checked_sub(1)?).ok()??;
+    serde_json::from_slice(&line).ok()
 }
 
 #[cfg(test)]

@@ -1,9 +1,7 @@
 //! Reading a chain of records, from the local log or from shipped objects: each line must be a
 //! record whose `hash` is its content's hash and that continues the one before it.
 
-use serde_json::Value;
-
-use p3_executor::audit::record_hash;
+use p3_executor::audit::continues;
 
 /// One verified record line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +35,8 @@ pub fn read_chain(text: &[u8], mut seq: u64, mut hash: String) -> Lines {
             break; // an append in flight, or a torn tail the next append repairs
         };
         let bytes = &text[at..at + nl + 1];
-        match check(bytes, seq, &hash) {
+        // Without its newline, as the log's own reader checks it.
+        match continues(&bytes[..bytes.len() - 1], seq, &hash) {
             Ok(h) => {
                 seq += 1;
                 hash = h;
@@ -56,36 +55,4 @@ pub fn read_chain(text: &[u8], mut seq: u64, mut hash: String) -> Lines {
         at += nl + 1;
     }
     out
-}
-
-/// Whether `line` is the record after (`seq`, `prev`); returns its hash.
-pub fn check(line: &[u8], seq: u64, prev: &str) -> Result<String, String> {
-    let v: Value = match serde_json::from_slice(line) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => return Err(format!("the record after seq {seq} is not a JSON record")),
-    };
-    let stored = v.get("hash").and_then(Value::as_str).unwrap_or_default();
-    let actual = record_hash(&v);
-    let got_seq = v.get("seq").and_then(Value::as_u64);
-    if stored != actual {
-        return Err(format!(
-            "record seq {} does not match its hash: it was edited",
-            got_seq.map_or("?".into(), |s| s.to_string())
-        ));
-    }
-    if got_seq != Some(seq + 1) {
-        return Err(format!(
-            "seq {} follows seq {seq}: records are missing, duplicated or reordered",
-            got_seq.map_or("?".into(), |s| s.to_string())
-        ));
-    }
-    if v.get("prev").and_then(Value::as_str) != Some(prev) {
-        return Err(format!(
-            "record seq {} does not continue seq {seq} (prev {:.16}… ≠ {:.16}…)",
-            seq + 1,
-            v.get("prev").and_then(Value::as_str).unwrap_or_default(),
-            prev
-        ));
-    }
-    Ok(actual)
 }

@@ -423,7 +423,7 @@ mod tests {
                     let at = body.windows(2).position(|w| w == b"r5").unwrap();
                     body[at + 1] = b'6';
                 },
-                format!("{}: record seq 5 does not match its hash", key(1)),
+                format!("{}: the record after seq 4 does not match its hash", key(1)),
             ),
             (
                 "an object cut short",
