@@ -240,6 +240,27 @@ pub struct AuditS3Config {
     pub timeout_secs: u64,
 }
 
+impl AuditS3Config {
+    /// The settings for reading `bucket` when the config has no `[audit.s3]` (an auditor's
+    /// `audit verify --s3`): every key at its default, credentials from the default chain.
+    pub fn for_bucket(bucket: &str) -> Self {
+        Self {
+            bucket: bucket.into(),
+            prefix: String::new(),
+            region: default_region(),
+            endpoint_url: None,
+            path_style: false,
+            profile: None,
+            shared_credentials_file: None,
+            credential_process: None,
+            object_lock: None,
+            batch_records: default_batch_records(),
+            cleanup_ship_secs: default_cleanup_ship_secs(),
+            timeout_secs: default_audit_s3_timeout(),
+        }
+    }
+}
+
 /// `object_lock = { mode = "...", retain_days = N }` of `[audit.s3]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -226,7 +226,8 @@ pub fn retrieve_with_duration(
     Ok(creds)
 }
 
-fn default_shared_credentials_file() -> PathBuf {
+/// `~/.aws/credentials` of the executor's user (root's, `/root`, without `HOME`).
+pub fn default_shared_credentials_file() -> PathBuf {
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     Path::new(&home).join(".aws").join("credentials")
 }
@@ -240,7 +241,10 @@ pub fn credential_process_argv(argv: &[String], duration_secs: u64) -> Vec<Strin
         .collect()
 }
 
-fn run_credential_process(
+/// Run a `credential_process` argv (no shell) bounded by `timeout`, with `KRB5CCNAME` set to
+/// `krb5ccname` or removed, and `P3_CREDENTIAL_DURATION_SECS`; parse its JSON. Its stdout may
+/// hold secrets and is never shown; a failure carries its stderr.
+pub fn run_credential_process(
     argv: &[String],
     krb5ccname: Option<&str>,
     krb5_config: Option<&Path>,

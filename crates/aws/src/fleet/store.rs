@@ -2,7 +2,6 @@
 //! job's) and the few calls shipping and verifying need: list, list versions, get, and a put
 //! that never overwrites.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -47,23 +46,18 @@ pub enum Put {
     Exists,
 }
 
-/// Connection settings: `[audit.s3]`, or defaults when only an `s3://` URI is known.
+/// Connection settings: `[audit.s3]`, or, when only an `s3://` URI is known, the defaults with
+/// the region and endpoint of the AWS environment variables.
 pub fn settings(cfg: Option<&AuditS3Config>, bucket: &str) -> AuditS3Config {
-    let mut s = cfg.cloned().unwrap_or_else(|| AuditS3Config {
-        bucket: bucket.into(),
-        prefix: String::new(),
-        region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
-        endpoint_url: std::env::var("AWS_ENDPOINT_URL_S3")
+    let mut s = cfg.cloned().unwrap_or_else(|| {
+        let mut s = AuditS3Config::for_bucket(bucket);
+        if let Ok(region) = std::env::var("AWS_REGION") {
+            s.region = region;
+        }
+        s.endpoint_url = std::env::var("AWS_ENDPOINT_URL_S3")
             .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .ok(),
-        path_style: false,
-        profile: None,
-        shared_credentials_file: None,
-        credential_process: None,
-        object_lock: None,
-        batch_records: 1000,
-        cleanup_ship_secs: 0.0,
-        timeout_secs: 30,
+            .ok();
+        s
     });
     s.bucket = bucket.into();
     s
@@ -97,10 +91,10 @@ impl Store {
             loader = loader.credentials_provider(process_credentials(argv, s.timeout_secs)?);
         } else if let Some(profile) = &s.profile {
             // The same reading of a shared-credentials profile as the executor's own.
-            let file = s.shared_credentials_file.clone().unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-                Path::new(&home).join(".aws/credentials")
-            });
+            let file = s
+                .shared_credentials_file
+                .clone()
+                .unwrap_or_else(p3_executor::credentials::aws::default_shared_credentials_file);
             let c = p3_executor::credentials::aws::read_profile(&file, profile)
                 .map_err(|e| anyhow!("audit.s3: {e}"))?;
             loader = loader.credentials_provider(static_credentials(&c, "audit.s3.profile"));
@@ -262,23 +256,20 @@ impl Store {
 }
 
 /// Run the shipper's `credential_process` once (bounded) and hand its keys to the SDK.
+/// Run the shipper's `credential_process` once, as the executor runs an account's (without a
+/// job ticket), and hand its keys to the SDK.
 fn process_credentials(argv: &[String], timeout_secs: u64) -> Result<Credentials> {
-    let program = argv
-        .first()
-        .ok_or_else(|| anyhow!("audit.s3.credential_process is empty"))?;
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(&argv[1..]);
-    let out = p3_contract::command::run_bounded(cmd, Duration::from_secs(timeout_secs.max(1)))
-        .with_context(|| format!("audit.s3.credential_process {program}"))?;
-    if !out.status.success() {
-        return Err(anyhow!(
-            "audit.s3.credential_process {program} failed ({}): {}",
-            out.status,
-            out.stderr_text()
-        ));
-    }
-    let creds = p3_executor::credentials::aws::parse_process_output(&out.stdout)
-        .map_err(|why| anyhow!("audit.s3.credential_process {program}: {why}"))?;
+    use p3_executor::credentials::aws::{
+        DEFAULT_DURATION_SECS, credential_process_argv, run_credential_process,
+    };
+    let creds = run_credential_process(
+        &credential_process_argv(argv, DEFAULT_DURATION_SECS),
+        None,
+        None,
+        DEFAULT_DURATION_SECS,
+        Duration::from_secs(timeout_secs.max(1)),
+    )
+    .map_err(|e| anyhow!("audit.s3.{e}"))?;
     Ok(static_credentials(&creds, "audit.s3.credential_process"))
 }
 
@@ -293,4 +284,41 @@ fn static_credentials(
         c.expiration.map(std::time::SystemTime::from),
         source,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::config::ProvideCredentials;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &std::path::Path, body: &str) -> Vec<String> {
+        let path = dir.join("creds.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        vec![path.to_string_lossy().into_owned()]
+    }
+
+    #[tokio::test]
+    async fn the_shippers_credential_process_is_run_like_an_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = script(
+            dir.path(),
+            r#"echo '{"Version":1,"AccessKeyId":"AKIASHIP","SecretAccessKey":"s3cret"}'"#,
+        );
+        let creds = process_credentials(&argv, 5).unwrap();
+        let got = creds.provide_credentials().await.unwrap();
+        assert_eq!(got.access_key_id(), "AKIASHIP");
+        // A failure says why (stderr), never what it printed on stdout.
+        let argv = script(
+            dir.path(),
+            "echo s3cret-on-stdout; echo 'no ticket' >&2; exit 3",
+        );
+        let err = process_credentials(&argv, 5).unwrap_err().to_string();
+        assert!(
+            err.starts_with("audit.s3.credential_process") && err.contains("no ticket"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 }
