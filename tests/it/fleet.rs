@@ -223,22 +223,26 @@ fn three_hosts_ship_thirty_jobs_to_one_bucket_and_verify() {
             "--json",
         ],
     );
-    let mut decided: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut decided: BTreeMap<u64, Vec<(String, AuditEvent)>> = BTreeMap::new();
     for line in out.lines() {
         let r: AuditRecord = serde_json::from_str(line).unwrap();
         if matches!(r.event, AuditEvent::Grant | AuditEvent::Deny) {
             decided
                 .entry(r.job_id.unwrap())
                 .or_default()
-                .push(r.host_id.unwrap());
+                .push((r.host_id.unwrap(), r.event));
         }
     }
     assert_eq!(decided.len(), 30, "{decided:?}");
     for (granted, h, job) in &jobs {
-        let _ = granted;
+        let event = if *granted {
+            AuditEvent::Grant
+        } else {
+            AuditEvent::Deny
+        };
         assert_eq!(
             decided[&job.id],
-            vec![host_id(&hosts[*h])],
+            vec![(host_id(&hosts[*h]), event)],
             "job {}",
             job.id
         );
