@@ -84,6 +84,9 @@ pub struct Config {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Per-job cgroup limits (memory, pids, CPU) and where job cgroups live (`walls/cgroup/`).
+    #[serde(default)]
+    pub limits: crate::walls::cgroup::limits::HostLimitsConfig,
 }
 
 /// Prometheus metrics (see `metrics.rs`): printed by `p3-executor metrics`, and written for a
@@ -107,10 +110,20 @@ pub struct SandboxConfig {
     /// `check` warns about; it has no effect when the executor does not run as root.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Size limit of the job's private `/tmp`, `/var/tmp` and `/dev/shm` tmpfs (tmpfs `size=`
-    /// syntax: `512m`, `4g`, `25%`).
-    #[serde(default = "default_tmpfs_size")]
-    pub tmpfs_size: String,
+    /// The one size limit shared by the job's private `/tmp`, `/var/tmp` and `/dev/shm` (one
+    /// tmpfs, three directories of it bound into place; tmpfs `size=` syntax: `512m`, `4g`,
+    /// `10%` of RAM). Its pages count against the job's memory limit. `tmpfs_size` is the old
+    /// name, still accepted.
+    #[serde(default = "default_tmpfs_size", alias = "tmpfs_size")]
+    pub tmp_size: String,
+    /// The seccomp filter on every job process: `"default"` (the built-in profile, see
+    /// `walls/seccomp/profile.rs`) or `"off"` (`check` warns).
+    #[serde(default)]
+    pub seccomp: crate::walls::seccomp::Setting,
+    /// Groups of refused calls plain jobs (no devstage) may make anyway: `"keyrings"`,
+    /// `"io_uring"`. Devstages have their own `seccomp_allow`.
+    #[serde(default)]
+    pub seccomp_allow: Vec<crate::walls::seccomp::OptIn>,
     /// Further host paths made unreachable inside the sandbox: a directory is covered by an
     /// empty root-owned tmpfs, a file by `/dev/null`. The state root, the builds root, the
     /// keytabs and the audit log are always hidden.
@@ -752,13 +765,21 @@ pub struct Devstage {
     /// Required protected environment (job `environment:` name), if any.
     #[serde(default)]
     pub environment: Option<String>,
+    /// Groups of calls the seccomp filter refuses that this devstage's jobs may make anyway:
+    /// `"keyrings"` (a `KEYRING:` ticket cache), `"io_uring"`.
+    #[serde(default)]
+    pub seccomp_allow: Vec<crate::walls::seccomp::OptIn>,
+    /// Limits of this devstage's jobs, in place of `[limits]` for the keys it sets.
+    #[serde(default)]
+    pub limits: Option<crate::walls::cgroup::limits::LimitsConfig>,
 }
 
 fn default_true() -> bool {
     true
 }
 fn default_tmpfs_size() -> String {
-    "50%".into()
+    // Shared by /tmp, /var/tmp and /dev/shm, and charged to the job's memory limit.
+    "10%".into()
 }
 fn default_scrub_dirs() -> Vec<PathBuf> {
     ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue"]
@@ -871,7 +892,9 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            tmpfs_size: default_tmpfs_size(),
+            tmp_size: default_tmpfs_size(),
+            seccomp: Default::default(),
+            seccomp_allow: Vec::new(),
             hide: Vec::new(),
             scrub_dirs: default_scrub_dirs(),
         }
@@ -1064,7 +1087,7 @@ impl Config {
             }
         }
         // Interpolated into tmpfs mount options: no separators, only a size.
-        let size = &self.sandbox.tmpfs_size;
+        let size = &self.sandbox.tmp_size;
         if size.is_empty()
             || !size
                 .trim_end_matches(['k', 'm', 'g', 'K', 'M', 'G', '%'])
@@ -1073,7 +1096,7 @@ impl Config {
             || !size.as_bytes()[0].is_ascii_digit()
         {
             problems.push(format!(
-                "sandbox.tmpfs_size = {size:?} is not a size like \"512m\", \"4g\" or \"25%\""
+                "sandbox.tmp_size = {size:?} is not a size like \"512m\", \"4g\" or \"25%\""
             ));
         }
         for path in self.sandbox.hide.iter().chain(&self.sandbox.scrub_dirs) {
@@ -1083,7 +1106,11 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.limits.problems());
         for (name, stage) in &self.devstages {
+            if let Some(limits) = &stage.limits {
+                problems.extend(limits.problems(&format!("devstages.{name}.limits")));
+            }
             if !self.accounts.contains_key(&stage.deploy_account) {
                 problems.push(format!(
                     "devstages.{name}.deploy_account = {:?} names no [accounts.{}] section (known: {})",

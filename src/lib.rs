@@ -26,6 +26,7 @@ pub mod sandbox;
 pub mod siblings;
 pub(crate) mod teardown;
 pub(crate) mod uid_pool;
+pub mod walls;
 pub(crate) mod workspace;
 
 // Shared with the built-in steps through the contract crate.

@@ -36,6 +36,8 @@ pub struct ScriptSpec {
     pub user: Option<(u32, u32)>,
     /// SIGTERM → SIGKILL grace period on cancellation.
     pub grace: Duration,
+    /// The seccomp filter installed last before exec (with a uid switch only).
+    pub seccomp: Option<crate::walls::seccomp::Filter>,
 }
 
 /// How a script ended.
@@ -103,6 +105,7 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
             let cwd = std::ffi::CString::new(spec.cwd.as_os_str().as_encoded_bytes())
                 .map_err(|_| Error::Spawn("builds dir contains a NUL byte".into()))?;
             cmd.arg("/dev/fd/3");
+            let seccomp = spec.seccomp.clone();
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
@@ -129,6 +132,11 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
                         return Err(std::io::Error::last_os_error());
                     }
                     libc::close(dir);
+                    // The job's own session keyring, then the filter (which refuses keyctl).
+                    crate::walls::keyring::enter()?;
+                    if let Some(filter) = &seccomp {
+                        filter.install()?;
+                    }
                     Ok(())
                 });
             }

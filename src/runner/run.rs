@@ -78,6 +78,11 @@ pub fn execute(
             .switch_user
             .then_some((state.ids.uid, state.ids.gid)),
         grace: Duration::from_secs(cfg.grace_period_secs),
+        seccomp: crate::walls::seccomp::for_job(
+            cfg,
+            state.grant.as_ref().map(|g| g.devstage.as_str()),
+        )
+        .map_err(Error::Spawn)?,
     };
     if state.ids.switch_user && cfg.sandbox.enabled {
         let sandbox = Sandbox::for_job(cfg, &paths, state.ids.uid)?;

@@ -36,6 +36,8 @@ pub(crate) struct JobExec {
     pub gid: u32,
     /// The sealed script memfd, which becomes fd 3.
     pub script_fd: RawFd,
+    /// The seccomp filter, compiled before the fork; `None` when `[sandbox] seccomp = "off"`.
+    pub seccomp: Option<crate::walls::seccomp::Filter>,
 }
 
 /// Signals PID 1 takes: the supervisor's forwarded ones and SIGCHLD.
@@ -65,16 +67,50 @@ fn mount_op(op: &MountOp, keep_fds: &[OwnedFd], tmpfs_size: &str) -> Result<(), 
         MountOp::PrivateRoot => mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
             .map_err(|e| fail("make private", Path::new("/"), e)),
         MountOp::PrivateTmp(target) => {
-            mount(
-                Some("tmpfs"),
-                target,
-                Some("tmpfs"),
-                plain,
-                Some(format!("mode=1777,size={tmpfs_size}").as_str()),
+            // One tmpfs for all private dirs, so they share one size limit: mounted on the
+            // first, then each dir (the first too, stacked over the store) is a sticky
+            // directory of it bound into place.
+            let store = match TMP_STORE.get() {
+                Some(fd) => fd,
+                None => {
+                    mount(
+                        Some("tmpfs"),
+                        target,
+                        Some("tmpfs"),
+                        plain,
+                        Some(format!("mode=0700,size={tmpfs_size}").as_str()),
+                    )
+                    .map_err(|e| fail("private tmpfs on", target, e))?;
+                    let fd = nix::fcntl::open(
+                        target,
+                        nix::fcntl::OFlag::O_RDONLY
+                            | nix::fcntl::OFlag::O_DIRECTORY
+                            | nix::fcntl::OFlag::O_CLOEXEC,
+                        nix::sys::stat::Mode::empty(),
+                    )
+                    .map_err(|e| fail("open the private tmpfs", target, e))?;
+                    let _ = PRIVATE_TMP.set(target.clone());
+                    TMP_STORE.get_or_init(|| fd)
+                }
+            };
+            let name = format!(
+                "{}",
+                TMP_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let dir_mode = nix::sys::stat::Mode::from_bits_truncate(0o1777);
+            nix::sys::stat::mkdirat(store, name.as_str(), dir_mode)
+                .map_err(|e| fail("create a private dir for", target, e))?;
+            // mkdir applies the umask: set the mode explicitly.
+            nix::sys::stat::fchmodat(
+                store,
+                name.as_str(),
+                dir_mode,
+                nix::sys::stat::FchmodatFlags::NoFollowSymlink,
             )
-            .map_err(|e| fail("private tmpfs on", target, e))?;
-            let _ = PRIVATE_TMP.set(target.clone());
-            Ok(())
+            .map_err(|e| fail("chmod the private dir for", target, e))?;
+            let source = format!("/proc/self/fd/{}/{name}", store.as_raw_fd());
+            mount(Some(source.as_str()), target, none, MsFlags::MS_BIND, none)
+                .map_err(|e| fail("bind the private dir on", target, e))
         }
         MountOp::HideDir(target) => {
             make_dirs(target)?;
@@ -154,6 +190,25 @@ fn mask_source(target: &Path) -> Result<PathBuf, String> {
         .open(&path)
         .map_err(|e| format!("sandbox: create {}: {e}", path.display()))?;
     Ok(MASK.get_or_init(|| path).clone())
+}
+
+/// The tmpfs behind every private dir (root-owned, 0700; see `MountOp::PrivateTmp`).
+static TMP_STORE: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+/// Private dirs made in the store so far (their names).
+static TMP_DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The private dirs' shared tmpfs is (nearly) full: at most 1% or 1 MiB left. Read by init
+/// when the script failed, to say why.
+fn tmp_store_full() -> bool {
+    let Some(fd) = TMP_STORE.get() else {
+        return false;
+    };
+    let Ok(st) = nix::sys::statvfs::fstatvfs(fd) else {
+        return false;
+    };
+    let size = st.blocks() as u64 * st.fragment_size() as u64;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    size > 0 && free <= (size / 100).max(1 << 20)
 }
 
 /// The first root-owned tmpfs the sandbox mounted (see [`mask_source`]).
@@ -241,7 +296,19 @@ pub(crate) fn init_main(
     unsafe {
         libc::close(err_pipe);
     }
-    supervise(shell, &signals, leftover_grace)
+    let code = supervise(shell, &signals, leftover_grace);
+    if code != 0 && tmp_store_full() {
+        // The job log gets the cause: tools only say "No space left on device".
+        let msg = format!(
+            "p3-executor: the job's /tmp, /var/tmp and /dev/shm are full: together they may \
+             hold {tmpfs_size} ([sandbox] tmp_size in the executor's config)\n"
+        );
+        // SAFETY: write(2) to our stderr; best effort.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+        }
+    }
+    code
 }
 
 fn supervise(shell: Pid, signals: &SigSet, leftover_grace: Duration) -> i32 {
@@ -333,9 +400,20 @@ fn exec_shell(exec: &JobExec, err_pipe: RawFd) -> ! {
         if libc::setuid(exec.uid) != 0 {
             fail(&format!("setuid {}", exec.uid));
         }
+        // The job's own session keyring, owned by its uid: never the runner's.
+        if crate::walls::keyring::enter().is_err() {
+            fail("join a new session keyring");
+        }
         // setuid binaries and file capabilities do nothing from here on.
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail("set no_new_privs");
+        }
+        // Last before exec: from here on, refused calls return EPERM (the filter also refuses
+        // keyctl, so the keyring is joined above).
+        if let Some(filter) = &exec.seccomp {
+            if filter.install().is_err() {
+                fail("install the seccomp filter");
+            }
         }
         // Entered as the job uid and never through a symlink the job planted.
         let dir = libc::open(

@@ -163,7 +163,7 @@ impl Sandbox {
         Ok(Self {
             ops: plan::plan(&input),
             keep,
-            tmpfs_size: cfg.sandbox.tmpfs_size.clone(),
+            tmpfs_size: cfg.sandbox.tmp_size.clone(),
         })
     }
 }
@@ -224,6 +224,7 @@ pub fn run_script(spec: &ScriptSpec, sandbox: Sandbox) -> Result<ScriptOutcome> 
         uid,
         gid,
         script_fd: script_fd.as_raw_fd(),
+        seccomp: spec.seccomp.clone(),
     };
     let (err_read, err_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Spawn(format!("pipe: {e}")))?;
