@@ -13,6 +13,7 @@ pub mod finding;
 pub mod kerberos;
 mod paths;
 mod sandbox;
+mod walls;
 mod tools;
 mod users;
 mod web_identity;
@@ -48,6 +49,7 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
     if nix::unistd::geteuid().is_root() {
         users::job_user(cfg, &mut out);
         sandbox::sandbox_findings(cfg, &mut out);
+        walls::walls_findings(cfg, &mut out);
         users::uid_range(cfg, &mut out);
     } else {
         users::not_root(&mut out);

@@ -318,6 +318,18 @@ mod tests {
     }
 
     #[test]
+    fn docs_sandbox_md_lists_every_refused_call() {
+        let doc = include_str!("../../../docs/sandbox.md");
+        for rule in all_rules() {
+            assert!(
+                doc.contains(&format!("`{}`", rule.name)),
+                "docs/sandbox.md does not list {}",
+                rule.name
+            );
+        }
+    }
+
+    #[test]
     fn every_rule_has_a_distinct_call_and_a_reason() {
         let all = all_rules();
         let mut nrs: Vec<i64> = all.iter().map(|r| r.nr).collect();
