@@ -43,6 +43,13 @@ pub enum Error {
     /// Bad arguments or input to a built-in step.
     #[error("{0}")]
     Usage(String),
+    /// The job hit one of its limits (OOM-killed, a fork refused at `pids.max`) and failed;
+    /// the message names the limit and the setting behind it.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The job's cgroup could not be made, entered or removed.
+    #[error(transparent)]
+    Cgroup(#[from] crate::walls::cgroup::CgroupError),
     /// A file read on a job's behalf is larger than the executor accepts.
     #[error("{what} {path} is larger than the {limit}-byte limit; refusing to read it")]
     TooLarge {
@@ -68,13 +75,16 @@ impl Error {
     /// The one place that decides build versus system failure.
     pub fn kind(&self) -> FailureKind {
         match self {
-            Error::Denied(_) | Error::Usage(_) | Error::JobFault(_) => FailureKind::Build,
+            Error::Denied(_) | Error::Usage(_) | Error::JobFault(_) | Error::LimitExceeded(_) => {
+                FailureKind::Build
+            }
             Error::Config { .. }
             | Error::Payload(_)
             | Error::Workspace(_)
             | Error::Spawn(_)
             | Error::Credentials(_)
             | Error::TooLarge { .. }
+            | Error::Cgroup(_)
             | Error::Io { .. } => FailureKind::System,
         }
     }

@@ -56,6 +56,12 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
     }
     let swept = sweep_jobs(cfg, max_age_secs.unwrap_or(cfg.gc_max_age_secs), dry_run)?;
     if !dry_run {
+        // Job cgroups whose job this host no longer knows (a teardown that could not remove
+        // one); after the jobs above, so their own cgroups went with them.
+        let known = workspace::known_jobs(cfg, &crate::uid_pool::leases(cfg));
+        for job_id in crate::walls::cgroup::sweep_orphans(cfg, &known) {
+            tracing::info!("job {job_id}: removed its orphaned cgroup");
+        }
         remove_stray_temp_files(cfg);
         crate::metrics::update_textfile(cfg);
     }

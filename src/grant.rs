@@ -649,8 +649,15 @@ impl Ending {
     }
 }
 
-/// Destroy a job's credentials and record it.
-pub fn revoke(cfg: &Config, paths: &JobPaths, state: &JobState, ending: Ending) -> Result<()> {
+/// Destroy a job's credentials and record it; `usage` (the job's limits, peak memory and CPU
+/// time, from its cgroup) goes into the record.
+pub fn revoke(
+    cfg: &Config,
+    paths: &JobPaths,
+    state: &JobState,
+    ending: Ending,
+    usage: BTreeMap<String, Value>,
+) -> Result<()> {
     let Some(grant) = &state.grant else {
         return Ok(());
     };
@@ -671,6 +678,7 @@ pub fn revoke(cfg: &Config, paths: &JobPaths, state: &JobState, ending: Ending) 
         Outcome::Succeeded,
         format!("{reason}: credentials destroyed"),
     );
+    rec.extra.extend(usage);
     if let Err(e) = &result {
         rec.decision = Outcome::Failed;
         rec.reason = format!("{reason}: destroying credentials failed: {e}");

@@ -16,11 +16,22 @@ pub fn teardown(cfg: &Config, job_id: u64, ending: Ending) -> Result<()> {
     let state = JobState::load(&paths).ok();
     let mut first_err = None;
     if let Some(state) = &state {
+        // First the cgroup: one kill of everything the job started, which no fork can race and
+        // no process can leave; then what it used, for the audit record.
+        let mut usage = std::collections::BTreeMap::new();
+        if let Some(cgroup) = &state.cgroup {
+            let (used, ended) = crate::walls::cgroup::end(cfg, job_id, cgroup);
+            usage = cgroup.audit_fields(&used);
+            if let Err(e) = ended {
+                tracing::error!("job {job_id}: ending its cgroup failed: {e}");
+                first_err.get_or_insert(e.into());
+            }
+        }
         if state.ids.private_uid {
             // Nothing the job started may survive, even processes that left its process group.
             process::kill_uid(state.ids.uid);
         }
-        if let Err(e) = crate::grant::revoke(cfg, &paths, state, ending) {
+        if let Err(e) = crate::grant::revoke(cfg, &paths, state, ending, usage) {
             tracing::error!("job {job_id}: destroying credentials failed: {e}");
             first_err.get_or_insert(e);
         }

@@ -138,6 +138,9 @@ pub struct JobState {
     pub env: BTreeMap<String, String>,
     /// The credential grant, if any.
     pub grant: Option<GrantState>,
+    /// The job's cgroup and the limits in force (None: no cgroup, e.g. not running as root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<crate::walls::cgroup::JobCgroup>,
 }
 
 /// Mark the job as active for as long as the returned file stays open.

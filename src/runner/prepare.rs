@@ -73,11 +73,14 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
         user,
         env: BTreeMap::new(),
         grant: None,
+        cgroup: None,
     };
     // Save before obtaining credentials so a failure half-way still leaves cleanup what it
     // needs to find and destroy them.
     state.save(&paths)?;
-    let granted = crate::grant::prepare(cfg, job, &paths, &mut state);
+    // The cgroup after the grant: the granted devstage may set the limits.
+    let granted = crate::grant::prepare(cfg, job, &paths, &mut state)
+        .and_then(|()| crate::walls::cgroup::prepare(cfg, job, &mut state));
     state.save(&paths)?;
     granted?;
     print_banner(cfg, &state);
@@ -109,6 +112,12 @@ fn print_banner(cfg: &Config, state: &JobState) {
         super::hostname(),
         state.job_id,
     );
+    if let Some(cgroup) = &state.cgroup {
+        println!(
+            "p3-executor: limits: {} (its own cgroup)",
+            cgroup.limits.summary()
+        );
+    }
     match &state.grant {
         Some(g) => println!(
             "p3-executor: devstage {} granted: deploy stage {}, Kerberos principal {}{}",

@@ -84,10 +84,19 @@ pub fn execute(
         )
         .map_err(Error::Spawn)?,
     };
-    if state.ids.switch_user && cfg.sandbox.enabled {
+    // Into the job's cgroup before anything of the script exists: the sandbox's init, the
+    // shell and all they start inherit it, so the limits hold for every process of every stage.
+    let walled = state.cgroup.as_ref().map(|c| c.enter()).transpose()?;
+    let outcome = if state.ids.switch_user && cfg.sandbox.enabled {
         let sandbox = Sandbox::for_job(cfg, &paths, state.ids.uid)?;
         crate::sandbox::run_script(&spec, sandbox)
     } else {
         process::run_script(&spec)
+    }?;
+    // A failed script is the job's fault either way; when a limit was hit during the stage,
+    // say which limit and which setting sets it instead of leaving the job to guess.
+    if let Some(hit) = walled.and_then(|s| s.verdict(outcome.code != 0 && !outcome.cancelled)) {
+        return Err(Error::LimitExceeded(hit));
     }
+    Ok(outcome)
 }

@@ -10,6 +10,7 @@
 mod common;
 
 mod audit;
+mod cgroups;
 mod crash;
 mod credentials;
 mod demo;
