@@ -63,6 +63,7 @@ struct Setup {
     root: PathBuf,
     config: PathBuf,
     config_unsandboxed: PathBuf,
+    config_no_seccomp: PathBuf,
     payload: PathBuf,
     script: PathBuf,
     bash: PathBuf,
@@ -90,6 +91,12 @@ fn setup() -> Setup {
         format!("{text}[sandbox]\nenabled = false\n"),
     )
     .unwrap();
+    let config_no_seccomp = root.join("config-no-seccomp.toml");
+    fs::write(
+        &config_no_seccomp,
+        format!("{text}[sandbox]\nseccomp = \"off\"\n"),
+    )
+    .unwrap();
     let payload = root.join("response.json");
     fs::write(
         &payload,
@@ -107,6 +114,7 @@ fn setup() -> Setup {
         root,
         config,
         config_unsandboxed,
+        config_no_seccomp,
         payload,
         script,
         bash,
@@ -146,6 +154,7 @@ fn main() {
     }
     let mut run_rss = 0;
     let mut t_unsandboxed = Vec::new();
+    let mut t_no_seccomp = Vec::new();
     let script = s.script.clone();
     for _ in 0..ITERATIONS {
         t_true.push(measure(&mut Command::new(true_bin)).0);
@@ -161,6 +170,7 @@ fn main() {
             if *call == "run" {
                 run_rss = run_rss.max(rss);
                 t_unsandboxed.push(measure(&mut ours_with(&s.config_unsandboxed, &s, &args)).0);
+                t_no_seccomp.push(measure(&mut ours_with(&s.config_no_seccomp, &s, &args)).0);
             }
             t_bash[i].push(measure(&mut bash(&s, &args)).0);
         }
@@ -189,6 +199,12 @@ fn main() {
         "run without the sandbox: {} (the sandbox adds {} per stage)",
         ms(unsandboxed),
         ms(sandboxed.saturating_sub(unsandboxed))
+    );
+    let no_seccomp = median(t_no_seccomp);
+    println!(
+        "run with [sandbox] seccomp = \"off\": {} (the filter and the session keyring add {} per stage)",
+        ms(no_seccomp),
+        ms(sandboxed.saturating_sub(no_seccomp))
     );
     println!("peak RSS of `run`: {:.1} MiB", run_rss as f64 / 1024.0);
     println!(

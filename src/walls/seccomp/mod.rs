@@ -84,10 +84,12 @@ pub fn compile(profile: Profile, allowed: &[OptIn]) -> Result<Filter, String> {
 }
 
 /// The filter for one job: `None` when `[sandbox] seccomp = "off"`; else the default profile
-/// with the opt-ins of the job's devstage (`[sandbox] seccomp_allow` for a plain job).
+/// (the container profile for a job that runs in its own user namespace, `containers`) with
+/// the opt-ins of the job's devstage (`[sandbox] seccomp_allow` for a plain job).
 pub fn for_job(
     cfg: &crate::config::Config,
     devstage: Option<&str>,
+    containers: bool,
 ) -> Result<Option<Filter>, String> {
     if cfg.sandbox.seccomp == Setting::Off {
         return Ok(None);
@@ -96,7 +98,12 @@ pub fn for_job(
         Some(d) => &d.seccomp_allow,
         None => &cfg.sandbox.seccomp_allow,
     };
-    compile(Profile::Default, allowed).map(Some)
+    let profile = if containers {
+        Profile::Container
+    } else {
+        Profile::Default
+    };
+    compile(profile, allowed).map(Some)
 }
 
 /// `ENOSYS` for `clone3` and for x32 numbers (see the module docs), everything else allowed.

@@ -193,8 +193,8 @@ fn all_rules() -> Vec<Rule> {
     // clone3 passes its flags in a struct seccomp cannot read: it is answered ENOSYS by the
     // filter's prologue (see `super::compile`), and libc falls back to clone.
     for name_nr in [
-        ("clone", sys::clone as i64),
-        ("unshare", sys::unshare as i64),
+        ("clone", sys::clone),
+        ("unshare", sys::unshare),
     ] {
         rules.push(Rule {
             name: name_nr.0,
