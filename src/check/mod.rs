@@ -9,13 +9,14 @@ use std::path::Path;
 use crate::config::Config;
 
 mod audit;
+mod cgroups;
 pub mod finding;
 pub mod kerberos;
 mod paths;
 mod sandbox;
-mod walls;
 mod tools;
 mod users;
+mod walls;
 mod web_identity;
 
 pub use finding::{Finding, Severity};
@@ -50,6 +51,7 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
         users::job_user(cfg, &mut out);
         sandbox::sandbox_findings(cfg, &mut out);
         walls::walls_findings(cfg, &mut out);
+        cgroups::cgroup_findings(cfg, &mut out);
         users::uid_range(cfg, &mut out);
     } else {
         users::not_root(&mut out);
