@@ -13,9 +13,10 @@ pub(super) fn walls_findings(cfg: &Config, out: &mut Vec<Finding>) {
         .iter()
         .filter(|(_, d)| !d.seccomp_allow.is_empty())
         .map(|(n, d)| format!("{n}: {:?}", d.seccomp_allow))
-        .chain((!cfg.sandbox.seccomp_allow.is_empty()).then(|| {
-            format!("plain jobs: {:?}", cfg.sandbox.seccomp_allow)
-        }))
+        .chain(
+            (!cfg.sandbox.seccomp_allow.is_empty())
+                .then(|| format!("plain jobs: {:?}", cfg.sandbox.seccomp_allow)),
+        )
         .collect();
     let opt_ins = if opted.is_empty() {
         String::new()
@@ -44,7 +45,15 @@ pub(super) fn walls_findings(cfg: &Config, out: &mut Vec<Finding>) {
         )),
     }
     match keyring::probe() {
-        Ok(what) => out.push(finding(Severity::Info, format!("keyrings: {what}"), "nothing to do")),
-        Err(why) => out.push(finding(Severity::Info, format!("keyrings: {why}"), "nothing to do")),
+        Ok(what) => out.push(finding(
+            Severity::Info,
+            format!("keyrings: {what}"),
+            "nothing to do",
+        )),
+        Err(why) => out.push(finding(
+            Severity::Info,
+            format!("keyrings: {why}"),
+            "nothing to do",
+        )),
     }
 }
