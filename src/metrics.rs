@@ -35,17 +35,34 @@ pub struct Histogram {
     pub count: u64,
 }
 
+/// Upper bounds (bytes) of the peak-memory histogram's buckets: 64 MiB to 64 GiB.
+pub const MEMORY_BUCKETS: [f64; 6] = [
+    67_108_864.0,
+    268_435_456.0,
+    1_073_741_824.0,
+    4_294_967_296.0,
+    17_179_869_184.0,
+    68_719_476_736.0,
+];
+
+/// Upper bounds (seconds) of the job CPU-time histogram's buckets: 1 s to 2 h.
+pub const CPU_BUCKETS: [f64; 6] = [1.0, 10.0, 60.0, 300.0, 1800.0, 7200.0];
+
 impl Histogram {
     fn observe(&mut self, secs: f64) {
-        if self.buckets.len() != BUCKETS.len() {
-            self.buckets = vec![0; BUCKETS.len()];
+        self.observe_in(secs, &BUCKETS);
+    }
+
+    fn observe_in(&mut self, value: f64, bounds: &[f64]) {
+        if self.buckets.len() != bounds.len() {
+            self.buckets = vec![0; bounds.len()];
         }
-        for (b, le) in self.buckets.iter_mut().zip(BUCKETS) {
-            if secs <= le {
+        for (b, le) in self.buckets.iter_mut().zip(bounds) {
+            if value <= *le {
                 *b += 1;
             }
         }
-        self.sum += secs;
+        self.sum += value;
         self.count += 1;
     }
 }
@@ -67,6 +84,12 @@ pub struct Counters {
     pub kinit: Histogram,
     /// credential_process durations.
     pub credential_process: Histogram,
+    /// Peak memory of ended jobs (cleanup and gc records), by devstage.
+    #[serde(default)]
+    pub job_peak_memory: BTreeMap<String, Histogram>,
+    /// CPU seconds of ended jobs, by devstage.
+    #[serde(default)]
+    pub job_cpu: BTreeMap<String, Histogram>,
 }
 
 /// Join label values with a separator no value can hold (they are escaped on output).
@@ -125,6 +148,34 @@ impl Counters {
         if let Some(secs) = millis(r, "credential_process_ms") {
             self.credential_process.observe(secs);
         }
+        // What a job used, from its cgroup (`walls::cgroup::JobCgroup::audit_fields`).
+        if matches!(r.event, AuditEvent::Cleanup | AuditEvent::Gc) {
+            let devstage = r
+                .devstage
+                .as_deref()
+                .filter(|d| devstages.contains(*d))
+                .unwrap_or("(other)");
+            if let Some(peak) = r
+                .extra
+                .get("peak_memory_bytes")
+                .and_then(serde_json::Value::as_f64)
+            {
+                self.job_peak_memory
+                    .entry(devstage.to_string())
+                    .or_default()
+                    .observe_in(peak, &MEMORY_BUCKETS);
+            }
+            if let Some(cpu) = r
+                .extra
+                .get("cpu_seconds")
+                .and_then(serde_json::Value::as_f64)
+            {
+                self.job_cpu
+                    .entry(devstage.to_string())
+                    .or_default()
+                    .observe_in(cpu, &CPU_BUCKETS);
+            }
+        }
     }
 }
 
@@ -161,6 +212,31 @@ fn labelled(out: &mut String, name: &str, names: &[&str], map: &BTreeMap<String,
             .map(|(n, v)| format!("{n}=\"{}\"", label(v)))
             .collect();
         let _ = writeln!(out, "{name}{{{}}} {v}", labels.join(","));
+    }
+}
+
+/// A histogram family with a `devstage` label and its own bucket bounds.
+fn histograms_by_devstage(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    by: &BTreeMap<String, Histogram>,
+    bounds: &[f64],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (devstage, h) in by {
+        let d = label(devstage);
+        for (i, le) in bounds.iter().enumerate() {
+            let n = h.buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{devstage=\"{d}\",le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{devstage=\"{d}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(out, "{name}_sum{{devstage=\"{d}\"}} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{{devstage=\"{d}\"}} {}", h.count);
     }
 }
 
@@ -290,6 +366,20 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
         "p3_executor_credential_process_duration_seconds",
         "Time the S3 credential_process took.",
         &c.credential_process,
+    );
+    histograms_by_devstage(
+        &mut out,
+        "p3_executor_job_peak_memory_bytes",
+        "Peak memory of a job's cgroup when it ended, by devstage (granted jobs).",
+        &c.job_peak_memory,
+        &MEMORY_BUCKETS,
+    );
+    histograms_by_devstage(
+        &mut out,
+        "p3_executor_job_cpu_seconds",
+        "CPU time of a job's cgroup when it ended, by devstage (granted jobs).",
+        &c.job_cpu,
+        &CPU_BUCKETS,
     );
     out
 }
@@ -461,6 +551,38 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("p3_executor_audit_records_total 4"), "{text}");
+    }
+
+    #[test]
+    fn job_usage_histograms_by_devstage() {
+        let devstages: BTreeSet<String> = ["client_dev".to_string()].into();
+        let mut c = Counters::default();
+        let mut ended = record(
+            AuditEvent::Cleanup,
+            Decision::Succeeded,
+            "client_dev",
+            "cleanup",
+        );
+        ended
+            .extra
+            .insert("peak_memory_bytes".into(), (100u64 << 20).into());
+        ended.extra.insert("cpu_seconds".into(), 12.5.into());
+        c.observe(&ended, &devstages);
+        let mut forged = ended.clone();
+        forged.devstage = Some("evil\"".into());
+        c.observe(&forged, &devstages);
+        let text = render(&c, &Gauges::default());
+        for line in [
+            "p3_executor_job_peak_memory_bytes_bucket{devstage=\"client_dev\",le=\"67108864\"} 0",
+            "p3_executor_job_peak_memory_bytes_bucket{devstage=\"client_dev\",le=\"268435456\"} 1",
+            "p3_executor_job_peak_memory_bytes_count{devstage=\"client_dev\"} 1",
+            "p3_executor_job_cpu_seconds_bucket{devstage=\"client_dev\",le=\"10\"} 0",
+            "p3_executor_job_cpu_seconds_bucket{devstage=\"client_dev\",le=\"60\"} 1",
+            "p3_executor_job_cpu_seconds_sum{devstage=\"client_dev\"} 12.5",
+            "p3_executor_job_cpu_seconds_count{devstage=\"(other)\"} 1",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
     }
 
     #[test]
