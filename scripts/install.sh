@@ -103,6 +103,11 @@ sed "s|^ExecStart=/usr/bin/p3-executor |ExecStart=$prefix/bin/p3-executor |" \
   packaging/systemd/p3-executor-gc.service > /etc/systemd/system/p3-executor-gc.service
 install -m 0644 packaging/systemd/p3-executor-gc.timer /etc/systemd/system/p3-executor-gc.timer
 chmod 0644 /etc/systemd/system/p3-executor-gc.service
+# A cgroup per job under the runner's own: on cgroup v2, gitlab-runner.service must delegate
+# its subtree (effective at the runner's next restart).
+install -d /etc/systemd/system/gitlab-runner.service.d
+install -m 0644 packaging/systemd/gitlab-runner.service.d/p3-executor.conf \
+  /etc/systemd/system/gitlab-runner.service.d/p3-executor.conf
 # Audit shipping ([audit.s3]), started by the gc service.
 sed "s|^ExecStart=/usr/bin/p3-executor |ExecStart=$prefix/bin/p3-executor |" \
   packaging/systemd/p3-executor-audit-ship.service > /etc/systemd/system/p3-executor-audit-ship.service

@@ -50,7 +50,9 @@ fn idle_secs(cfg: &Config, paths: &JobPaths, leases: &[(u32, u64)]) -> u64 {
 /// textfile. With `dry_run`, only report.
 pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<Vec<Swept>> {
     if !dry_run {
-        for (uid, why) in crate::uid_pool::retry_quarantined(cfg) {
+        // Purges quarantined uids' trees however deep, within a bound per run; one that runs
+        // out of time stays quarantined and the next run continues it.
+        for (uid, why) in crate::uid_pool::retry_quarantined(cfg, crate::residue::PURGE_TIME) {
             tracing::warn!(uid, "uid still quarantined: {why}");
         }
     }

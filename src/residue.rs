@@ -1,46 +1,150 @@
 //! What a job uid left on the host, and removing it, so the uid is clean before another job
-//! leases it: processes (any uid field), SysV IPC objects, and files in world-writable places.
+//! leases it: processes (any uid field), SysV IPC objects, kernel keyrings, and files in the
+//! scrub dirs (the world-writable places, `[sandbox] scrub_dirs`).
 //!
-//! Files are walked and removed through directory fds (`openat`/`unlinkat` without following
-//! symlinks), so a link planted anywhere in those trees is removed, never followed.
+//! # The file scrub, and why no job can jam it
+//! Files are walked and removed through directory fds (`openat` with `O_NOFOLLOW |
+//! O_DIRECTORY`, `unlinkat`), with an explicit stack instead of recursion ([`tree`]), so a link
+//! planted anywhere in those trees is removed, never followed, and no depth costs the stack.
+//!
+//! Scrubbing uid U, the walk goes only where U could have put something ([`judge`]): into U's
+//! tree (a directory U owns and everything in it, whoever owns that: U let them in, and it all
+//! goes with the directory), and into another owner's directories that U could write into
+//! (others' write and search bits, or the group's when the group is the jobs' gid; jobs share
+//! `job_user`'s gid and have no supplementary groups). Every entry examined is charged to its
+//! owner (to U, in U's tree), and each bound is judged against the owner concerned:
+//! - U's own entries past [`MAX_ENTRIES`], or a directory of U's deeper than [`MAX_DEPTH`],
+//!   leave U unproven: quarantined, with the bound named in the reason. `gc` then purges U's
+//!   trees with no depth or entry bound, within [`PURGE_TIME`] per run ([`Pass::Purge`]).
+//! - Another owner A's directory deeper than [`MAX_DEPTH`], or A's entries past
+//!   [`MAX_ENTRIES`], are not searched for U and cost U nothing: a tree of A's cannot quarantine
+//!   U. A itself is quarantined by its own scrub (its own entries are past the bound) and
+//!   purged by `gc`.
+//! - Past [`MAX_EXAMINED`] entries in all (other owners' floods of a shared directory), the walk
+//!   stops without blaming U.
+//!
+//! The trade-off, chosen for availability: U is released without its entries being searched in
+//! (a) a deep or huge world-writable tree of another uid A below the bounds' reach, (b) a
+//! directory U could write into only through a POSIX ACL or a path it searched but could not
+//! write (a world-writable directory below another uid's 0755 one), or (c) a directory its owner
+//! made unwritable after U wrote into it. In each case what U left lies inside another uid's
+//! directory, and goes with that directory: A's own scrub (or gc's purge of A's quarantined uid)
+//! removes A's whole tree, U's entries included. Until then U's next job could read it. A job only leaves files there by writing into a directory another (hostile)
+//! job prepared for it, so the window is one an honest job does not open; the alternative,
+//! quarantining U for trees it cannot be shown to have touched, let any job take the pool down.
+//! Skipped trees are logged with their owner and path.
 
-use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+mod judge;
+mod tree;
 
-use nix::dir::{Dir, Type};
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{Mode, fstatat};
-use nix::unistd::UnlinkatFlags;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-/// Upper bound on directory entries examined per scrub: a host with more in its world-writable
-/// places cannot be proven clean cheaply, and the uid is quarantined instead.
+pub use judge::{Hit, Who};
+pub use tree::Skipped;
+
+/// Bound on the scrubbed uid's own entries examined per scrub (and on any other owner's
+/// searched for it): a uid with more in the scrub dirs cannot be proven clean cheaply, and is
+/// quarantined for `gc` to purge.
 pub const MAX_ENTRIES: usize = 200_000;
 
-/// Deepest directory level walked below a scrub dir.
-const MAX_DEPTH: usize = 32;
+/// Deepest directory level (below a scrub dir) searched at release: deeper directories of the
+/// uid's own quarantine it; deeper ones of other owners are skipped.
+pub const MAX_DEPTH: usize = 32;
+
+/// Bound on all entries examined by one scrub, whoever owns them: the bound on its time.
+pub const MAX_EXAMINED: usize = 1_000_000;
+
+/// Time `gc` spends purging quarantined uids per run; a purge that runs out of it leaves its
+/// uid quarantined, and the next run continues (what was removed stays removed).
+pub const PURGE_TIME: Duration = Duration::from_secs(300);
+
+/// Which pass over the scrub dirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// When a job's uid is released: bounded by [`MAX_DEPTH`] and [`MAX_ENTRIES`].
+    Release,
+    /// `gc` on a quarantined uid: its own trees are removed however deep or large, until
+    /// `deadline`.
+    Purge {
+        /// When to stop.
+        deadline: Instant,
+    },
+}
+
+impl Pass {
+    fn limits(self) -> judge::Limits {
+        let release = judge::Limits {
+            own_depth: Some(MAX_DEPTH),
+            own_entries: Some(MAX_ENTRIES),
+            foreign_depth: MAX_DEPTH,
+            foreign_entries: MAX_ENTRIES,
+            examined: Some(MAX_EXAMINED),
+            deadline: None,
+        };
+        match self {
+            Pass::Release => release,
+            Pass::Purge { deadline } => judge::Limits {
+                own_depth: None,
+                own_entries: None,
+                examined: None,
+                deadline: Some(deadline),
+                ..release
+            },
+        }
+    }
+}
+
+/// Why a scrub could not prove the uid clean although it removed what it reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    /// A directory of the uid's deeper than [`MAX_DEPTH`], at this path.
+    Depth(PathBuf),
+    /// More than [`MAX_ENTRIES`] entries of the uid's.
+    Entries,
+    /// gc's purge ran out of [`PURGE_TIME`].
+    Time,
+    /// More than [`MAX_EXAMINED`] entries in all, in a pass with no bound on the uid's own
+    /// entries (neither pass here combines the two; named rather than folded into another).
+    Examined,
+}
 
 /// What a uid still holds after a scrub; empty means clean.
+///
+/// Each kind of thing a uid can hold across jobs has its field here (processes, IPC, files,
+/// keyrings), and `is_clean` requires all of them empty.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Residue {
     /// Live processes holding the uid.
     pub processes: usize,
     /// SysV IPC objects (shm, sem, msg) owned or created by the uid.
     pub ipc: usize,
-    /// Files and directories owned by the uid that could not be removed.
+    /// Entries of the uid's in the scrub dirs that could not be removed, counted.
+    pub files_left: usize,
+    /// A few of them.
     pub files: Vec<PathBuf>,
-    /// The walk stopped at [`MAX_ENTRIES`] or [`MAX_DEPTH`]: cleanliness is unproven.
-    pub incomplete: bool,
+    /// The bound that stopped the file walk before it could prove the uid clean.
+    pub limit: Option<Limit>,
+    /// Other owners' trees not searched for this uid (informational: they do not keep it).
+    pub skipped: Vec<Skipped>,
+    /// The uid's user, user-session or persistent keyring could not be emptied (why).
+    pub keyrings: Option<String>,
 }
 
 impl Residue {
     /// Nothing left.
     pub fn is_clean(&self) -> bool {
-        self.processes == 0 && self.ipc == 0 && self.files.is_empty() && !self.incomplete
+        self.processes == 0
+            && self.ipc == 0
+            && self.files_left == 0
+            && self.limit.is_none()
+            && self.keyrings.is_none()
     }
 
-    /// One line for `check`, the lease file and the logs.
+    /// One line for `check`, the lease file and the logs; it names the bound that was hit.
     pub fn summary(&self) -> String {
+        let esc =
+            |p: &std::path::Path| crate::terminal::escape(&p.display().to_string()).into_owned();
         let mut parts = Vec::new();
         if self.processes > 0 {
             parts.push(format!("{} process(es)", self.processes));
@@ -48,19 +152,58 @@ impl Residue {
         if self.ipc > 0 {
             parts.push(format!("{} SysV IPC object(s)", self.ipc));
         }
-        if let Some(first) = self.files.first() {
-            parts.push(format!(
-                "{} file(s) such as {}",
-                self.files.len(),
-                crate::terminal::escape(&first.display().to_string())
-            ));
+        if let Some(why) = &self.keyrings {
+            parts.push(why.clone());
         }
-        if self.incomplete {
+        match &self.limit {
+            Some(Limit::Depth(at)) => parts.push(format!(
+                "its own tree goes deeper than the scrub's depth limit ({MAX_DEPTH} levels) at {}",
+                esc(at)
+            )),
+            Some(Limit::Entries) => parts.push(format!(
+                "it owns more than the scrub's entry limit ({MAX_ENTRIES}) in the scrub dirs"
+            )),
+            Some(Limit::Time) => parts.push(format!(
+                "gc's purge ran out of its time ({} s) before its trees were removed; the next \
+                 gc continues",
+                PURGE_TIME.as_secs()
+            )),
+            Some(Limit::Examined) => parts.push(format!(
+                "the scrub stopped at {MAX_EXAMINED} entries examined in all"
+            )),
+            None => {}
+        }
+        if self.limit.is_some() && self.files_left > 0 {
+            // What the bound kept (the levels above a too-deep directory): the limit says where.
+            parts.push(format!("{} entries left for gc to remove", self.files_left));
+        } else if let Some(first) = self.files.first() {
             parts.push(format!(
-                "the search of the world-writable places stopped at {MAX_ENTRIES} entries"
+                "{} file(s) that could not be removed, such as {}",
+                self.files_left,
+                esc(first)
             ));
         }
         parts.join(", ")
+    }
+
+    /// One line per skipped tree, for the logs.
+    pub fn skipped_lines(&self) -> Vec<String> {
+        self.skipped
+            .iter()
+            .map(|s| {
+                let owner = s.owner.map_or("many owners".into(), |o| format!("uid {o}"));
+                let bound = match s.hit {
+                    Hit::Depth => format!("deeper than {MAX_DEPTH} levels"),
+                    Hit::Entries => format!("more than {MAX_ENTRIES} entries"),
+                    Hit::Examined => format!("{MAX_EXAMINED} entries examined in all"),
+                    Hit::Time => "out of time".into(),
+                };
+                format!(
+                    "not searched: {} ({owner}'s, {bound})",
+                    crate::terminal::escape(&s.path.display().to_string())
+                )
+            })
+            .collect()
     }
 }
 
@@ -117,122 +260,107 @@ fn remove_ipc(kind: usize, id: i32) {
     }
 }
 
-struct Walk {
-    uid: u32,
-    seen: usize,
-    incomplete: bool,
-    left: Vec<PathBuf>,
-}
-
-fn open_dir_at(parent: &OwnedFd, name: &CStr) -> nix::Result<OwnedFd> {
-    nix::fcntl::openat(
-        parent,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-}
-
-impl Walk {
-    /// Remove everything owned by `uid` in the directory `dir` (at `path`), recursively.
-    fn scrub_dir(&mut self, dir: &OwnedFd, path: &Path, depth: usize) {
-        let Ok(dup) = nix::unistd::dup(dir) else {
-            return;
-        };
-        let Ok(mut entries) = Dir::from_fd(dup) else {
-            return;
-        };
-        let names: Vec<(CString, Option<Type>)> = entries
-            .iter()
-            .flatten()
-            .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
-            .map(|e| (e.file_name().to_owned(), e.file_type()))
-            .collect();
-        for (name, _) in names {
-            self.seen += 1;
-            if self.seen > MAX_ENTRIES {
-                self.incomplete = true;
-                return;
-            }
-            let Ok(st) = fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
-                continue;
-            };
-            let child = path.join(std::ffi::OsStr::from_bytes_ext(name.to_bytes()));
-            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            let owned = st.st_uid == self.uid;
-            if is_dir {
-                if depth >= MAX_DEPTH {
-                    self.incomplete = true;
-                    continue;
-                }
-                let Ok(sub) = open_dir_at(dir, &name) else {
-                    if owned {
-                        self.left.push(child);
-                    }
-                    continue;
-                };
-                self.scrub_dir(&sub, &child, depth + 1);
-                if owned
-                    && nix::unistd::unlinkat(dir, name.as_c_str(), UnlinkatFlags::RemoveDir)
-                        .is_err()
-                {
-                    self.left.push(child);
-                }
-            } else if owned
-                && nix::unistd::unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir).is_err()
-            {
-                self.left.push(child);
-            }
-        }
-    }
-}
-
-/// Small extension so a directory entry's bytes become a path component.
-trait FromBytesExt {
-    fn from_bytes_ext(b: &[u8]) -> &Self;
-}
-
-impl FromBytesExt for std::ffi::OsStr {
-    fn from_bytes_ext(b: &[u8]) -> &Self {
-        std::os::unix::ffi::OsStrExt::from_bytes(b)
-    }
-}
-
-/// Remove and delete everything `uid` left (SysV IPC objects, files in `dirs`), then report
-/// what is still there, processes included. The caller has killed the uid's processes first
-/// (cleanup does, before it revokes the job's credentials).
-pub fn scrub(uid: u32, dirs: &[PathBuf]) -> Residue {
-    for (kind, id) in ipc_objects(uid) {
+/// Remove everything `who` left (SysV IPC objects, files in `dirs`), then report what is still
+/// there, processes included. The caller has killed the uid's processes first (cleanup does,
+/// before it revokes the job's credentials; gc does before a purge).
+pub fn scrub(who: Who, dirs: &[PathBuf], pass: Pass) -> Residue {
+    for (kind, id) in ipc_objects(who.uid) {
         remove_ipc(kind, id);
     }
-    let mut walk = Walk {
-        uid,
-        seen: 0,
-        incomplete: false,
-        left: Vec::new(),
-    };
+    // Kernel keyrings outlive the uid's processes (which are gone by now): a key left in
+    // them would reach the uid's next job.
+    let keyrings = crate::walls::keyring::clear_uid(who.uid).err();
+    let mut walk = tree::Walk::new(who, pass.limits());
     for dir in dirs {
-        let Ok(fd) = nix::fcntl::open(
-            dir,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) else {
-            continue; // absent on this host
-        };
-        walk.scrub_dir(&fd, dir, 0);
-        let _ = fd.as_raw_fd();
+        walk.dir(dir);
     }
+    let out = walk.finish();
     Residue {
-        processes: crate::process::pids_of_uid(uid).len(),
-        ipc: ipc_objects(uid).len(),
-        files: walk.left,
-        incomplete: walk.incomplete,
+        processes: crate::process::pids_of_uid(who.uid).len(),
+        ipc: ipc_objects(who.uid).len(),
+        files_left: out.left,
+        files: out.left_sample,
+        limit: out.unproven.map(|(hit, at)| match hit {
+            Hit::Depth => Limit::Depth(at.unwrap_or_default()),
+            Hit::Entries => Limit::Entries,
+            Hit::Time => Limit::Time,
+            Hit::Examined => Limit::Examined,
+        }),
+        skipped: out.skipped,
+        keyrings,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_reason_names_the_bound_that_was_hit() {
+        let at = PathBuf::from("/run/lock/t/d/d");
+        let left = |limit| Residue {
+            files_left: 3,
+            files: vec![at.clone()],
+            limit,
+            ..Residue::default()
+        };
+        // (name, residue, the reason says, and does not say)
+        let cases = [
+            (
+                "depth",
+                left(Some(Limit::Depth(at.clone()))),
+                "deeper than the scrub's depth limit (32 levels) at /run/lock/t/d/d",
+                "entry limit",
+            ),
+            (
+                "entries",
+                left(Some(Limit::Entries)),
+                "more than the scrub's entry limit (200000)",
+                "depth",
+            ),
+            (
+                "time",
+                left(Some(Limit::Time)),
+                "ran out of its time",
+                "limit",
+            ),
+            (
+                "files only",
+                left(None),
+                "3 file(s) that could not be removed, such as /run/lock/t/d/d",
+                "limit",
+            ),
+            (
+                "processes and IPC",
+                Residue {
+                    processes: 2,
+                    ipc: 1,
+                    ..Residue::default()
+                },
+                "2 process(es), 1 SysV IPC object(s)",
+                "file",
+            ),
+        ];
+        for (name, residue, says, not) in cases {
+            assert!(!residue.is_clean(), "{name}");
+            let line = residue.summary();
+            assert!(line.contains(says) && !line.contains(not), "{name}: {line}");
+        }
+        let skipped_only = Residue {
+            skipped: vec![Skipped {
+                owner: Some(5001),
+                path: at.clone(),
+                hit: Hit::Depth,
+            }],
+            ..Residue::default()
+        };
+        assert!(skipped_only.is_clean(), "another uid's tree keeps nobody");
+        assert_eq!(
+            skipped_only.skipped_lines(),
+            vec!["not searched: /run/lock/t/d/d (uid 5001's, deeper than 32 levels)"]
+        );
+    }
 
     const SHM: &str = "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap
          0          7   600                  4096  100   0      0  5000  5000  5000  5000          0          0 1700000000                     0                     0
@@ -270,7 +398,8 @@ mod tests {
         std::os::unix::fs::symlink(victim.path(), d.join("link")).unwrap();
         own(&d.join("link"));
         std::os::unix::fs::symlink(victim.path(), d.join("root-link")).unwrap();
-        let r = scrub(uid, &[d.to_path_buf()]);
+        let who = Who { uid, gid: None };
+        let r = scrub(who, &[d.to_path_buf()], Pass::Release);
         assert!(r.is_clean(), "{r:?}");
         assert!(!d.join("theirs").exists() && !d.join("ccache-copy").exists());
         assert!(std::fs::symlink_metadata(d.join("link")).is_err());

@@ -231,9 +231,25 @@ pub fn quarantined(cfg: &Config) -> Vec<(u32, String)> {
     out
 }
 
-/// Scrub `uid`; back to the pool if clean, else quarantined. Returns the residue.
-fn release_uid(cfg: &Config, uid: u32) -> Result<Residue> {
-    let residue = residue::scrub(uid, &cfg.sandbox.scrub_dirs);
+/// The gid every job runs with (`job_user`'s), which decides what a job uid could write into.
+fn jobs_gid(cfg: &Config) -> Option<u32> {
+    nix::unistd::User::from_name(&cfg.job_user)
+        .ok()
+        .flatten()
+        .map(|u| u.gid.as_raw())
+}
+
+/// Scrub `uid` in `pass`; back to the pool if clean, else quarantined. Returns the residue.
+fn release_uid(cfg: &Config, uid: u32, pass: residue::Pass) -> Result<Residue> {
+    let who = residue::Who {
+        uid,
+        gid: jobs_gid(cfg),
+    };
+    let residue = residue::scrub(who, &cfg.sandbox.scrub_dirs, pass);
+    for line in residue.skipped_lines() {
+        // Another owner's tree, not this uid's: logged for the operator, the uid is not held.
+        tracing::warn!(uid, "scrub of uid {uid}: {line}");
+    }
     let dir = dir(cfg);
     if residue.is_clean() {
         ensure_dir(&released_dir(cfg), 0o700)?;
@@ -270,7 +286,7 @@ pub fn release(cfg: &Config, job_id: u64) -> Result<()> {
     let mut first = None;
     for (uid, owner) in leases(cfg) {
         if owner == job_id {
-            if let Err(e) = release_uid(cfg, uid) {
+            if let Err(e) = release_uid(cfg, uid, residue::Pass::Release) {
                 first.get_or_insert(e);
             }
         }
@@ -278,13 +294,32 @@ pub fn release(cfg: &Config, job_id: u64) -> Result<()> {
     first.map_or(Ok(()), Err)
 }
 
-/// Retry every quarantined uid (gc); returns those still quarantined.
-pub fn retry_quarantined(cfg: &Config) -> Vec<(u32, String)> {
-    quarantined(cfg)
+/// Retry every quarantined uid (gc), purging its trees however deep ([`residue::Pass::Purge`])
+/// within `time` in all; returns those still quarantined.
+///
+/// The uids are taken least recently tried first (the lease file's mtime: a retry that fails
+/// rewrites it), so one uid whose trees take longer than `time` does not starve the others.
+/// Once `time` is up, the rest keep their reason for the next run.
+pub fn retry_quarantined(cfg: &Config, time: Duration) -> Vec<(u32, String)> {
+    let deadline = std::time::Instant::now() + time;
+    let tried_at = |uid: u32| {
+        fs::symlink_metadata(dir(cfg).join(uid.to_string()))
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    let mut queue: Vec<(SystemTime, u32, String)> = quarantined(cfg)
         .into_iter()
-        .filter_map(|(uid, why)| {
+        .map(|(uid, why)| (tried_at(uid), uid, why))
+        .collect();
+    queue.sort();
+    queue
+        .into_iter()
+        .filter_map(|(_, uid, why)| {
+            if std::time::Instant::now() >= deadline {
+                return Some((uid, why));
+            }
             crate::process::kill_uid(uid);
-            match release_uid(cfg, uid) {
+            match release_uid(cfg, uid, residue::Pass::Purge { deadline }) {
                 Ok(r) if r.is_clean() => {
                     tracing::info!(uid, "quarantined uid is clean again: back in the pool");
                     None
@@ -381,7 +416,7 @@ mod tests {
         assert!(err.contains("1 quarantined"), "{err}");
         // Nothing of the uid is left on this host (no scrub dirs, no processes): gc frees it.
         if nix::unistd::geteuid().is_root() {
-            assert!(retry_quarantined(&cfg).is_empty());
+            assert!(retry_quarantined(&cfg, Duration::from_secs(60)).is_empty());
             assert_eq!(lease(&cfg, 2).unwrap(), Some(5000));
         }
         // A young empty lease is someone's write in progress; an old one is broken.
@@ -396,5 +431,37 @@ mod tests {
             .set_modified(old)
             .unwrap();
         assert!(quarantined(&cfg).iter().any(|(u, _)| *u == 4999));
+    }
+
+    #[test]
+    fn a_deep_tree_quarantines_its_uid_naming_depth_and_gc_purges_it_within_its_time() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to own files as another uid");
+            return;
+        }
+        let uid = 4_000_777; // no process has it: gc's kill_uid finds nothing
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = cfg(dir.path(), [uid, uid]);
+        let scrub = dir.path().join("lock");
+        fs::create_dir(&scrub).unwrap();
+        cfg.sandbox.scrub_dirs = vec![scrub.clone()];
+        lease(&cfg, 1).unwrap();
+        let mut d = scrub.join("t");
+        for _ in 0..120 {
+            fs::create_dir(&d).unwrap();
+            std::os::unix::fs::lchown(&d, Some(uid), Some(uid)).unwrap();
+            d.push("d");
+        }
+        release(&cfg, 1).unwrap();
+        let why = quarantined(&cfg);
+        assert_eq!(why.len(), 1);
+        assert!(why[0].1.contains("depth limit (32 levels)"), "{why:?}");
+        // A gc with no time left keeps it quarantined, for the same reason.
+        assert_eq!(retry_quarantined(&cfg, Duration::ZERO), why);
+        assert_eq!(quarantined(&cfg), why);
+        // With time, gc removes the tree however deep, and the uid serves again.
+        assert_eq!(retry_quarantined(&cfg, Duration::from_secs(60)), vec![]);
+        assert!(!scrub.join("t").exists());
+        assert_eq!(lease(&cfg, 2).unwrap(), Some(uid));
     }
 }

@@ -32,4 +32,5 @@ mod release;
 mod runner;
 mod s3;
 mod s3_integrity;
+mod scrub;
 mod web_identity;
