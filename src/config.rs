@@ -42,6 +42,11 @@ pub struct Config {
     /// [`DEFAULT_JOB_UID_RANGE`].
     #[serde(default)]
     pub shared_job_uid: bool,
+    /// Inclusive id range container jobs lease their 65,536 subordinate uids and gids from
+    /// (`subid_pool.rs`); must not overlap `job_uid_range`. Default
+    /// [`crate::subid_pool::DEFAULT_JOB_SUBID_RANGE`].
+    #[serde(default)]
+    pub job_subid_range: Option<[u32; 2]>,
     /// Shell that runs the runner's generated scripts.
     #[serde(default = "default_shell")]
     pub shell: String,
@@ -129,6 +134,11 @@ pub struct SandboxConfig {
     /// keytabs and the audit log are always hidden.
     #[serde(default)]
     pub hide: Vec<PathBuf>,
+    /// Plain jobs (no devstage) may build and run containers: their script runs in its own
+    /// user namespace with a private subordinate range (`walls/userns.rs`). Devstages have
+    /// their own `containers`.
+    #[serde(default)]
+    pub containers: bool,
     /// World-writable places searched for anything a job uid left behind before the uid is
     /// leased to another job (files are removed; a uid that cannot be cleaned is quarantined).
     #[serde(default = "default_scrub_dirs")]
@@ -772,6 +782,10 @@ pub struct Devstage {
     /// Limits of this devstage's jobs, in place of `[limits]` for the keys it sets.
     #[serde(default)]
     pub limits: Option<crate::walls::cgroup::limits::LimitsConfig>,
+    /// This devstage's jobs may build and run containers (their own user namespace with a
+    /// private subordinate range, `walls/userns.rs`).
+    #[serde(default)]
+    pub containers: bool,
 }
 
 fn default_true() -> bool {
@@ -896,6 +910,7 @@ impl Default for SandboxConfig {
             seccomp: Default::default(),
             seccomp_allow: Vec::new(),
             hide: Vec::new(),
+            containers: false,
             scrub_dirs: default_scrub_dirs(),
         }
     }
@@ -1051,6 +1066,9 @@ impl Config {
                     "job_uid_range [{lo}, {hi}] must be ascending and above 1000 (system uids)"
                 ));
             }
+        }
+        if let Err(e) = crate::subid_pool::validate(self) {
+            problems.push(e);
         }
         if let Some(s) = &self.audit.syslog {
             if s.facility_code().is_none() {

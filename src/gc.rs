@@ -55,6 +55,9 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
         for (uid, why) in crate::uid_pool::retry_quarantined(cfg, crate::residue::PURGE_TIME) {
             tracing::warn!(uid, "uid still quarantined: {why}");
         }
+        for (first, why) in crate::subid_pool::retry_quarantined(cfg) {
+            tracing::warn!(first, "subordinate range still quarantined: {why}");
+        }
     }
     let swept = sweep_jobs(cfg, max_age_secs.unwrap_or(cfg.gc_max_age_secs), dry_run)?;
     if !dry_run {

@@ -24,6 +24,7 @@ pub(crate) mod residue;
 pub mod runner;
 pub mod sandbox;
 pub mod siblings;
+pub(crate) mod subid_pool;
 pub(crate) mod teardown;
 pub(crate) mod uid_pool;
 pub mod walls;

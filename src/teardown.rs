@@ -49,5 +49,11 @@ pub fn teardown(cfg: &Config, job_id: u64, ending: Ending) -> Result<()> {
         tracing::error!("job {job_id}: releasing its uid failed: {e}");
         first_err.get_or_insert(e);
     }
+    // A container job's subordinate range likewise: its processes killed, then free or
+    // quarantined (its storage went with the job root above).
+    if let Err(e) = crate::subid_pool::release(cfg, job_id) {
+        tracing::error!("job {job_id}: releasing its subordinate range failed: {e}");
+        first_err.get_or_insert(e);
+    }
     first_err.map_or(Ok(()), Err)
 }

@@ -80,7 +80,8 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     state.save(&paths)?;
     // The cgroup after the grant: the granted devstage may set the limits.
     let granted = crate::grant::prepare(cfg, job, &paths, &mut state)
-        .and_then(|()| crate::walls::cgroup::prepare(cfg, job, &mut state));
+        .and_then(|()| crate::walls::cgroup::prepare(cfg, job, &mut state))
+        .and_then(|()| crate::walls::userns::prepare(cfg, &paths, &mut state));
     state.save(&paths)?;
     granted?;
     print_banner(cfg, &state);

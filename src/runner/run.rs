@@ -68,6 +68,9 @@ pub fn execute(
     // Multi-hour jobs: renew the ticket / refresh S3 credentials before each stage as needed.
     crate::grant::refresh(cfg, job, &paths, &mut state)?;
     tracing::debug!(stage, "running job script");
+    // A container job (policy at prepare, and a leased subordinate range) gets its own user
+    // namespace and the seccomp filter's container profile; every other job neither.
+    let userns = crate::walls::userns::for_run(cfg, &paths, &state)?;
     let spec = ScriptSpec {
         shell: cfg.shell.clone(),
         script: script.to_path_buf(),
@@ -81,6 +84,7 @@ pub fn execute(
         seccomp: crate::walls::seccomp::for_job(
             cfg,
             state.grant.as_ref().map(|g| g.devstage.as_str()),
+            userns.is_some(),
         )
         .map_err(Error::Spawn)?,
     };
@@ -88,7 +92,7 @@ pub fn execute(
     // shell and all they start inherit it, so the limits hold for every process of every stage.
     let walled = state.cgroup.as_ref().map(|c| c.enter()).transpose()?;
     let outcome = if state.ids.switch_user && cfg.sandbox.enabled {
-        let sandbox = Sandbox::for_job(cfg, &paths, state.ids.uid)?;
+        let sandbox = Sandbox::for_job(cfg, &paths, state.ids.uid)?.with_userns(userns);
         crate::sandbox::run_script(&spec, sandbox)
     } else {
         process::run_script(&spec)

@@ -21,7 +21,7 @@ use super::KeepDir;
 use super::plan::MountOp;
 
 /// Everything the job's shell needs, prepared before any fork.
-pub(crate) struct JobExec {
+pub(crate) struct JobExec<'a> {
     /// Absolute path of the shell.
     pub shell: CString,
     /// argv, `argv[0]` first.
@@ -38,6 +38,92 @@ pub(crate) struct JobExec {
     pub script_fd: RawFd,
     /// The seccomp filter, compiled before the fork; `None` when `[sandbox] seccomp = "off"`.
     pub seccomp: Option<crate::walls::seccomp::Filter>,
+    /// A container job's user namespace: the shell unshares it, init writes its maps.
+    pub userns: Option<&'a crate::walls::userns::JobUserns>,
+}
+
+/// The two pipes of the user-namespace handshake: the shell says "unshared", init answers
+/// "mapped" (both close-on-exec, so the job never holds them).
+#[derive(Clone, Copy)]
+struct Handshake {
+    /// shell → init.
+    unshared: (RawFd, RawFd),
+    /// init → shell.
+    mapped: (RawFd, RawFd),
+}
+
+fn cloexec_pipe() -> Result<(RawFd, RawFd), String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 into a two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!(
+            "sandbox: pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok((fds[0], fds[1]))
+}
+
+/// One byte over a handshake pipe; false on EOF or error.
+fn send(fd: RawFd) -> bool {
+    // SAFETY: write(2) of one byte from a static buffer.
+    unsafe { libc::write(fd, b"x".as_ptr().cast(), 1) == 1 }
+}
+
+fn receive(fd: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: read(2) into a one-byte buffer.
+        let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+        if n == 1 {
+            return true;
+        }
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return false;
+    }
+}
+
+/// Bind the container job's own `/etc/passwd` (and group, subuid, subgid) read-only over the
+/// host's, in the job's mount namespace. The files are written to a root-owned tmpfs the
+/// sandbox just mounted (like the mask of hidden files; a memfd cannot be a bind source).
+fn bind_userns_files(userns: &crate::walls::userns::JobUserns) -> Result<(), String> {
+    let none: Option<&str> = None;
+    let dir = MASK_DIR
+        .get()
+        .or(PRIVATE_TMP.get())
+        .ok_or("sandbox: no private tmpfs for the job's /etc files")?;
+    for (i, (target, content)) in userns.files.iter().enumerate() {
+        let source = dir.join(format!(".p3-etc-{i}"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&source)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, content))
+            .map_err(|e| format!("sandbox: write {}: {e}", source.display()))?;
+        mount(Some(source.as_path()), target, none, MsFlags::MS_BIND, none)
+            .map_err(|e| format!("sandbox: bind the job's {}: {e}", target.display()))?;
+        mount(
+            none,
+            target,
+            none,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            none,
+        )
+        .map_err(|e| {
+            format!(
+                "sandbox: remount the job's {} read-only: {e}",
+                target.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Signals PID 1 takes: the supervisor's forwarded ones and SIGCHLD.
@@ -206,8 +292,8 @@ fn tmp_store_full() -> bool {
     let Ok(st) = nix::sys::statvfs::fstatvfs(fd) else {
         return false;
     };
-    let size = st.blocks() as u64 * st.fragment_size() as u64;
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let size = st.blocks() * st.fragment_size();
+    let free = st.blocks_available() * st.fragment_size();
     size > 0 && free <= (size / 100).max(1 << 20)
 }
 
@@ -238,7 +324,7 @@ pub(crate) fn init_main(
     ops: &[MountOp],
     keep: &[KeepDir],
     tmpfs_size: &str,
-    exec: &JobExec,
+    exec: &JobExec<'_>,
     err_pipe: RawFd,
     leftover_grace: Duration,
 ) -> i32 {
@@ -270,6 +356,22 @@ pub(crate) fn init_main(
             return 127;
         }
     }
+    let mut handshake = None;
+    if let Some(userns) = exec.userns {
+        let pipes = bind_userns_files(userns).and_then(|()| {
+            Ok(Handshake {
+                unshared: cloexec_pipe()?,
+                mapped: cloexec_pipe()?,
+            })
+        });
+        match pipes {
+            Ok(h) => handshake = Some(h),
+            Err(msg) => {
+                report(err_pipe, &msg);
+                return 127;
+            }
+        }
+    }
     let signals = init_signals();
     // A namespace's init only receives signals it has a handler for; the handler never runs
     // (the signals stay blocked and are taken with sigtimedwait).
@@ -285,13 +387,39 @@ pub(crate) fn init_main(
     let _ = signals.thread_block();
     // SAFETY: the process is single-threaded (forked from the supervisor's only thread).
     let shell = match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => exec_shell(exec, err_pipe),
+        Ok(ForkResult::Child) => exec_shell(exec, err_pipe, handshake),
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
             report(err_pipe, &format!("sandbox: fork the job shell: {e}"));
             return 127;
         }
     };
+    if let (Some(h), Some(userns)) = (handshake, exec.userns) {
+        // SAFETY: closing init's copies of the shell's ends.
+        unsafe {
+            libc::close(h.unshared.1);
+            libc::close(h.mapped.0);
+        }
+        // The shell has its user namespace: map it (root in the host's namespace may map any
+        // ids; the shell itself could only map its own), then let it go on. If the shell died
+        // first, its reason is already on the error pipe and supervise() reaps it.
+        if receive(h.unshared.0) {
+            match crate::walls::userns::write_maps(shell.as_raw(), userns) {
+                Ok(()) => {
+                    send(h.mapped.1);
+                }
+                Err(msg) => {
+                    report(err_pipe, &msg);
+                    let _ = nix::sys::signal::kill(shell, Signal::SIGKILL);
+                }
+            }
+        }
+        // SAFETY: closing init's ends; a shell still waiting sees EOF.
+        unsafe {
+            libc::close(h.unshared.0);
+            libc::close(h.mapped.1);
+        }
+    }
     // SAFETY: closing our copy; the shell's copy closes at exec.
     unsafe {
         libc::close(err_pipe);
@@ -363,7 +491,7 @@ fn supervise(shell: Pid, signals: &SigSet, leftover_grace: Duration) -> i32 {
 
 /// The job's shell: job uid, no new privileges, its own process group, then exec. Never
 /// returns; on failure the reason goes to the error pipe.
-fn exec_shell(exec: &JobExec, err_pipe: RawFd) -> ! {
+fn exec_shell(exec: &JobExec<'_>, err_pipe: RawFd, handshake: Option<Handshake>) -> ! {
     let fail = |what: &str| -> ! {
         let e = std::io::Error::last_os_error();
         report(err_pipe, &format!("sandbox: {what}: {e}"));
@@ -391,14 +519,52 @@ fn exec_shell(exec: &JobExec, err_pipe: RawFd) -> ! {
         if moved < 0 {
             fail("hand over the job script");
         }
-        if libc::setgroups(0, std::ptr::null()) != 0 {
-            fail("drop supplementary groups");
-        }
-        if libc::setgid(exec.gid) != 0 {
-            fail(&format!("setgid {}", exec.gid));
-        }
-        if libc::setuid(exec.uid) != 0 {
-            fail(&format!("setuid {}", exec.uid));
+        if let Some(h) = handshake {
+            // A container job: its own user namespace, owned by root (so the job's uid on the
+            // host holds no power over it), mapped by init; then root inside, which is the
+            // job's uid outside. No exec in between, so the shell keeps its capabilities in
+            // the new namespace (and only there) through the uid change.
+            libc::close(h.unshared.0);
+            libc::close(h.mapped.1);
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                fail("unshare the user namespace");
+            }
+            if !send(h.unshared.1) || !receive(h.mapped.0) {
+                report(err_pipe, "sandbox: the user namespace was not mapped");
+                libc::_exit(127);
+            }
+            libc::close(h.unshared.1);
+            libc::close(h.mapped.0);
+            if libc::setgroups(0, std::ptr::null()) != 0 {
+                fail("drop supplementary groups in the user namespace");
+            }
+            if libc::setresgid(0, 0, 0) != 0 {
+                fail(&format!(
+                    "become gid 0 (host gid {}) in the user namespace",
+                    exec.gid
+                ));
+            }
+            if libc::setresuid(0, 0, 0) != 0 {
+                fail(&format!(
+                    "become uid 0 (host uid {}) in the user namespace",
+                    exec.uid
+                ));
+            }
+            // A mount namespace the job's user namespace owns: buildah's mounts are the job's
+            // own, and everything the sandbox mounted is locked beneath them.
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                fail("unshare the job's mount namespace");
+            }
+        } else {
+            if libc::setgroups(0, std::ptr::null()) != 0 {
+                fail("drop supplementary groups");
+            }
+            if libc::setgid(exec.gid) != 0 {
+                fail(&format!("setgid {}", exec.gid));
+            }
+            if libc::setuid(exec.uid) != 0 {
+                fail(&format!("setuid {}", exec.uid));
+            }
         }
         // The job's own session keyring, owned by its uid: never the runner's.
         if crate::walls::keyring::enter().is_err() {

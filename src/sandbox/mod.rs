@@ -54,6 +54,8 @@ pub struct Sandbox {
     ops: Vec<MountOp>,
     keep: Vec<KeepDir>,
     tmpfs_size: String,
+    /// A container job's user namespace (`walls/userns.rs`); None for every other job.
+    userns: Option<crate::walls::userns::JobUserns>,
 }
 
 /// A job directory bound back into the sandbox: `<parent>/<name>`, owned by `owner`.
@@ -164,7 +166,14 @@ impl Sandbox {
             ops: plan::plan(&input),
             keep,
             tmpfs_size: cfg.sandbox.tmp_size.clone(),
+            userns: None,
         })
+    }
+
+    /// Run the job's shell in its own user namespace (a container job), or not (`None`).
+    pub fn with_userns(mut self, userns: Option<crate::walls::userns::JobUserns>) -> Self {
+        self.userns = userns;
+        self
     }
 }
 
@@ -194,7 +203,7 @@ pub fn probe() -> std::result::Result<(), String> {
 }
 
 /// Run `spec` (which must switch to a job uid) inside `sandbox`; see the module docs.
-pub fn run_script(spec: &ScriptSpec, sandbox: Sandbox) -> Result<ScriptOutcome> {
+pub fn run_script(spec: &ScriptSpec, mut sandbox: Sandbox) -> Result<ScriptOutcome> {
     let (uid, gid) = spec
         .user
         .ok_or_else(|| Error::Spawn("the sandbox needs a job uid to switch to".into()))?;
@@ -204,6 +213,8 @@ pub fn run_script(spec: &ScriptSpec, sandbox: Sandbox) -> Result<ScriptOutcome> 
     let shell = which::which(&spec.shell)
         .map_err(|e| Error::Spawn(format!("shell {:?} not found on PATH: {e}", spec.shell)))?;
     let script_fd = crate::process::script_memfd(&spec.script)?;
+    // Kept open until the clone below: init binds its files and writes its maps.
+    let userns = sandbox.userns.take();
     let exec = init::JobExec {
         shell: cstring(shell.as_os_str(), "shell path")?,
         argv: vec![
@@ -225,6 +236,7 @@ pub fn run_script(spec: &ScriptSpec, sandbox: Sandbox) -> Result<ScriptOutcome> 
         gid,
         script_fd: script_fd.as_raw_fd(),
         seccomp: spec.seccomp.clone(),
+        userns: userns.as_ref(),
     };
     let (err_read, err_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Spawn(format!("pipe: {e}")))?;

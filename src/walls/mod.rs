@@ -7,3 +7,4 @@
 pub mod cgroup;
 pub mod keyring;
 pub mod seccomp;
+pub mod userns;

@@ -11,6 +11,7 @@ mod common;
 
 mod audit;
 mod cgroups;
+mod containers;
 mod crash;
 mod credentials;
 mod demo;

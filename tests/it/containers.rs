@@ -1,0 +1,316 @@
+//! Container jobs (issue 19, parts 1 and 2), through the runner calls as root: a job that
+//! policy lets run containers gets its own user namespace with a private subordinate range,
+//! and `p3-executor image build --push` with buildah works inside it against a real registry
+//! on loopback (Debian's `docker-registry` with htpasswd auth). Nothing is fetched from
+//! outside: the image is `FROM scratch` plus the host's static busybox, with a `RUN` step.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use crate::isolation::{host_with_uids_and, needs_root, prepared, run_body};
+use p3_testkit::driver::{Host, Job, uid_base};
+
+const BIN: &str = env!("CARGO_BIN_EXE_p3-executor");
+const USER: &str = "ci-pusher";
+const PASSWORD: &str = "registry-pass-do-not-print";
+const RANGE: u32 = 65_536;
+
+fn require(tool: &str) -> bool {
+    let ok = which::which(tool).is_ok();
+    assert!(
+        ok,
+        "{tool} is not installed: apt-get install -y buildah skopeo docker-registry \
+         apache2-utils busybox-static (scripts/test.sh does)"
+    );
+    ok
+}
+
+/// A window of subordinate ids no other test of this process (or of a concurrent run) uses:
+/// two ranges per host, above every test uid window (`uid_base`, below 101M).
+fn subid_window() -> [u32; 2] {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
+    let first = 200_000_000 + ((std::process::id() % 997) * 16 + n) * 2 * RANGE;
+    [first, first + 2 * RANGE - 1]
+}
+
+/// A host whose plain jobs may run containers (`[sandbox] containers`), with its own uid
+/// window and subordinate window; returns the host and its subordinate window.
+fn container_host(extra: &str) -> (Host, [u32; 2]) {
+    let lo = uid_base();
+    let sub = subid_window();
+    let host = host_with_uids_and(
+        lo,
+        lo + 9,
+        &format!("job_subid_range = [{}, {}]\n{extra}", sub[0], sub[1]),
+    );
+    (host, sub)
+}
+
+/// The loopback registry: `docker-registry` with htpasswd auth on a free port.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", USER, PASSWORD])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "htpasswd: {out:?}");
+        fs::write(&htpasswd, &out.stdout).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: p3-test\n    path: {}\n",
+                dir.path().join("data").display(),
+                htpasswd.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn inspect(&self, reference: &str) -> std::process::Output {
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("--creds={USER}:{PASSWORD}"))
+            .arg(format!("docker://127.0.0.1:{}/{reference}", self.port))
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A job's script that builds and pushes an image with a `RUN` step as another image user.
+fn build_and_push(port: u16, repo: &str) -> String {
+    format!(
+        r#"mkdir -p ctx
+cp /bin/busybox ctx/busybox
+cat > ctx/Containerfile <<'EOF'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "/bin/busybox echo built in a job > /built && /bin/busybox chown 1000:1000 /built && /bin/busybox id -u > /ran-as"]
+EOF
+# The loopback registry speaks plain HTTP.
+printf '[[registry]]\nlocation = "127.0.0.1:{port}"\ninsecure = true\n' > registries.conf
+export CONTAINERS_REGISTRIES_CONF=$PWD/registries.conf
+echo "inside: $(id -u) $(id -un)"
+echo "MAP $(awk '{{print $1, $2, $3}}' /proc/self/uid_map | tr '\n' ';')"
+{BIN} image build --builder=buildah --context=ctx --devstage=dev --image-name=127.0.0.1:{port}/{repo} --push
+cat image.env
+"#
+    )
+}
+
+fn payload_variables(job: &mut Job, port: u16) {
+    job.variables.extend([
+        ("CI_REGISTRY".into(), format!("127.0.0.1:{port}")),
+        ("CI_REGISTRY_USER".into(), USER.into()),
+        ("CI_REGISTRY_PASSWORD".into(), PASSWORD.into()),
+        ("CI_COMMIT_SHORT_SHA".into(), "0123abcd".into()),
+    ]);
+}
+
+/// The first host id of the subordinate range in a `MAP` line the job printed, after checking
+/// that inside 0 is the job's uid.
+fn range_of(log: &str, uid: u32) -> u32 {
+    let line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("MAP "))
+        .unwrap_or_else(|| panic!("no MAP line:\n{log}"));
+    let rows: Vec<Vec<u32>> = line
+        .split(';')
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| r.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{line}");
+    assert_eq!(rows[0], vec![0, uid, 1], "{line}");
+    assert_eq!((rows[1][0], rows[1][2]), (1, RANGE), "{line}");
+    rows[1][1]
+}
+
+fn leases(host: &Host) -> Vec<String> {
+    match fs::read_dir(host.root().join("state/subids")) {
+        Ok(d) => d
+            .flatten()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.file_name().to_string_lossy(),
+                    fs::read_to_string(e.path()).unwrap_or_default().trim()
+                )
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn job_root(host: &Host, id: u64) -> PathBuf {
+    host.root().join(format!("builds/{id}"))
+}
+
+/// Processes holding an id of `[lo, hi]` (uid or gid fields).
+fn processes_in(lo: u32, hi: u32) -> Vec<String> {
+    p3_testkit::procs::holding(lo..=hi)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn a_container_job_builds_and_pushes_an_image_with_a_run_step() {
+    if !needs_root()
+        || !["buildah", "skopeo", "docker-registry", "htpasswd"]
+            .iter()
+            .all(|t| require(t))
+    {
+        return;
+    }
+    let registry = Registry::start();
+    let (host, sub) = container_host("[sandbox]\ncontainers = true\n");
+    let (mut job, uid) = prepared(&host, 1901);
+    payload_variables(&mut job, registry.port);
+    let code = run_body(&mut job, &build_and_push(registry.port, "group/app"));
+    assert_eq!(code, 0, "{}", job.log);
+    // The job is root in its namespace, which is its private uid outside, and its range
+    // follows: one of the host's two.
+    let first = range_of(&job.log, uid);
+    assert!(
+        first == sub[0] || first == sub[0] + RANGE,
+        "{first} / {sub:?}"
+    );
+    assert!(job.log.contains("inside: 0 root"), "{}", job.log);
+    // The RUN step ran (as the image's root, mapped into the range).
+    let inspected = registry.inspect("group/app:0123abcd-dev");
+    assert!(inspected.status.success(), "{inspected:?}\n{}", job.log);
+    let image: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    let digest = image["Digest"].as_str().unwrap().to_string();
+    // The script's `cat image.env` put the dotenv in the log.
+    let env = &job.log;
+    assert!(
+        env.contains(&format!(
+            "P3_IMAGE=127.0.0.1:{}/group/app@{digest}",
+            registry.port
+        )),
+        "registry digest {digest}\n{env}"
+    );
+    assert!(!job.log.contains(PASSWORD), "{}", job.log);
+    // The storage lives in the job's tree; cleanup takes it, the processes, and the lease.
+    let store = job_root(&host, 1901).join("containers/storage");
+    assert!(store.is_dir(), "storage at {}", store.display());
+    // The file the RUN step gave to image uid 1000 is owned by the job's range on the host.
+    let owners = Command::new("find")
+        .arg(&store)
+        .args(["-name", "built", "-printf", "%U\\n"])
+        .output()
+        .unwrap();
+    let owners = String::from_utf8_lossy(&owners.stdout);
+    assert!(
+        owners.lines().any(|l| l == (first + 999).to_string()),
+        "owners of /built in the store: {owners:?} (range from {first})"
+    );
+    assert_eq!(leases(&host).len(), 1, "{:?}", leases(&host));
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+    assert!(!job_root(&host, 1901).exists());
+    assert!(leases(&host).is_empty(), "{:?}", leases(&host));
+    assert!(processes_in(sub[0], sub[1]).is_empty());
+    assert!(processes_in(uid, uid).is_empty());
+}
+
+/// Tries a user namespace and a buildah container; says which worked.
+const BODY: &str = "if unshare -U true; then echo USERNS-OK; else echo userns refused; fi\n\
+     if buildah --storage-driver=vfs --root=$HOME/s --runroot=$HOME/r from scratch; then echo BUILDAH-OK; else echo buildah refused; fi\n";
+
+#[test]
+fn a_job_without_the_policy_cannot_make_a_user_namespace_or_run_buildah() {
+    if !needs_root() || !require("buildah") {
+        return;
+    }
+    let (host, _) = container_host("");
+    let (mut job, _) = prepared(&host, 1902);
+    let code = run_body(&mut job, BODY);
+    assert_eq!(code, 0, "{}", job.log);
+    assert!(job.log.contains("userns refused"), "{}", job.log);
+    assert!(!job.log.contains("USERNS-OK"), "{}", job.log);
+    assert!(!job.log.contains("BUILDAH-OK"), "{}", job.log);
+    assert!(leases(&host).is_empty(), "no range for a plain job");
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+    // The same script in a job that policy lets run containers: both work.
+    let (host, _) = container_host("[sandbox]\ncontainers = true\n");
+    let (mut job, _) = prepared(&host, 1906);
+    assert_eq!(run_body(&mut job, BODY), 0, "{}", job.log);
+    assert!(job.log.contains("USERNS-OK"), "{}", job.log);
+    assert!(job.log.contains("BUILDAH-OK"), "{}", job.log);
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+}
+
+#[test]
+fn concurrent_container_jobs_get_disjoint_ranges_and_cleanup_releases_them() {
+    if !needs_root() {
+        return;
+    }
+    let (host, sub) = container_host("[sandbox]\ncontainers = true\n");
+    let (mut a, ua) = prepared(&host, 1903);
+    let (mut b, ub) = prepared(&host, 1904);
+    let map = |job: &mut Job, uid: u32| {
+        let code = run_body(
+            job,
+            "echo \"MAP $(awk '{print $1, $2, $3}' /proc/self/uid_map | tr '\\n' ';')\"",
+        );
+        assert_eq!(code, 0, "{}", job.log);
+        range_of(&job.log, uid)
+    };
+    let firsts = [map(&mut a, ua), map(&mut b, ub)];
+    assert_ne!(firsts[0], firsts[1]);
+    for f in &firsts {
+        assert!((sub[0]..=sub[1]).contains(f), "{f} outside {sub:?}");
+    }
+    assert_eq!(leases(&host).len(), 2);
+    // A third job finds the window (two ranges) full: prepare says so.
+    let mut c = host.job(1905, "");
+    assert_eq!(c.config(), 0);
+    assert_ne!(c.prepare(), 0, "{}", c.log);
+    assert!(c.log.contains("subordinate range"), "{}", c.log);
+    let _ = c.cleanup();
+    assert_eq!(a.cleanup(), 0, "{}", a.log);
+    assert_eq!(b.cleanup(), 0, "{}", b.log);
+    assert!(leases(&host).is_empty(), "{:?}", leases(&host));
+}
