@@ -22,7 +22,7 @@ use serde_json::json;
 // Every host gets its own window of uids (`uid_base()`), and the tests that narrow the range
 // take a fresh window too, so no two tests of the suite share a uid.
 
-fn needs_root() -> bool {
+pub(crate) fn needs_root() -> bool {
     if !is_root() {
         eprintln!("skipped: needs root for private job uids and the sandbox");
     }
@@ -30,7 +30,7 @@ fn needs_root() -> bool {
 }
 
 /// The uid prepare leased to `job` (from its state.json; read while the job is prepared).
-fn uid_of(host: &Host, job: u64) -> u32 {
+pub(crate) fn uid_of(host: &Host, job: u64) -> u32 {
     let text = fs::read_to_string(host.root().join(format!("state/jobs/{job}/state.json")))
         .expect("state.json: did prepare run?");
     let state: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -38,8 +38,13 @@ fn uid_of(host: &Host, job: u64) -> u32 {
 }
 
 /// A host whose `job_uid_range` is `[lo, hi]` instead of the stand-in's wide default.
-fn host_with_uids(lo: u32, hi: u32) -> Host {
-    let host = new_host("");
+pub(crate) fn host_with_uids(lo: u32, hi: u32) -> Host {
+    host_with_uids_and(lo, hi, "")
+}
+
+/// As [`host_with_uids`], with `extra` in the config.
+pub(crate) fn host_with_uids_and(lo: u32, hi: u32, extra: &str) -> Host {
+    let host = new_host(extra);
     let text = fs::read_to_string(&host.config).unwrap();
     let text: String = text
         .lines()
@@ -56,7 +61,7 @@ fn host_with_uids(lo: u32, hi: u32) -> Host {
 }
 
 /// config and prepare, asserting both succeed; returns the job's uid when running as root.
-fn prepared(host: &Host, id: u64) -> (Job, u32) {
+pub(crate) fn prepared(host: &Host, id: u64) -> (Job, u32) {
     let mut job = host.job(id, "");
     assert_eq!(job.config(), 0, "config:\n{}", job.log);
     assert_eq!(job.prepare(), 0, "prepare:\n{}", job.log);
@@ -74,7 +79,7 @@ fn record(job: &mut Job, stdout: &[u8], stderr: &[u8], status: ExitStatus) -> i3
 
 /// One `run` stage whose script is `body` (wrapped as the runner wraps a build_script). It
 /// starts in the job's builds dir; the runner's wrapper sets errexit and pipefail.
-fn run_body(job: &mut Job, body: &str) -> i32 {
+pub(crate) fn run_body(job: &mut Job, body: &str) -> i32 {
     let script = job.write_script("build_script", body);
     let out = job
         .command(&["run", script.to_str().unwrap(), "build_script"])

@@ -34,4 +34,5 @@ mod runner;
 mod s3;
 mod s3_integrity;
 mod scrub;
+mod walls;
 mod web_identity;
