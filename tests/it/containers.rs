@@ -314,3 +314,41 @@ fn concurrent_container_jobs_get_disjoint_ranges_and_cleanup_releases_them() {
     assert_eq!(b.cleanup(), 0, "{}", b.log);
     assert!(leases(&host).is_empty(), "{:?}", leases(&host));
 }
+
+/// Figures for the README: prepare and one `run` stage (`true`) of a container job against a
+/// plain one, median of 10 each. `cargo test --test it measure_container -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn measure_container_job_overhead() {
+    if !needs_root() {
+        return;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    for (what, extra) in [
+        ("plain", ""),
+        ("container", "[sandbox]\ncontainers = true\n"),
+    ] {
+        let (host, _) = container_host(extra);
+        let (mut prep, mut run) = (Vec::new(), Vec::new());
+        for i in 0..10 {
+            let mut job = host.job(1950 + i, "");
+            assert_eq!(job.config(), 0);
+            let t = Instant::now();
+            assert_eq!(job.prepare(), 0, "{}", job.log);
+            prep.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            assert_eq!(run_body(&mut job, "true"), 0, "{}", job.log);
+            run.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(job.cleanup(), 0, "{}", job.log);
+        }
+        println!(
+            "{what}: prepare {:.1} ms, run {:.1} ms (median of 10)",
+            median(prep),
+            median(run)
+        );
+    }
+}
