@@ -64,6 +64,7 @@ struct Setup {
     config: PathBuf,
     config_unsandboxed: PathBuf,
     config_no_seccomp: PathBuf,
+    config_no_cgroup: PathBuf,
     payload: PathBuf,
     script: PathBuf,
     bash: PathBuf,
@@ -97,6 +98,12 @@ fn setup() -> Setup {
         format!("{text}[sandbox]\nseccomp = \"off\"\n"),
     )
     .unwrap();
+    let config_no_cgroup = root.join("config-no-cgroup.toml");
+    fs::write(
+        &config_no_cgroup,
+        format!("{text}[limits]\ncgroups = \"off\"\n"),
+    )
+    .unwrap();
     let payload = root.join("response.json");
     fs::write(
         &payload,
@@ -115,6 +122,7 @@ fn setup() -> Setup {
         config,
         config_unsandboxed,
         config_no_seccomp,
+        config_no_cgroup,
         payload,
         script,
         bash,
@@ -155,6 +163,8 @@ fn main() {
     let mut run_rss = 0;
     let mut t_unsandboxed = Vec::new();
     let mut t_no_seccomp = Vec::new();
+    // A whole job with [limits] cgroups = "off" (run follows the cgroup recorded at prepare).
+    let (mut t_prepare_no_cgroup, mut t_run_no_cgroup) = (Vec::new(), Vec::new());
     let script = s.script.clone();
     for _ in 0..ITERATIONS {
         t_true.push(measure(&mut Command::new(true_bin)).0);
@@ -174,6 +184,14 @@ fn main() {
             }
             t_bash[i].push(measure(&mut bash(&s, &args)).0);
         }
+        let plain = |args: &[&Path]| measure(&mut ours_with(&s.config_no_cgroup, &s, args)).0;
+        t_prepare_no_cgroup.push(plain(&[Path::new("prepare")]));
+        t_run_no_cgroup.push(plain(&[
+            Path::new("run"),
+            &script,
+            Path::new("build_script"),
+        ]));
+        plain(&[Path::new("cleanup")]);
     }
     let floor = median(t_true);
     println!("p3-executor per-call overhead, median of {ITERATIONS} calls (same run, same host)");
@@ -205,6 +223,15 @@ fn main() {
         "run with [sandbox] seccomp = \"off\": {} (the filter and the session keyring add {} per stage)",
         ms(no_seccomp),
         ms(sandboxed.saturating_sub(no_seccomp))
+    );
+    let (prepare, prepare_plain) = (median(t_ours[1].clone()), median(t_prepare_no_cgroup));
+    let run_plain = median(t_run_no_cgroup);
+    println!(
+        "with [limits] cgroups = \"off\": prepare {} (the job's cgroup adds {}), run {} (entering it and reading its counters add {} per stage)",
+        ms(prepare_plain),
+        ms(prepare.saturating_sub(prepare_plain)),
+        ms(run_plain),
+        ms(sandboxed.saturating_sub(run_plain))
     );
     println!("peak RSS of `run`: {:.1} MiB", run_rss as f64 / 1024.0);
     println!(

@@ -264,10 +264,11 @@ impl JobCgroup {
     /// job's cgroup; everything it starts inherits it. Returns the limit counters before the
     /// stage, for [`Stage::verdict`].
     pub fn enter(&self) -> Result<Stage<'_>, CgroupError> {
-        let pid = std::process::id();
         match &self.placement {
-            Placement::V2 { dir } => v2::enter(dir, pid)?,
-            Placement::V1 { dirs } => v1::enter(dirs, pid)?,
+            // A v2 move of a whole process waits for an RCU grace period (see v1::enter_self);
+            // v2 cannot move a lone thread across domains.
+            Placement::V2 { dir } => v2::enter(dir, std::process::id())?,
+            Placement::V1 { dirs } => v1::enter_self(dirs)?,
         }
         Ok(Stage {
             cgroup: self,
