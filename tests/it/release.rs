@@ -413,7 +413,7 @@ fn a_wrong_token_fails_clearly_and_creates_nothing() {
     assert!(!out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("cannot connect with the job token"),
+        stderr.contains("the job token was rejected"),
         "{}",
         text(&out)
     );

@@ -592,8 +592,15 @@ fn ls_lists_buckets_prefixes_objects_and_summaries() {
     assert!(all.contains("Total Objects: 5"), "{all}");
     assert!(all.contains("Total Size: 68.4 KiB"), "{all}");
 
+    // Nothing under a prefix is an empty answer, not a failure (issue 24, point 8).
     let none = run(srv.p3(&["s3", "ls", "s3://ls-bkt/nothing-here"]));
-    assert_eq!(none.code, 1);
+    assert_eq!(
+        (none.code, none.stdout.as_str()),
+        (0, ""),
+        "{}",
+        none.stderr
+    );
+    assert!(!none.stderr.contains("failed"), "{}", none.stderr);
 }
 
 #[test]

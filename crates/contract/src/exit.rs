@@ -9,6 +9,11 @@
 //! | a step's bad usage | — | 2 ([`STEP_USAGE`]) |
 //! | a step interrupted by a signal | — | 130 ([`STEP_INTERRUPTED`]) |
 //!
+//! The built-in steps use one table ([`step_code`]): 0 done; 1 a remote or operational
+//! failure, or input the job gave that cannot be used (a refused request, an unreachable
+//! server, a bad `p3.toml`); 2 bad usage (arguments, missing settings: a [`Usage`] error);
+//! 130 interrupted.
+//!
 //! Host tools (`check`, `gc`, `audit verify`) exit 0 when all is well and 1 when they found a
 //! problem. Library code classifies a failure once (its error type's `kind()`); the binaries
 //! turn the kind into a code with [`ExitCodes`].
@@ -93,6 +98,21 @@ impl Failure {
     }
 }
 
+/// A built-in step was called wrongly (arguments, a missing setting): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// The exit code of a built-in step that failed with `err`: [`STEP_USAGE`] when a [`Usage`]
+/// error is in its chain, else [`STEP_FAILED`].
+pub fn step_code(err: &anyhow::Error) -> i32 {
+    if err.chain().any(|e| e.downcast_ref::<Usage>().is_some()) {
+        STEP_USAGE
+    } else {
+        STEP_FAILED
+    }
+}
+
 /// The kind of an `anyhow` error from a binary's edge: a [`Failure`] in its chain keeps its
 /// kind; anything else (an unexpected I/O error) is a system failure.
 pub fn kind_of(err: &anyhow::Error) -> FailureKind {
@@ -134,6 +154,17 @@ mod tests {
         };
         assert_eq!(codes.for_kind(FailureKind::Build), 7);
         assert_eq!(codes.for_kind(FailureKind::System), 9);
+    }
+
+    #[test]
+    fn steps_exit_2_for_usage_and_1_for_everything_else() {
+        let usage = anyhow::Error::new(Usage("bad flag".into())).context("release");
+        assert_eq!(step_code(&usage), STEP_USAGE);
+        assert_eq!(step_code(&anyhow::anyhow!("timeout")), STEP_FAILED);
+        assert_eq!(
+            step_code(&anyhow::Error::new(Failure::system("x"))),
+            STEP_FAILED
+        );
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -16,3 +16,4 @@ pub mod release;
 pub mod s3;
 pub mod stream;
 pub mod tag;
+pub mod tls;

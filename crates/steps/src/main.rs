@@ -1,19 +1,25 @@
 //! The built-in job steps (`s3`, `image`, `p3`, `release`), as a binary of their own.
 //!
 //! `p3-executor <step> ...` execs this binary with the same arguments, so users only ever type
-//! `p3-executor`. Steps run inside the job as the job user; they need no executor config.
+//! `p3-executor`: help and usage name that, never this binary's own file name.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
-use p3_contract::exit::{ExitCodes, kind_of};
+use p3_contract::exit::step_code;
 use p3_contract::logging::{self, LogConfig};
 use p3_steps::cli::{Step, StepsCli};
 
 fn main() -> ExitCode {
-    let cli = StepsCli::parse();
-    logging::init(&LogConfig::default());
+    let matches = StepsCli::command().bin_name("p3-executor").get_matches();
+    let cli = StepsCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    logging::init(&LogConfig {
+        // The AWS SDK warns about each missing AWS file once per provider it builds (and
+        // repeats itself); the steps name a missing credential themselves.
+        level: "warn,aws_config=error,aws_runtime=error,p3_steps=info,p3_contract=info".into(),
+        ..LogConfig::default()
+    });
     let result = match cli.step {
         Step::S3(args) => p3_steps::s3::run(args),
         Step::Image(cmd) => p3_steps::image::run(cmd),
@@ -24,7 +30,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("p3-executor: error: {}", p3_contract::exit::describe(&err));
-            ExitCodes::from_env().for_kind(kind_of(&err))
+            step_code(&err)
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

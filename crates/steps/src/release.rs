@@ -49,6 +49,17 @@ pub struct ReleaseArgs {
     /// Steps config file (default `$P3_STEPS_CONFIG`).
     #[arg(long)]
     pub steps_config: Option<PathBuf>,
+    /// PEM file of the CAs to trust for the GitLab API instead of the system's (default:
+    /// AWS_CA_BUNDLE, the AWS profile's ca_bundle, CI_SERVER_TLS_CA_FILE; SSL_CERT_FILE adds
+    /// to the system store).
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Time to connect to GitLab.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::s3::parse_duration, env = "P3_GITLAB_CONNECT_TIMEOUT")]
+    pub connect_timeout: std::time::Duration,
+    /// Time for one API request, answer included.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = crate::s3::parse_duration, env = "P3_GITLAB_TIMEOUT")]
+    pub timeout: std::time::Duration,
 }
 
 /// Why the release step failed.
@@ -234,7 +245,233 @@ fn api_err<E: std::error::Error + Send + Sync + 'static>(
     what: &str,
     e: ApiError<E>,
 ) -> ReleaseError {
-    ReleaseError::Api(format!("{what}: {e}"))
+    ReleaseError::Api(format!("{what}: {}", api_error_text(&e)))
+}
+
+/// What went wrong, in words: the transport's cause (our client's errors already name it),
+/// or the HTTP status with GitLab's own message.
+fn api_error_text<E: std::error::Error + Send + Sync + 'static>(e: &ApiError<E>) -> String {
+    let message = |obj: &serde_json::Value| {
+        obj.get("message").or_else(|| obj.get("error")).map_or_else(
+            || obj.to_string(),
+            |m| m.as_str().map_or_else(|| m.to_string(), str::to_string),
+        )
+    };
+    let text = match e {
+        ApiError::Client { source } => source.to_string(),
+        ApiError::GitlabWithStatus { status, msg } => format!("HTTP {status}: {msg}"),
+        ApiError::GitlabObjectWithStatus { status, obj }
+        | ApiError::GitlabUnrecognizedWithStatus { status, obj } => {
+            format!("HTTP {status}: {}", message(obj))
+        }
+        ApiError::GitlabService { status, data } => {
+            let body = String::from_utf8_lossy(data);
+            let body: String = body.trim().chars().take(200).collect();
+            if body.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {body}")
+            }
+        }
+        other => other.to_string(),
+    };
+    p3_contract::terminal::escape(&text).into_owned()
+}
+
+/// A failure of the GitLab client, already in words (`connection refused by ...`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientError(String);
+
+/// The GitLab REST client the release step uses: reqwest with bounded timeouts, the CA trust
+/// of [`crate::tls`], the job token in the `JOB-TOKEN` header, and errors that name their
+/// cause (connection refused, timeout, TLS, or the HTTP status with GitLab's message).
+pub struct Api {
+    client: reqwest::blocking::Client,
+    rest_url: reqwest::Url,
+    token: http::HeaderValue,
+    trust: Option<crate::tls::CaBundle>,
+    timeout: std::time::Duration,
+    connect_timeout: std::time::Duration,
+}
+
+impl Api {
+    /// A client for the API at `api_url` (`https://host[/prefix]/api/v4`).
+    pub fn new(
+        api_url: &str,
+        token: &str,
+        trust: Option<crate::tls::CaBundle>,
+        connect_timeout: std::time::Duration,
+        timeout: std::time::Duration,
+    ) -> Result<Self, ReleaseError> {
+        let (host, insecure) = api_host(api_url)?;
+        let scheme = if insecure { "http" } else { "https" };
+        let rest_url = reqwest::Url::parse(&format!("{scheme}://{host}/api/v4/"))
+            .map_err(|e| ReleaseError::Usage(format!("GitLab API URL {api_url:?}: {e}")))?;
+        let mut builder = reqwest::blocking::Client::builder()
+            .user_agent(concat!("p3-executor/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(connect_timeout)
+            .timeout(timeout);
+        let pem_certs =
+            |b: &crate::tls::CaBundle| -> Result<Vec<reqwest::Certificate>, ReleaseError> {
+                let pem = crate::tls::load(b).map_err(ReleaseError::Api)?;
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    ReleaseError::Api(format!("{}: {e}", crate::tls::describe(Some(b))))
+                })
+            };
+        if let Some(b) = &trust {
+            builder = builder.tls_certs_only(pem_certs(b)?);
+        } else if let Ok(file) = std::env::var("SSL_CERT_FILE")
+            && !file.is_empty()
+        {
+            let b = crate::tls::CaBundle {
+                path: file.into(),
+                source: "SSL_CERT_FILE".into(),
+            };
+            builder = builder.tls_certs_merge(pem_certs(&b)?);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| ReleaseError::Api(format!("cannot set up the HTTPS client: {e}")))?;
+        let mut token = http::HeaderValue::from_str(token)
+            .map_err(|_| ReleaseError::Usage("CI_JOB_TOKEN is not a valid header value".into()))?;
+        token.set_sensitive(true);
+        Ok(Self {
+            client,
+            rest_url,
+            token,
+            trust,
+            timeout,
+            connect_timeout,
+        })
+    }
+
+    /// `GET /job` with the job token: the token is accepted, or the error says why not.
+    pub fn check_token(&self) -> Result<(), ReleaseError> {
+        let url = self.rest_url.join("job").expect("static path");
+        let rsp = self
+            .client
+            .get(url.clone())
+            .header("JOB-TOKEN", self.token.clone())
+            .send()
+            .map_err(|e| ReleaseError::Api(self.describe(&e, &url)))?;
+        let status = rsp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = rsp.text().unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message").or_else(|| v.get("error")).cloned())
+            .map_or_else(
+                || body.trim().chars().take(200).collect(),
+                |m| m.as_str().map_or_else(|| m.to_string(), str::to_string),
+            );
+        let why = if status.as_u16() == 401 || status.as_u16() == 403 {
+            "the job token was rejected"
+        } else {
+            "GitLab did not accept the job token check"
+        };
+        Err(ReleaseError::Api(
+            p3_contract::terminal::escape(&format!(
+                "{why} (GET {}: HTTP {status}: {message})",
+                url.path()
+            ))
+            .into_owned(),
+        ))
+    }
+
+    fn origin(url: &reqwest::Url) -> String {
+        match (url.host_str(), url.port_or_known_default()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}", url.scheme()),
+            (Some(h), None) => format!("{}://{h}", url.scheme()),
+            _ => url.to_string(),
+        }
+    }
+
+    /// A transport error in words: connection refused, timeout, TLS, or the cause.
+    fn describe(&self, e: &reqwest::Error, url: &reqwest::Url) -> String {
+        let mut chain: Vec<String> = Vec::new();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = next {
+            let t = err.to_string();
+            if !t.is_empty() && !chain.iter().any(|c| c.contains(&t)) {
+                chain.push(t);
+            }
+            next = err.source();
+        }
+        let all = chain.join(": ");
+        let root = chain.last().cloned().unwrap_or_default();
+        let origin = Self::origin(url);
+        let where_ = format!("{} {}", origin, url.path());
+        if e.is_timeout() || all.to_ascii_lowercase().contains("timed out") {
+            let bound = if e.is_connect() {
+                format!("connect timeout {}s", self.connect_timeout.as_secs_f64())
+            } else {
+                format!(
+                    "timeout {}s (--timeout, P3_GITLAB_TIMEOUT)",
+                    self.timeout.as_secs_f64()
+                )
+            };
+            format!("no answer from {where_} within the {bound}")
+        } else if crate::tls::is_certificate_error(&all) {
+            format!(
+                "TLS with {origin} failed: {root}: {}",
+                crate::tls::certificate_hint(self.trust.as_ref())
+            )
+        } else if all.to_ascii_lowercase().contains("connection refused") {
+            format!(
+                "connection refused by {origin} (is GitLab's API at {}?)",
+                self.rest_url
+            )
+        } else if e.is_connect() {
+            format!("cannot connect to {origin}: {root}")
+        } else {
+            format!("request to {where_} failed: {all}")
+        }
+    }
+}
+
+impl gitlab::api::RestClient for Api {
+    type Error = ClientError;
+
+    fn rest_endpoint(&self, endpoint: &str) -> Result<reqwest::Url, ApiError<Self::Error>> {
+        self.rest_url
+            .join(endpoint)
+            .map_err(|e| ApiError::client(ClientError(format!("bad API path {endpoint:?}: {e}"))))
+    }
+}
+
+impl gitlab::api::Client for Api {
+    fn rest(
+        &self,
+        mut request: http::request::Builder,
+        body: Vec<u8>,
+    ) -> Result<http::Response<bytes::Bytes>, ApiError<Self::Error>> {
+        let fail = |text: String| ApiError::client(ClientError(text));
+        if let Some(h) = request.headers_mut() {
+            h.insert("JOB-TOKEN", self.token.clone());
+        }
+        let request = request.body(body).map_err(|e| fail(e.to_string()))?;
+        let request: reqwest::blocking::Request = request
+            .try_into()
+            .map_err(|e: reqwest::Error| fail(e.to_string()))?;
+        let url = request.url().clone();
+        let rsp = self
+            .client
+            .execute(request)
+            .map_err(|e| fail(self.describe(&e, &url)))?;
+        let mut out = http::Response::builder()
+            .status(rsp.status())
+            .version(rsp.version());
+        if let Some(h) = out.headers_mut() {
+            for (k, v) in rsp.headers() {
+                h.insert(k, v.clone());
+            }
+        }
+        let body = rsp.bytes().map_err(|e| fail(self.describe(&e, &url)))?;
+        out.body(body).map_err(|e| fail(e.to_string()))
+    }
 }
 
 fn status_of<E: std::error::Error + Send + Sync + 'static>(e: &ApiError<E>) -> Option<u16> {
@@ -258,7 +495,7 @@ pub enum Outcome {
 
 /// Create or update the release of `tag` on `client`.
 pub fn publish(
-    client: &gitlab::Gitlab,
+    client: &Api,
     project: &str,
     tag: &str,
     name: &str,
@@ -357,10 +594,9 @@ fn read(path: &Path) -> Result<String, ReleaseError> {
 pub fn run(args: ReleaseArgs) -> anyhow::Result<i32> {
     let ctx = StepContext::from_env(args.steps_config.as_deref())?;
     release(&ctx, &args).map_err(|e| match e {
+        // Exit codes (p3_contract::exit::step_code): usage 2, everything else 1.
+        ReleaseError::Usage(_) => anyhow::Error::new(p3_contract::exit::Usage(e.to_string())),
         ReleaseError::NotARelease(_) => {
-            anyhow::Error::new(p3_contract::exit::Failure::build(e.to_string()))
-        }
-        ReleaseError::Usage(_) => {
             anyhow::Error::new(p3_contract::exit::Failure::build(e.to_string()))
         }
         other => other.into(),
@@ -426,16 +662,15 @@ pub fn release(ctx: &StepContext, args: &ReleaseArgs) -> Result<Outcome, Release
         .job_token
         .as_ref()
         .ok_or_else(|| ReleaseError::Usage("no job token: CI_JOB_TOKEN is not set".into()))?;
-    let (host, insecure) = api_host(&api_url)?;
-    let mut builder = gitlab::GitlabBuilder::new(host, token.expose());
-    builder.job_token();
-    if insecure {
-        builder.insecure();
-    }
-    // The builder checks the token with `GET /job`; its error never contains the token.
-    let client = builder
-        .build()
-        .map_err(|e| ReleaseError::Api(format!("cannot connect with the job token: {e}")))?;
+    let client = Api::new(
+        &api_url,
+        token.expose(),
+        crate::tls::resolve(args.ca_bundle.as_deref(), crate::tls::For::Gitlab),
+        args.connect_timeout,
+        args.timeout,
+    )?;
+    // The token is checked first, so a wrong one changes nothing; errors never contain it.
+    client.check_token()?;
     let name = args.name.clone().unwrap_or_else(|| tag.to_string());
     let outcome = publish(&client, &project, tag, &name, &description, &links(&images))?;
     let verb = match outcome {
@@ -546,6 +781,9 @@ mod tests {
             api_url: Some("http://127.0.0.1:9/api/v4".into()),
             project: Some("1".into()),
             steps_config: None,
+            ca_bundle: None,
+            connect_timeout: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_secs(1),
         };
         let mut ctx = StepContext::default();
         let err = release(&ctx, &args).unwrap_err();

@@ -29,6 +29,8 @@ pub struct Ctx {
     pub client: Client,
     /// Endpoint in use, for error messages.
     pub endpoint: String,
+    /// The CA bundle trusted, if any, for certificate errors.
+    pub trust: Option<crate::tls::CaBundle>,
     /// Part size for multipart uploads and ranged downloads; also the single-request threshold.
     pub part_size: u64,
     /// Files in flight at once.
@@ -64,6 +66,7 @@ impl Ctx {
         Self {
             client,
             endpoint,
+            trust: None,
             part_size,
             concurrency: concurrency.max(1),
             part_parallelism,
@@ -88,6 +91,7 @@ impl Ctx {
             bucket,
             key,
             endpoint: &self.endpoint,
+            trust: self.trust.as_ref(),
         }
     }
 

@@ -47,6 +47,8 @@ pub struct ObjectInfo {
     pub etag: Option<String>,
     /// LastModified, seconds since the epoch.
     pub mtime: Option<i64>,
+    /// The sub-second part of LastModified (nanoseconds), when the server gives one.
+    pub mtime_ns: u32,
     /// Full-object CRC32: `x-amz-checksum-crc32` without a part count, when the server keeps
     /// one (HeadObject with checksum mode), else the one p3-executor's upload recorded in the
     /// object's metadata ([`CRC32_METADATA`]). Listings carry neither.
@@ -98,6 +100,7 @@ pub async fn head(ctx: &Ctx, src: &S3Uri) -> Result<ObjectInfo, S3Error> {
         size: out.content_length().unwrap_or(0).max(0) as u64,
         etag,
         mtime: out.last_modified().map(|t| t.secs()),
+        mtime_ns: out.last_modified().map_or(0, |t| t.subsec_nanos()),
         crc32: out
             .checksum_crc32()
             .filter(|_| whole)
@@ -240,7 +243,8 @@ pub async fn download(
     if let Some(secs) = info.mtime {
         // Like the AWS CLI: the local mtime is the object's LastModified, so `sync` from S3
         // sees an unchanged file as unchanged.
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+        let t = SystemTime::UNIX_EPOCH
+            + Duration::new(secs.max(0) as u64, info.mtime_ns.min(999_999_999));
         let _ = file.set_modified(t);
     }
     use std::os::unix::fs::PermissionsExt;
@@ -264,7 +268,7 @@ enum Verdict {
 }
 
 /// Hash state of one range, moved to the thread that writes each batch and back.
-struct RangeHash {
+pub(super) struct RangeHash {
     crc: Option<crc32fast::Hasher>,
     /// The whole object's MD5, when one range is the whole object.
     whole: Option<Md5>,
@@ -273,7 +277,7 @@ struct RangeHash {
 }
 
 impl RangeHash {
-    fn new(check: &Check, whole: bool) -> Self {
+    pub(super) fn new(check: &Check, whole: bool) -> Self {
         RangeHash {
             crc: matches!(check, Check::Crc32(_)).then(crc32fast::Hasher::new),
             whole: (whole && matches!(check, Check::Md5(_))).then(Md5::new),
@@ -284,7 +288,7 @@ impl RangeHash {
         }
     }
 
-    fn update(&mut self, mut data: &[u8]) {
+    pub(super) fn update(&mut self, mut data: &[u8]) {
         if let Some(crc) = &mut self.crc {
             crc.update(data);
         }
@@ -307,7 +311,7 @@ impl RangeHash {
     }
 
     /// The CRC, the part MD5s (the last part may be short) and the whole object's MD5.
-    fn finish(self) -> (Option<crc32fast::Hasher>, Vec<[u8; 16]>, Option<[u8; 16]>) {
+    pub(super) fn finish(self) -> (Option<crc32fast::Hasher>, Vec<[u8; 16]>, Option<[u8; 16]>) {
         let parts = self
             .parts
             .map_or_else(Vec::new, |(md5, done, _, mut finished)| {

@@ -99,6 +99,13 @@ pub enum S3Error {
         /// What did not match.
         detail: String,
     },
+    /// A path or argument that cannot be used as given (not a usage error of the command
+    /// line: a missing directory, a file where a directory is needed).
+    #[error("{0}")]
+    Invalid(String),
+    /// The whole command ran past `--timeout`.
+    #[error("{0}")]
+    Deadline(String),
     /// Ctrl-C or SIGTERM.
     #[error("interrupted")]
     Interrupted,
@@ -114,6 +121,8 @@ impl S3Error {
                 | S3Error::Expired { .. }
                 | S3Error::NoCredentials(_)
                 | S3Error::Endpoint { .. }
+                | S3Error::Invalid(_)
+                | S3Error::Deadline(_)
                 | S3Error::Interrupted
         )
     }
@@ -138,9 +147,24 @@ pub struct Target<'a> {
     pub key: Option<&'a str>,
     /// Endpoint in use.
     pub endpoint: &'a str,
+    /// The CA bundle trusted, if any (named in certificate errors).
+    pub trust: Option<&'a crate::tls::CaBundle>,
 }
 
 impl Target<'_> {
+    fn endpoint_error(&self, uri: String, detail: String) -> S3Error {
+        let detail = if crate::tls::is_certificate_error(&detail) {
+            format!("{detail}: {}", crate::tls::certificate_hint(self.trust))
+        } else {
+            detail
+        };
+        S3Error::Endpoint {
+            uri,
+            endpoint: self.endpoint.to_string(),
+            detail,
+        }
+    }
+
     fn uri(&self) -> String {
         match self.key {
             Some(k) => format!("s3://{}/{k}", self.bucket),
@@ -171,26 +195,23 @@ where
             if !d.is_io() && !d.is_timeout() && lower.contains("credentials") {
                 S3Error::NoCredentials(credential_detail(&detail))
             } else {
-                S3Error::Endpoint {
-                    uri,
-                    endpoint: target.endpoint.to_string(),
-                    detail,
-                }
+                target.endpoint_error(uri, detail)
             }
         }
-        SdkError::TimeoutError(_) => S3Error::Endpoint {
+        // A request that failed every attempt (the retry log's "gave up after N attempts in
+        // T s, the last: ..."), or an attempt timeout.
+        SdkError::TimeoutError(_) => {
+            let detail = std::error::Error::source(&err)
+                .map_or_else(|| "request timed out".into(), source_chain);
+            target.endpoint_error(uri, detail)
+        }
+        SdkError::ResponseError(_) => target.endpoint_error(
             uri,
-            endpoint: target.endpoint.to_string(),
-            detail: "request timed out".into(),
-        },
-        SdkError::ResponseError(_) => S3Error::Endpoint {
-            uri,
-            endpoint: target.endpoint.to_string(),
-            detail: format!(
+            format!(
                 "the response is not S3's ({}); is this the right endpoint?",
                 source_chain(&err)
             ),
-        },
+        ),
         other => {
             let detail = source_chain(&other);
             if detail.to_ascii_lowercase().contains("credentials") {
@@ -302,6 +323,7 @@ mod tests {
             bucket: "bkt",
             key,
             endpoint: "http://e",
+            trust: None,
         }
     }
 

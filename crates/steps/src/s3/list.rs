@@ -43,6 +43,7 @@ pub async fn list(
                 rel: o.key().unwrap_or("").to_string(),
                 size: o.size().unwrap_or(0).max(0) as u64,
                 mtime: o.last_modified().map_or(0, |t| t.secs()),
+                mtime_ns: o.last_modified().map_or(0, |t| t.subsec_nanos()),
                 etag: unquote_etag(o.e_tag()),
             });
         }

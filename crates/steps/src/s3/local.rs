@@ -47,16 +47,17 @@ pub fn walk_local(root: &Path) -> Result<Vec<(Entry, PathBuf)>, S3Error> {
             if m.is_dir() {
                 stack.push((path, child_rel));
             } else if m.is_file() {
-                let mtime = m
+                let since = m
                     .modified()
                     .ok()
                     .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_secs() as i64);
+                    .unwrap_or_default();
                 out.push((
                     Entry {
                         rel: child_rel,
                         size: m.len(),
-                        mtime,
+                        mtime: since.as_secs() as i64,
+                        mtime_ns: since.subsec_nanos(),
                         etag: None,
                     },
                     path,

@@ -18,6 +18,7 @@ pub mod local;
 pub mod ops;
 pub mod plan;
 pub mod progress;
+pub mod stdio;
 pub mod upload;
 pub mod uri;
 
@@ -47,7 +48,7 @@ pub struct S3Args {
     pub global: GlobalOpts,
 }
 
-/// Options shared by every subcommand.
+/// Options shared by every subcommand: where S3 is, how long to wait for it, how to talk.
 #[derive(Debug, clap::Args)]
 pub struct GlobalOpts {
     /// S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, then AWS).
@@ -59,27 +60,108 @@ pub struct GlobalOpts {
     /// Path-style addressing (also P3_S3_PATH_STYLE=true; automatic for IP endpoints).
     #[arg(long, global = true)]
     pub path_style: bool,
-    /// Files transferred at once.
-    #[arg(long, global = true, default_value_t = 64)]
-    pub concurrency: usize,
-    /// Multipart part size, and the size above which uploads and downloads are split.
-    #[arg(long, global = true, default_value = "16MiB", value_parser = parse_part_size)]
-    pub part_size: u64,
-    /// Upper bound on data buffered in memory at once.
-    #[arg(long, global = true, default_value = "128MiB", value_parser = parse_size)]
-    pub max_memory: u64,
-    /// Attempts per request (retries back off exponentially on throttling, 5xx, I/O errors).
-    #[arg(long, global = true, default_value_t = 5)]
+    /// Attempts per request (retries back off exponentially on throttling, 5xx, timeouts
+    /// and connection errors; each retry is logged).
+    #[arg(long, global = true, default_value_t = 5, env = "P3_S3_MAX_ATTEMPTS")]
     pub max_attempts: u32,
-    /// Objects above this size are copied S3→S3 in parts (UploadPartCopy); at most 5GiB.
-    #[arg(long, global = true, default_value = "5GiB", value_parser = parse_size, hide = true)]
-    pub copy_threshold: u64,
+    /// Time to connect (TCP and TLS) before an attempt fails.
+    #[arg(long, global = true, default_value = "10s", value_name = "DURATION", value_parser = parse_duration, env = "P3_S3_CONNECT_TIMEOUT")]
+    pub connect_timeout: Duration,
+    /// Time without a byte from the server (before the response starts, or within a body)
+    /// before an attempt fails.
+    #[arg(long, global = true, default_value = "30s", value_name = "DURATION", value_parser = parse_duration, env = "P3_S3_READ_TIMEOUT")]
+    pub read_timeout: Duration,
+    /// Deadline of the whole command (0: none). Default: 30m, or 3/4 of CI_JOB_TIMEOUT when
+    /// that is shorter.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration, env = "P3_S3_TIMEOUT")]
+    pub timeout: Option<Duration>,
+    /// PEM file of the CAs to trust instead of the system's (default: AWS_CA_BUNDLE, then
+    /// the profile's ca_bundle; the system store honours SSL_CERT_FILE).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_bundle: Option<std::path::PathBuf>,
     /// No progress bar or progress lines.
     #[arg(long, global = true)]
     pub no_progress: bool,
     /// Only print errors.
     #[arg(long, global = true, visible_alias = "only-show-errors")]
     pub quiet: bool,
+}
+
+/// Options of the commands that move data (`cp`, `sync`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransferOpts {
+    /// Files transferred at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Multipart part size, and the size above which uploads and downloads are split.
+    #[arg(long, default_value = "16MiB", value_parser = parse_part_size)]
+    pub part_size: u64,
+    /// Upper bound on data buffered in memory at once.
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    pub max_memory: u64,
+    /// Objects above this size are copied S3→S3 in parts (UploadPartCopy); at most 5GiB.
+    #[arg(long, default_value = "5GiB", value_parser = parse_size, hide = true)]
+    pub copy_threshold: u64,
+}
+
+impl Default for TransferOpts {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            part_size: 16 << 20,
+            max_memory: 128 << 20,
+            copy_threshold: ctx::MAX_COPY_OBJECT,
+        }
+    }
+}
+
+/// `10`, `10s`, `500ms`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 2m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{text:?} is not a duration"))
+}
+
+/// The whole command's deadline: `--timeout` (0: none), else 30 minutes, or 3/4 of the
+/// job's timeout (`CI_JOB_TIMEOUT`, seconds) when that is shorter.
+pub fn deadline(flag: Option<Duration>, ci_job_timeout: Option<&str>) -> Option<Duration> {
+    match flag {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => {
+            let default = Duration::from_secs(30 * 60);
+            let job = ci_job_timeout
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|s| *s > 0)
+                .map(|s| Duration::from_secs(s * 3 / 4));
+            Some(job.map_or(default, |j| j.min(default)))
+        }
+    }
+}
+
+/// `1m30s`-style text for a duration.
+pub fn show_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        format!("{secs:.0}s")
+    } else if secs < 3600.0 {
+        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    } else {
+        format!("{}h{:02}m", d.as_secs() / 3600, d.as_secs() % 3600 / 60)
+    }
 }
 
 fn parse_part_size(text: &str) -> Result<u64, String> {
@@ -96,9 +178,10 @@ fn parse_part_size(text: &str) -> Result<u64, String> {
 pub enum S3Command {
     /// Copy a file or object (local→S3, S3→local, S3→S3); a whole tree with --recursive.
     Cp {
-        /// Source: local path or s3://bucket/key.
+        /// Source: local path, s3://bucket/key, or `-` for stdin (a file named `-`: `./-`).
         src: String,
-        /// Destination: local path or s3://bucket/key (a trailing `/` means "into").
+        /// Destination: local path, s3://bucket/key (a trailing `/` means "into"), or `-` for
+        /// stdout.
         dst: String,
         /// Copy everything under SRC.
         #[arg(long, short = 'r')]
@@ -106,9 +189,16 @@ pub enum S3Command {
         /// Show what would be done without doing it.
         #[arg(long)]
         dryrun: bool,
+        /// Size of a stream from stdin, when larger than 10,000 parts of --part-size (sizes
+        /// the parts).
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        expected_size: Option<u64>,
         /// Filters.
         #[command(flatten)]
         filters: FilterArgs,
+        /// Transfer options.
+        #[command(flatten)]
+        transfer: TransferOpts,
     },
     /// Copy new and changed files from SRC to DST.
     Sync {
@@ -117,8 +207,15 @@ pub enum S3Command {
         /// Destination directory or s3:// prefix.
         dst: String,
         /// Compare content hashes (ETag/MD5) instead of modification times.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["size_only", "exact_timestamps"])]
         checksum: bool,
+        /// Copy only when the sizes differ (as the AWS CLI's --size-only).
+        #[arg(long, conflicts_with = "exact_timestamps")]
+        size_only: bool,
+        /// From S3 to local: copy same-sized objects unless their times are exactly equal (as
+        /// the AWS CLI's --exact-timestamps).
+        #[arg(long)]
+        exact_timestamps: bool,
         /// Delete files in DST that are not in SRC (filters apply).
         #[arg(long)]
         delete: bool,
@@ -128,8 +225,12 @@ pub enum S3Command {
         /// Filters.
         #[command(flatten)]
         filters: FilterArgs,
+        /// Transfer options.
+        #[command(flatten)]
+        transfer: TransferOpts,
     },
-    /// List buckets, or objects and prefixes under s3://bucket[/prefix].
+    /// List buckets, or objects and prefixes under s3://bucket[/prefix] (nothing under it:
+    /// no output, exit 0).
     Ls {
         /// s3://bucket[/prefix]; none lists the buckets.
         path: Option<String>,
@@ -249,29 +350,58 @@ fn bound_heap_growth() {
 
 async fn execute(args: S3Args, file_mode: u32) -> i32 {
     let g = &args.global;
-    let (client, endpoint) = client::build(&client::ClientOptions {
-        endpoint_url: g.endpoint_url.clone(),
-        region: g.region.clone(),
-        path_style: g.path_style,
-        max_attempts: g.max_attempts,
-    })
-    .await;
     let progress = progress::Progress::start(progress::Mode::detect(g.no_progress), g.quiet);
+    let built = client::build(
+        &client::ClientOptions {
+            endpoint_url: g.endpoint_url.clone(),
+            region: g.region.clone(),
+            path_style: g.path_style,
+            max_attempts: g.max_attempts,
+            connect_timeout: g.connect_timeout,
+            read_timeout: g.read_timeout,
+            ca_bundle: crate::tls::resolve(g.ca_bundle.as_deref(), crate::tls::For::S3),
+        },
+        progress.clone(),
+    )
+    .await;
+    let built = match built {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("p3-executor s3: error: {}", escape(&e));
+            return STEP_FAILED;
+        }
+    };
+    let transfer = match &args.command {
+        S3Command::Cp { transfer, .. } | S3Command::Sync { transfer, .. } => transfer.clone(),
+        S3Command::Ls { .. } | S3Command::Rm { .. } => TransferOpts::default(),
+    };
     let mut ctx = ctx::Ctx::new(
-        client,
-        endpoint,
-        g.part_size,
-        g.concurrency,
-        g.max_memory,
+        built.client,
+        built.endpoint,
+        transfer.part_size,
+        transfer.concurrency,
+        transfer.max_memory,
         progress.clone(),
     );
+    ctx.trust = built.trust;
     ctx.file_mode = file_mode;
-    ctx.copy_threshold = g.copy_threshold;
+    ctx.copy_threshold = transfer.copy_threshold;
     let ctx = Arc::new(ctx);
+    let limit = deadline(g.timeout, std::env::var("CI_JOB_TIMEOUT").ok().as_deref());
     let work = dispatch(ctx.clone(), args.command);
+    let expired = async {
+        match limit {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         r = work => r,
         () = shutdown_signal() => Err(S3Error::Interrupted),
+        () = expired => Err(S3Error::Deadline(format!(
+            "stopped after {} (--timeout, P3_S3_TIMEOUT; default 30m or 3/4 of the job's timeout)",
+            show_duration(limit.unwrap_or_default())
+        ))),
     };
     progress.finish();
     match result {
@@ -285,6 +415,11 @@ async fn execute(args: S3Args, file_mode: u32) -> i32 {
             ctx.abort_all_uploads().await;
             eprintln!("p3-executor s3: interrupted");
             EXIT_INTERRUPTED
+        }
+        Err(e @ S3Error::Deadline(_)) => {
+            ctx.abort_all_uploads().await;
+            eprintln!("p3-executor s3: error: {}", escape(&e.to_string()));
+            STEP_FAILED
         }
         // Errors name keys and paths: escaped so each stays one visible line.
         Err(e @ S3Error::Usage(_)) => {
@@ -334,28 +469,48 @@ async fn dispatch(ctx: Arc<ctx::Ctx>, command: S3Command) -> Result<ops::Stats, 
             dst,
             recursive,
             dryrun,
+            expected_size,
             filters: f,
+            transfer: _,
         } => {
-            ops::cp(
-                &ctx,
-                location(&src)?,
-                location(&dst)?,
-                recursive,
-                &filters(&f)?,
-                dryrun,
-            )
-            .await
+            let (src, dst) = (location(&src)?, location(&dst)?);
+            if matches!(src, Location::Stdio) || matches!(dst, Location::Stdio) {
+                if recursive || !f.rules.is_empty() {
+                    return Err(S3Error::Usage(
+                        "`-` (stdin/stdout) copies one object: no --recursive, --include or --exclude".into(),
+                    ));
+                }
+                return match (src, dst) {
+                    (Location::Stdio, Location::S3(d)) => {
+                        stdio::upload_stdin(&ctx, d, expected_size, dryrun).await
+                    }
+                    (Location::S3(s), Location::Stdio) => {
+                        stdio::download_stdout(&ctx, s, dryrun).await
+                    }
+                    (s, d) => Err(S3Error::Usage(format!(
+                        "cannot copy {s} to {d}: `-` pairs with an s3:// URI (cp - s3://b/k, cp s3://b/k -)"
+                    ))),
+                };
+            }
+            ops::cp(&ctx, src, dst, recursive, &filters(&f)?, dryrun).await
         }
         S3Command::Sync {
             src,
             dst,
             checksum,
+            size_only,
+            exact_timestamps,
             delete,
             dryrun,
             filters: f,
+            transfer: _,
         } => {
             let compare = if checksum {
                 Compare::Checksum
+            } else if size_only {
+                Compare::SizeOnly
+            } else if exact_timestamps {
+                Compare::ExactTimestamps
             } else {
                 Compare::SizeAndTime
             };

@@ -153,18 +153,19 @@ enum Listed {
 
 async fn list_source(ctx: &Ctx, src: &Location, filters: &Filters) -> Result<Listed, S3Error> {
     match src {
+        Location::Stdio => Err(S3Error::Usage(
+            "`-` (stdin/stdout) works only with cp of one object".into(),
+        )),
         Location::Local(dir) => {
             if !dir.is_dir() {
-                let what = if dir.exists() {
-                    "is not a directory (use cp without --recursive)"
+                let shown = escape(&dir.display().to_string()).into_owned();
+                return Err(S3Error::Invalid(if dir.exists() {
+                    format!(
+                        "{shown} is a file, not a directory: sync and cp --recursive copy directories (use cp without --recursive for one file)"
+                    )
                 } else {
-                    "does not exist"
-                };
-                return Err(S3Error::local(
-                    dir,
-                    what,
-                    std::io::Error::from(std::io::ErrorKind::NotFound),
-                ));
+                    format!("{shown}: no such directory")
+                }));
             }
             let dir = dir.clone();
             let files = tokio::task::spawn_blocking(move || walk_local(&dir))
@@ -219,6 +220,7 @@ fn job_for(
                 size: entry.size,
                 etag: entry.etag.clone(),
                 mtime: Some(entry.mtime),
+                mtime_ns: entry.mtime_ns,
                 crc32: None,
             }),
             dst: local_path_for(dir, &entry.rel)?,
@@ -229,6 +231,7 @@ fn job_for(
             dst: d.with_key(join_key(&d.key, &entry.rel)),
         }),
         (Listed::Local(_), Location::Local(_)) => Err("local to local".into()),
+        (_, Location::Stdio) => Err("`-` works only with cp of one object".into()),
     }
 }
 
@@ -351,6 +354,11 @@ pub async fn cp(
             }
         }
         (Location::Local(_), Location::Local(_)) => unreachable!("checked above"),
+        (Location::Stdio, _) | (_, Location::Stdio) => {
+            return Err(S3Error::Usage(
+                "`-` (stdin/stdout) pairs with an s3:// URI".into(),
+            ));
+        }
     };
     run_jobs(ctx, vec![job], dryrun).await
 }
@@ -377,11 +385,24 @@ pub async fn sync(
     if let (Location::Local(_), Location::Local(_)) = (&src, &dst) {
         return Err(both_local(&src, &dst));
     }
+    if matches!(src, Location::Stdio) || matches!(dst, Location::Stdio) {
+        return Err(S3Error::Usage(
+            "sync works on directories and prefixes, not `-` (use cp for a stream)".into(),
+        ));
+    }
+    // --exact-timestamps only changes downloads (as in the AWS CLI): their local times are
+    // the objects' exactly, while an upload's LastModified is always later than the file.
+    let compare = match (&src, &dst, compare) {
+        (Location::S3(_), Location::Local(_), c) => c,
+        (_, _, Compare::ExactTimestamps) => Compare::SizeAndTime,
+        (_, _, c) => c,
+    };
     // Both sides are listed at once: a sync with nothing to do costs one listing's time.
     let dst_listing = async {
         Ok::<_, S3Error>(match &dst {
             // A missing local directory is simply empty.
             Location::Local(dir) if !dir.exists() => None,
+            Location::Stdio => None,
             Location::S3(_) | Location::Local(_) => Some(list_source(ctx, &dst, filters).await?),
         })
     };
@@ -415,6 +436,7 @@ pub async fn sync(
                 }
             }
             Location::S3(uri) => s3_deletes.push(join_key(&uri.key, &d.rel)),
+            Location::Stdio => {}
         }
     }
     let run = run_jobs(ctx, jobs, dryrun).await?;
@@ -574,10 +596,8 @@ pub async fn ls(
             size_text(total)
         );
     }
-    if listing.objects.is_empty() && listing.prefixes.is_empty() && !uri.key.is_empty() {
-        // Like the AWS CLI: listing a prefix with nothing under it is a failure.
-        return Ok(Stats { failed: 1 });
-    }
+    // Nothing under the prefix is an empty answer, not a failure (unlike `aws s3 ls`, which
+    // exits 1): the step exits 0 and prints nothing (with --summarize, the zero totals).
     Ok(Stats::default())
 }
 

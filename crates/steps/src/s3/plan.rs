@@ -13,6 +13,9 @@ pub struct Entry {
     pub size: u64,
     /// Modification time (local) or LastModified (S3), whole seconds since the epoch.
     pub mtime: i64,
+    /// The sub-second part of the modification time, in nanoseconds, at the precision the
+    /// side keeps (a local file system: nanoseconds; S3: none or milliseconds).
+    pub mtime_ns: u32,
     /// S3 ETag without quotes, or a local file's MD5 computed in the same format.
     pub etag: Option<String>,
 }
@@ -69,10 +72,24 @@ impl Filters {
 /// How `sync` decides that a file changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compare {
-    /// Different size, or the source is newer than the destination (the AWS CLI's rule).
+    /// Different size, or the source is newer than the destination (the AWS CLI's rule),
+    /// compared at the precision each side keeps: a local file edited within the second of
+    /// its upload is newer than the object's whole-second LastModified, so it is copied.
     SizeAndTime,
+    /// Different size, or different modification times (`--exact-timestamps`: only for S3 →
+    /// local, where downloads set the local time to the object's exactly).
+    ExactTimestamps,
+    /// Different size only (`--size-only`).
+    SizeOnly,
     /// Different size or different content hash (ETag / MD5).
     Checksum,
+}
+
+impl Entry {
+    /// The modification time as (seconds, nanoseconds), for comparisons.
+    pub fn time(&self) -> (i64, u32) {
+        (self.mtime, self.mtime_ns)
+    }
 }
 
 /// What `sync` will do.
@@ -90,7 +107,9 @@ pub fn changed(src: &Entry, dst: &Entry, compare: Compare) -> bool {
         return true;
     }
     match compare {
-        Compare::SizeAndTime => src.mtime > dst.mtime,
+        Compare::SizeAndTime => src.time() > dst.time(),
+        Compare::ExactTimestamps => src.time() != dst.time(),
+        Compare::SizeOnly => false,
         Compare::Checksum => match (&src.etag, &dst.etag) {
             (Some(a), Some(b)) => !a.eq_ignore_ascii_case(b),
             _ => true,
@@ -201,6 +220,7 @@ mod tests {
             rel: rel.into(),
             size,
             mtime,
+            mtime_ns: 0,
             etag: None,
         }
     }
@@ -260,6 +280,22 @@ mod tests {
             false,
         );
         assert!(plan.copy.is_empty());
+    }
+
+    #[test]
+    fn an_edit_within_the_second_of_the_upload_is_copied() {
+        // Uploaded at 12:00:00.7 (S3 keeps 12:00:00), edited at 12:00:00.9, same size.
+        let mut local = e("x", 3, 1000);
+        local.mtime_ns = 900_000_000;
+        let remote = e("x", 3, 1000);
+        assert!(changed(&local, &remote, Compare::SizeAndTime));
+        // A download set the local time to the object's exactly: unchanged both ways.
+        assert!(!changed(&remote, &remote.clone(), Compare::SizeAndTime));
+        // --size-only ignores times; --exact-timestamps copies any difference.
+        assert!(!changed(&local, &remote, Compare::SizeOnly));
+        assert!(changed(&remote, &local, Compare::ExactTimestamps));
+        assert!(!changed(&remote, &remote.clone(), Compare::ExactTimestamps));
+        assert!(changed(&e("x", 4, 0), &remote, Compare::SizeOnly));
     }
 
     #[test]

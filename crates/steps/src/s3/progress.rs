@@ -1,8 +1,9 @@
-//! Progress reporting: a bar on a terminal, one summary line every few seconds in CI logs.
+//! Progress reporting: a bar on a terminal; in CI logs a summary line every few seconds while
+//! bytes move or files finish, and one line saying what the step waits for when nothing does.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -50,6 +51,9 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     started: Instant,
     quiet: bool,
+    /// Requests in flight, and the last one started (`GET http://...`).
+    requests: AtomicU64,
+    last_request: Mutex<String>,
 }
 
 impl Progress {
@@ -74,6 +78,8 @@ impl Progress {
             bar,
             started: Instant::now(),
             quiet,
+            requests: AtomicU64::new(0),
+            last_request: Mutex::new(String::new()),
         });
         if let Mode::Lines(interval) = mode {
             // The ticker holds only a weak reference: it stops when the transfer is done.
@@ -81,16 +87,61 @@ impl Progress {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(interval);
                 tick.tick().await;
+                let mut shown = (0, 0);
+                let mut still_since: Option<Instant> = None;
+                let mut said_waiting = false;
                 loop {
                     tick.tick().await;
-                    match weak.upgrade() {
-                        Some(p) => eprintln!("progress: {}", p.summary()),
-                        None => break,
+                    let Some(p) = weak.upgrade() else { break };
+                    let now = (p.files_done(), p.bytes_done.load(Ordering::Relaxed));
+                    if now != shown {
+                        // Bytes moved or files finished since the last line.
+                        shown = now;
+                        still_since = None;
+                        said_waiting = false;
+                        eprintln!("progress: {}", p.summary());
+                    } else if !said_waiting
+                        && let Some(line) = p.waiting(*still_since.get_or_insert_with(|| {
+                            // Nothing moved since the previous tick at least.
+                            Instant::now()
+                                .checked_sub(interval)
+                                .unwrap_or_else(Instant::now)
+                        }))
+                    {
+                        // Nothing moved: say once what the step waits for.
+                        said_waiting = true;
+                        eprintln!("{line}");
                     }
                 }
             });
         }
         p
+    }
+
+    /// A request was sent (`what`: method and URL).
+    pub fn request_started(&self, what: &str) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        *self.last_request.lock().expect("lock") = what.to_string();
+    }
+
+    /// A request's attempt ended.
+    pub fn request_ended(&self) {
+        let _ = self
+            .requests
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// `waiting: no data for 5 s; 1 request(s) in flight, the last: GET http://...`, when
+    /// requests are in flight.
+    fn waiting(&self, since: Instant) -> Option<String> {
+        let n = self.requests.load(Ordering::Relaxed);
+        (n > 0).then(|| {
+            let last = escape(&self.last_request.lock().expect("lock")).into_owned();
+            format!(
+                "waiting: no data for {:.0} s; {n} request(s) in flight, the last: {last}",
+                since.elapsed().as_secs_f64()
+            )
+        })
     }
 
     /// More work is known.
@@ -114,6 +165,15 @@ impl Progress {
     pub fn file_done(&self, line: &str) {
         self.files_done.fetch_add(1, Ordering::Relaxed);
         self.println(line);
+    }
+
+    /// A file finished whose line must stay off stdout (a download to stdout): on stderr,
+    /// unless quiet.
+    pub fn file_done_on_stderr(&self, line: &str) {
+        self.files_done.fetch_add(1, Ordering::Relaxed);
+        if !self.quiet {
+            self.eprintln(line);
+        }
     }
 
     /// Print a line to stdout without tearing the bar. Lines name object keys and file names,

@@ -20,7 +20,7 @@ use super::local::{
 use super::uri::S3Uri;
 
 /// S3 accepts at most this many parts per multipart upload.
-const MAX_PARTS: u64 = 10_000;
+pub(super) const MAX_PARTS: u64 = 10_000;
 
 /// `wanted`, or the smallest whole MiB that keeps `size` within `MAX_PARTS` parts.
 pub fn upload_part_size(size: u64, wanted: u64) -> u64 {
@@ -54,11 +54,18 @@ async fn put_single(
 ) -> Result<(), S3Error> {
     let _mem = ctx.reserve(size).await;
     let data = read_at(file, path, 0, size as usize).await?;
+    put_bytes(ctx, data, dst).await?;
+    ctx.progress.add_bytes(size);
+    Ok(())
+}
+
+/// One PutObject of `data` with Content-MD5 and the CRC32 metadata.
+pub(super) async fn put_bytes(ctx: &Ctx, data: Bytes, dst: &S3Uri) -> Result<(), S3Error> {
     ctx.client
         .put_object()
         .bucket(&dst.bucket)
         .key(&dst.key)
-        .content_length(size as i64)
+        .content_length(data.len() as i64)
         // Content-MD5 makes the server verify the body (S3, MinIO, s3rver and moto all do).
         .content_md5(content_md5(&data))
         .metadata(CRC32_METADATA, crc32_hex(crc32fast::hash(&data)))
@@ -69,7 +76,6 @@ async fn put_single(
         .send()
         .await
         .map_err(ctx.object_error("PutObject", dst))?;
-    ctx.progress.add_bytes(size);
     Ok(())
 }
 
@@ -240,34 +246,45 @@ async fn upload_parts(
         );
         parts.spawn(async move {
             let data = read_at(file, &path, offset, len as usize).await?;
-            let crc = crc32_base64(&data);
-            let number = (index + 1) as i32;
-            let out = ctx
-                .client
-                .upload_part()
-                .bucket(&dst.bucket)
-                .key(&dst.key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .content_length(len as i64)
-                .checksum_crc32(&crc)
-                .body(ByteStream::from(data))
-                .customize()
-                // The part is covered by its CRC32 checksum header.
-                .disable_payload_signing()
-                .send()
-                .await
-                .map_err(ctx.object_error("UploadPart", &dst))?;
+            let part = upload_part(&ctx, &dst, &upload_id, (index + 1) as i32, data).await?;
             drop(permit);
             ctx.progress.add_bytes(len);
-            Ok(CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .checksum_crc32(out.checksum_crc32().unwrap_or(&crc))
-                .build())
+            Ok(part)
         });
     }
     parts.finish().await
+}
+
+/// UploadPart of `data` as part `number`, with its CRC32 checksum.
+pub(super) async fn upload_part(
+    ctx: &Ctx,
+    dst: &S3Uri,
+    upload_id: &str,
+    number: i32,
+    data: Bytes,
+) -> Result<CompletedPart, S3Error> {
+    let crc = crc32_base64(&data);
+    let out = ctx
+        .client
+        .upload_part()
+        .bucket(&dst.bucket)
+        .key(&dst.key)
+        .upload_id(upload_id)
+        .part_number(number)
+        .content_length(data.len() as i64)
+        .checksum_crc32(&crc)
+        .body(ByteStream::from(data))
+        .customize()
+        // The part is covered by its CRC32 checksum header.
+        .disable_payload_signing()
+        .send()
+        .await
+        .map_err(ctx.object_error("UploadPart", dst))?;
+    Ok(CompletedPart::builder()
+        .part_number(number)
+        .set_e_tag(out.e_tag().map(str::to_string))
+        .checksum_crc32(out.checksum_crc32().unwrap_or(&crc))
+        .build())
 }
 
 /// Read `len` bytes at `offset` off the async threads.

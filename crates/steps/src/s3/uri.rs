@@ -78,12 +78,17 @@ pub enum Location {
     Local(PathBuf),
     /// An S3 object or prefix.
     S3(S3Uri),
+    /// `-`: standard input (as a source) or standard output (as a destination), as in
+    /// `aws s3 cp`. A local file named `-` is written `./-`.
+    Stdio,
 }
 
 impl Location {
-    /// `s3://...` is S3, anything else a local path.
+    /// `s3://...` is S3, `-` stdin/stdout, anything else a local path.
     pub fn parse(text: &str) -> Result<Self, String> {
-        if text.starts_with("s3://") {
+        if text == "-" {
+            Ok(Location::Stdio)
+        } else if text.starts_with("s3://") {
             S3Uri::parse(text).map(Location::S3)
         } else if text.is_empty() {
             Err("empty path".into())
@@ -98,6 +103,7 @@ impl fmt::Display for Location {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
             Location::S3(u) => u.fmt(f),
+            Location::Stdio => f.write_str("-"),
         }
     }
 }
@@ -157,6 +163,11 @@ mod tests {
             Location::S3(_)
         ));
         assert!(Location::parse("").is_err());
+        assert_eq!(Location::parse("-").unwrap(), Location::Stdio);
+        assert_eq!(
+            Location::parse("./-").unwrap(),
+            Location::Local(PathBuf::from("./-"))
+        );
     }
 
     #[test]
