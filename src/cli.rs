@@ -52,6 +52,10 @@ pub enum Command {
         /// and show which DC answered and how fast.
         #[arg(long)]
         probe: bool,
+        /// Repair what can be repaired before checking: make the network wall's nftables
+        /// table (or restore its base) and remove stale job rules.
+        #[arg(long)]
+        fix: bool,
     },
     /// Run the demo locally, no GitLab needed: jobs through the four runner calls on an embedded
     /// config (with MIT Kerberos: a policy grant, a forged-variable denial, the audit log).

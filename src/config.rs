@@ -92,6 +92,9 @@ pub struct Config {
     /// Per-job cgroup limits (memory, pids, CPU) and where job cgroups live (`walls/cgroup/`).
     #[serde(default)]
     pub limits: crate::walls::cgroup::limits::HostLimitsConfig,
+    /// What jobs' sockets may reach: `[network]` (`walls/network/`).
+    #[serde(default)]
+    pub network: crate::walls::network::config::NetworkConfig,
 }
 
 /// Prometheus metrics (see `metrics.rs`): printed by `p3-executor metrics`, and written for a
@@ -782,6 +785,9 @@ pub struct Devstage {
     /// Limits of this devstage's jobs, in place of `[limits]` for the keys it sets.
     #[serde(default)]
     pub limits: Option<crate::walls::cgroup::limits::LimitsConfig>,
+    /// What this devstage's jobs may reach, after `[network] deny` (`walls/network/`).
+    #[serde(default)]
+    pub network: Option<crate::walls::network::config::StageNetwork>,
     /// This devstage's jobs may build and run containers (their own user namespace with a
     /// private subordinate range, `walls/userns.rs`).
     #[serde(default)]
@@ -1125,6 +1131,7 @@ impl Config {
             }
         }
         problems.extend(self.limits.problems());
+        problems.extend(self.network.problems());
         for (name, stage) in &self.devstages {
             if let Some(limits) = &stage.limits {
                 problems.extend(limits.problems(&format!("devstages.{name}.limits")));

@@ -50,6 +50,9 @@ pub enum Error {
     /// The job's cgroup could not be made, entered or removed.
     #[error(transparent)]
     Cgroup(#[from] crate::walls::cgroup::CgroupError),
+    /// The network wall (nftables) could not be set up or taken down.
+    #[error(transparent)]
+    Network(#[from] crate::walls::network::NetworkError),
     /// A file read on a job's behalf is larger than the executor accepts.
     #[error("{what} {path} is larger than the {limit}-byte limit; refusing to read it")]
     TooLarge {
@@ -85,6 +88,7 @@ impl Error {
             | Error::Credentials(_)
             | Error::TooLarge { .. }
             | Error::Cgroup(_)
+            | Error::Network(_)
             | Error::Io { .. } => FailureKind::System,
         }
     }

@@ -66,6 +66,21 @@ pub struct Explanation {
     pub rules: Vec<RuleCheck>,
     /// `policy::decide`'s answer.
     pub decision: Decision,
+    /// The network rules a job granted this devstage gets (None when denied).
+    pub network: Option<NetworkRules>,
+}
+
+/// A devstage's network policy, as `prepare` would apply it (names not resolved yet).
+#[derive(Debug, Serialize)]
+pub struct NetworkRules {
+    /// `devstages.<name>`.
+    pub policy: String,
+    /// `open` or `allowlist`.
+    pub mode: &'static str,
+    /// The SHA-256 the grant's audit record names.
+    pub sha256: String,
+    /// `[ACTION, DESTINATION, FROM]` in order, first match wins; the last row is the mode's.
+    pub rules: Vec<[String; 3]>,
 }
 
 fn input_error(message: String) -> Error {
@@ -147,11 +162,22 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> Result<Vec<Explanation>> {
                 .get(devstage)
                 .map(|stage| policy::evaluate(&identity, devstage, stage))
                 .unwrap_or_default();
+            let decision = policy::decide(&identity, devstage, cfg);
+            let network = decision.is_grant().then(|| {
+                let p = crate::walls::network::policy_for(cfg, Some(devstage));
+                NetworkRules {
+                    policy: p.name.clone(),
+                    mode: p.mode.as_str(),
+                    sha256: p.sha256(),
+                    rules: p.rows(),
+                }
+            });
             out.push(Explanation {
                 source: source.clone(),
                 devstage: devstage.clone(),
                 rules,
-                decision: policy::decide(&identity, devstage, cfg),
+                decision,
+                network,
             });
         }
     }
@@ -191,6 +217,22 @@ pub fn render(explanations: &[Explanation]) -> String {
                 "decision: DENIED — {rule}: {}\n\n",
                 escape(reason)
             )),
+        }
+        if let Some(n) = &e.network {
+            // Above the blank line that ends the decision.
+            text.pop();
+            text.push_str(&format!(
+                "network: {} ({}, sha256 {}), first match wins:\n",
+                n.policy,
+                n.mode,
+                &n.sha256[..12]
+            ));
+            let rows = n
+                .rules
+                .iter()
+                .map(|r| r.clone().map(|c| escape(&c).into_owned()));
+            text.push_str(&table(["ACTION", "DESTINATION", "FROM"], rows));
+            text.push('\n');
         }
     }
     text

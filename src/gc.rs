@@ -67,6 +67,15 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
         for job_id in crate::walls::cgroup::sweep_orphans(cfg, &known) {
             tracing::info!("job {job_id}: removed its orphaned cgroup");
         }
+        // Network elements of uids no job holds (after the jobs above released theirs).
+        match crate::walls::network::sweep(cfg) {
+            Ok(removed) => {
+                for what in removed {
+                    tracing::info!("network: removed stale {what}");
+                }
+            }
+            Err(e) => tracing::warn!("network: sweeping stale rules failed: {e}"),
+        }
         remove_stray_temp_files(cfg);
         crate::metrics::update_textfile(cfg);
     }

@@ -284,6 +284,13 @@ fn grant(
     );
     record_kdc(&mut rec, &obtained);
     rec.extra.insert("kinit_ms".into(), Value::from(kinit_ms));
+    // The network policy the grant comes with: its name and the hash of its rules as
+    // configured (prepare applies exactly these; the job log shows the pinned addresses).
+    let network = crate::walls::network::policy_for(cfg, Some(&devstage));
+    rec.extra
+        .insert("network_policy".into(), Value::String(network.name.clone()));
+    rec.extra
+        .insert("network_sha256".into(), Value::String(network.sha256()));
     let s3_rec = match &account.s3 {
         Some(s3) => match obtain_s3(
             cfg,

@@ -105,9 +105,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             metrics::update_textfile(&cfg);
             Ok(Outcome::Success)
         }
-        Command::Check { probe } => {
+        Command::Check { probe, fix } => {
             let cfg = load_config(&path)?;
-            let mut findings = check::check(&cfg, &path);
+            let mut findings = if fix {
+                check::network::fix(&cfg)
+            } else {
+                Vec::new()
+            };
+            findings.extend(check::check(&cfg, &path));
             if probe {
                 findings.extend(check::kerberos::probe(&cfg));
             }

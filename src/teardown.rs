@@ -44,6 +44,12 @@ pub fn teardown(cfg: &Config, job_id: u64, ending: Ending) -> Result<()> {
             first_err.get_or_insert(e);
         }
     }
+    // Its network rules before its uid (and subordinate range) go back to the pool, so a
+    // reused uid never inherits an allowance (prepare also flushes the uid's chain first).
+    if let Err(e) = crate::walls::network::release(cfg, job_id, state.as_ref()) {
+        tracing::error!("job {job_id}: removing its network rules failed: {e}");
+        first_err.get_or_insert(e.into());
+    }
     // Only once its trees are gone: the uid is scrubbed and either freed or quarantined.
     if let Err(e) = crate::uid_pool::release(cfg, job_id) {
         tracing::error!("job {job_id}: releasing its uid failed: {e}");

@@ -12,6 +12,7 @@ mod audit;
 mod cgroups;
 pub mod finding;
 pub mod kerberos;
+pub mod network;
 mod paths;
 mod sandbox;
 mod tools;
@@ -52,6 +53,7 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
         sandbox::sandbox_findings(cfg, &mut out);
         walls::walls_findings(cfg, &mut out);
         cgroups::cgroup_findings(cfg, &mut out);
+        network::network_findings(cfg, &mut out);
         users::uid_range(cfg, &mut out);
     } else {
         users::not_root(&mut out);

@@ -74,6 +74,7 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
         env: BTreeMap::new(),
         grant: None,
         cgroup: None,
+        network: None,
     };
     // Save before obtaining credentials so a failure half-way still leaves cleanup what it
     // needs to find and destroy them.
@@ -82,9 +83,17 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     let granted = crate::grant::prepare(cfg, job, &paths, &mut state)
         .and_then(|()| crate::walls::cgroup::prepare(cfg, job, &mut state))
         .and_then(|()| crate::walls::userns::prepare(cfg, &paths, &mut state));
+    // The network last: the granted devstage decides it, a container job's subordinate range
+    // is keyed too, and no process of the job exists before prepare ends.
+    let network = granted.and_then(|()| {
+        crate::walls::network::prepare(cfg, &mut state).map_err(crate::error::Error::from)
+    });
     state.save(&paths)?;
-    granted?;
+    let warnings = network?;
     print_banner(cfg, &state);
+    for w in warnings {
+        println!("p3-executor: network: warning: {w}");
+    }
     Ok(())
 }
 
@@ -117,6 +126,18 @@ fn print_banner(cfg: &Config, state: &JobState) {
         println!(
             "p3-executor: limits: {} (its own cgroup)",
             cgroup.limits.summary()
+        );
+    }
+    if let Some(n) = &state.network {
+        println!(
+            "p3-executor: network: {} ({}, {} rule{}, sha256 {}); see `nft list chain inet {} {}`",
+            n.policy,
+            n.mode.as_str(),
+            n.rules.len(),
+            if n.rules.len() == 1 { "" } else { "s" },
+            &n.sha256[..12],
+            n.table,
+            crate::walls::network::render::chain_name(n.key.uid),
         );
     }
     match &state.grant {

@@ -6,5 +6,6 @@
 
 pub mod cgroup;
 pub mod keyring;
+pub mod network;
 pub mod seccomp;
 pub mod userns;

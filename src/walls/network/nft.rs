@@ -1,0 +1,204 @@
+//! Talking to nftables: the `nft` tool with JSON input (`nft -j -f`), one atomic transaction
+//! per change, and `nft -j list table` to read the table back. The only I/O of the network
+//! wall besides name lookups.
+//!
+//! Why the tool and not netlink from Rust: the kernel's work for one job's transaction is
+//! ~0.1 ms either way, and what costs is a process start; the tool is what operators already
+//! use to read the same table (`nft list table inet p3_executor`), its JSON schema is
+//! documented and stable (libnftables-json(5)), a rendered value can never inject syntax
+//! (comments and log prefixes are JSON strings, not parsed text), and the Rust netlink crates
+//! for nftables are either bindings to libnftnl (a C library to link into the binary the
+//! runner starts for every stage) or young, thinly maintained pure-Rust ports.
+
+use std::io::{Seek, Write};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::NetworkError;
+use super::render::{self, JobKey};
+
+/// Bound on one nft run (it takes milliseconds; a hung netlink socket must not hang a job).
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The nft program of the config.
+#[derive(Debug, Clone)]
+pub struct Nft {
+    program: String,
+}
+
+/// What the table holds, as `nft -j list table` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The verdict map exists.
+    pub has_map: bool,
+    /// The output base chain exists.
+    pub has_output: bool,
+    /// Map elements: the key as nft writes it (a uid, or `{"range": [a, b]}`), and the uid
+    /// whose chain it jumps to.
+    pub elements: Vec<(Value, u32)>,
+    /// The uids of the job chains (`uid_<uid>`).
+    pub chains: Vec<u32>,
+}
+
+impl Listing {
+    /// The uid of a map key that is a single uid (None for a range).
+    pub fn key_uid(key: &Value) -> Option<u32> {
+        key.as_u64().and_then(|k| u32::try_from(k).ok())
+    }
+
+    /// The keys in the map for `key`'s uid or subordinate range.
+    pub fn mapped(&self, uid: u32) -> bool {
+        self.elements
+            .iter()
+            .any(|(k, _)| Self::key_uid(k) == Some(uid))
+    }
+}
+
+/// Parse `nft -j list table` output (pure).
+pub fn parse_listing(json: &Value) -> Result<Listing, String> {
+    let items = json["nftables"]
+        .as_array()
+        .ok_or("no \"nftables\" array in nft's output")?;
+    let mut out = Listing::default();
+    for item in items {
+        if let Some(map) = item.get("map") {
+            if map["name"] == render::MAP {
+                out.has_map = true;
+                for e in map["elem"].as_array().into_iter().flatten() {
+                    let target = e[1]["jump"]["target"]
+                        .as_str()
+                        .and_then(render::chain_uid)
+                        .ok_or_else(|| format!("map element {e} does not jump to a job chain"))?;
+                    out.elements.push((e[0].clone(), target));
+                }
+            }
+        } else if let Some(chain) = item.get("chain") {
+            let name = chain["name"].as_str().unwrap_or_default();
+            if name == render::OUTPUT && chain["hook"] == "output" {
+                out.has_output = true;
+            } else if let Some(uid) = render::chain_uid(name) {
+                out.chains.push(uid);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Nft {
+    /// The program named by `[network] nft`.
+    pub fn new(program: &str) -> Self {
+        Nft {
+            program: program.to_string(),
+        }
+    }
+
+    /// Is the program there at all?
+    pub fn installed(&self) -> bool {
+        which::which(&self.program).is_ok()
+    }
+
+    fn run(&self, args: &[&str], what: &str) -> Result<Vec<u8>, NetworkError> {
+        if !self.installed() {
+            return Err(NetworkError::NftMissing {
+                program: self.program.clone(),
+            });
+        }
+        let mut cmd = Command::new(&self.program);
+        cmd.args(args);
+        let out = crate::command::run_bounded(cmd, TIMEOUT)?;
+        if !out.status.success() {
+            return Err(NetworkError::Nft {
+                what: what.to_string(),
+                stderr: out.stderr_text(),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// Apply one transaction (all of it or nothing: nft commits a file as one batch).
+    pub fn apply(&self, tx: &Value, what: &str) -> Result<(), NetworkError> {
+        // The JSON goes through a memfd nft opens by path: the bounded runner closes stdin, and
+        // a file on disk would be a leftover when we are killed.
+        let mut file = memfd()?;
+        serde_json::to_writer(&mut file, tx).expect("JSON values serialize");
+        file.flush()
+            .and_then(|()| file.rewind())
+            .map_err(|e| NetworkError::Io {
+                what: "write the nft transaction".into(),
+                source: e,
+            })?;
+        // Our fd stays close-on-exec; nft (root, like us) opens it through our /proc entry.
+        let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+        self.run(&["-j", "-f", &path], what).map(drop)
+    }
+
+    /// The table's contents; None when there is no such table.
+    pub fn list(&self, table: &str) -> Result<Option<Listing>, NetworkError> {
+        match self.run(&["-j", "list", "table", "inet", table], "list the table") {
+            Ok(stdout) => {
+                let json: Value =
+                    serde_json::from_slice(&stdout).map_err(|e| NetworkError::Nft {
+                        what: "read the table".into(),
+                        stderr: format!("nft's JSON output does not parse: {e}"),
+                    })?;
+                parse_listing(&json)
+                    .map(Some)
+                    .map_err(|stderr| NetworkError::Nft {
+                        what: "read the table".into(),
+                        stderr,
+                    })
+            }
+            Err(NetworkError::Nft { stderr, .. }) if stderr.contains("No such file") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove the job keyed `key` from `table` (idempotent).
+    pub fn remove_job(&self, table: &str, key: &JobKey) -> Result<(), NetworkError> {
+        self.apply(&render::remove_job(table, key), "remove the job's rules")
+    }
+}
+
+fn memfd() -> Result<std::fs::File, NetworkError> {
+    let fd = nix::sys::memfd::memfd_create(c"p3-nft", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| NetworkError::Io {
+            what: "create a memfd for the nft transaction".into(),
+            source: e.into(),
+        })?;
+    Ok(std::fs::File::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn listing_reads_elements_and_chains() {
+        let out = json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "t"}},
+            {"map": {"name": "job_uids", "elem": [
+                [200001, {"jump": {"target": "uid_200001"}}],
+                [{"range": [300000, 365535]}, {"jump": {"target": "uid_200001"}}]
+            ]}},
+            {"chain": {"name": "output", "hook": "output"}},
+            {"chain": {"name": "uid_200001"}},
+            {"chain": {"name": "uid_200009"}},
+            {"rule": {"chain": "output"}}
+        ]});
+        let l = parse_listing(&out).unwrap();
+        assert!(l.has_map && l.has_output);
+        assert_eq!(l.chains, [200_001, 200_009]);
+        assert_eq!(l.elements.len(), 2);
+        assert!(l.mapped(200_001) && !l.mapped(200_009) && !l.mapped(300_000));
+        assert_eq!(l.elements[1].1, 200_001);
+        // A map without elements has no "elem" key.
+        let empty = json!({"nftables": [{"map": {"name": "job_uids"}}]});
+        assert!(parse_listing(&empty).unwrap().elements.is_empty());
+        assert!(parse_listing(&json!({})).is_err());
+    }
+}
