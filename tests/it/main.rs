@@ -15,6 +15,7 @@ mod containers;
 mod crash;
 mod credentials;
 mod demo;
+mod docs;
 mod example_project;
 mod explain;
 mod fleet;
