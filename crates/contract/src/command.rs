@@ -5,6 +5,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Why a bounded command failed to produce an exit status.
@@ -49,7 +50,21 @@ impl Output {
 
 /// Run `cmd` with stdin closed, capturing stdout and stderr, killing its whole process group
 /// if it runs longer than `timeout`.
-pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, CommandError> {
+pub fn run_bounded(cmd: Command, timeout: Duration) -> Result<Output, CommandError> {
+    run_bounded_until(cmd, timeout, &AtomicBool::new(false))
+}
+
+/// How long a command told to stop (SIGTERM to its process group) gets before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// [`run_bounded`], and when `stop` becomes true (a signal handler set it) the command's
+/// process group gets SIGTERM, then SIGKILL after [`STOP_GRACE`]: the caller was asked to
+/// stop, and its command with it.
+pub fn run_bounded_until(
+    mut cmd: Command,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<Output, CommandError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -72,7 +87,8 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, Comman
         let _ = err.read_to_end(&mut b);
         b
     });
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
+    let mut stopping = false;
     let mut sleep = Duration::from_millis(1);
     // Wake up the moment the child exits: tools like kinit take ~5 ms, and sleep-polling
     // alone adds up to half of that again (measured by benches/kinit.rs).
@@ -86,8 +102,18 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, Comman
                 let _ = child.wait();
                 return Err(CommandError::Timeout { program, timeout });
             }
+            Ok(None) if stop.load(Ordering::SeqCst) && !stopping => {
+                stopping = true;
+                let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
+                deadline = deadline.min(Instant::now() + STOP_GRACE);
+            }
+            // A signal handler may set `stop` while we sleep: poll in short steps then.
             Ok(None) => match &pidfd {
-                Some(fd) => wait_readable(fd, deadline),
+                Some(fd) => wait_readable(
+                    fd,
+                    deadline.min(Instant::now() + Duration::from_millis(100)),
+                ),
                 None => {
                     std::thread::sleep(sleep);
                     sleep = (sleep * 2).min(Duration::from_millis(20));
@@ -150,6 +176,22 @@ mod tests {
         let start = Instant::now();
         let err = run_bounded(cmd, Duration::from_millis(200)).unwrap_err();
         assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_stop_request_terminates_the_command_group() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "trap 'echo stopped; exit 143' TERM; sleep 30 & wait"]);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            s2.store(true, Ordering::SeqCst);
+        });
+        let start = Instant::now();
+        let out = run_bounded_until(cmd, Duration::from_secs(30), &stop).unwrap();
+        assert_eq!(out.status.code(), Some(143));
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 

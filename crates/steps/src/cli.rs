@@ -33,3 +33,22 @@ pub enum Step {
     /// Create or update the GitLab release of a release tag.
     Release(crate::release::ReleaseArgs),
 }
+
+/// The command line as users see it: named `p3-executor` (the binary users type, which execs
+/// this one), and every help text starting with `p3-executor <step> ...`, e.g.
+/// `p3-executor s3 cp — Copy a file or object ...`.
+pub fn command() -> clap::Command {
+    fn with_template(cmd: clap::Command, full: &str) -> clap::Command {
+        let template = format!(
+            "{full} — {{about-with-newline}}\n{{usage-heading}} {{usage}}\n\n{{all-args}}{{after-help}}"
+        );
+        cmd.help_template(template).mut_subcommands(|sub| {
+            let name = format!("{full} {}", sub.get_name());
+            with_template(sub, &name)
+        })
+    }
+    with_template(
+        <StepsCli as clap::CommandFactory>::command().bin_name("p3-executor"),
+        "p3-executor",
+    )
+}

@@ -147,7 +147,7 @@ pub fn load_steps_config(path: &Path) -> Result<StepsConfig, Failure> {
     })?;
     serde_json::from_str(&text).map_err(|e| {
         Failure::system(format!(
-            "invalid executor config {}:\nsteps config is not valid JSON for [steps]: {e}",
+            "{} is not a steps settings file (the JSON of the executor config's [steps] that prepare writes to P3_STEPS_CONFIG): {e}",
             path.display()
         ))
     })

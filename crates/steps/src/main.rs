@@ -5,14 +5,14 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 
 use p3_contract::exit::step_code;
 use p3_contract::logging::{self, LogConfig};
 use p3_steps::cli::{Step, StepsCli};
 
 fn main() -> ExitCode {
-    let matches = StepsCli::command().bin_name("p3-executor").get_matches();
+    let matches = p3_steps::cli::command().get_matches();
     let cli = StepsCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     logging::init(&LogConfig {
         // The AWS SDK warns about each missing AWS file once per provider it builds (and

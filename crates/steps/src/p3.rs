@@ -19,11 +19,12 @@ use serde::Serialize;
 
 use super::context::StepContext;
 use super::p3toml::{P3File, P3TomlError, ResolvedJob};
-use p3_contract::command::run_bounded;
+use p3_contract::command::run_bounded_until;
 use p3_contract::steps_config::P3Config;
 pub use p3_contract::steps_config::{Action, PLACEHOLDERS, validate_templates};
 use p3_contract::template::{self, TemplateError, Value, Values, quote_argv};
 use p3_contract::terminal::escape;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -242,42 +243,153 @@ pub fn execute(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Vec<JobResult> {
-    calls
-        .iter()
-        .map(|call| {
-            let start = Instant::now();
-            let mut cmd = Command::new(&call.argv[0]);
-            cmd.args(&call.argv[1..]);
-            cmd.envs(env.iter().map(|(k, v)| (k, v)));
-            let (ok, error, output) = match run_bounded(cmd, timeout) {
-                Ok(out) => {
-                    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                    if out.status.success() {
-                        (true, None, stdout)
-                    } else {
-                        let mut msg = out.stderr_text();
-                        if msg.is_empty() {
-                            msg = stdout.clone();
-                        }
-                        (false, Some(format!("{}: {msg}", out.status)), stdout)
-                    }
-                }
-                Err(e) => (false, Some(e.to_string()), String::new()),
-            };
-            JobResult {
-                job: call.job.clone(),
-                action,
-                ok,
-                duration_ms: start.elapsed().as_millis(),
-                error,
-                output,
-            }
-        })
-        .collect()
+    execute_until(action, calls, env, timeout, &AtomicBool::new(false)).0
 }
 
-/// The result table: job, action, result, duration, error text. Job names and the client's
-/// error text are [`escape`]d (the error's line breaks shown as ` | `): one line per job.
+/// Where a run stood when it was told to stop (SIGTERM, Ctrl-C).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// The job whose call was running (and was sent SIGTERM): its state in P3 is unknown.
+    pub in_flight: Option<String>,
+    /// Jobs never started.
+    pub not_started: Vec<String>,
+}
+
+/// [`execute`], stopping when `stop` becomes true: the call in flight gets SIGTERM and no
+/// other starts. Returns the finished calls and, when stopped, where it stood.
+pub fn execute_until(
+    action: Action,
+    calls: &[Invocation],
+    env: &[(String, String)],
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> (Vec<JobResult>, Option<Stopped>) {
+    let mut results = Vec::new();
+    for (i, call) in calls.iter().enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            return (
+                results,
+                Some(Stopped {
+                    in_flight: None,
+                    not_started: calls[i..].iter().map(|c| c.job.clone()).collect(),
+                }),
+            );
+        }
+        let start = Instant::now();
+        let mut cmd = Command::new(&call.argv[0]);
+        cmd.args(&call.argv[1..]);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let outcome = run_bounded_until(cmd, timeout, stop);
+        if stop.load(Ordering::SeqCst) {
+            // Stopped while this call ran: whatever it printed, P3 may or may not have it.
+            return (
+                results,
+                Some(Stopped {
+                    in_flight: Some(call.job.clone()),
+                    not_started: calls[i + 1..].iter().map(|c| c.job.clone()).collect(),
+                }),
+            );
+        }
+        let (ok, error, output) = match outcome {
+            Ok(out) => {
+                let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if out.status.success() {
+                    (true, None, stdout)
+                } else {
+                    let mut msg = out.stderr_text();
+                    if msg.is_empty() {
+                        msg = stdout.clone();
+                    }
+                    (false, Some(format!("{}: {msg}", out.status)), stdout)
+                }
+            }
+            Err(e) => (false, Some(e.to_string()), String::new()),
+        };
+        results.push(JobResult {
+            job: call.job.clone(),
+            action,
+            ok,
+            duration_ms: start.elapsed().as_millis(),
+            error,
+            output,
+        });
+    }
+    (results, None)
+}
+
+/// Most characters of a client's error in the table; the whole text follows the table.
+pub const ERROR_CELL_CHARS: usize = 200;
+
+/// `text` without terminal escape sequences (colours, titles, cursor moves).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            // CSI: parameters, then one final byte in @..~.
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            // OSC: up to BEL or ESC \.
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' {
+                        break;
+                    }
+                    if c == '\x1b' {
+                        chars.next();
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The table's error cell: the first line of the error that says something (ANSI stripped,
+/// blank and decoration-only lines skipped), at most [`ERROR_CELL_CHARS`] characters, after
+/// the exit status.
+pub fn error_cell(error: &str) -> String {
+    let clean = strip_ansi(error);
+    // `exit status: 3: <stderr>` or `signal: 9 (SIGKILL): <stderr>`.
+    let (status, rest) = ["exit status: ", "signal: "]
+        .iter()
+        .find_map(|p| {
+            let after = clean.strip_prefix(p)?;
+            let (code, rest) = after.split_once(':')?;
+            Some((Some(format!("{p}{code}")), rest))
+        })
+        .unwrap_or((None, clean.as_str()));
+    let first = rest
+        .lines()
+        .map(str::trim)
+        .find(|l| l.chars().any(char::is_alphanumeric))
+        .unwrap_or("");
+    let line = match status {
+        Some(s) if first.is_empty() => s.to_string(),
+        Some(s) => format!("{s}: {first}"),
+        None => first.to_string(),
+    };
+    let more = rest.lines().filter(|l| !l.trim().is_empty()).count() > 1;
+    let mut cell: String = line.chars().take(ERROR_CELL_CHARS).collect();
+    if line.chars().count() > ERROR_CELL_CHARS || more {
+        cell.push_str(" …");
+    }
+    escape(&cell).into_owned()
+}
+
+/// The result table: job, action, result, duration, and the first meaningful line of the
+/// error ([`error_cell`]). Job names and errors are [`escape`]d: one line per job.
 pub fn table(results: &[JobResult]) -> String {
     let rows = results.iter().map(|r| {
         [
@@ -285,16 +397,130 @@ pub fn table(results: &[JobResult]) -> String {
             r.action.name().into(),
             if r.ok { "ok" } else { "FAILED" }.into(),
             format!("{:.1}s", r.duration_ms as f64 / 1000.0),
-            escape(&r.error.clone().unwrap_or_default().replace('\n', " | ")).into_owned(),
+            r.error.as_deref().map(error_cell).unwrap_or_default(),
         ]
     });
     p3_contract::terminal::table(["JOB", "ACTION", "RESULT", "DURATION", "ERROR"], rows)
 }
 
-/// An argv as one line for a person: each argument [`escape`]d, then quoted.
+/// Below the table: each failed job's whole error (ANSI stripped, each line escaped).
+pub fn error_details(results: &[JobResult]) -> String {
+    let mut out = String::new();
+    for r in results {
+        let Some(error) = &r.error else { continue };
+        out.push_str(&format!(
+            "--- {} {}: the client's error output ---\n",
+            escape(&r.job),
+            r.action.name()
+        ));
+        for line in strip_ansi(error).lines() {
+            out.push_str(&escape(line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// What a stopped run had done, for the log.
+pub fn stopped_summary(action: Action, results: &[JobResult], stopped: &Stopped) -> String {
+    let names = |v: Vec<&str>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.into_iter()
+                .map(|n| escape(n).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let done = |ok: bool| {
+        names(
+            results
+                .iter()
+                .filter(|r| r.ok == ok)
+                .map(|r| r.job.as_str())
+                .collect(),
+        )
+    };
+    let verb = match action {
+        Action::Deploy => "applied",
+        Action::Remove => "removed",
+        Action::Status => "shown",
+    };
+    let mut s = format!("p3 {} stopped by a signal:\n", action.name());
+    s.push_str(&format!("  {verb}: {}\n", done(true)));
+    if results.iter().any(|r| !r.ok) {
+        s.push_str(&format!("  failed: {}\n", done(false)));
+    }
+    s.push_str(&format!(
+        "  in flight (sent SIGTERM; its state in P3 is unknown, check with p3 status): {}\n",
+        names(stopped.in_flight.iter().map(String::as_str).collect())
+    ));
+    s.push_str(&format!(
+        "  not started: {}\n",
+        names(stopped.not_started.iter().map(String::as_str).collect())
+    ));
+    s
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// SIGTERM (the runner cancelling the job) and SIGINT set [`STOP`] instead of killing the
+/// step, so it can stop its client and say where it stood.
+fn catch_stop_signals() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
+/// An argv as one line for a person that a shell reads back as the same argv: plain
+/// arguments quoted as usual, one holding control or invisible characters (a newline in a
+/// command) in bash's `$'...'` form, so a copy-paste passes a newline, not a backslash-n.
 fn shown_argv(argv: &[String]) -> String {
-    let escaped: Vec<String> = argv.iter().map(|a| escape(a).into_owned()).collect();
-    quote_argv(&escaped)
+    argv.iter()
+        .map(|a| {
+            if escape(a) == a.as_str() {
+                quote_argv(std::slice::from_ref(a))
+            } else {
+                ansi_c_quote(a)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `$'...'` with `\n`, `\t`, `\xNN`, `\uNNNN` for what is not plainly printable.
+fn ansi_c_quote(arg: &str) -> String {
+    let mut out = String::from("$'");
+    for c in arg.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if escape(&c.to_string()) != c.to_string().as_str() => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// JSON report of a run (read by `release`).
@@ -319,6 +545,9 @@ pub struct ReportJob {
     pub job: String,
     /// Success.
     pub ok: bool,
+    /// The client's whole error output when it failed (ANSI stripped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Load `p3.toml`.
@@ -390,6 +619,7 @@ fn write_report(
             .map(|r| ReportJob {
                 job: r.job.clone(),
                 ok: r.ok,
+                error: r.error.as_deref().map(strip_ansi),
             })
             .collect(),
     };
@@ -494,7 +724,8 @@ pub fn run_action(
         ("P3_DEPLOY_STAGE".to_string(), deploy_stage.clone()),
     ];
     let timeout = Duration::from_secs(ctx.config.p3.timeout_secs);
-    let results = execute(action, &calls, &env, timeout);
+    catch_stop_signals();
+    let (results, stopped) = execute_until(action, &calls, &env, timeout, &STOP);
     if action == Action::Status {
         // The client's own output keeps its lines; each is escaped.
         for r in &results {
@@ -503,7 +734,12 @@ pub fn run_action(
         }
     }
     print!("{}", table(&results));
+    print!("{}", error_details(&results));
     write_report(args, action, &devstage, &deploy_stage, &facts, &results)?;
+    if let Some(stopped) = stopped {
+        eprint!("{}", stopped_summary(action, &results, &stopped));
+        return Ok(p3_contract::exit::STEP_INTERRUPTED);
+    }
     let failed = results.iter().filter(|r| !r.ok).count();
     if failed > 0 {
         eprintln!(
@@ -682,8 +918,57 @@ mod tests {
         assert_eq!(lines[1], "alpha  deploy  ok      1.5s");
         assert_eq!(
             lines[2],
-            "b      deploy  FAILED  1.5s      exit status: 3: quota | exceeded"
+            "b      deploy  FAILED  1.5s      exit status: 3: quota …"
         );
+        // The whole error follows the table.
+        assert_eq!(
+            error_details(&[r("b", false)]),
+            "--- b deploy: the client's error output ---\nexit status: 3: quota\nexceeded\n"
+        );
+    }
+
+    #[test]
+    fn the_error_cell_is_the_first_meaningful_line_without_colours() {
+        let stderr = format!(
+            "exit status: 3: \n\x1b[31m===\x1b[0m\n\x1b[1;31mERROR\x1b[0m: quota exceeded in client_dev\n{}",
+            "trace line\n".repeat(2000)
+        );
+        let cell = error_cell(&stderr);
+        assert_eq!(
+            cell,
+            "exit status: 3: ERROR: quota exceeded in client_dev …"
+        );
+        let long = format!("exit status: 1: {}", "x".repeat(1000));
+        assert!(error_cell(&long).chars().count() <= ERROR_CELL_CHARS + 2);
+        assert_eq!(strip_ansi("\x1b]0;title\x07a\x1b[2Jb"), "ab");
+    }
+
+    #[test]
+    fn a_stopped_run_says_what_was_applied_in_flight_and_not_started() {
+        let r = JobResult {
+            job: "a".into(),
+            action: Action::Deploy,
+            ok: true,
+            duration_ms: 1,
+            error: None,
+            output: String::new(),
+        };
+        let s = stopped_summary(
+            Action::Deploy,
+            &[r],
+            &Stopped {
+                in_flight: Some("b".into()),
+                not_started: vec!["c".into(), "d".into()],
+            },
+        );
+        assert!(s.contains("applied: a\n"), "{s}");
+        assert!(
+            s.contains(
+                "in flight (sent SIGTERM; its state in P3 is unknown, check with p3 status): b\n"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("not started: c, d\n"), "{s}");
     }
 
     #[test]
@@ -693,8 +978,8 @@ mod tests {
             action: Action::Deploy,
             ok: false,
             duration_ms: 1500,
-            // Escaped, each ESC is 4 characters: far wider than comfy-table's u16 widths.
-            error: Some("\x1b".repeat(20_000)),
+            // One line far wider than comfy-table's u16 widths.
+            error: Some("y".repeat(80_000)),
             output: String::new(),
         };
         let t = table(&[r]);
@@ -705,10 +990,8 @@ mod tests {
             "{:.80}",
             row
         );
-        assert!(row.ends_with(&format!(
-            "… ({} more characters)",
-            4 * 20_000 - p3_contract::terminal::MAX_CELL_CHARS
-        )));
+        assert!(row.ends_with(" …"), "{:.80}", row);
+        assert!(row.chars().count() < 300);
     }
 
     #[test]
@@ -726,11 +1009,12 @@ mod tests {
         assert!(!t.contains(['\x1b', '\x07', '\r']), "{t:?}");
         assert_eq!(
             t.lines().nth(1).unwrap(),
-            r"ingest\x1b[2J  deploy  FAILED  1.5s      exit status: 3: \x1b]0;owned\x07bad | forged  deploy  ok\r"
+            r"ingest\x1b[2J  deploy  FAILED  1.5s      exit status: 3: bad …"
         );
+        // A newline is shown as bash reads it back: $'a\nb' is a, newline, b.
         assert_eq!(
-            shown_argv(&["p3".into(), "a\nb".into(), "it's".into()]),
-            r"p3 'a\nb' 'it'\''s'"
+            shown_argv(&["p3".into(), "a\nb".into(), "it's".into(), "x\\y\x07".into()]),
+            r"p3 $'a\nb' 'it'\''s' $'x\\y\x07'"
         );
     }
 }

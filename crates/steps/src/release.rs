@@ -734,10 +734,12 @@ mod tests {
                 ReportJob {
                     job: "ingest".into(),
                     ok: true,
+                    error: None,
                 },
                 ReportJob {
                     job: "score".into(),
                     ok: false,
+                    error: None,
                 },
             ],
         }];
