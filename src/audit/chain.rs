@@ -315,8 +315,8 @@ pub fn record_hash(record: &Value) -> String {
 /// Append `record` to the log at `cfg.path`, filling `seq`, `time`, `prev` and `hash`; returns
 /// the record as written. Creates the directory (0750) and the log (0640) if missing.
 ///
-/// A torn tail (an earlier append was interrupted: bytes after the last good record that are
-/// not a record) is removed first, exactly those bytes, and a `recovered` record with their
+/// A torn tail (an earlier append was interrupted: the bytes after the last newline, which
+/// follow a good record) is removed first, exactly those bytes, and a `recovered` record with their
 /// SHA-256 and length is appended before `record`. Damage that reaches a complete record is
 /// never repaired: [`AuditError::Damaged`], naming the line and the fix.
 pub fn append(cfg: &AuditConfig, record: AuditRecord) -> Result<AuditRecord, AuditError> {
@@ -478,7 +478,7 @@ enum Tail {
         /// Its `hash` ([`GENESIS`] for an empty log).
         hash: String,
     },
-    /// What follows the last good record is not a record: an interrupted append.
+    /// Bytes after the last newline, which ends a good record: an interrupted append.
     Torn(Torn),
     /// Not a torn append: damage that reaches a complete record.
     Damaged(String),
@@ -555,9 +555,10 @@ pub fn continues(line: &[u8], seq: u64, prev: &str) -> Result<String, String> {
 /// How the log ends, reading only its last two lines (backwards, in small chunks), so appends
 /// stay cheap however long the log grows.
 ///
-/// Torn: bytes after the last newline, and/or a last line that is not a record on its own
-/// (not JSON, or not matching its hash) after a line that is. Damaged: a last record that does
-/// not continue the one before it, or two bad lines in a row: complete records are involved.
+/// Torn: only the bytes after the last newline (an append writes its line with its newline in
+/// one write, so an interrupted one leaves no newline), after a last complete line that is a
+/// record continuing the one before it. Damaged: a complete last line that is not a record (not
+/// JSON, not matching its hash) or does not continue the one before it.
 fn inspect_tail(file: &File, path: &Path) -> Result<Tail, AuditError> {
     let len = file.metadata().map_err(io(path, "stat"))?.len();
     if len == 0 {
@@ -628,18 +629,12 @@ fn inspect_tail(file: &File, path: &Path) -> Result<Tail, AuditError> {
                 Some(why) => torn(after_newline, last.seq, last.hash, why),
             })
         }
-        Err(line_why) => match before()? {
-            Ok(prev) => {
-                let mut why = format!("the last line {line_why}");
-                if partial.is_some() {
-                    why.push_str(", followed by an incomplete line (no newline)");
-                }
-                Ok(torn(line_start, prev.seq, prev.hash, why))
-            }
-            Err(prev_why) => Ok(Tail::Damaged(format!(
-                "the last line {line_why}, and the line before it {prev_why}: more than a torn append"
-            ))),
-        },
+        // A complete line (it ends in a newline) that is not a record is never a torn append:
+        // an append writes its line and its newline in one write, so an interrupted one
+        // leaves no newline. It was edited or corrupted: damage, never removed.
+        Err(line_why) => Ok(Tail::Damaged(format!(
+            "the last complete line {line_why}: an interrupted append leaves no newline, so this line was edited or corrupted"
+        ))),
     }
 }
 
@@ -1086,23 +1081,31 @@ mod torn_tail_tests {
     }
 
     #[test]
-    fn a_complete_looking_last_line_with_a_bad_hash_is_removed_and_recorded() {
-        let (_dir, log, _) = log_of(1);
-        let mut line: Value = serde_json::from_slice(&fs::read(&log).unwrap()).unwrap();
-        line["seq"] = 4.into();
-        line["reason"] = "edited after hashing".into();
-        let mut torn = serde_json::to_vec(&line).unwrap();
-        torn.push(b'\n');
-        assert_recovers(&torn);
+    fn bytes_without_a_newline_at_the_end_are_removed_and_recorded() {
+        // Zeros: what a crash can leave where the file grew but its data never reached disk.
+        assert_recovers(&[0u8; 300]);
+        assert_recovers(b"{\"seq\":4,");
+        assert_recovers(b"\x00\xffnot json at all");
     }
 
     #[test]
-    fn garbage_bytes_at_the_end_are_removed_and_recorded() {
-        // Zeros: what a crash can leave where the file grew but its data never reached disk.
-        assert_recovers(&[0u8; 300]);
-        assert_recovers(b"\x00\xffnot json at all\n");
-        assert_recovers(b"[1,2,3]\n{\"seq\":4,");
-        assert_recovers(b"\n");
+    fn a_complete_last_line_that_is_not_a_record_stays_an_error() {
+        // An edited last record, valid JSON on its own line with its newline: tampering, not a
+        // torn append, so it is never removed.
+        let (_dir, log, _) = log_of(2);
+        edit_line(&log, 1, |v| v["reason"] = "edited after hashing".into());
+        assert_fails_closed(&log, 2);
+
+        for bad in [
+            &b"\x00\xffnot json at all\n"[..],
+            b"[1,2,3]\n{\"seq\":4,",
+            b"\n",
+            b"{\"seq\":4}\n",
+        ] {
+            let (_dir, log, _) = log_of(3);
+            add(&log, bad);
+            assert_fails_closed(&log, 4);
+        }
     }
 
     #[test]
@@ -1233,6 +1236,56 @@ mod torn_tail_tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Cut the last record anywhere before its newline: always a torn append, healed.
+        #[test]
+        fn a_cut_anywhere_in_the_last_record_always_heals(cut in any::<prop::sample::Index>()) {
+            let (_dir, log, written) = log_of(3);
+            let full = fs::read(&log).unwrap();
+            let last_start = full[..full.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+            // Keep 1..=len-1 bytes of the last line (its newline is the last byte).
+            let at = last_start + 1 + cut.index(full.len() - 1 - last_start);
+            fs::write(&log, &full[..at]).unwrap();
+            let new = append(&cfg(&log), rec(9)).unwrap();
+            let after = fs::read(&log).unwrap();
+            prop_assert_eq!(&after[..last_start], &full[..last_start]);
+            let v = verify(&log).unwrap();
+            prop_assert_eq!(&v.broken, &None);
+            prop_assert_eq!(v.records, 4);
+            prop_assert_eq!(v.recoveries.len(), 1);
+            prop_assert_eq!(v.recoveries[0].recovery.removed_bytes, (at - last_start) as u64);
+            prop_assert_eq!(&v.recoveries[0].recovery.last_good_hash, &written[1].hash);
+            prop_assert_eq!(new.seq, 4);
+        }
+
+        /// Change any one byte of a complete record (not its newline): never healed. Nothing
+        /// is removed and no recovery is recorded; a change in the last record (the tail an
+        /// append reads) fails the append closed, leaving the log byte for byte as it was.
+        #[test]
+        fn a_changed_byte_in_a_complete_record_never_heals(
+            pos in any::<prop::sample::Index>(),
+            delta in 1u8..=255,
+        ) {
+            let (_dir, log, _) = log_of(3);
+            let mut bytes = fs::read(&log).unwrap();
+            let last_start = bytes[..bytes.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+            let content: Vec<usize> = (0..bytes.len()).filter(|&i| bytes[i] != b'\n').collect();
+            let i = content[pos.index(content.len())];
+            bytes[i] = bytes[i].wrapping_add(delta);
+            fs::write(&log, &bytes).unwrap();
+            let result = append(&cfg(&log), rec(9));
+            let after = fs::read(&log).unwrap();
+            prop_assert_eq!(&after[..bytes.len()], &bytes[..], "nothing is removed");
+            if i >= last_start {
+                prop_assert!(matches!(result, Err(AuditError::Damaged { .. })), "{:?}", result);
+                prop_assert_eq!(&after, &bytes);
+            }
+            let v = verify(&log).unwrap();
+            prop_assert!(v.broken.is_some());
+            prop_assert_eq!(v.torn_tail, None);
+            prop_assert!(v.recoveries.is_empty());
+            prop_assert!(v.recoveries.is_empty());
+        }
 
         /// Cut a good log anywhere: at a line end nothing is recovered; anywhere else exactly
         /// the bytes after the last line end are removed, and the result verifies.

@@ -409,6 +409,84 @@ fn a_damaged_middle_fails_closed_and_a_denial_stays_a_denial() {
     );
 }
 
+/// A complete last line that is not a good record is damage, never a torn append: an edited
+/// last record (still valid JSON on its own line), a non-JSON complete last line, and a last
+/// record that does not continue the chain each fail the next grant closed (system failure,
+/// the line and the fix in the job log) and leave the log byte for byte as it was.
+#[test]
+fn a_damaged_complete_last_line_fails_the_next_grant_closed() {
+    use runner::tokens::{ISSUER, JwksServer, TokenMinter, gitlab_claims};
+    let kdc = p3_testkit::kdc::Kdc::start(&["svc_client_dev", "svc_client_uat"]);
+    let minter = TokenMinter::new();
+    let jwks = JwksServer::start(&minter.jwks_json());
+    let config = p3_testkit::demo::policy_config(&kdc, &format!("jwks_url = \"{}\"", jwks.url), "");
+    type Damage = fn(&Path);
+    let cases: [(&str, u64, Damage); 3] = [
+        ("edited last record", 3, |log| {
+            let mut l = lines(log);
+            l[2] = l[2].replace("grp/app", "grp/other");
+            write_lines(log, &l);
+        }),
+        ("non-JSON complete last line", 4, |log| {
+            let mut f = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+            std::io::Write::write_all(&mut f, b"not a record\n").unwrap();
+        }),
+        ("last record that breaks the chain", 2, |log| {
+            let mut l = lines(log);
+            l.remove(1);
+            write_lines(log, &l);
+        }),
+    ];
+    for (i, (what, line, damage)) in cases.into_iter().enumerate() {
+        let host = runner::host(&config);
+        let log = host.root().join("audit/audit.jsonl");
+        log_with_tail(&log, 3, b"");
+        damage(&log);
+        let before = std::fs::read(&log).unwrap();
+        let id = 8830 + i as u64;
+        let claims = gitlab_claims(
+            ISSUER,
+            "p3-executor",
+            id,
+            "data-ml/forecast",
+            "main",
+            "branch",
+            true,
+        );
+        let mut job = host
+            .job(id, "echo granted")
+            .var("P3_ID_TOKEN", &minter.mint(claims))
+            .var("P3_DEVSTAGE", "client_dev");
+        assert_eq!(
+            job.run_all(),
+            runner::JobResult::SystemFailure,
+            "{what}: {}",
+            job.log
+        );
+        assert!(!job.log.contains("\ngranted"), "{what}: {}", job.log);
+        assert!(
+            job.log.contains(&format!("is damaged: line {line}"))
+                && job.log.contains("p3-executor audit verify")
+                && job.log.contains("keep it as evidence"),
+            "{what}: {}",
+            job.log
+        );
+        assert_eq!(
+            std::fs::read(&log).unwrap(),
+            before,
+            "{what}: the log is left byte for byte as it was"
+        );
+        let verify = host.exec(&["audit", "verify"]);
+        let text = String::from_utf8_lossy(&verify.stdout);
+        assert_eq!(verify.status.code(), Some(1), "{what}: {text}");
+        assert!(
+            text.contains(&format!("BROKEN at line {line}")),
+            "{what}: {text}"
+        );
+        assert!(!text.contains("torn append"), "{what}: {text}");
+    }
+}
+
 #[test]
 fn the_tail_is_found_across_read_chunks() {
     // Records larger than the 4 KiB backwards-read chunk must still chain correctly.
