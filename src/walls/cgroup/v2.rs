@@ -325,10 +325,10 @@ mod tests {
     }
 
     #[test]
-    fn a_runner_in_the_base_moves_to_a_leaf() {
-        // A real base refuses "+memory" while it holds processes; emulate that with a
-        // directory in place of the file, which fails the write like EBUSY would not. So
-        // only the path computation is checked here; the move itself needs a v2 kernel.
+    fn a_runner_in_its_leaf_still_makes_jobs_beside_it() {
+        // Only the kernel answers EBUSY to "+memory" in a base that holds processes, so the
+        // move into the leaf needs a v2 kernel; what a later call, already in the leaf, takes
+        // as its base is checked here.
         assert_eq!(
             base_of(Path::new("/sys/fs/cgroup/system.slice/r.service/p3-runner")),
             PathBuf::from("/sys/fs/cgroup/system.slice/r.service")
