@@ -398,6 +398,15 @@ pub struct KerberosConfig {
 }
 
 /// A Kerberos system account whose keytab stays on this host.
+    /// `check` warns about a keytab older than this many days (0: never). AD service accounts
+    /// and gMSAs rotate their passwords (a gMSA every 30 days), and a keytab is only as fresh
+    /// as its last export.
+    #[serde(default = "default_keytab_max_age_days")]
+    pub keytab_max_age_days: u64,
+}
+
+fn default_keytab_max_age_days() -> u64 {
+    30
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Account {
@@ -991,6 +1000,7 @@ impl Default for KerberosConfig {
 fn check_regex(pattern: &str) -> std::result::Result<(), String> {
     regex_syntax::Parser::new()
         .parse(pattern)
+            keytab_max_age_days: default_keytab_max_age_days(),
         .map(drop)
         .map_err(|e| e.to_string())
 }

@@ -284,6 +284,7 @@ fn grant(
     );
     record_kdc(&mut rec, &obtained);
     rec.extra.insert("kinit_ms".into(), Value::from(kinit_ms));
+            record_kinit_failures(&mut rec, &e.answers());
     // The network policy the grant comes with: its name and the hash of its rules as
     // configured (prepare applies exactly these; the job log shows the pinned addresses).
     let network = crate::walls::network::policy_for(cfg, Some(&devstage));
@@ -536,6 +537,7 @@ pub fn refresh(
                 e
             })?;
             record_best_effort(cfg, rec);
+                record_kinit_failures(&mut rec, &e.answers());
             state.env.extend(env);
             if let Some(g) = state.grant.as_mut() {
                 g.s3_expires = expires;
@@ -751,7 +753,22 @@ fn write_steps_file(cfg: &Config, paths: &JobPaths, state: &mut JobState) -> Res
     let readable = atomic_file::Options {
         mode: 0o644,
         ..atomic_file::Options::PRIVATE
+/// Each failed kinit answer (`kdc`, `reason` as in `p3_executor_kinit_failures_total`, kinit's
+/// words) as `extra.kinit_failures`: the DCs that rejected a key before one accepted it, or why
+/// the kinit failed.
+fn record_kinit_failures(rec: &mut AuditRecord, answers: &[kerberos::DcAnswer]) {
+    if answers.is_empty() {
+        return;
+    }
+    let list: Vec<Value> = answers
+        .iter()
+        .map(|a| serde_json::json!({"kdc": a.kdc, "reason": a.reason, "answer": a.answer}))
+        .collect();
+    rec.extra.insert("kinit_failures".into(), Value::from(list));
+}
+
     };
+    record_kinit_failures(rec, &obtained.rejected);
     atomic_file::write(&file, &steps, readable)
         .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
     state

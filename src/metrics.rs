@@ -90,6 +90,9 @@ pub struct Counters {
     /// CPU seconds of ended jobs, by devstage.
     #[serde(default)]
     pub job_cpu: BTreeMap<String, Histogram>,
+    /// Failed kinit answers (`extra.kinit_failures`) by (account, reason).
+    #[serde(default)]
+    pub kinit_failures: BTreeMap<String, u64>,
 }
 
 /// Join label values with a separator no value can hold (they are escaped on output).
@@ -148,6 +151,25 @@ impl Counters {
         if let Some(secs) = millis(r, "credential_process_ms") {
             self.credential_process.observe(secs);
         }
+        // Each DC that rejected a key, and each failed kinit, with its reason (`grant.rs`).
+        if let Some(failures) = r
+            .extra
+            .get("kinit_failures")
+            .and_then(serde_json::Value::as_array)
+        {
+            let account = r.account.as_deref().unwrap_or("");
+            for f in failures {
+                let reason = f
+                    .get("reason")
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|r| matches!(*r, "unreachable" | "wrong_key" | "unknown_principal"))
+                    .unwrap_or("other");
+                *self
+                    .kinit_failures
+                    .entry(key(&[account, reason]))
+                    .or_default() += 1;
+            }
+        }
         // What a job used, from its cgroup (`walls::cgroup::JobCgroup::audit_fields`).
         if matches!(r.event, AuditEvent::Cleanup | AuditEvent::Gc) {
             let devstage = r
@@ -190,6 +212,8 @@ pub struct Gauges {
     pub uids_quarantined: u64,
     /// Audit records that could not be sent to syslog.
     pub syslog_drops: u64,
+    /// Age in seconds of each account's keytab (its modification time), by account.
+    pub keytab_ages: BTreeMap<String, u64>,
     /// With `[audit.s3]`: records not yet shipped, the age of the oldest in seconds, and
     /// whether the last ship failed.
     pub ship: Option<(u64, u64, bool)>,
@@ -333,6 +357,31 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
         family(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
+    family(
+        &mut out,
+        "p3_executor_kinit_failures_total",
+        "counter",
+        "Failed kinit answers, by account and reason (unreachable, wrong_key, unknown_principal, other); a DC that rejects a key counts even when the next DC accepts it.",
+    );
+    labelled(
+        &mut out,
+        "p3_executor_kinit_failures_total",
+        &["account", "reason"],
+        &c.kinit_failures,
+    );
+    family(
+        &mut out,
+        "p3_executor_keytab_age_seconds",
+        "gauge",
+        "Age of each account's keytab (since its last change): a rotating password needs a fresh keytab.",
+    );
+    for (account, age) in &g.keytab_ages {
+        let _ = writeln!(
+            out,
+            "p3_executor_keytab_age_seconds{{account=\"{}\"}} {age}",
+            label(account)
+        );
+    }
     if let Some((records, age, failing)) = g.ship {
         for (name, help, value) in [
             (
@@ -410,6 +459,17 @@ fn gauges(cfg: &Config) -> Gauges {
         uids_leased: crate::uid_pool::leases(cfg).len() as u64,
         uids_quarantined: crate::uid_pool::quarantined(cfg).len() as u64,
         syslog_drops: crate::audit::syslog::drops(&cfg.audit.path),
+        keytab_ages: cfg
+            .accounts
+            .iter()
+            .filter_map(|(name, a)| {
+                let modified = std::fs::metadata(&a.keytab).ok()?.modified().ok()?;
+                let age = std::time::SystemTime::now()
+                    .duration_since(modified)
+                    .unwrap_or_default();
+                Some((name.clone(), age.as_secs()))
+            })
+            .collect(),
         ship: crate::audit::shipped::lag(cfg).map(|l| {
             let failing = l.state.as_ref().is_some_and(|s| s.last_error.is_some());
             (l.records, l.age_secs(chrono::Utc::now()), failing)

@@ -12,8 +12,8 @@ use super::finding::{Finding, Severity, finding};
 use crate::config::{Account, AccountKerberos, Config};
 use crate::credentials::kerberos::realm_conf::{self, SYSTEM_KRB5_CONF};
 use crate::credentials::kerberos::{
-    KerberosError, KinitOptions, destroy, keytab_principals, obtain_with, principal_matches,
-    resolve_tool,
+    KerberosError, KinitOptions, destroy, enctype_name, keytab_principals, keytab_with_kvno,
+    obtain_with, principal_matches, read_keytab, resolve_tool,
 };
 
 /// How long MIT kinit (1.20) waits for a DC that accepts a TCP connection and never answers
@@ -133,6 +133,7 @@ pub fn check(cfg: &Config) -> Vec<Finding> {
         if !klist_found {
             continue;
         }
+        keytab_findings(cfg, name, account, &meta, &mut out);
         match keytab_principals(k, keytab) {
             Ok(found) if found.iter().any(|p| principal_matches(p, &account.principal)) => {}
             Ok(found) => out.push(Finding {
@@ -164,6 +165,85 @@ pub fn check(cfg: &Config) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// What the keytab holds (each principal's key versions and enctypes) and its age, as an `ok:`
+/// line; a warning past `kerberos.keytab_max_age_days`.
+fn keytab_findings(
+    cfg: &Config,
+    name: &str,
+    account: &Account,
+    meta: &fs::Metadata,
+    out: &mut Vec<Finding>,
+) {
+    let keytab = account.keytab.display();
+    let age_days = meta
+        .modified()
+        .ok()
+        .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+        .map_or(0, |d| d.as_secs() / 86_400);
+    let entries = match read_keytab(&account.keytab) {
+        Ok(entries) => entries,
+        Err(why) => {
+            out.push(finding(
+                Severity::Warning,
+                format!("accounts.{name}: keytab {keytab} {why}"),
+                "export the keytab again (MIT kadmin ktadd, ktpass, msktutil or adcli)",
+            ));
+            return;
+        }
+    };
+    let mut principals: Vec<&str> = Vec::new();
+    for e in &entries {
+        if !principals.contains(&e.principal.as_str()) {
+            principals.push(&e.principal);
+        }
+    }
+    let held: Vec<String> = principals
+        .iter()
+        .map(|p| {
+            let mut kvnos: Vec<u32> = Vec::new();
+            let mut enctypes: Vec<String> = Vec::new();
+            for e in entries.iter().filter(|e| e.principal == *p) {
+                if !kvnos.contains(&e.kvno) {
+                    kvnos.push(e.kvno);
+                }
+                let n = enctype_name(e.enctype);
+                if !enctypes.contains(&n) {
+                    enctypes.push(n);
+                }
+            }
+            kvnos.sort_unstable();
+            let kvnos: Vec<String> = kvnos.iter().map(u32::to_string).collect();
+            format!(
+                "{p} key version(s) {} ({})",
+                kvnos.join(", "),
+                enctypes.join(", ")
+            )
+        })
+        .collect();
+    out.push(finding(
+        Severity::Info,
+        format!(
+            "accounts.{name}: keytab {keytab}: {}; {age_days} day(s) old",
+            if held.is_empty() {
+                "no keys".to_string()
+            } else {
+                held.join("; ")
+            }
+        ),
+        "",
+    ));
+    let max = cfg.kerberos.keytab_max_age_days;
+    if max > 0 && age_days > max {
+        out.push(finding(
+            Severity::Warning,
+            format!(
+                "accounts.{name}: keytab {keytab} is {age_days} days old (kerberos.keytab_max_age_days = {max}): if the account's password rotates (a gMSA every 30 days, AD service accounts by policy), this keytab will soon stop working"
+            ),
+            "export a fresh keytab with your site's tool (ktpass, msktutil --update, adcli update, or a gMSA keytab tool) and run `p3-executor check --probe`; for an account whose password never rotates, raise kerberos.keytab_max_age_days (0: never warn)",
+        ));
+    }
 }
 
 /// How to put a missing keytab in place: MIT kadmin, or the Active Directory tools.
@@ -305,8 +385,107 @@ fn host_file_readable(cfg: &Config, key: &str, host: &Path, out: &mut Vec<Findin
 pub fn probe(cfg: &Config) -> Vec<Finding> {
     cfg.accounts
         .iter()
-        .map(|(name, account)| probe_account(cfg, name, account))
+        .flat_map(|(name, account)| {
+            let mut out = vec![probe_account(cfg, name, account)];
+            out.extend(probe_key_versions(cfg, name, account));
+            out
+        })
         .collect()
+}
+
+/// For an account with its own DCs: which DC accepts which key version of its keytab (a
+/// kinit per DC and key version, each with a krb5.conf naming only that DC and a copy of the
+/// keytab holding only that version, in a root-only temp dir). One line per DC.
+fn probe_key_versions(cfg: &Config, name: &str, account: &Account) -> Vec<Finding> {
+    let Some(realm) = account.kerberos.as_ref().filter(|r| !r.kdcs.is_empty()) else {
+        return Vec::new();
+    };
+    let mut kvnos: Vec<u32> = read_keytab(&account.keytab)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| principal_matches(&e.principal, &account.principal))
+        .map(|e| e.kvno)
+        .collect();
+    kvnos.sort_unstable();
+    kvnos.dedup();
+    if kvnos.is_empty() {
+        return Vec::new();
+    }
+    let key = format!("accounts.{name}");
+    let Ok(dir) = tempfile::Builder::new().prefix("p3-probe-kvno-").tempdir() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for dc in &realm.kdcs {
+        let one = AccountKerberos {
+            kdcs: vec![dc.clone()],
+            ..realm.clone()
+        };
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        for kvno in &kvnos {
+            let result = (|| -> Result<(), String> {
+                let sub = dir.path().join(format!("dc-{kvno}"));
+                let _ = fs::remove_dir_all(&sub);
+                fs::create_dir(&sub).map_err(|e| e.to_string())?;
+                let kt = sub.join("keytab");
+                let bytes = keytab_with_kvno(&account.keytab, *kvno)?;
+                fs::write(&kt, bytes).map_err(|e| e.to_string())?;
+                let conf = realm_conf::write_job_conf(&cfg.kerberos, &one, &sub)
+                    .map_err(|e| e.to_string())?;
+                let probe_account = Account {
+                    keytab: kt,
+                    kerberos: Some(one.clone()),
+                    ..account.clone()
+                };
+                let ccache = sub.join("krb5cc");
+                let opts = KinitOptions {
+                    owner: None,
+                    max_life: Some(Duration::from_secs(60)),
+                    krb5_config: Some(&conf),
+                    trace: true,
+                };
+                let r = obtain_with(&cfg.kerberos, &probe_account, &ccache, &opts);
+                let _ = destroy(&cfg.kerberos, &ccache);
+                r.map(drop).map_err(|e| match e {
+                    KerberosError::KeyRejected { answers, .. } => answers
+                        .iter()
+                        .map(|a| a.answer.clone())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    e => e
+                        .to_string()
+                        .split("\n  fix: ")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                })
+            })();
+            match result {
+                Ok(()) => accepted.push(kvno.to_string()),
+                Err(why) => rejected.push(format!("{kvno} ({why})")),
+            }
+        }
+        let mut text = format!("{key}: probe DC {dc}: ");
+        if accepted.is_empty() {
+            text.push_str("accepts no key version of the keytab");
+        } else {
+            text.push_str(&format!("accepts key version {}", accepted.join(", ")));
+        }
+        if !rejected.is_empty() {
+            text.push_str(&format!("; rejects {}", rejected.join(", ")));
+        }
+        out.push(if accepted.is_empty() {
+            finding(
+                Severity::Warning,
+                text,
+                "this DC holds a key the keytab does not (rotated and replicated here), or cannot be reached: export a fresh keytab (ktpass, msktutil --update, adcli update, or a gMSA keytab tool) once the rotation has replicated to every DC",
+            )
+        } else {
+            finding(Severity::Info, text, "")
+        });
+    }
+    out
 }
 
 fn probe_account(cfg: &Config, name: &str, account: &Account) -> Finding {

@@ -298,7 +298,8 @@ fn wrong_keytab_passes_on_kinits_text_and_leaves_no_cache() {
     );
     assert!(files_in(&creds).is_empty(), "{:?}", files_in(&creds));
 
-    // A missing keytab and a rotated key are the same class of problem, with kinit's words.
+    // A missing keytab is the same class of problem, with kinit's words; a rotated key is
+    // rejected by the KDC, and the message says so.
     cfg.accounts.get_mut("uat").unwrap().keytab = kdc.dir().join("missing.keytab");
     let err = kerberos::obtain(&cfg.kerberos, account(&cfg, "uat"), &ccache, None).unwrap_err();
     assert_error_text(&err, "not found");
@@ -306,8 +307,9 @@ fn wrong_keytab_passes_on_kinits_text_and_leaves_no_cache() {
     cfg.accounts.get_mut("uat").unwrap().keytab = kdc.keytab("svc_client_uat");
     kdc.rotate_key("svc_client_uat");
     let err = kerberos::obtain(&cfg.kerberos, account(&cfg, "uat"), &ccache, None).unwrap_err();
-    assert!(matches!(err, KerberosError::WrongKeytab { .. }), "{err:?}");
+    assert!(matches!(err, KerberosError::KeyRejected { .. }), "{err:?}");
     assert_error_text(&err, "Password incorrect");
+    assert_error_text(&err, "password has probably been rotated");
 }
 
 #[test]

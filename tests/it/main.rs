@@ -33,6 +33,7 @@ mod realms;
 mod release;
 mod runner;
 mod s3;
+mod rotation;
 mod s3_integrity;
 mod scrub;
 mod walls;

@@ -51,6 +51,20 @@ impl Kdc {
         self.0.rotate_key(name).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
+    /// [`Realm::set_key`].
+    pub fn set_key(&self, name: &str, password: &str, kvno: u32) {
+        self.0
+            .set_key(name, password, kvno)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// [`Realm::export_keytab`].
+    pub fn export_keytab(&self, name: &str, path: &Path) {
+        self.0
+            .export_keytab(name, path)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
     /// [`Realm::delete_principal`].
     pub fn delete_principal(&self, name: &str) {
         self.0

@@ -203,6 +203,28 @@ impl Realm {
             .map(drop)
     }
 
+    /// Give `name` the key derived from `password` at key version `kvno` (`cpw -pw`, then
+    /// `modprinc -kvno`). Two realms of the same name derive the same key from the same
+    /// password (same salt), so two KDCs stand in for two DCs of one domain, before and after
+    /// a rotation replicated.
+    pub fn set_key(&self, name: &str, password: &str, kvno: u32) -> anyhow::Result<()> {
+        let p = self.principal(name);
+        self.kadmin(&format!("cpw -pw {password} {p}"))?;
+        self.kadmin(&format!("modprinc -kvno {kvno} {p}")).map(drop)
+    }
+
+    /// Add `name`'s current keys to the keytab at `path` (created 0600 if missing; entries are
+    /// appended, so exports from several KDCs make a keytab of several key versions).
+    pub fn export_keytab(&self, name: &str, path: &Path) -> anyhow::Result<()> {
+        self.kadmin(&format!(
+            "ktadd -norandkey -k {} {}",
+            path.display(),
+            self.principal(name)
+        ))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .context("chmod keytab")
+    }
+
     /// Delete `name` from the database (its keytab stays: "not found in Kerberos database").
     pub fn delete_principal(&self, name: &str) -> anyhow::Result<()> {
         self.kadmin(&format!("delprinc -force {}", self.principal(name)))

@@ -42,6 +42,25 @@ pub enum KerberosError {
         /// kinit's stderr, verbatim.
         stderr: String,
     },
+    /// Every DC that answered rejected the keytab's key ("Password incorrect", "Preauthentication
+    /// failed", a key version the keytab does not hold): the account's password has probably
+    /// been rotated and the keytab not refreshed (or a DC has not replicated the new key yet,
+    /// and none that has answered). Each DC of the account's list was asked in turn.
+    #[error(
+        "kinit for {principal} with keytab {keytab}: {}\n  the account's password has probably been rotated: the keytab holds key version(s) {} and no DC accepted them\n  fix: export a fresh keytab with the account's current key, using your site's tool: Active Directory: ktpass on a DC (ktpass /princ {principal} ... /out <file>), msktutil --update or adcli update on Linux, or your gMSA keytab tool (gMSA passwords rotate every 30 days by default); MIT kadmin: ktadd -norandkey. Install it at {keytab} (root, 0600), then run `p3-executor check --probe` to see which DC accepts which key version",
+        answers_text(.answers),
+        kvnos_text(.kvnos)
+    )]
+    KeyRejected {
+        /// Principal asked for.
+        principal: String,
+        /// Keytab used.
+        keytab: PathBuf,
+        /// The key versions of the principal in the keytab (empty: could not be read).
+        kvnos: Vec<u32>,
+        /// Each DC's answer, in the order asked.
+        answers: Vec<DcAnswer>,
+    },
     /// The KDC does not know the principal.
     #[error(
         "kinit for {principal} failed: {stderr}\n  fix: the principal does not exist in the KDC's database: correct accounts.<name>.principal or ask the KDC admins to create it"
@@ -102,6 +121,67 @@ pub enum KerberosError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What one DC answered a kinit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DcAnswer {
+    /// The DC (`host:port` as kinit's trace names it, or the configured entry).
+    pub kdc: String,
+    /// The metric reason ([`KerberosError::reason`]): `wrong_key`, `unreachable`, ...
+    pub reason: &'static str,
+    /// kinit's own words.
+    pub answer: String,
+}
+
+fn answers_text(answers: &[DcAnswer]) -> String {
+    let list: Vec<String> = answers
+        .iter()
+        .map(|a| format!("{} answered: {}", a.kdc, a.answer))
+        .collect();
+    format!("no DC accepted the key ({})", list.join("; "))
+}
+
+fn kvnos_text(kvnos: &[u32]) -> String {
+    if kvnos.is_empty() {
+        return "(unknown: the keytab could not be read)".into();
+    }
+    kvnos
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl KerberosError {
+    /// The reason label of `p3_executor_kinit_failures_total`: `unreachable`, `wrong_key`,
+    /// `unknown_principal` or `other`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            KerberosError::KdcUnreachable { .. } | KerberosError::Timeout { .. } => "unreachable",
+            KerberosError::WrongKeytab { .. } | KerberosError::KeyRejected { .. } => "wrong_key",
+            KerberosError::PrincipalUnknown { .. } => "unknown_principal",
+            _ => "other",
+        }
+    }
+
+    /// Each DC's answer for the audit record: the rejections of [`KerberosError::KeyRejected`],
+    /// or this one failure (no DC named).
+    pub fn answers(&self) -> Vec<DcAnswer> {
+        match self {
+            KerberosError::KeyRejected { answers, .. } => answers.clone(),
+            other => vec![DcAnswer {
+                kdc: String::new(),
+                reason: other.reason(),
+                answer: other
+                    .to_string()
+                    .split("\n  fix: ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            }],
+        }
+    }
 }
 
 impl From<KerberosError> for crate::error::Error {

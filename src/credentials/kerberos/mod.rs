@@ -12,7 +12,9 @@
 //!   once the job is over.
 //! - `ccache.rs`: [`read_ticket`], the pure parser of MIT FILE caches (v3/v4), rather than
 //!   `klist` output, whose dates are locale-formatted with two-digit years.
-//! - `keytab.rs`: [`keytab_fingerprint`] for the audit log, [`keytab_principals`].
+//! - `keytab.rs`: [`keytab_fingerprint`] for the audit log, [`keytab_principals`], and the pure
+//!   [`parse_keytab`] (principal, key version, enctype of each entry) for `check` and for the
+//!   key versions a rotation message names.
 //! - `realm_conf.rs`: the per-job krb5.conf of an account with its own realm
 //!   (`[accounts.<name>.kerberos]`, an AD domain): [`realm_conf::render`] (pure) and
 //!   [`realm_conf::write_job_conf`] into the job's credentials dir. kinit, refresh and the job
@@ -32,9 +34,12 @@ mod ticket;
 mod tool;
 
 pub use ccache::{Ticket, read_ticket};
-pub use error::KerberosError;
+pub use error::{DcAnswer, KerberosError};
 pub(crate) use keytab::principal_matches;
-pub use keytab::{keytab_fingerprint, keytab_principals};
+pub use keytab::{
+    KeytabEntry, enctype_name, keytab_fingerprint, keytab_kvnos, keytab_principals,
+    keytab_with_kvno, parse_keytab, read_keytab,
+};
 pub use ticket::{
     KinitOptions, Obtained, destroy, krb5ccname, obtain, obtain_capped, obtain_with,
     refresh_if_needed, refresh_with, requested_lifetime,

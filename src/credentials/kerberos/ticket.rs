@@ -12,15 +12,24 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::ccache::{Ticket, read_ticket};
+use super::error::DcAnswer;
 use super::error::{KerberosError, io_err};
-use super::keytab::principal_matches;
+use super::keytab::{keytab_kvnos, principal_matches};
+use super::realm_conf;
 use super::tool::{parse_kdc_trace, run_tool, run_tool_with, without_trace};
 use crate::command::Output;
 use crate::config::{Account, KerberosConfig};
 
 /// Classify a failed kinit by its (precise, stable) stderr text, trace lines left out;
-/// `krb5_config` is the file whose KDC entries it used.
-fn kinit_error(account: &Account, krb5_config: String, out: &Output) -> KerberosError {
+/// `krb5_config` is the file whose KDC entries it used, `answered` the DC that answered (from
+/// the trace). A key the DC rejects is [`KerberosError::KeyRejected`] with that DC's answer;
+/// a keytab that cannot be used at all (missing, no key for the principal) is `WrongKeytab`.
+fn kinit_error(
+    account: &Account,
+    krb5_config: String,
+    out: &Output,
+    answered: Option<String>,
+) -> KerberosError {
     let stderr = without_trace(&out.stderr_text());
     let principal = account.principal.clone();
     if stderr.contains("Cannot contact any KDC")
@@ -32,11 +41,22 @@ fn kinit_error(account: &Account, krb5_config: String, out: &Output) -> Kerberos
             stderr,
             krb5_config,
         }
-    } else if stderr.contains("Keytab contains no suitable keys")
-        || stderr.contains("Key table file")
-        || stderr.contains("Password incorrect")
+    } else if stderr.contains("Password incorrect")
         || stderr.contains("Preauthentication failed")
         || stderr.contains("Key version number for principal in key table is incorrect")
+    {
+        KerberosError::KeyRejected {
+            kvnos: keytab_kvnos(&account.keytab, &principal),
+            principal,
+            keytab: account.keytab.clone(),
+            answers: vec![DcAnswer {
+                kdc: answered.unwrap_or_else(|| "the realm's KDC".into()),
+                reason: "wrong_key",
+                answer: stderr,
+            }],
+        }
+    } else if stderr.contains("Keytab contains no suitable keys")
+        || stderr.contains("Key table file")
     {
         KerberosError::WrongKeytab {
             principal,
@@ -108,6 +128,9 @@ pub struct Obtained {
     pub kdc: Option<String>,
     /// KDCs asked before it that never answered (refused, mute), in order.
     pub unanswered: Vec<String>,
+    /// DCs of the account's list that answered before it and rejected the key (or could not
+    /// be reached when asked one by one), in order: key rotation not yet replicated everywhere.
+    pub rejected: Vec<DcAnswer>,
 }
 
 /// Obtain a ticket for `account` from its keytab into the file cache `ccache`, with the
@@ -154,7 +177,132 @@ pub fn obtain_capped(
 /// [`obtain_capped`] with [`KinitOptions`]: an account with its own realm runs kinit with the
 /// job's krb5.conf (`KRB5_CONFIG=<non-renewable profile>:<job's krb5.conf>`, the account's
 /// `timeout_secs` as the bound), and a traced kinit reports which KDC answered.
+///
+/// MIT kinit moves on to the next DC only when one does not answer. A DC that answers and
+/// rejects the key (the password was rotated and this DC has the new key but the keytab does
+/// not, or the keytab was refreshed before this DC got the change) would end the grant, so for
+/// an account with several DCs each DC after the one that rejected is asked on its own (a
+/// krb5.conf naming only it) before the grant fails: the first that accepts wins, and the
+/// rejections are kept in [`Obtained::rejected`]. When none accepts:
+/// [`KerberosError::KeyRejected`] with every DC's answer.
 pub fn obtain_with(
+    kcfg: &KerberosConfig,
+    account: &Account,
+    ccache: &Path,
+    opts: &KinitOptions<'_>,
+) -> Result<Obtained, KerberosError> {
+    let first = obtain_once(kcfg, account, ccache, opts);
+    let (Err(KerberosError::KeyRejected { answers, .. }), Some(settings), Some(_)) =
+        (&first, account.kerberos.as_ref(), opts.krb5_config)
+    else {
+        return first;
+    };
+    if settings.kdcs.len() < 2 {
+        return first;
+    }
+    let mut answers = answers.clone();
+    let rejecter = answers.first().map(|a| a.kdc.clone()).unwrap_or_default();
+    let after = settings
+        .kdcs
+        .iter()
+        .position(|dc| same_dc(dc, &rejecter))
+        .map_or(0, |i| i + 1);
+    let include = realm_conf::host_include(kcfg, settings);
+    for dc in &settings.kdcs[after..] {
+        if same_dc(dc, &rejecter) {
+            continue;
+        }
+        let one = crate::config::AccountKerberos {
+            kdcs: vec![dc.clone()],
+            ..settings.clone()
+        };
+        let mut name = temp_sibling(ccache)?.into_os_string();
+        name.push(".dc.krb5.conf");
+        let conf = PathBuf::from(name);
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&conf)
+            .and_then(|mut f| {
+                std::io::Write::write_all(
+                    &mut f,
+                    realm_conf::render(&one, include.as_deref()).as_bytes(),
+                )
+            });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&conf);
+            return Err(io_err(format!("write {}", conf.display()))(e));
+        }
+        let one_opts = KinitOptions {
+            krb5_config: Some(&conf),
+            trace: true,
+            ..*opts
+        };
+        let result = obtain_once(kcfg, account, ccache, &one_opts);
+        let _ = fs::remove_file(&conf);
+        match result {
+            Ok(mut obtained) => {
+                tracing::warn!(
+                    principal = %account.principal,
+                    "DC(s) {} rejected the keytab's key; {dc} accepted it: the account's key was probably rotated and not yet replicated everywhere",
+                    answers.iter().map(|a| a.kdc.as_str()).collect::<Vec<_>>().join(", ")
+                );
+                obtained.rejected = answers;
+                return Ok(obtained);
+            }
+            Err(KerberosError::KeyRejected { answers: more, .. }) => answers.extend(more),
+            Err(e @ (KerberosError::KdcUnreachable { .. } | KerberosError::Timeout { .. })) => {
+                answers.push(DcAnswer {
+                    kdc: dc.clone(),
+                    reason: e.reason(),
+                    answer: e
+                        .to_string()
+                        .split("\n  fix: ")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(KerberosError::KeyRejected {
+        principal: account.principal.clone(),
+        keytab: account.keytab.clone(),
+        kvnos: keytab_kvnos(&account.keytab, &account.principal),
+        answers,
+    })
+}
+
+/// Whether the configured DC `configured` (`host`, `host:port`, `[v6]:port`) is the address
+/// `traced` (`ip:port`, as kinit's trace prints it). Port 88 when none is given; names are
+/// resolved.
+fn same_dc(configured: &str, traced: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    if configured == traced || format!("{configured}:88") == traced {
+        return true;
+    }
+    let with_port = if configured.starts_with('[') {
+        if configured.contains("]:") {
+            configured.to_string()
+        } else {
+            format!("{configured}:88")
+        }
+    } else if configured.matches(':').count() == 1 {
+        configured.to_string()
+    } else {
+        format!("{configured}:88")
+    };
+    with_port
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.any(|a| a.to_string() == traced))
+        .unwrap_or(false)
+}
+
+/// One kinit (MIT's own failover over the DCs of the krb5.conf it reads).
+fn obtain_once(
     kcfg: &KerberosConfig,
     account: &Account,
     ccache: &Path,
@@ -314,10 +462,16 @@ fn obtain_into(
         envs,
     )?;
     if !out.status.success() {
+        let answered = if opts.trace {
+            parse_kdc_trace(&String::from_utf8_lossy(&out.stderr)).answered
+        } else {
+            None
+        };
         return Err(kinit_error(
             account,
             base.to_string_lossy().into_owned(),
             &out,
+            answered,
         ));
     }
     let trace = if opts.trace {
@@ -354,6 +508,7 @@ fn obtain_into(
         ticket,
         kdc: trace.answered,
         unanswered: trace.unanswered,
+        rejected: Vec::new(),
     })
 }
 
