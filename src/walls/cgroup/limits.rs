@@ -457,13 +457,15 @@ mod tests {
             &'static str,
             Option<f64>,
         );
-        let cases: Vec<(
-            &str,
+        // (name, [limits], the granted devstage's layer, the job's request, the outcome)
+        type Case<'a> = (
+            &'a str,
             LimitsConfig,
-            Option<(&str, &LimitsConfig)>,
-            Request,
-            Result<Want, &str>,
-        )> = vec![
+            Option<(&'a str, &'a LimitsConfig)>,
+            Request<'a>,
+            Result<Want, &'a str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "defaults only",
                 LimitsConfig::default(),
