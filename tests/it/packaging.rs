@@ -446,6 +446,10 @@ fn the_deb_installs_upgrades_under_a_running_job_removes_and_purges() {
         "-rw-r--r--",
     );
     expect(
+        "/usr/lib/systemd/system/gitlab-runner.service.d/p3-executor.conf",
+        "-rw-r--r--",
+    );
+    expect(
         "/usr/share/bash-completion/completions/p3-executor",
         "-rw-r--r--",
     );
