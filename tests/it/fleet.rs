@@ -463,3 +463,66 @@ fn cleanup_ships_within_its_bound_and_a_dead_store_never_fails_a_job() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_local_log_emptied_after_shipping_is_detected_on_that_host() {
+    let s3 = S3Server::start_moto();
+    locked_bucket(&s3, "emptied");
+    let (h, _) = shipped_host(&s3, "emptied", "t");
+    let log = h.root().join("audit/audit.jsonl");
+    let id = host_id(&h);
+    // Truncated to nothing, and removed: both are an emptied log.
+    std::fs::write(&log, "").unwrap();
+    let out = verify_fails(&h, "s3://emptied/t");
+    assert!(
+        out.contains(&format!(
+            "FAIL host {id}: the local log {} is empty",
+            log.display()
+        )) && out.contains("up to seq 12")
+            && out.contains("emptied or replaced after shipping"),
+        "{out}"
+    );
+    std::fs::remove_file(&log).unwrap();
+    let out = verify_fails(&h, "s3://emptied/t");
+    assert!(out.contains("is empty"), "{out}");
+    // A log replaced by a new chain of its own is no better.
+    records(&h, 2);
+    let out = verify_fails(&h, "s3://emptied/t");
+    assert!(
+        out.contains("starts a new chain") && out.contains("emptied or replaced after shipping"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_log_moved_aside_per_the_readme_starts_a_new_chain_and_verifies() {
+    let s3 = S3Server::start_moto();
+    locked_bucket(&s3, "aside");
+    let (h, _) = shipped_host(&s3, "aside", "t");
+    let log = h.root().join("audit/audit.jsonl");
+    let aside = h.root().join("audit/audit.jsonl.damaged-20261206T120000");
+    std::fs::rename(&log, &aside).unwrap();
+    let uri = "s3://aside/t";
+    let out = ok(&h, &["audit", "verify", "--s3", uri]);
+    assert!(
+        out.contains(&format!("was moved aside to {}", aside.display())),
+        "{out}"
+    );
+    // The next record starts a new chain; it ships beside the old one, and both are listed.
+    records(&h, 2);
+    ok(&h, &["audit", "ship"]);
+    let out = ok(&h, &["audit", "verify", "--s3", uri]);
+    let chains: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with(&format!("OK   host {} chain ", host_id(&h))))
+        .collect();
+    assert_eq!(chains.len(), 2, "{out}");
+    assert!(
+        chains.iter().any(|l| l.contains("records 1..12"))
+            && chains
+                .iter()
+                .any(|l| l.contains("records 1..2, local log agrees")),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+}

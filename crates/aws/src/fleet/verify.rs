@@ -208,25 +208,46 @@ pub async fn verify(cfg: &Config, uri: &str, host: Option<&str>) -> Result<i32> 
     }
     let mut failed = false;
     let local = local_chain(cfg, host);
-    if let Some((local_host, local_chain, _, state_seq)) = &local
-        && *state_seq > 0
-        && !chains.contains_key(&(local_host.clone(), local_chain.clone()))
+    if let Some(l) = &local
+        && let Some(chain) = &l.chain
+        && l.state_seq > 0
+        && !chains.contains_key(&(l.host_id.clone(), chain.clone()))
     {
         failed = true;
         println!(
-            "FAIL host {local_host} chain {local_chain}: this host shipped records up to seq {state_seq}, but the bucket holds none of them"
+            "FAIL host {} chain {chain}: this host shipped records up to seq {}, but the bucket holds none of them",
+            l.host_id, l.state_seq
         );
+    }
+    if let Some(l) = &local {
+        let mine: Vec<(String, Option<String>, u64)> = chains
+            .iter()
+            .filter(|((h, _), _)| *h == l.host_id)
+            .map(|((_, c), objs)| {
+                let last = objs.iter().map(|o| o.batch.last).max().unwrap_or(0);
+                (c.clone(), chain_started(objs), last)
+            })
+            .collect();
+        for problem in compare_chains(l, &mine) {
+            match problem {
+                Judged::Fail(text) => {
+                    failed = true;
+                    println!("FAIL host {}: {text}", l.host_id);
+                }
+                Judged::Explained(text) => println!("OK   host {}: {text}", l.host_id),
+            }
+        }
     }
     for ((host_id, chain), mut objs) in chains {
         objs.sort_by_key(|o| (o.batch.first, o.batch.last));
         let c = check_chain(&objs);
         let mut problems = c.problems.clone();
         let mut compared = "";
-        if let Some((lh, lc, lines, _)) = &local
-            && *lh == host_id
-            && *lc == chain
+        if let Some(l) = &local
+            && l.host_id == host_id
+            && l.chain.as_deref() == Some(chain.as_str())
         {
-            problems.extend(compare_local(&c, lines));
+            problems.extend(compare_local(&c, &l.lines));
             compared = ", local log agrees";
         }
         if problems.is_empty() {
@@ -251,20 +272,130 @@ pub async fn verify(cfg: &Config, uri: &str, host: Option<&str>) -> Result<i32> 
     Ok(i32::from(failed))
 }
 
-/// This host's id, its local chain id, the records of that chain, and how far the watermark
-/// says it shipped, when the config's log exists and the host is the one asked about.
-fn local_chain(cfg: &Config, host: Option<&str>) -> Option<(String, String, Vec<Line>, u64)> {
+/// The local side of `verify --s3` on a host that ships.
+#[derive(Debug, Default)]
+pub struct Local {
+    /// This host's id.
+    pub host_id: String,
+    /// The log.
+    pub path: std::path::PathBuf,
+    /// Its chain id (None: the log is empty or missing).
+    pub chain: Option<String>,
+    /// Its records that verify.
+    pub lines: Vec<Line>,
+    /// How far the watermark says this chain was shipped.
+    pub state_seq: u64,
+    /// Logs moved aside next to it (`<log>.<anything>`, the README's fix for a damaged log):
+    /// each file and its chain id.
+    pub moved_aside: Vec<(std::path::PathBuf, String)>,
+}
+
+/// This host's local log, when the config's host is the one asked about and it ships.
+fn local_chain(cfg: &Config, host: Option<&str>) -> Option<Local> {
     let host_id = p3_executor::config::host_id(&cfg.state_root)?;
     if host.is_some_and(|h| h != host_id) || cfg.audit.s3.is_none() {
         return None;
     }
-    let text = std::fs::read(&cfg.audit.path).ok()?;
+    let path = cfg.audit.path.clone();
+    let text = std::fs::read(&path).unwrap_or_default();
     let lines = read_chain(&text, 0, GENESIS.into()).lines;
-    let chain = shipped::chain_id(&lines.first()?.hash);
+    let chain = lines.first().map(|l| shipped::chain_id(&l.hash));
     let state_seq = shipped::load(&cfg.state_root)
-        .filter(|s| s.chain == chain)
+        .filter(|s| Some(&s.chain) == chain.as_ref())
         .map_or(0, |s| s.last_seq);
-    Some((host_id, chain, lines, state_seq))
+    Some(Local {
+        host_id,
+        moved_aside: moved_aside(&path),
+        path,
+        chain,
+        lines,
+        state_seq,
+    })
+}
+
+/// Files next to the log named `<log>.<suffix>` whose first line is a record: each with the
+/// chain id that record starts (read bounded: the first MiB).
+fn moved_aside(log: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    use std::io::Read;
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        if !file_name.starts_with(&prefix) || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let mut head = Vec::new();
+        if std::fs::File::open(e.path())
+            .and_then(|f| f.take(1 << 20).read_to_end(&mut head))
+            .is_err()
+        {
+            continue;
+        }
+        if let Some(first) = read_chain(&head, 0, GENESIS.into()).lines.first() {
+            out.push((e.path(), shipped::chain_id(&first.hash)));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// When a shipped chain's first record was written (None: it cannot be read).
+fn chain_started(objs: &[Object]) -> Option<String> {
+    let first = objs.iter().min_by_key(|o| o.batch.first)?;
+    let line = first.body.as_ref()?.split(|&b| b == b'\n').next()?;
+    let r: p3_executor::audit::AuditRecord = serde_json::from_slice(line).ok()?;
+    Some(r.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+}
+
+/// What [`compare_chains`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// A failure (exit 1).
+    Fail(String),
+    /// A change of chain an operator action explains.
+    Explained(String),
+}
+
+/// Compare the local log with every chain this host shipped (`mine`: chain id, when its
+/// first record was written, its last shipped seq). The local log must be the latest shipped
+/// chain, or a new one that follows it; an empty log, or a log that is another chain, fails
+/// unless the latest shipped chain was moved aside next to the log (the README's fix for a
+/// damaged log: the next record starts a new chain).
+pub fn compare_chains(local: &Local, mine: &[(String, Option<String>, u64)]) -> Vec<Judged> {
+    let Some((latest, _, latest_last)) = mine.iter().max_by(|a, b| a.1.cmp(&b.1)) else {
+        return Vec::new();
+    };
+    let log = local.path.display();
+    let moved = local
+        .moved_aside
+        .iter()
+        .find(|(_, c)| c == latest)
+        .map(|(p, _)| p.display().to_string());
+    let explained = |what: &str| match &moved {
+        Some(path) => Judged::Explained(format!(
+            "{what}; chain {latest} (shipped up to seq {latest_last}) was moved aside to {path}, as the README says to do with a damaged log: not a failure"
+        )),
+        None => Judged::Fail(format!(
+            "{what}, but this host shipped chain {latest} up to seq {latest_last} and no file next to the log holds it: the log was emptied or replaced after shipping (if it was moved aside, keep it next to the log as {log}.damaged-<time>)"
+        )),
+    };
+    match &local.chain {
+        None => vec![explained(&format!("the local log {log} is empty"))],
+        Some(c) if c == latest => Vec::new(),
+        Some(c) if mine.iter().any(|(m, _, _)| m == c) => vec![Judged::Fail(format!(
+            "the local log {log} holds chain {c}, but this host shipped a later chain {latest} (up to seq {latest_last}): the log was replaced by an older one"
+        ))],
+        Some(c) => vec![explained(&format!(
+            "the local log {log} starts a new chain {c} ({} record(s), not shipped yet)",
+            local.lines.len()
+        ))],
+    }
 }
 
 /// Every object under `list_prefix` with its versions and current content; Err(key) for keys
@@ -482,6 +613,57 @@ mod tests {
         let (_, mut objs) = three();
         objs[0].batch.host_id = "other".into();
         assert!(first_problem(&objs).contains("names another host"));
+    }
+
+    #[test]
+    fn the_local_log_must_be_the_latest_shipped_chain_or_explained() {
+        let mine = vec![
+            (
+                "old".to_string(),
+                Some("2026-01-01T00:00:00Z".to_string()),
+                5,
+            ),
+            (
+                "new".to_string(),
+                Some("2026-02-01T00:00:00Z".to_string()),
+                3,
+            ),
+        ];
+        let local = |chain: Option<&str>, moved: &[(&str, &str)]| Local {
+            host_id: "h".into(),
+            path: "/var/log/p3/audit.jsonl".into(),
+            chain: chain.map(str::to_string),
+            moved_aside: moved
+                .iter()
+                .map(|(p, c)| (p.into(), c.to_string()))
+                .collect(),
+            ..Local::default()
+        };
+        assert_eq!(compare_chains(&local(Some("new"), &[]), &mine), vec![]);
+        let fail = |j: &[Judged]| matches!(j, [Judged::Fail(_)]);
+        let empty = compare_chains(&local(None, &[]), &mine);
+        assert!(fail(&empty), "{empty:?}");
+        let Judged::Fail(text) = &empty[0] else {
+            unreachable!()
+        };
+        assert!(
+            text.contains("is empty") && text.contains("chain new up to seq 3"),
+            "{text}"
+        );
+        assert!(fail(&compare_chains(&local(Some("old"), &[]), &mine)));
+        assert!(fail(&compare_chains(&local(Some("fresh"), &[]), &mine)));
+        // Moved aside per the README: explained, whether or not the next record came yet.
+        let moved = [("/var/log/p3/audit.jsonl.damaged-1", "new")];
+        for chain in [None, Some("fresh")] {
+            let j = compare_chains(&local(chain, &moved), &mine);
+            assert!(
+                matches!(&j[..], [Judged::Explained(t)] if t.contains("moved aside to /var/log/p3/audit.jsonl.damaged-1")),
+                "{j:?}"
+            );
+        }
+        // Moving aside an older chain explains nothing.
+        let j = compare_chains(&local(None, &[("/x.old", "old")]), &mine);
+        assert!(fail(&j), "{j:?}");
     }
 
     #[test]
