@@ -6,7 +6,8 @@
 #
 # Builds the release binaries and the man pages and completions (unless --binary names a
 # built p3-executor, with p3-executor-steps and p3-executor-aws, and man/ and completions/ if present, next to it),
-# installs them under the prefix, creates the job user, the directories of
+# checks that every file it needs is there before it changes anything, installs them under
+# the prefix, creates the job user, the directories of
 # packaging/tmpfiles/p3-executor.conf, the annotated example config if none exists yet, the
 # gc timer (packaging/systemd), and finally runs `p3-executor check`. The same unit,
 # tmpfiles and man-page files as the .deb: one definition of each.
@@ -22,7 +23,7 @@ while (($#)); do
     --binary) binary=$2; shift 2 ;;
     --job-user) job_user=$2; shift 2 ;;
     --no-deps) deps=0; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -31,16 +32,13 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "install.sh: run as root: it creates a system user and root-only directories" >&2
   exit 1
 fi
+# --binary is relative to where the script was started, not to the checkout.
+if [[ -n $binary ]]; then binary=$(realpath -m -- "$binary"); fi
 cd "$(dirname "$0")/.."
-
-if ((deps)); then
-  # The .deb's Depends: git runs in the job's get_sources stage; krb5-user provides
-  # kinit/klist/kdestroy for credentials; adduser creates the job user (bash is Essential).
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bash git krb5-user ca-certificates adduser >/dev/null
-fi
 
 if [[ -z $binary ]]; then
   # One cargo invocation: the xtask that writes the man pages links the same libraries.
+  echo "install.sh: building the release binaries, man pages and completions (the first build takes several minutes)..." >&2
   cargo build --release --locked -p p3-executor -p p3-executor-steps -p p3-executor-aws -p p3-executor-xtask
   binary=target/release/p3-executor
   target/release/p3-executor-xtask man target/packaging/man >/dev/null
@@ -49,11 +47,44 @@ if [[ -z $binary ]]; then
 else
   docs=$(dirname "$binary")
 fi
+bindir=$(dirname "$binary")
+
+# Every file this script installs or reads, checked before anything is changed: a release
+# tarball missing one stops here, naming it, instead of half-way through the install.
+missing=()
+for f in "$binary" "$bindir/p3-executor-steps" "$bindir/p3-executor-aws"; do
+  [[ -f $f && -x $f ]] || missing+=("$f (an executable)")
+done
+for f in packaging/tmpfiles/p3-executor.conf executor-config/config.toml \
+  packaging/systemd/p3-executor-gc.service packaging/systemd/p3-executor-gc.timer \
+  packaging/systemd/p3-executor-audit-ship.service \
+  packaging/systemd/gitlab-runner.service.d/p3-executor.conf; do
+  [[ -f $f ]] || missing+=("$f (from the checkout)")
+done
+if [[ -d $docs/completions ]]; then
+  for f in p3-executor.bash _p3-executor p3-executor.fish; do
+    [[ -f $docs/completions/$f ]] || missing+=("$docs/completions/$f")
+  done
+fi
+if ((${#missing[@]})); then
+  echo "install.sh: nothing was changed: these files are missing:" >&2
+  printf '  %s\n' "${missing[@]}" >&2
+  echo "  a release tarball must carry p3-executor, p3-executor-steps and p3-executor-aws side by side (unpack it whole and pass --binary <dir>/p3-executor); run this script from the checkout it came with" >&2
+  exit 1
+fi
+
+if ((deps)); then
+  # The .deb's Depends: git runs in the job's get_sources stage; krb5-user provides
+  # kinit/klist/kdestroy for credentials; adduser creates the job user (bash is Essential).
+  echo "install.sh: installing bash, git, krb5-user, ca-certificates and adduser with apt-get..." >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends bash git krb5-user ca-certificates adduser >/dev/null
+fi
+
 install -D -m 0755 "$binary" "$prefix/bin/p3-executor"
 # The built-in steps; `p3-executor <step>` runs it from the same directory.
-install -D -m 0755 "$(dirname "$binary")/p3-executor-steps" "$prefix/bin/p3-executor-steps"
+install -D -m 0755 "$bindir/p3-executor-steps" "$prefix/bin/p3-executor-steps"
 # The host-side AWS calls: `audit ship|verify --s3|show --s3` and web-identity S3 credentials.
-install -D -m 0755 "$(dirname "$binary")/p3-executor-aws" "$prefix/bin/p3-executor-aws"
+install -D -m 0755 "$bindir/p3-executor-aws" "$prefix/bin/p3-executor-aws"
 
 # Man pages and completions where man-db, bash-completion, zsh and fish look under /usr/local.
 if compgen -G "$docs/man/*.1" >/dev/null; then

@@ -22,6 +22,8 @@ mod fleet;
 mod full_disk;
 mod identity;
 mod image;
+mod install;
+mod images;
 mod isolation;
 mod kerberos;
 mod metrics;
