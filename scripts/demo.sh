@@ -15,9 +15,17 @@ for pair in git:git openssl:openssl krb5kdc:krb5-kdc kadmin.local:krb5-admin-ser
   PATH="$PATH:/usr/sbin:/sbin" command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then
+  echo "demo.sh: installing ${missing[*]} (apt-get; about a minute)..." >&2
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "demo.sh: needs a Rust toolchain >= 1.85 (https://rustup.rs)" >&2; exit 1; }
-cargo build --locked --quiet
+if [[ -x target/debug/p3-executor ]]; then
+  echo "demo.sh: building p3-executor (cargo build, incremental)..." >&2
+else
+  echo "demo.sh: building p3-executor for the first time (cargo build: several minutes; cargo's progress follows)..." >&2
+fi
+# Not --quiet: cargo's progress bar shows the build is moving.
+cargo build --locked
+echo "demo.sh: built; running the demo" >&2
 exec target/debug/p3-executor demo "$@"

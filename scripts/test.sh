@@ -93,6 +93,7 @@ if [[ $package_test == 1 ]]; then
   fi
 fi
 
+echo "test.sh: building and running the tests (cargo test --workspace; the first build takes several minutes, cargo's progress follows)"
 cargo test --workspace --locked "$@"
 
 if [[ $package_test == 1 ]]; then
