@@ -23,7 +23,6 @@ mod full_disk;
 mod identity;
 mod image;
 mod install;
-mod images;
 mod isolation;
 mod kerberos;
 mod metrics;
