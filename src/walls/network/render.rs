@@ -8,7 +8,9 @@
 //!     map job_uids { type uid : verdict; flags interval; }      # uid (or subid range) → jump uid_<uid>
 //!     chain output {
 //!         type filter hook output priority filter; policy accept;
-//!         meta skuid != { <job_uid_range>, <job_subid_range> } accept   # not a job's: untouched
+//!         meta skuid { <job_uid_range>, <job_subid_range> } goto jobs   # a job's uid; the rest
+//!     }                                                               # (no socket too) untouched
+//!     chain jobs {
 //!         meta skuid vmap @job_uids                                     # a job's: its own chain
 //!         ... refuse                                                    # no job holds it: strictest
 //!     }
@@ -32,6 +34,8 @@ use super::target::{Net, Ports};
 pub const MAP: &str = "job_uids";
 /// The base chain on the output hook.
 pub const OUTPUT: &str = "output";
+/// The regular chain a job uid's packets go to: its map lookup, then the strictest policy.
+pub const JOBS: &str = "jobs";
 /// nft's limit on a comment and a log prefix (bytes, with the terminating NUL).
 const TEXT_MAX: usize = 127;
 
@@ -200,26 +204,31 @@ pub fn base(table: &str, job_ranges: &[[u32; 2]], log: bool) -> Value {
                 json!({"name": OUTPUT, "type": "filter", "hook": "output", "prio": 0, "policy": "accept"}),
             ),
         ),
+        cmd("add", "chain", on(json!({"name": JOBS}))),
         cmd("flush", "chain", on(json!({"name": OUTPUT}))),
+        cmd("flush", "chain", on(json!({"name": JOBS}))),
+        // Only a socket of a job's uid goes on: packets without a socket (the kernel's RST for
+        // a closed port, ICMP errors, TIME_WAIT answers) never match `meta skuid` and must not
+        // reach the refusal below, or the whole host's connections to closed ports would hang.
         rule(
             table,
             OUTPUT,
-            Some("not a job's uid: untouched".into()),
+            Some("a job's uid: its policy".into()),
             vec![
-                json!({"match": {"op": "!=", "left": {"meta": {"key": "skuid"}}, "right": {"set": ranges}}}),
-                json!({"accept": null}),
+                json!({"match": {"op": "==", "left": {"meta": {"key": "skuid"}}, "right": {"set": ranges}}}),
+                json!({"goto": {"target": JOBS}}),
             ],
         ),
         rule(
             table,
-            OUTPUT,
+            JOBS,
             Some("a job's uid: its own chain".into()),
             vec![json!({"vmap": {"key": {"meta": {"key": "skuid"}}, "data": format!("@{MAP}")}})],
         ),
     ];
     cmds.extend(refuse(
         table,
-        OUTPUT,
+        JOBS,
         &[],
         "no job holds this uid: strictest policy",
         log.then(|| "p3-executor unmapped uid: ".to_string()),
@@ -512,8 +521,10 @@ mod tests {
                 "add table p3_test",
                 "add map job_uids",
                 "add chain output",
+                "add chain jobs",
                 "flush chain output",
-                "add rule not a job's uid: untouched",
+                "flush chain jobs",
+                "add rule a job's uid: its policy",
                 "add rule a job's uid: its own chain",
                 "add rule log: no job holds this uid: strictest policy",
                 "add rule no job holds this uid: strictest policy",
@@ -521,10 +532,15 @@ mod tests {
             ]
         );
         let cmds = tx["nftables"].as_array().unwrap();
+        // Only job uids go on (`==`): a packet without a socket never matches, so the kernel's
+        // own answers (RST for a closed port, ICMP errors) pass untouched.
+        let first = &cmds[6]["add"]["rule"]["expr"];
+        assert_eq!(first[0]["match"]["op"], "==");
         assert_eq!(
-            cmds[4]["add"]["rule"]["expr"][0]["match"]["right"],
+            first[0]["match"]["right"],
             json!({"set": [{"range": [200000, 265535]}, 300000]})
         );
+        assert_eq!(first[1]["goto"]["target"], "jobs");
         assert_eq!(cmds[2]["add"]["chain"]["hook"], "output");
     }
 
