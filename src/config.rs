@@ -95,6 +95,9 @@ pub struct Config {
     /// What jobs' sockets may reach: `[network]` (`walls/network/`).
     #[serde(default)]
     pub network: crate::walls::network::config::NetworkConfig,
+    /// `image:` jobs: store, credentials, pull policies (`images/`).
+    #[serde(default)]
+    pub images: crate::images::config::ImagesConfig,
 }
 
 /// Prometheus metrics (see `metrics.rs`): printed by `p3-executor metrics`, and written for a
@@ -801,6 +804,12 @@ pub struct Devstage {
     /// private subordinate range, `walls/userns.rs`).
     #[serde(default)]
     pub containers: bool,
+    /// Images this devstage's jobs may run in (globs, `**` crosses `/`); None: any.
+    #[serde(default)]
+    pub images: Option<Vec<String>>,
+    /// Only images pinned by digest (`name@sha256:...`).
+    #[serde(default)]
+    pub require_digest: bool,
 }
 
 fn default_true() -> bool {
@@ -1211,6 +1220,7 @@ impl Config {
         }
         // A template typo would otherwise surface only in a deploy job, long after the edit.
         problems.extend(self.steps.validate());
+        problems.extend(self.images.validate());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -67,6 +67,9 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
         for job_id in crate::walls::cgroup::sweep_orphans(cfg, &known) {
             tracing::info!("job {job_id}: removed its orphaned cgroup");
         }
+        for job_id in crate::images::sweep_orphans(cfg, &known) {
+            tracing::info!("job {job_id}: removed its orphaned image layer");
+        }
         // Network elements of uids no job holds (after the jobs above released theirs).
         match crate::walls::network::sweep(cfg) {
             Ok(removed) => {

@@ -208,7 +208,7 @@ fn grant(
         Error::Credentials(format!("account {deploy_account} vanished from config"))
     })?;
     let ccache = paths.creds.join(CCACHE_FILE);
-    let template = base_record(
+    let mut template = base_record(
         cfg,
         job,
         Some(identity),
@@ -216,6 +216,38 @@ fn grant(
         Outcome::Granted,
         String::new(),
     );
+    // The job's image (images/), checked against this devstage's policy and its digest
+    // resolved before any credential is obtained; every record of the job names both.
+    match crate::images::resolve(cfg, job, paths, Some(&devstage)) {
+        Ok(image) => {
+            if let Some(image) = image {
+                template
+                    .extra
+                    .insert("image".into(), image.qualified.into());
+                template
+                    .extra
+                    .insert("image_digest".into(), image.digest.into());
+            }
+        }
+        Err(e) => {
+            let denied = !matches!(e, crate::images::ImageError::Failed(_));
+            let mut rec = template.clone();
+            rec.event = AuditEvent::Deny;
+            rec.decision = if denied {
+                Outcome::Denied
+            } else {
+                Outcome::Failed
+            };
+            rec.reason = format!("image: {e}");
+            rec.devstage = Some(devstage.clone());
+            rec.deploy_stage = Some(deploy_account.clone());
+            if let Some((name, _)) = crate::images::requested(cfg, job) {
+                rec.extra.insert("image".into(), name.into());
+            }
+            record_best_effort(cfg, rec);
+            return Err(e.into());
+        }
+    }
     let mut grant = GrantState {
         devstage: devstage.clone(),
         deploy_account: deploy_account.clone(),

@@ -48,6 +48,26 @@ pub struct JobPayload {
     /// Runner-side facts about the job (its timeout).
     #[serde(default)]
     pub runner_info: RunnerInfo,
+    /// The job's `image:` (name, entrypoint, pull policy), if any.
+    #[serde(default)]
+    pub image: Option<ImageInfo>,
+    /// The job's `services:` (out of scope: refused with a message).
+    #[serde(default)]
+    pub services: Option<Vec<serde_json::Value>>,
+}
+
+/// `image` of the payload.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ImageInfo {
+    /// Image reference.
+    #[serde(default)]
+    pub name: String,
+    /// Entrypoint override (ignored: the runner's scripts are run by the image's shell).
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// GitLab's pull policies, in order of preference.
+    #[serde(default)]
+    pub pull_policy: Option<Vec<String>>,
 }
 
 /// `runner_info` of the payload.

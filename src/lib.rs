@@ -15,6 +15,7 @@ pub mod explain;
 pub mod gc;
 pub(crate) mod grant;
 pub mod identity;
+pub mod images;
 pub mod job;
 pub(crate) mod limits;
 pub mod metrics;

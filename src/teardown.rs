@@ -38,6 +38,11 @@ pub fn teardown(cfg: &Config, job_id: u64, ending: Ending) -> Result<()> {
     } else if let Some(uid) = crate::uid_pool::leased_uid(cfg, job_id) {
         process::kill_uid(uid);
     }
+    // The job's image layer (everything it wrote in its image).
+    if let Err(e) = crate::images::remove_layer(cfg, job_id) {
+        tracing::error!("job {job_id}: {e}");
+        first_err.get_or_insert(e);
+    }
     for dir in [&paths.creds, &paths.job_root, &paths.workspace] {
         if let Err(e) = workspace::remove_tree(dir) {
             tracing::error!("job {job_id}: {e}");

@@ -82,6 +82,12 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     // The cgroup after the grant: the granted devstage may set the limits.
     let granted = crate::grant::prepare(cfg, job, &paths, &mut state)
         .and_then(|()| crate::walls::cgroup::prepare(cfg, job, &mut state))
+        .and_then(|()| {
+            // An image job without a devstage (a granted one resolved it with its policy).
+            let devstage = state.grant.as_ref().map(|g| g.devstage.clone());
+            crate::images::resolve(cfg, job, &paths, devstage.as_deref())?;
+            Ok(())
+        })
         .and_then(|()| crate::walls::userns::prepare(cfg, &paths, &mut state));
     // The network last: the granted devstage decides it, a container job's subordinate range
     // is keyed too, and no process of the job exists before prepare ends.

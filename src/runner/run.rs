@@ -70,12 +70,29 @@ pub fn execute(
     tracing::debug!(stage, "running job script");
     // A container job (policy at prepare, and a leased subordinate range) gets its own user
     // namespace and the seccomp filter's container profile; every other job neither.
-    let userns = crate::walls::userns::for_run(cfg, &paths, &state)?;
+    let devstage = state.grant.as_ref().map(|g| g.devstage.clone());
+    let containers = crate::walls::userns::allowed(cfg, devstage.as_deref());
+    // An image job's user stages run in its image (images/); its runner stages on the host.
+    let image = crate::images::load(&paths).filter(|_| crate::images::is_image_stage(stage));
+    let userns = if containers || image.is_some() {
+        crate::walls::userns::for_run(cfg, &paths, &state)?
+    } else {
+        None
+    };
+    if image.is_some() && (userns.is_none() || !cfg.sandbox.enabled) {
+        return Err(Error::Spawn(
+            "an image: job needs the sandbox and its subordinate range (leased at prepare)".into(),
+        ));
+    }
+    let mut env = script_env(cfg, &paths, &state);
+    if let Some(image) = &image {
+        crate::images::stage_env(image, &mut env);
+    }
     let spec = ScriptSpec {
         shell: cfg.shell.clone(),
         script: script.to_path_buf(),
         cwd: paths.builds_dir.clone(),
-        env: script_env(cfg, &paths, &state),
+        env,
         user: state
             .ids
             .switch_user
@@ -83,8 +100,8 @@ pub fn execute(
         grace: Duration::from_secs(cfg.grace_period_secs),
         seccomp: crate::walls::seccomp::for_job(
             cfg,
-            state.grant.as_ref().map(|g| g.devstage.as_str()),
-            userns.is_some(),
+            devstage.as_deref(),
+            userns.is_some() && containers,
         )
         .map_err(Error::Spawn)?,
     };
@@ -92,7 +109,13 @@ pub fn execute(
     // shell and all they start inherit it, so the limits hold for every process of every stage.
     let walled = state.cgroup.as_ref().map(|c| c.enter()).transpose()?;
     let outcome = if state.ids.switch_user && cfg.sandbox.enabled {
-        let sandbox = Sandbox::for_job(cfg, &paths, state.ids.uid)?.with_userns(userns);
+        let sandbox = Sandbox::for_job(cfg, &paths, state.ids.uid)?
+            .with_userns(userns)
+            .with_image(
+                image
+                    .as_ref()
+                    .map(|i| crate::images::root_for_run(cfg, paths.job_id, i)),
+            );
         crate::sandbox::run_script(&spec, sandbox)
     } else {
         process::run_script(&spec)

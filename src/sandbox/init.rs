@@ -40,6 +40,8 @@ pub(crate) struct JobExec<'a> {
     pub seccomp: Option<crate::walls::seccomp::Filter>,
     /// A container job's user namespace: the shell unshares it, init writes its maps.
     pub userns: Option<&'a crate::walls::userns::JobUserns>,
+    /// An image stage: its root, the private dirs and the kept dirs to bind into it.
+    pub image: Option<(&'a super::ImageRoot, &'a Vec<PathBuf>, &'a Vec<PathBuf>)>,
 }
 
 /// The two pipes of the user-namespace handshake: the shell says "unshared", init answers
@@ -350,6 +352,14 @@ pub(crate) fn init_main(
             }
         }
     }
+    // The image's base and the job's layer live under the state root, which the plan hides.
+    let image_fds = match exec.image.map(|(root, ..)| root.open()).transpose() {
+        Ok(fds) => fds,
+        Err(msg) => {
+            report(err_pipe, &msg);
+            return 127;
+        }
+    };
     for op in ops {
         if let Err(msg) = mount_op(op, &keep_fds, tmpfs_size) {
             report(err_pipe, &msg);
@@ -358,7 +368,13 @@ pub(crate) fn init_main(
     }
     let mut handshake = None;
     if let Some(userns) = exec.userns {
-        let pipes = bind_userns_files(userns).and_then(|()| {
+        // An image has its own /etc/passwd; the host's is out of its view.
+        let files = if exec.image.is_some() {
+            Ok(())
+        } else {
+            bind_userns_files(userns)
+        };
+        let pipes = files.and_then(|()| {
             Ok(Handshake {
                 unshared: cloexec_pipe()?,
                 mapped: cloexec_pipe()?,
@@ -404,7 +420,26 @@ pub(crate) fn init_main(
         // ids; the shell itself could only map its own), then let it go on. If the shell died
         // first, its reason is already on the error pipe and supervise() reaps it.
         if receive(h.unshared.0) {
-            match crate::walls::userns::write_maps(shell.as_raw(), userns) {
+            let entered = crate::walls::userns::write_maps(shell.as_raw(), userns).and_then(|()| {
+                match (exec.image, &image_fds) {
+                    (Some((root, tmp, keep)), Some(fds)) => {
+                        let store = TMP_STORE
+                            .get()
+                            .ok_or("sandbox: an image needs the private tmpfs")?;
+                        super::image::enter(
+                            root,
+                            fds,
+                            store.as_raw_fd(),
+                            shell.as_raw(),
+                            (exec.uid, exec.gid),
+                            tmp,
+                            keep,
+                        )
+                    }
+                    _ => Ok(()),
+                }
+            });
+            match entered {
                 Ok(()) => {
                     send(h.mapped.1);
                 }
@@ -602,19 +637,39 @@ fn exec_shell(exec: &JobExec<'_>, err_pipe: RawFd, handshake: Option<Handshake>)
             libc::_exit(127);
         }
         libc::close(dir);
-        let argv: Vec<*const libc::c_char> = exec
-            .argv
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
+        // In an image, the shell is the image's: bash if it has one, else sh (as the docker
+        // executor chooses); the script is read through /proc (an image may lack /dev/fd).
+        let mut shell = exec.shell.as_ptr();
+        let mut argv: Vec<*const libc::c_char> = exec.argv.iter().map(|a| a.as_ptr()).collect();
+        if exec.image.is_some() {
+            shell = if libc::access(c"/bin/bash".as_ptr(), libc::X_OK) == 0 {
+                c"/bin/bash".as_ptr()
+            } else {
+                c"/bin/sh".as_ptr()
+            };
+            argv = vec![shell, c"/proc/self/fd/3".as_ptr()];
+        }
+        argv.push(std::ptr::null());
         let envp: Vec<*const libc::c_char> = exec
             .envp
             .iter()
             .map(|a| a.as_ptr())
             .chain(std::iter::once(std::ptr::null()))
             .collect();
-        libc::execve(exec.shell.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::execve(shell, argv.as_ptr(), envp.as_ptr());
+        let e = std::io::Error::last_os_error();
+        if exec.image.is_some() {
+            // The image has no usable shell: the job's choice of image, not the host's fault.
+            report(
+                err_pipe,
+                &format!(
+                    "{}the job's image has no shell to run its script (/bin/bash or /bin/sh: \
+                     {e})",
+                    super::JOB_FAULT
+                ),
+            );
+            libc::_exit(127);
+        }
     }
     fail(&format!("exec {}", exec.shell.to_string_lossy()))
 }

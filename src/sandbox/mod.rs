@@ -17,8 +17,11 @@
 //! exits, the kernel kills every process left in the namespace, so "everything the job
 //! started" is exact.
 
+mod image;
 mod init;
 pub mod plan;
+
+pub use image::ImageRoot;
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -56,6 +59,10 @@ pub struct Sandbox {
     tmpfs_size: String,
     /// A container job's user namespace (`walls/userns.rs`); None for every other job.
     userns: Option<crate::walls::userns::JobUserns>,
+    /// An image stage's root (`images/`): the shell runs in the job's image.
+    image: Option<ImageRoot>,
+    /// The private dirs and the kept dirs, bound into an image.
+    binds: (Vec<PathBuf>, Vec<PathBuf>),
 }
 
 /// A job directory bound back into the sandbox: `<parent>/<name>`, owned by `owner`.
@@ -167,12 +174,21 @@ impl Sandbox {
             keep,
             tmpfs_size: cfg.sandbox.tmp_size.clone(),
             userns: None,
+            image: None,
+            binds: (input.private_dirs.clone(), input.keep.clone()),
         })
     }
 
     /// Run the job's shell in its own user namespace (a container job), or not (`None`).
     pub fn with_userns(mut self, userns: Option<crate::walls::userns::JobUserns>) -> Self {
         self.userns = userns;
+        self
+    }
+
+    /// Run the job's shell in its image (an image job's user stage), or not (`None`); needs a
+    /// user namespace.
+    pub fn with_image(mut self, image: Option<ImageRoot>) -> Self {
+        self.image = image;
         self
     }
 }
@@ -237,6 +253,10 @@ pub fn run_script(spec: &ScriptSpec, mut sandbox: Sandbox) -> Result<ScriptOutco
         script_fd: script_fd.as_raw_fd(),
         seccomp: spec.seccomp.clone(),
         userns: userns.as_ref(),
+        image: sandbox
+            .image
+            .as_ref()
+            .map(|i| (i, &sandbox.binds.0, &sandbox.binds.1)),
     };
     let (err_read, err_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Spawn(format!("pipe: {e}")))?;

@@ -78,13 +78,26 @@ const CONTAINERS_CONF: &str = "# Written by p3-executor for this job.\n\
 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n";
 
 /// prepare: for a container job, lease its subordinate range and write its containers
-/// configuration into its tree; the environment points buildah and podman at it.
+/// configuration into its tree; the environment points buildah and podman at it. An `image:`
+/// job gets a range too (its image's uids map into it), but no containers configuration
+/// unless policy lets it run containers.
 pub fn prepare(cfg: &Config, paths: &JobPaths, state: &mut JobState) -> Result<()> {
     let devstage = state.grant.as_ref().map(|g| g.devstage.as_str());
-    if !allowed(cfg, devstage) || !possible(cfg, state) {
+    let image = crate::images::load(paths).is_some();
+    if image && !possible(cfg, state) {
+        return Err(Error::Workspace(
+            "an image: job needs the executor as root with private uids and the sandbox on \
+             ([sandbox] enabled)"
+                .into(),
+        ));
+    }
+    if !(allowed(cfg, devstage) || image) || !possible(cfg, state) {
         return Ok(());
     }
     subid_pool::lease(cfg, state.job_id)?;
+    if !allowed(cfg, devstage) {
+        return Ok(());
+    }
     let dir = conf_dir(paths);
     // The job root was just created by this prepare and nothing of the job has run yet, so
     // nothing in it can be a link the job planted.

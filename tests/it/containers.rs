@@ -14,8 +14,8 @@ use crate::isolation::{host_with_uids_and, needs_root, prepared, run_body};
 use p3_testkit::driver::{Host, Job, uid_base};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p3-executor");
-const USER: &str = "ci-pusher";
-const PASSWORD: &str = "registry-pass-do-not-print";
+pub(crate) const USER: &str = "ci-pusher";
+pub(crate) const PASSWORD: &str = "registry-pass-do-not-print";
 const RANGE: u32 = 65_536;
 
 fn require(tool: &str) -> bool {
@@ -30,7 +30,7 @@ fn require(tool: &str) -> bool {
 
 /// A window of subordinate ids no other test of this process (or of a concurrent run) uses:
 /// two ranges per host, above every test uid window (`uid_base`, below 101M).
-fn subid_window() -> [u32; 2] {
+pub(crate) fn subid_window() -> [u32; 2] {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
     let first = 200_000_000 + ((std::process::id() % 997) * 16 + n) * 2 * RANGE;
@@ -51,14 +51,14 @@ fn container_host(extra: &str) -> (Host, [u32; 2]) {
 }
 
 /// The loopback registry: `docker-registry` with htpasswd auth on a free port.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let htpasswd = dir.path().join("htpasswd");
         let out = Command::new("htpasswd")
@@ -102,7 +102,7 @@ impl Registry {
         }
     }
 
-    fn inspect(&self, reference: &str) -> std::process::Output {
+    pub(crate) fn inspect(&self, reference: &str) -> std::process::Output {
         Command::new("skopeo")
             .args(["inspect", "--tls-verify=false"])
             .arg(format!("--creds={USER}:{PASSWORD}"))
@@ -167,7 +167,7 @@ fn range_of(log: &str, uid: u32) -> u32 {
     rows[1][1]
 }
 
-fn leases(host: &Host) -> Vec<String> {
+pub(crate) fn leases(host: &Host) -> Vec<String> {
     match fs::read_dir(host.root().join("state/subids")) {
         Ok(d) => d
             .flatten()
@@ -188,7 +188,7 @@ fn job_root(host: &Host, id: u64) -> PathBuf {
 }
 
 /// Processes holding an id of `[lo, hi]` (uid or gid fields).
-fn processes_in(lo: u32, hi: u32) -> Vec<String> {
+pub(crate) fn processes_in(lo: u32, hi: u32) -> Vec<String> {
     p3_testkit::procs::holding(lo..=hi)
         .iter()
         .map(ToString::to_string)

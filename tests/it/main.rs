@@ -22,6 +22,7 @@ mod fleet;
 mod full_disk;
 mod identity;
 mod image;
+mod images;
 mod install;
 mod isolation;
 mod kerberos;
