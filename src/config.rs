@@ -398,9 +398,6 @@ pub struct KerberosConfig {
     /// whole job without being re-obtained before every stage.
     #[serde(default = "default_lifetime_margin")]
     pub lifetime_margin_secs: u64,
-}
-
-/// A Kerberos system account whose keytab stays on this host.
     /// `check` warns about a keytab older than this many days (0: never). AD service accounts
     /// and gMSAs rotate their passwords (a gMSA every 30 days), and a keytab is only as fresh
     /// as its last export.
@@ -410,6 +407,9 @@ pub struct KerberosConfig {
 
 fn default_keytab_max_age_days() -> u64 {
     30
+}
+
+/// A Kerberos system account whose keytab stays on this host.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Account {
@@ -1000,6 +1000,7 @@ impl Default for KerberosConfig {
             timeout_secs: default_kinit_timeout(),
             renew_threshold_secs: default_renew_threshold(),
             lifetime_margin_secs: default_lifetime_margin(),
+            keytab_max_age_days: default_keytab_max_age_days(),
         }
     }
 }
@@ -1009,7 +1010,6 @@ impl Default for KerberosConfig {
 fn check_regex(pattern: &str) -> std::result::Result<(), String> {
     regex_syntax::Parser::new()
         .parse(pattern)
-            keytab_max_age_days: default_keytab_max_age_days(),
         .map(drop)
         .map_err(|e| e.to_string())
 }

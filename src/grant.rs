@@ -290,6 +290,7 @@ fn grant(
         Err(e) => {
             rec.decision = Outcome::Failed;
             rec.reason = format!("kinit failed: {e}");
+            record_kinit_failures(&mut rec, &e.answers());
             record_best_effort(cfg, rec);
             return Err(Error::Credentials(format!(
                 "devstage {devstage} was granted, but its Kerberos ticket (account {deploy_account}, {principal}) could not be obtained: {}",
@@ -316,7 +317,6 @@ fn grant(
     );
     record_kdc(&mut rec, &obtained);
     rec.extra.insert("kinit_ms".into(), Value::from(kinit_ms));
-            record_kinit_failures(&mut rec, &e.answers());
     // The network policy the grant comes with: its name and the hash of its rules as
     // configured (prepare applies exactly these; the job log shows the pinned addresses).
     let network = crate::walls::network::policy_for(cfg, Some(&devstage));
@@ -543,6 +543,7 @@ pub fn refresh(
             Err(e) => {
                 rec.decision = Outcome::Failed;
                 rec.reason = format!("renewal failed: {e}");
+                record_kinit_failures(&mut rec, &e.answers());
                 record_best_effort(cfg, rec);
                 return Err(Error::Credentials(format!(
                     "cannot renew the job's Kerberos ticket: {}",
@@ -569,7 +570,6 @@ pub fn refresh(
                 e
             })?;
             record_best_effort(cfg, rec);
-                record_kinit_failures(&mut rec, &e.answers());
             state.env.extend(env);
             if let Some(g) = state.grant.as_mut() {
                 g.s3_expires = expires;
@@ -759,7 +759,22 @@ fn elapsed_ms(started: std::time::Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Each failed kinit answer (`kdc`, `reason` as in `p3_executor_kinit_failures_total`, kinit's
+/// words) as `extra.kinit_failures`: the DCs that rejected a key before one accepted it, or why
+/// the kinit failed.
+fn record_kinit_failures(rec: &mut AuditRecord, answers: &[kerberos::DcAnswer]) {
+    if answers.is_empty() {
+        return;
+    }
+    let list: Vec<Value> = answers
+        .iter()
+        .map(|a| serde_json::json!({"kdc": a.kdc, "reason": a.reason, "answer": a.answer}))
+        .collect();
+    rec.extra.insert("kinit_failures".into(), Value::from(list));
+}
+
 fn record_kdc(rec: &mut AuditRecord, obtained: &kerberos::Obtained) {
+    record_kinit_failures(rec, &obtained.rejected);
     if let Some(kdc) = &obtained.kdc {
         rec.extra.insert("kdc".into(), Value::String(kdc.clone()));
     }
@@ -785,22 +800,7 @@ fn write_steps_file(cfg: &Config, paths: &JobPaths, state: &mut JobState) -> Res
     let readable = atomic_file::Options {
         mode: 0o644,
         ..atomic_file::Options::PRIVATE
-/// Each failed kinit answer (`kdc`, `reason` as in `p3_executor_kinit_failures_total`, kinit's
-/// words) as `extra.kinit_failures`: the DCs that rejected a key before one accepted it, or why
-/// the kinit failed.
-fn record_kinit_failures(rec: &mut AuditRecord, answers: &[kerberos::DcAnswer]) {
-    if answers.is_empty() {
-        return;
-    }
-    let list: Vec<Value> = answers
-        .iter()
-        .map(|a| serde_json::json!({"kdc": a.kdc, "reason": a.reason, "answer": a.answer}))
-        .collect();
-    rec.extra.insert("kinit_failures".into(), Value::from(list));
-}
-
     };
-    record_kinit_failures(rec, &obtained.rejected);
     atomic_file::write(&file, &steps, readable)
         .map_err(|e| Error::io(format!("write {}", file.display()), e))?;
     state
