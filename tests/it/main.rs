@@ -27,6 +27,7 @@ mod install;
 mod isolation;
 mod kerberos;
 mod metrics;
+mod network;
 mod p3;
 mod packaging;
 mod parsers;

@@ -128,22 +128,26 @@ fn lookup(name: &str) -> Result<Vec<IpAddr>, String> {
 
 /// Serialises the changes that decide from the leases (gc's sweep) with prepare's adds, so a
 /// sweep never takes a just-added job's element for a stale one.
-fn lock(cfg: &Config) -> Result<std::fs::File, NetworkError> {
+/// None when there is no state root yet: then no job holds a lease to race with.
+fn lock(cfg: &Config) -> Result<Option<std::fs::File>, NetworkError> {
     let io = |what: &str| {
         let what = what.to_string();
         move |source| NetworkError::Io { what, source }
     };
-    let file = std::fs::OpenOptions::new()
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(cfg.state_root.join("network.lock"))
-        .map_err(io("open the network lock"))?;
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        opened => opened.map_err(io("open the network lock"))?,
+    };
     // SAFETY: flock on an fd we own; released when the file is dropped.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(io("lock the network lock")(std::io::Error::last_os_error()));
     }
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// The uid ranges the output chain hands to the job chains: private uids and, for container

@@ -1,0 +1,689 @@
+//! The network wall (issue 21) end to end, as root, on loopback only: hostile and ordinary jobs
+//! through the runner calls against stand-ins on their own loopback addresses (127.31.<n>.169
+//! stands in for the metadata service), each test with its own nftables table, deleted at the
+//! end (also on panic). No test touches another table or any rule it did not create.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::common::tokens::{ISSUER, JwksServer, TokenMinter, gitlab_claims};
+use crate::isolation::{host_with_uids_and, needs_root, prepared, run_body, uid_of};
+use p3_testkit::driver::{Host, Job, uid_base};
+use p3_testkit::kdc;
+use serde_json::Value;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// This test's table and loopback block, removed when dropped (also on a panic).
+struct Net {
+    table: String,
+    n: u8,
+}
+
+impl Net {
+    fn new() -> Net {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Net {
+            table: format!("p3t_{}_{n}", std::process::id()),
+            // Its own /24 of loopback: 127.31.<n>.x, distinct for every test of the process.
+            n: u8::try_from(n % 250).unwrap(),
+        }
+    }
+
+    /// 127.31.<n>.<last>.
+    fn ip(&self, last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, 31, self.n, last)
+    }
+
+    /// The table's listing (None: no table).
+    fn listing(&self) -> Option<Value> {
+        let out = Command::new("nft")
+            .args(["-j", "list", "table", "inet", &self.table])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// The uids mapped (single-uid keys of job_uids) and the job chains.
+    fn mapped(&self) -> (Vec<u64>, Vec<String>) {
+        let listing = self.listing().expect("the table exists");
+        let mut uids = Vec::new();
+        let mut chains = Vec::new();
+        for item in listing["nftables"].as_array().unwrap() {
+            if item["map"]["name"] == "job_uids" {
+                for e in item["map"]["elem"].as_array().into_iter().flatten() {
+                    uids.extend(e[0].as_u64());
+                }
+            }
+            if let Some(name) = item["chain"]["name"].as_str() {
+                if name.starts_with("uid_") {
+                    chains.push(name.to_string());
+                }
+            }
+        }
+        (uids, chains)
+    }
+
+    fn nft(&self, cmd: &str) {
+        let out = Command::new("nft").arg(cmd).output().unwrap();
+        assert!(out.status.success(), "nft {cmd}: {out:?}");
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .output();
+    }
+}
+
+/// A TCP stand-in on `ip` (port chosen by the kernel) that greets every connection.
+fn listener(ip: Ipv4Addr) -> u16 {
+    let l = TcpListener::bind((ip, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(b"hello\n");
+        }
+    });
+    port
+}
+
+/// A DNS stand-in on `ip`: answers every query with one A record, `answer`.
+fn dns(ip: Ipv4Addr, answer: Ipv4Addr) -> u16 {
+    let sock = UdpSocket::bind((ip, 0)).unwrap();
+    let port = sock.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            // Header: same id, response + recursion available, 1 question, 1 answer.
+            let mut r = buf[..2].to_vec();
+            r.extend([0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0]);
+            r.extend(&buf[12..n]);
+            // The answer points at the question's name (offset 12): A, IN, TTL 60.
+            r.extend([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            r.extend(answer.octets());
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    port
+}
+
+/// A shell function the jobs use: `probe ADDR PORT` prints `OK ADDR:PORT` or `REFUSED ADDR:PORT
+/// <why>`, never waiting long (a refusal is a reset, not a timeout).
+const PROBE: &str = r#"
+probe() {
+  if out=$(timeout 5 bash -c "exec 3<>/dev/tcp/$1/$2 && head -c 6 <&3" 2>&1) && [ "$out" = hello ]; then
+    echo "OK $1:$2"
+  else
+    echo "REFUSED $1:$2 ${out//$'\n'/ }"
+  fi
+}
+"#;
+
+fn ok(log: &str, ip: Ipv4Addr, port: u16) -> bool {
+    log.contains(&format!("OK {ip}:{port}"))
+}
+
+fn refused(log: &str, ip: Ipv4Addr, port: u16) -> bool {
+    log.lines()
+        .any(|l| l.starts_with(&format!("REFUSED {ip}:{port} ")) && l.contains("refused"))
+}
+
+/// Can `uid` (root, or another user via setpriv) connect to ip:port from the host?
+fn connects_as(uid: u32, ip: Ipv4Addr, port: u16) -> bool {
+    if uid == 0 {
+        return TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(5))
+            .and_then(|mut s| {
+                let mut b = [0u8; 6];
+                s.read_exact(&mut b)
+            })
+            .is_ok();
+    }
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{ip}/{port}"),
+        ])
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn a_plain_job_cannot_reach_the_metadata_stand_in_but_root_and_other_uids_can() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let (meta, other) = (net.ip(169), net.ip(172));
+    let (meta_port, other_port) = (listener(meta), listener(other));
+    let lo = uid_base();
+    let host = host_with_uids_and(
+        lo,
+        lo + 9,
+        &format!(
+            "[network]\ntable = \"{}\"\ndeny = [\"{meta}\"]\n",
+            net.table
+        ),
+    );
+    let (mut job, uid) = prepared(&host, 2101);
+    assert!(
+        job.log
+            .contains("p3-executor: network: plain (open, 1 rule"),
+        "{}",
+        job.log
+    );
+    let body = format!(
+        "{PROBE}\nprobe {meta} {meta_port}\nprobe {other} {other_port}\n\
+         if echo x 2>/tmp/udp.err > /dev/udp/{meta}/9; then echo UDP SENT; else echo \"UDP $(cat /tmp/udp.err)\"; fi\n"
+    );
+    assert_eq!(run_body(&mut job, &body), 0, "{}", job.log);
+    assert!(refused(&job.log, meta, meta_port), "{}", job.log);
+    assert!(ok(&job.log, other, other_port), "open mode: {}", job.log);
+    assert!(
+        job.log.contains("UDP ") && job.log.contains("Operation not permitted"),
+        "a refused datagram fails at send: {}",
+        job.log
+    );
+    // Root and a uid outside job_uid_range are never touched.
+    assert!(connects_as(0, meta, meta_port));
+    assert!(
+        connects_as(65534, meta, meta_port),
+        "nobody is outside the range"
+    );
+    // The operator's view: the rule that refused it, with its key and a counter that moved.
+    let chain = Command::new("nft")
+        .args(["list", "chain", "inet", &net.table, &format!("uid_{uid}")])
+        .output()
+        .unwrap();
+    let chain = String::from_utf8_lossy(&chain.stdout);
+    assert!(chain.contains("comment \"network.deny[0]"), "{chain}");
+    assert!(
+        !chain.contains("counter packets 0 bytes 0 meta l4proto tcp"),
+        "{chain}"
+    );
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+    assert_eq!(
+        net.mapped(),
+        (vec![], vec![]),
+        "cleanup removes the job's element and chain"
+    );
+}
+
+/// Devstages with real ID tokens on a loopback GitLab (JWKS) and KDC, in allowlist mode.
+struct Stages {
+    _kdc: kdc::Kdc,
+    minter: TokenMinter,
+    _jwks: JwksServer,
+    host: Host,
+    gitlab: Ipv4Addr,
+    gitlab_port: u16,
+    issuer: String,
+}
+
+const PROJECT: &str = "data-ml/forecast";
+
+/// A host where client_dev may reach `dev` (one port) and client_prod `prod` (any port), in
+/// allowlist mode, with a git daemon as the GitLab instance and a DNS stand-in as resolver.
+fn stages(net: &Net, dev: SocketAddr, prod: Ipv4Addr, dns_port: u16, extra: &str) -> Stages {
+    let kdc = kdc::Kdc::start(&["svc_client_dev", "svc_client_uat"]);
+    let minter = TokenMinter::new();
+    let jwks = JwksServer::start(&minter.jwks_json());
+    let gitlab = net.ip(171);
+    let gitlab_port = listener_port_free(gitlab);
+    let issuer = format!("http://{gitlab}:{gitlab_port}");
+    let config = p3_testkit::demo::policy_config(&kdc, &format!("jwks_url = \"{}\"", jwks.url), "")
+        .replace(
+            &format!("gitlab_url = \"{ISSUER}\""),
+            &format!("gitlab_url = \"{issuer}\""),
+        );
+    let config = format!(
+        "[network]\ntable = \"{table}\"\nmode = \"allowlist\"\ndeny = [\"{meta}\"]\nresolvers = [\"{dns}:{dns_port}\"]\n{extra}\n{config}\n\
+         [devstages.client_dev.network]\nallow = [\"{dev}\"]\n\
+         [devstages.client_prod.network]\nallow = [\"{prod}\"]\n",
+        table = net.table,
+        meta = net.ip(169),
+        dns = net.ip(170),
+    );
+    let lo = uid_base();
+    let host = host_with_uids_and(lo, lo + 99, &config);
+    Stages {
+        _kdc: kdc,
+        minter,
+        _jwks: jwks,
+        host,
+        gitlab,
+        gitlab_port,
+        issuer,
+    }
+}
+
+/// A free port on `ip` (bound and released; the git daemon takes it).
+fn listener_port_free(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Stages {
+    fn job(&self, id: u64, devstage: &str) -> Job {
+        let (git_ref, ref_type, protected) = match devstage {
+            "client_prod" => ("v1.2.3", "tag", true),
+            _ => ("feature/x", "branch", false),
+        };
+        let claims = gitlab_claims(
+            &self.issuer,
+            "p3-executor",
+            id,
+            PROJECT,
+            git_ref,
+            ref_type,
+            protected,
+        );
+        let job = self.host.job(id, "");
+        if devstage.is_empty() {
+            return job;
+        }
+        job.var("P3_ID_TOKEN", &self.minter.mint(claims))
+            .var("P3_DEVSTAGE", devstage)
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.host.root().join("audit/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn prepare(job: &mut Job) {
+    assert_eq!(job.config(), 0, "config:\n{}", job.log);
+    assert_eq!(job.prepare(), 0, "prepare:\n{}", job.log);
+}
+
+#[test]
+fn allowlist_devstages_reach_only_their_own_and_still_clone_and_resolve() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let (dev_ip, prod_ip) = (net.ip(172), net.ip(173));
+    let (dev_port, dev_other) = (listener(dev_ip), listener(dev_ip));
+    let prod_port = listener(prod_ip);
+    let dns_port = dns(net.ip(170), net.ip(172));
+    let s = stages(&net, (dev_ip, dev_port).into(), prod_ip, dns_port, "");
+    // The GitLab stand-in: a git daemon serving the host's repository.
+    let base = s
+        .host
+        .repo
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut daemon = Command::new("git")
+        .args([
+            "daemon",
+            "--export-all",
+            "--reuseaddr",
+            &format!("--listen={}", s.gitlab),
+            &format!("--port={}", s.gitlab_port),
+            &format!("--base-path={}", base.display()),
+        ])
+        .arg(&base)
+        .spawn()
+        .unwrap();
+    let mut dev = s.job(2111, "client_dev");
+    let mut prod = s.job(2112, "client_prod");
+    // Both prepared before either runs: concurrent jobs with different policies.
+    prepare(&mut dev);
+    prepare(&mut prod);
+    let body = format!(
+        "{PROBE}\nprobe {dev_ip} {dev_port}\nprobe {dev_ip} {dev_other}\nprobe {prod_ip} {prod_port}\n\
+         for i in 1 2 3 4 5 6 7 8 9 10; do git clone -q git://{gl}:{glp}/group/project clone 2>/dev/null && break; sleep 0.3; done\n\
+         cat clone/README || echo NO CLONE\n\
+         host -W 3 -p {dns_port} -t A ci.example.test {dns} || echo NO DNS\n",
+        gl = s.gitlab,
+        glp = s.gitlab_port,
+        dns = net.ip(170),
+    );
+    assert_eq!(run_body(&mut dev, &body), 0, "{}", dev.log);
+    assert_eq!(run_body(&mut prod, &body), 0, "{}", prod.log);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(ok(&dev.log, dev_ip, dev_port), "dev: {}", dev.log);
+    assert!(
+        refused(&dev.log, dev_ip, dev_other),
+        "dev, another port: {}",
+        dev.log
+    );
+    assert!(
+        refused(&dev.log, prod_ip, prod_port),
+        "dev, prod: {}",
+        dev.log
+    );
+    assert!(ok(&prod.log, prod_ip, prod_port), "prod: {}", prod.log);
+    assert!(
+        refused(&prod.log, dev_ip, dev_port),
+        "prod, dev's: {}",
+        prod.log
+    );
+    for (name, log) in [("dev", &dev.log), ("prod", &prod.log)] {
+        assert!(
+            log.contains("hello from the repository"),
+            "{name} clones: {log}"
+        );
+        assert!(
+            log.contains(&format!("ci.example.test has address {dev_ip}")),
+            "{name} resolves: {log}"
+        );
+    }
+    // The grant's audit record names the policy and the hash of its rules.
+    let grants: Vec<Value> = s
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "grant")
+        .collect();
+    for (job, policy) in [
+        (2111, "devstages.client_dev"),
+        (2112, "devstages.client_prod"),
+    ] {
+        let rec = grants
+            .iter()
+            .find(|r| r["job_id"] == job)
+            .unwrap_or_else(|| panic!("grant of {job}: {grants:?}"));
+        assert_eq!(rec["extra"]["network_policy"], policy, "{rec}");
+        assert_eq!(
+            rec["extra"]["network_sha256"].as_str().unwrap().len(),
+            64,
+            "{rec}"
+        );
+    }
+    // policy explain shows the rules a client_dev job would get.
+    let claims = s.host.root().join("claims.json");
+    let c = gitlab_claims(
+        &s.issuer,
+        "p3-executor",
+        1,
+        PROJECT,
+        "feature/x",
+        "branch",
+        false,
+    );
+    std::fs::write(&claims, c.to_string()).unwrap();
+    let out = s.host.exec(&[
+        "policy",
+        "explain",
+        "--claims",
+        claims.to_str().unwrap(),
+        "--request",
+        "client_dev",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("network: devstages.client_dev (allowlist"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{dev_ip}:{dev_port}")), "{text}");
+    assert!(
+        text.contains("devstages.client_dev.network.allow[0]"),
+        "{text}"
+    );
+    assert!(text.contains("identity.gitlab_url"), "{text}");
+    assert_eq!(dev.cleanup(), 0, "{}", dev.log);
+    assert_eq!(prod.cleanup(), 0, "{}", prod.log);
+    assert_eq!(net.mapped(), (vec![], vec![]));
+}
+
+#[test]
+fn cleanup_and_gc_after_sigkill_remove_the_element_and_a_reused_uid_inherits_nothing() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let target = net.ip(172);
+    let port = listener(target);
+    // One uid, so every job reuses it.
+    let uid = uid_base();
+    let config = |allow: &str| {
+        format!(
+            "[network]\ntable = \"{}\"\nmode = \"allowlist\"\ndeny = []\nresolvers = []\n[network.plain]\nallow = [{allow}]\n",
+            net.table
+        )
+    };
+    let host = host_with_uids_and(uid, uid, &config(&format!("\"{target}:{port}\"")));
+    let body = format!("{PROBE}\nprobe {target} {port}\n");
+
+    // Job 1 may reach the target; its cleanup removes its element and chain.
+    let (mut first, got) = prepared(&host, 2121);
+    assert_eq!(got, uid);
+    assert_eq!(
+        net.mapped(),
+        (vec![u64::from(uid)], vec![format!("uid_{uid}")])
+    );
+    assert_eq!(run_body(&mut first, &body), 0, "{}", first.log);
+    assert!(ok(&first.log, target, port), "{}", first.log);
+    assert_eq!(first.cleanup(), 0, "{}", first.log);
+    assert_eq!(net.mapped(), (vec![], vec![]));
+    // Between jobs the uid has no element: the strictest policy, even for a process that
+    // outlived its job.
+    let strict = Command::new("setpriv")
+        .args([&format!("--reuid={uid}"), "--regid=65534", "--clear-groups"])
+        .args(["bash", "-c", &format!("exec 3<>/dev/tcp/{target}/{port}")])
+        .output()
+        .unwrap();
+    assert!(
+        !strict.status.success(),
+        "an unmapped job uid reaches nothing"
+    );
+
+    // Job 2 on the same uid, under a config that no longer allows the target, is SIGKILLed
+    // mid-stage (runner crash): no cleanup runs.
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    std::fs::write(
+        &host.config,
+        text.replace(&format!("allow = [\"{target}:{port}\"]"), "allow = []"),
+    )
+    .unwrap();
+    let (mut second, got) = prepared(&host, 2122);
+    assert_eq!(got, uid);
+    let script = second.write_script("build_script", &format!("{body}\necho READY\nsleep 60\n"));
+    let mut run = second
+        .command(&["run", script.to_str().unwrap(), "build_script"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = run.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    while !seen.contains("READY") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "stage ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        refused(&seen, target, port),
+        "no inherited allowance: {seen}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = run.wait();
+    assert_eq!(
+        net.mapped().0,
+        vec![u64::from(uid)],
+        "still mapped after the kill"
+    );
+    let gc = host.exec(&["gc", "--max-age-secs", "0"]);
+    assert!(gc.status.success(), "{}", crate::common::text(&gc));
+    assert_eq!(
+        net.mapped(),
+        (vec![], vec![]),
+        "gc removed the element and chain"
+    );
+}
+
+#[test]
+fn fifty_concurrent_jobs_with_mixed_devstages_each_get_exactly_their_policy() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let (dev_ip, prod_ip) = (net.ip(172), net.ip(173));
+    let (dev_port, prod_port) = (listener(dev_ip), listener(prod_ip));
+    let dns_port = dns(net.ip(170), net.ip(172));
+    let s = stages(&net, (dev_ip, dev_port).into(), prod_ip, dns_port, "");
+    let body = format!("{PROBE}\nprobe {dev_ip} {dev_port}\nprobe {prod_ip} {prod_port}\n");
+    let kinds = ["client_dev", "client_prod", ""];
+    let results: Vec<(u64, &str, String, u32)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50u64)
+            .map(|i| {
+                let (s, body) = (&s, &body);
+                let kind = kinds[(i % 3) as usize];
+                scope.spawn(move || {
+                    let id = 2200 + i;
+                    let mut job = s.job(id, kind).timeout(120);
+                    prepare(&mut job);
+                    let uid = uid_of(&s.host, id);
+                    assert_eq!(run_body(&mut job, body), 0, "{}", job.log);
+                    assert_eq!(job.cleanup(), 0, "{}", job.log);
+                    (id, kind, job.log, uid)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut uids: Vec<u32> = results.iter().map(|r| r.3).collect();
+    for (id, kind, log, _) in &results {
+        let (dev_ok, prod_ok) = match *kind {
+            "client_dev" => (true, false),
+            "client_prod" => (false, true),
+            _ => (false, false),
+        };
+        assert_eq!(
+            ok(log, dev_ip, dev_port),
+            dev_ok,
+            "job {id} ({kind:?}): {log}"
+        );
+        assert_eq!(
+            refused(log, dev_ip, dev_port),
+            !dev_ok,
+            "job {id} ({kind:?}): {log}"
+        );
+        assert_eq!(
+            ok(log, prod_ip, prod_port),
+            prod_ok,
+            "job {id} ({kind:?}): {log}"
+        );
+        assert_eq!(
+            refused(log, prod_ip, prod_port),
+            !prod_ok,
+            "job {id} ({kind:?}): {log}"
+        );
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    assert!(uids.len() > 1, "jobs ran under their own uids: {uids:?}");
+    assert_eq!(net.mapped(), (vec![], vec![]), "the table ends empty");
+}
+
+#[test]
+fn check_names_a_missing_table_a_stale_element_and_a_host_without_nft() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let lo = uid_base();
+    let host = host_with_uids_and(
+        lo,
+        lo + 9,
+        &format!("[network]\ntable = \"{}\"\n", net.table),
+    );
+    let check = |host: &Host, args: &[&str]| {
+        let mut all = vec!["check"];
+        all.extend(args);
+        String::from_utf8_lossy(&host.exec(&all).stdout).into_owned()
+    };
+    let out = check(&host, &[]);
+    assert!(
+        out.contains(&format!("table inet {} does not exist yet", net.table)),
+        "{out}"
+    );
+    let out = check(&host, &["--fix"]);
+    assert!(out.contains("network: fixed"), "{out}");
+    assert!(
+        out.contains(&format!("table inet {} in place, 0 job uids", net.table)),
+        "{out}"
+    );
+    // An element of a uid no job holds (as a crash could leave): named, and gc removes it.
+    let stale = lo + 5;
+    net.nft(&format!("add chain inet {} uid_{stale}", net.table));
+    net.nft(&format!(
+        "add element inet {} job_uids {{ {stale} : jump uid_{stale} }}",
+        net.table
+    ));
+    let out = check(&host, &[]);
+    assert!(
+        out.contains("stale rules") && out.contains(&format!("element {stale}")),
+        "{out}"
+    );
+    assert!(host.exec(&["gc"]).status.success());
+    assert_eq!(net.mapped(), (vec![], vec![]));
+
+    // A host without nft: the default deny is a promise, so check errs and prepare fails as a
+    // system failure; with mode open and deny = [] jobs run and check warns.
+    let missing = host_with_uids_and(
+        lo + 10,
+        lo + 19,
+        &format!(
+            "[network]\ntable = \"{}\"\nnft = \"/nonexistent/nft\"\n",
+            net.table
+        ),
+    );
+    let out = check(&missing, &[]);
+    assert!(
+        out.contains("error: network: \"/nonexistent/nft\" (nftables) is not installed"),
+        "{out}"
+    );
+    let mut job = missing.job(2131, "");
+    assert_eq!(job.config(), 0);
+    let code = job.prepare();
+    assert_ne!(code, 0, "{}", job.log);
+    assert!(job.log.contains("apt-get install nftables"), "{}", job.log);
+    let _ = job.cleanup();
+    let open = host_with_uids_and(
+        lo + 20,
+        lo + 29,
+        &format!(
+            "[network]\ntable = \"{}\"\nnft = \"/nonexistent/nft\"\ndeny = []\n",
+            net.table
+        ),
+    );
+    let out = check(&open, &[]);
+    assert!(
+        out.contains("warning: network:") && out.contains("no network policy"),
+        "{out}"
+    );
+    let (mut job, _) = prepared(&open, 2132);
+    assert_eq!(run_body(&mut job, "true"), 0, "{}", job.log);
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+}
