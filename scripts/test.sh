@@ -26,7 +26,8 @@ apt_pkgs=()
 for pair in git:git krb5kdc:krb5-kdc kinit:krb5-user kadmin.local:krb5-admin-server \
             buildah:buildah skopeo:skopeo rsync:rsync openssl:openssl node:nodejs npm:npm \
             /usr/bin/aws:awscli keyctl:keyutils docker-registry:docker-registry \
-            htpasswd:apache2-utils /bin/busybox:busybox-static mmdebstrap:mmdebstrap; do
+            htpasswd:apache2-utils /bin/busybox:busybox-static mmdebstrap:mmdebstrap \
+            nft:nftables; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || apt_pkgs+=("${pair#*:}")
 done
 if [[ $package_test == 1 ]]; then
