@@ -39,5 +39,7 @@ mod s3;
 mod rotation;
 mod s3_integrity;
 mod scrub;
+mod steps_cli;
+mod steps_s3;
 mod walls;
 mod web_identity;

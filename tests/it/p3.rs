@@ -366,9 +366,11 @@ fn one_failure_among_three_others_still_deployed_and_reported() {
     );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(f.dir.path().join("report.json")).unwrap()).unwrap();
+    // A failed job's report carries the client's whole error (issue 24).
     assert_eq!(
         report["jobs"][1],
-        serde_json::json!({"job": "score", "ok": false})
+        serde_json::json!({"job": "score", "ok": false,
+            "error": "exit status: 3: p3: deploy score: quota exceeded in client_dev"})
     );
     assert_eq!(report["image"], IMAGE);
 }

@@ -794,7 +794,17 @@ fn errors_name_the_object_and_the_cause() {
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
     let start = Instant::now();
-    let r = run(srv.p3(&["s3", "ls", "s3://err-bkt", "--endpoint-url", &dead_url]));
+    let r = run(srv.p3(&[
+        "s3",
+        "ls",
+        "s3://err-bkt",
+        "--endpoint-url",
+        &dead_url,
+        "--connect-timeout",
+        "2",
+        "--max-attempts",
+        "2",
+    ]));
     assert_eq!(r.code, 1);
     assert!(
         r.stderr

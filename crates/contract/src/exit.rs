@@ -10,9 +10,9 @@
 //! | a step interrupted by a signal | — | 130 ([`STEP_INTERRUPTED`]) |
 //!
 //! The built-in steps use one table ([`step_code`]): 0 done; 1 a remote or operational
-//! failure, or input the job gave that cannot be used (a refused request, an unreachable
-//! server, a bad `p3.toml`); 2 bad usage (arguments, missing settings: a [`Usage`] error);
-//! 130 interrupted.
+//! failure (a refused request, an unreachable server, a timeout) or input the job gave that
+//! cannot be used (a bad `p3.toml`: `BUILD_FAILURE_EXIT_CODE` when the runner set one);
+//! 2 bad usage (arguments, missing settings: a [`Usage`] error); 130 interrupted.
 //!
 //! Host tools (`check`, `gc`, `audit verify`) exit 0 when all is well and 1 when they found a
 //! problem. Library code classifies a failure once (its error type's `kind()`); the binaries
@@ -104,10 +104,18 @@ impl Failure {
 pub struct Usage(pub String);
 
 /// The exit code of a built-in step that failed with `err`: [`STEP_USAGE`] when a [`Usage`]
-/// error is in its chain, else [`STEP_FAILED`].
-pub fn step_code(err: &anyhow::Error) -> i32 {
+/// error is in its chain; the build-failure code (`BUILD_FAILURE_EXIT_CODE`, default 1) for
+/// the job's own bad input (a [`Failure`] of kind build: a wrong `p3.toml`); else
+/// [`STEP_FAILED`] (a remote or operational failure, whoever's fault).
+pub fn step_code(err: &anyhow::Error, codes: &ExitCodes) -> i32 {
     if err.chain().any(|e| e.downcast_ref::<Usage>().is_some()) {
         STEP_USAGE
+    } else if err
+        .chain()
+        .filter_map(|e| e.downcast_ref::<Failure>())
+        .any(|f| f.kind == FailureKind::Build)
+    {
+        codes.build_failure
     } else {
         STEP_FAILED
     }
@@ -158,12 +166,25 @@ mod tests {
 
     #[test]
     fn steps_exit_2_for_usage_and_1_for_everything_else() {
+        let codes = ExitCodes {
+            build_failure: 1,
+            system_failure: 2,
+        };
         let usage = anyhow::Error::new(Usage("bad flag".into())).context("release");
-        assert_eq!(step_code(&usage), STEP_USAGE);
-        assert_eq!(step_code(&anyhow::anyhow!("timeout")), STEP_FAILED);
+        assert_eq!(step_code(&usage, &codes), STEP_USAGE);
+        assert_eq!(step_code(&anyhow::anyhow!("timeout"), &codes), STEP_FAILED);
         assert_eq!(
-            step_code(&anyhow::Error::new(Failure::system("x"))),
-            STEP_FAILED
+            step_code(&anyhow::Error::new(Failure::system("x")), &codes),
+            STEP_FAILED,
+            "never 2: that is usage"
+        );
+        let custom = ExitCodes {
+            build_failure: 17,
+            system_failure: 18,
+        };
+        assert_eq!(
+            step_code(&anyhow::Error::new(Failure::build("p3.toml")), &custom),
+            17
         );
     }
 

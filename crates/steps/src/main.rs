@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::FromArgMatches;
 
-use p3_contract::exit::step_code;
+use p3_contract::exit::{ExitCodes, step_code};
 use p3_contract::logging::{self, LogConfig};
 use p3_steps::cli::{Step, StepsCli};
 
@@ -17,7 +17,9 @@ fn main() -> ExitCode {
     logging::init(&LogConfig {
         // The AWS SDK warns about each missing AWS file once per provider it builds (and
         // repeats itself); the steps name a missing credential themselves.
-        level: "warn,aws_config=error,aws_runtime=error,p3_steps=info,p3_contract=info".into(),
+        // rustls-platform-verifier logs each certificate failure at ERROR on its own; the
+        // step's error names it once, with the CAs used.
+        level: "warn,aws_config=error,aws_runtime=error,rustls_platform_verifier=off,p3_steps=info,p3_contract=info".into(),
         ..LogConfig::default()
     });
     let result = match cli.step {
@@ -30,7 +32,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("p3-executor: error: {}", p3_contract::exit::describe(&err));
-            step_code(&err)
+            step_code(&err, &ExitCodes::from_env())
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use gitlab::api::common::{NameOrId, path_escaped};
 use gitlab::api::endpoint_prelude::{BodyError, Endpoint, JsonParams, Method};
@@ -56,10 +57,10 @@ pub struct ReleaseArgs {
     pub ca_bundle: Option<PathBuf>,
     /// Time to connect to GitLab.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::s3::parse_duration, env = "P3_GITLAB_CONNECT_TIMEOUT")]
-    pub connect_timeout: std::time::Duration,
+    pub connect_timeout: Duration,
     /// Time for one API request, answer included.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = crate::s3::parse_duration, env = "P3_GITLAB_TIMEOUT")]
-    pub timeout: std::time::Duration,
+    pub timeout: Duration,
 }
 
 /// Why the release step failed.
@@ -291,8 +292,8 @@ pub struct Api {
     rest_url: reqwest::Url,
     token: http::HeaderValue,
     trust: Option<crate::tls::CaBundle>,
-    timeout: std::time::Duration,
-    connect_timeout: std::time::Duration,
+    timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl Api {
@@ -301,8 +302,8 @@ impl Api {
         api_url: &str,
         token: &str,
         trust: Option<crate::tls::CaBundle>,
-        connect_timeout: std::time::Duration,
-        timeout: std::time::Duration,
+        connect_timeout: Duration,
+        timeout: Duration,
     ) -> Result<Self, ReleaseError> {
         let (host, insecure) = api_host(api_url)?;
         let scheme = if insecure { "http" } else { "https" };
@@ -349,12 +350,13 @@ impl Api {
     /// `GET /job` with the job token: the token is accepted, or the error says why not.
     pub fn check_token(&self) -> Result<(), ReleaseError> {
         let url = self.rest_url.join("job").expect("static path");
+        let start = Instant::now();
         let rsp = self
             .client
             .get(url.clone())
             .header("JOB-TOKEN", self.token.clone())
             .send()
-            .map_err(|e| ReleaseError::Api(self.describe(&e, &url)))?;
+            .map_err(|e| ReleaseError::Api(self.describe(&e, &url, start.elapsed())))?;
         let status = rsp.status();
         if status.is_success() {
             return Ok(());
@@ -390,7 +392,7 @@ impl Api {
     }
 
     /// A transport error in words: connection refused, timeout, TLS, or the cause.
-    fn describe(&self, e: &reqwest::Error, url: &reqwest::Url) -> String {
+    fn describe(&self, e: &reqwest::Error, url: &reqwest::Url, elapsed: Duration) -> String {
         let mut chain: Vec<String> = Vec::new();
         let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(err) = next {
@@ -403,9 +405,13 @@ impl Api {
         let all = chain.join(": ");
         let root = chain.last().cloned().unwrap_or_default();
         let origin = Self::origin(url);
-        let where_ = format!("{} {}", origin, url.path());
+        let where_ = format!("{origin}{}", url.path());
         if e.is_timeout() || all.to_ascii_lowercase().contains("timed out") {
-            let bound = if e.is_connect() {
+            // reqwest marks a request that timed out before its connection was used as a
+            // connect error: go by the time it took.
+            let bound = if e.is_connect()
+                && elapsed < self.timeout.saturating_sub(Duration::from_millis(200))
+            {
                 format!("connect timeout {}s", self.connect_timeout.as_secs_f64())
             } else {
                 format!(
@@ -457,10 +463,11 @@ impl gitlab::api::Client for Api {
             .try_into()
             .map_err(|e: reqwest::Error| fail(e.to_string()))?;
         let url = request.url().clone();
+        let start = Instant::now();
         let rsp = self
             .client
             .execute(request)
-            .map_err(|e| fail(self.describe(&e, &url)))?;
+            .map_err(|e| fail(self.describe(&e, &url, start.elapsed())))?;
         let mut out = http::Response::builder()
             .status(rsp.status())
             .version(rsp.version());
@@ -469,7 +476,9 @@ impl gitlab::api::Client for Api {
                 h.insert(k, v.clone());
             }
         }
-        let body = rsp.bytes().map_err(|e| fail(self.describe(&e, &url)))?;
+        let body = rsp
+            .bytes()
+            .map_err(|e| fail(self.describe(&e, &url, start.elapsed())))?;
         out.body(body).map_err(|e| fail(e.to_string()))
     }
 }
@@ -784,8 +793,8 @@ mod tests {
             project: Some("1".into()),
             steps_config: None,
             ca_bundle: None,
-            connect_timeout: std::time::Duration::from_secs(1),
-            timeout: std::time::Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
         };
         let mut ctx = StepContext::default();
         let err = release(&ctx, &args).unwrap_err();

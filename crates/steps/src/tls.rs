@@ -135,7 +135,20 @@ pub fn describe(bundle: Option<&CaBundle>) -> String {
 /// Whether an error text is about the server's certificate.
 pub fn is_certificate_error(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    t.contains("certificate") || t.contains("unknownissuer") || t.contains("invalid peer cert")
+    // rustls names some failures by their kind alone (`BadSignature` when a CA of the same
+    // name but another key signed the certificate).
+    [
+        "certificate",
+        "unknownissuer",
+        "badsignature",
+        "notvalidforname",
+        "notvalidyet",
+        "invalidpurpose",
+        "unhandledcriticalextension",
+        "applicationverificationfailure",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
 }
 
 /// The hint appended to a certificate error.
@@ -175,6 +188,7 @@ mod tests {
             "invalid peer certificate: UnknownIssuer"
         ));
         assert!(!is_certificate_error("Connection refused"));
+        assert!(is_certificate_error("io error: BadSignature"));
         let b = CaBundle {
             path: "/ca.pem".into(),
             source: "AWS_CA_BUNDLE".into(),

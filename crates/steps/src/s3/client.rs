@@ -324,6 +324,13 @@ pub fn short_cause(chain: &str) -> String {
             };
         }
     }
+    if let Some(at) = lower.find("invalid peer certificate") {
+        return chain[at..].to_string();
+    }
+    if crate::tls::is_certificate_error(chain) {
+        let last = chain.rsplit(": ").next().unwrap_or(chain);
+        return format!("invalid peer certificate: {last}");
+    }
     if lower.contains("minimum throughput") {
         return "the transfer stalled (no data for the read timeout)".into();
     }

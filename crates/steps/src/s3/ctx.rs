@@ -48,6 +48,8 @@ pub struct Ctx {
     pub file_mode: u32,
     /// Objects larger than this are copied with UploadPartCopy (at most CopyObject's 5 GiB).
     pub copy_threshold: u64,
+    /// `--max-attempts`: also bounds re-fetches of a download whose body broke off.
+    pub max_attempts: u32,
 }
 
 impl Ctx {
@@ -76,6 +78,7 @@ impl Ctx {
             uploads: Mutex::new(HashMap::new()),
             file_mode: 0o644,
             copy_threshold: MAX_COPY_OBJECT,
+            max_attempts: 5,
         }
     }
 

@@ -212,6 +212,10 @@ pub async fn download(
     std::fs::create_dir_all(&parent)
         .map_err(|e| S3Error::local(&parent, "cannot create directory", e))?;
     let mut attempt = 1;
+    // A body that stalls or breaks mid-way is not retried by the SDK (its response had
+    // arrived): fetch again, from a fresh temporary file, up to --max-attempts times.
+    let mut transfer_attempt = 1;
+    let started = std::time::Instant::now();
     let tmp = loop {
         let tmp = tempfile::Builder::new()
             .prefix(".p3-s3-")
@@ -223,9 +227,34 @@ pub async fn download(
                 .try_clone()
                 .map_err(|e| S3Error::local(&parent, "cannot write to directory", e))?,
         );
-        let mismatch = match fetch(&ctx, &src, &info, file, &dest).await? {
-            Verdict::Ok => break tmp,
-            Verdict::Mismatch(detail) => detail,
+        let mismatch = match fetch(&ctx, &src, &info, file, &dest).await {
+            Ok(Verdict::Ok) => break tmp,
+            Ok(Verdict::Mismatch(detail)) => detail,
+            Err(S3Error::Endpoint {
+                uri,
+                endpoint,
+                detail,
+            }) if detail.starts_with(INTERRUPTED) => {
+                drop(tmp);
+                if transfer_attempt >= ctx.max_attempts {
+                    return Err(S3Error::Endpoint {
+                        uri,
+                        endpoint,
+                        detail: format!(
+                            "gave up after {transfer_attempt} attempts in {:.1} s, the last: {detail}",
+                            started.elapsed().as_secs_f64()
+                        ),
+                    });
+                }
+                transfer_attempt += 1;
+                ctx.progress.eprintln(&format!(
+                    "retry: attempt {transfer_attempt}/{} of GET {src} after: {}",
+                    ctx.max_attempts,
+                    super::client::short_cause(&detail)
+                ));
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         // Dropping `tmp` removes the bad copy.
         drop(tmp);
@@ -641,7 +670,7 @@ async fn stream_range(
         let chunk = body
             .try_next()
             .await
-            .map_err(|e| interrupted(ctx, src, e))?;
+            .map_err(|e| interrupted(ctx, src, &e))?;
         let last = chunk.is_none();
         if let Some(chunk) = chunk {
             batch_len += chunk.len() as u64;
@@ -709,11 +738,24 @@ async fn finish_write(
 }
 
 /// The body of `src` broke off after the response began.
-fn interrupted(ctx: &Ctx, src: &S3Uri, e: impl std::fmt::Display) -> S3Error {
+/// How the detail of a broken or stalled download body starts.
+const INTERRUPTED: &str = "download interrupted";
+
+fn interrupted(ctx: &Ctx, src: &S3Uri, e: &(dyn std::error::Error + 'static)) -> S3Error {
+    // The SDK's stalled-stream error is the body error's source: keep the whole chain.
+    let mut detail = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !detail.contains(&text) {
+            detail = format!("{detail}: {text}");
+        }
+        next = cause.source();
+    }
     S3Error::Endpoint {
         uri: src.to_string(),
         endpoint: ctx.endpoint.clone(),
-        detail: format!("download interrupted: {e}"),
+        detail: format!("{INTERRUPTED}: {detail}"),
     }
 }
 

@@ -386,6 +386,7 @@ async fn execute(args: S3Args, file_mode: u32) -> i32 {
     ctx.trust = built.trust;
     ctx.file_mode = file_mode;
     ctx.copy_threshold = transfer.copy_threshold;
+    ctx.max_attempts = g.max_attempts.max(1);
     let ctx = Arc::new(ctx);
     let limit = deadline(g.timeout, std::env::var("CI_JOB_TIMEOUT").ok().as_deref());
     let work = dispatch(ctx.clone(), args.command);

@@ -131,16 +131,16 @@ impl Progress {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    /// `waiting: no data for 5 s; 1 request(s) in flight, the last: GET http://...`, when
-    /// requests are in flight.
+    /// `waiting: no data for 5 s; 1 request(s) in flight, the last: GET http://...` (a
+    /// response body that stalls is no longer a request in flight: the last one is named).
     fn waiting(&self, since: Instant) -> Option<String> {
         let n = self.requests.load(Ordering::Relaxed);
-        (n > 0).then(|| {
-            let last = escape(&self.last_request.lock().expect("lock")).into_owned();
-            format!(
-                "waiting: no data for {:.0} s; {n} request(s) in flight, the last: {last}",
-                since.elapsed().as_secs_f64()
-            )
+        let last = escape(&self.last_request.lock().expect("lock")).into_owned();
+        let secs = since.elapsed().as_secs_f64();
+        Some(if last.is_empty() {
+            format!("waiting: no data for {secs:.0} s")
+        } else {
+            format!("waiting: no data for {secs:.0} s; {n} request(s) in flight, the last: {last}")
         })
     }
 
