@@ -181,6 +181,12 @@ fn a_plain_job_cannot_reach_the_metadata_stand_in_but_root_and_other_uids_can() 
         ),
     );
     let (mut job, uid) = prepared(&host, 2101);
+    // A port nobody listens on: the kernel answers a connection with a RST of no socket.
+    let closed = TcpListener::bind((other, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     assert!(
         job.log
             .contains("p3-executor: network: plain (open, 1 rule"),
@@ -188,7 +194,7 @@ fn a_plain_job_cannot_reach_the_metadata_stand_in_but_root_and_other_uids_can() 
         job.log
     );
     let body = format!(
-        "{PROBE}\nprobe {meta} {meta_port}\nprobe {other} {other_port}\n\
+        "{PROBE}\nprobe {meta} {meta_port}\nprobe {other} {other_port}\nprobe {other} {closed}\n\
          if echo x 2>/tmp/udp.err > /dev/udp/{meta}/9; then echo UDP SENT; else echo \"UDP $(cat /tmp/udp.err)\"; fi\n"
     );
     assert_eq!(run_body(&mut job, &body), 0, "{}", job.log);
@@ -198,6 +204,19 @@ fn a_plain_job_cannot_reach_the_metadata_stand_in_but_root_and_other_uids_can() 
         job.log.contains("UDP ") && job.log.contains("Operation not permitted"),
         "a refused datagram fails at send: {}",
         job.log
+    );
+    // Packets without a socket (the kernel's RST for a closed port, ICMP errors) are nobody's
+    // job: they pass, so a closed port still refuses at once, in the job and on the host.
+    assert!(refused(&job.log, other, closed), "{}", job.log);
+    let started = std::time::Instant::now();
+    let err =
+        TcpStream::connect_timeout(&SocketAddr::from((other, closed)), Duration::from_secs(5))
+            .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
     );
     // Root and a uid outside job_uid_range are never touched.
     assert!(connects_as(0, meta, meta_port));
