@@ -66,8 +66,30 @@ pub fn init(cfg: &LogConfig) {
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match cfg.format {
         LogFormat::Json => registry.with(fmt.json()).try_init(),
-        LogFormat::Text => registry.with(fmt.without_time()).try_init(),
+        LogFormat::Text => registry.with(fmt.event_format(Plain)).try_init(),
     };
+}
+
+/// Text lines as `WARN cancellation requested: ... signal=SIGTERM`: the level, unpadded (the
+/// default format right-aligns it, so every warning in a job log began with a space), then
+/// the message and its fields.
+struct Plain;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Plain
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "{} ", event.metadata().level())?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// A bare level applies to our own code; dependencies (the AWS SDK logs credential provider
@@ -82,6 +104,40 @@ fn directives(level: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_lines_start_with_the_level_not_a_space() {
+        use tracing_subscriber::layer::SubscriberExt;
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .event_format(super::Plain);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                signal = "SIGTERM",
+                "cancellation requested: stopping the job's processes"
+            );
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "WARN cancellation requested: stopping the job's processes signal=\"SIGTERM\"\n"
+        );
+    }
+
     #[test]
     fn bare_level_keeps_dependencies_quiet() {
         assert_eq!(
