@@ -313,6 +313,7 @@ pub fn root_for_run(cfg: &Config, job_id: u64, image: &JobImage) -> crate::sandb
         lower: image.rootfs.clone(),
         layer: layer_dir(cfg, job_id),
         exec_dir,
+        runtime: crate::sandbox::host_runtime(),
     }
 }
 

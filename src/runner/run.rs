@@ -22,7 +22,7 @@ pub fn script_env(cfg: &Config, paths: &JobPaths, state: &JobState) -> Vec<(OsSt
         .filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
         .collect();
     let fixed = [
-        ("PATH", cfg.job_path.clone()),
+        ("PATH", crate::siblings::job_path(&cfg.job_path)),
         ("HOME", paths.home.display().to_string()),
         ("TMPDIR", paths.tmp.display().to_string()),
         ("USER", state.user.clone()),

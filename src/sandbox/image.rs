@@ -12,7 +12,19 @@
 //!    symlinks resolve inside the image, never on the host) `/dev`, `/sys` (read-only), the
 //!    private tmp dirs, the job's root and credentials dir at their paths, the host's
 //!    `/etc/resolv.conf` and `/etc/hosts`, and the executor's binaries at
-//!    [`crate::images::EXEC_DIR`], then detaches the old root and mounts a fresh `/proc`.
+//!    [`crate::images::EXEC_DIR`] ([`exec_tree`]), then detaches the old root and mounts a
+//!    fresh `/proc`.
+//!
+//! The executor's binaries are linked against the host's glibc, so the image's libc (musl,
+//! an older glibc, or none at all) cannot run them. Rather than a second, statically linked
+//! build of both binaries (another toolchain target and a second build of the AWS SDK for
+//! every release), the image gets the host's own loader and library directories, read-only,
+//! under `/.p3-executor`, and `/.p3-executor/bin/p3-executor` is a two-line `sh` wrapper that
+//! runs the real binary through that loader with `--library-path` (an option, not
+//! `LD_LIBRARY_PATH`, so nothing the steps start inherits it). The loader sits in `bin/` next
+//! to the wrappers: a program run through a loader has the loader as its `/proc/self/exe`, so
+//! `p3-executor`'s sibling lookup (`siblings.rs`) finds the steps' wrapper beside it. The image
+//! needs only `/bin/sh`, which its script needs anyway.
 //!
 //! Everything is in the job's mount namespace: nothing is mounted on the host, and the stage's
 //! end (init's exit) takes it all; only the layer dir remains, for the job's next stage.
@@ -33,6 +45,76 @@ pub struct ImageRoot {
     pub layer: PathBuf,
     /// The directory of the executor's binaries, bound at `images::EXEC_DIR`.
     pub exec_dir: PathBuf,
+    /// The host's loader and library dirs the binaries run with (None: linked statically).
+    pub runtime: Option<HostRuntime>,
+}
+
+/// The host's dynamic loader and the directories of the libraries the executor runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRuntime {
+    /// The loader (e.g. `/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2`).
+    pub loader: PathBuf,
+    /// Every directory a mapped library comes from, the loader's first.
+    pub lib_dirs: Vec<PathBuf>,
+}
+
+/// The binaries a job may run inside an image (the AWS side stays on the host).
+const BINARIES: [&str; 2] = ["p3-executor", crate::siblings::STEPS];
+
+/// The running executor's runtime, from its own `/proc/self/maps`: the mapped `ld-*.so*` is
+/// the loader, and the directories of every mapped shared object are searched. None when the
+/// executor is linked statically (then the binaries are bound as they are).
+pub fn host_runtime() -> Option<HostRuntime> {
+    parse_maps(&std::fs::read_to_string("/proc/self/maps").ok()?)
+}
+
+fn parse_maps(maps: &str) -> Option<HostRuntime> {
+    let mut loader: Option<PathBuf> = None;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for line in maps.lines() {
+        let Some(path) = line
+            .split_whitespace()
+            .nth(5)
+            .filter(|p| p.starts_with('/'))
+        else {
+            continue;
+        };
+        let path = Path::new(path);
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !(name.ends_with(".so") || name.contains(".so.")) {
+            continue;
+        }
+        if name.starts_with("ld-") && loader.is_none() {
+            loader = Some(path.to_path_buf());
+        }
+        if let Some(d) = path.parent().filter(|d| !dirs.iter().any(|x| x == d)) {
+            dirs.push(d.to_path_buf());
+        }
+    }
+    let loader = loader?;
+    let first = loader.parent()?.to_path_buf();
+    dirs.retain(|d| *d != first);
+    dirs.insert(0, first);
+    Some(HostRuntime {
+        loader,
+        lib_dirs: dirs,
+    })
+}
+
+/// The wrapper at `/.p3-executor/bin/<name>`: the real binary through the host's loader.
+fn wrapper(top: &Path, loader_name: &str, lib_dirs: usize, name: &str) -> String {
+    let libs: Vec<String> = (0..lib_dirs)
+        .map(|i| top.join("lib").join(i.to_string()).display().to_string())
+        .collect();
+    format!(
+        "#!/bin/sh\n# {name}, run with the host's loader and libraries (p3-executor; any libc)\n\
+         exec {bin}/{loader_name} --inhibit-cache --library-path {libs} {libexec}/{name} \"$@\"\n",
+        bin = top.join("bin").display(),
+        libs = libs.join(":"),
+        libexec = top.join("libexec").display(),
+    )
 }
 
 /// The directories, opened in the job's mount namespace before the covers.
@@ -196,6 +278,98 @@ fn bind(source: &Path, target: &Path, flags: MsFlags, file: bool) -> Result<(), 
     Ok(())
 }
 
+/// The executor's binaries under `/.p3-executor` (a small read-only tmpfs, so the image's
+/// layer holds only its mount point): `bin/` on the job's PATH with the wrappers and the
+/// loader, `libexec/` the real binaries, `lib/<n>` the host's library dirs; all read-only
+/// binds from the host's root (`old`). A statically linked executor: its binaries in `bin/`.
+fn exec_tree(root: &ImageRoot, old: &dyn Fn(&Path) -> PathBuf) -> Result<(), String> {
+    let bin = Path::new(crate::images::EXEC_DIR);
+    let top = bin.parent().unwrap_or(Path::new("/"));
+    mkdirs(top)?;
+    mount(
+        Some("tmpfs"),
+        top,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=1m"),
+    )
+    .map_err(|e| format!("sandbox: mount {} in the image: {e}", top.display()))?;
+    mkdirs(bin)?;
+    let present: Vec<&str> = BINARIES
+        .into_iter()
+        .filter(|n| old(&root.exec_dir.join(n)).is_file())
+        .collect();
+    match &root.runtime {
+        None => {
+            for name in &present {
+                bind(
+                    &old(&root.exec_dir.join(name)),
+                    &bin.join(name),
+                    MsFlags::MS_RDONLY,
+                    true,
+                )?;
+            }
+        }
+        Some(rt) => {
+            let loader_name = rt
+                .loader
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| {
+                    n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                })
+                .ok_or_else(|| {
+                    format!("sandbox: unexpected loader name {}", rt.loader.display())
+                })?;
+            bind(
+                &old(&rt.loader),
+                &bin.join(loader_name),
+                MsFlags::MS_RDONLY,
+                true,
+            )?;
+            for (i, dir) in rt.lib_dirs.iter().enumerate() {
+                bind(
+                    &old(dir),
+                    &top.join("lib").join(i.to_string()),
+                    MsFlags::MS_RDONLY,
+                    false,
+                )?;
+            }
+            for name in &present {
+                bind(
+                    &old(&root.exec_dir.join(name)),
+                    &top.join("libexec").join(name),
+                    MsFlags::MS_RDONLY,
+                    true,
+                )?;
+                let path = bin.join(name);
+                std::fs::write(&path, wrapper(top, loader_name, rt.lib_dirs.len(), name))
+                    .and_then(|()| {
+                        std::fs::set_permissions(
+                            &path,
+                            std::os::unix::fs::PermissionsExt::from_mode(0o555),
+                        )
+                    })
+                    .map_err(|e| format!("sandbox: write {}: {e}", path.display()))?;
+            }
+        }
+    }
+    let none: Option<&str> = None;
+    mount(
+        none,
+        top,
+        none,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        none,
+    )
+    .map_err(|e| format!("sandbox: remount {} read-only: {e}", top.display()))
+}
+
 /// Steps 1-3 of the module docs. `store` is the private tmpfs (root-only dir), `shell` the
 /// shell's pid (its user namespace), `tmp_dirs` and `keep` the paths bound back in.
 pub(crate) fn enter(
@@ -292,12 +466,7 @@ fn enter_inner(
     for d in keep {
         bind(&old(d), d, plain, false)?;
     }
-    bind(
-        &old(&root.exec_dir),
-        Path::new(crate::images::EXEC_DIR),
-        MsFlags::MS_RDONLY,
-        false,
-    )?;
+    exec_tree(root, &old)?;
     for f in ["/etc/resolv.conf", "/etc/hosts"] {
         if old(Path::new(f)).exists() {
             bind(&old(Path::new(f)), Path::new(f), MsFlags::MS_RDONLY, true)?;
@@ -315,4 +484,51 @@ fn enter_inner(
     .map_err(|e| format!("sandbox: mount /proc in the image: {e}"))?;
     let _ = none;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loader_and_library_dirs_come_from_the_maps() {
+        let maps = "\
+55d0a000-55d0b000 r--p 00000000 08:01 1 /opt/p3/bin/p3-executor
+7f00-7f01 r--p 00000000 08:01 2 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f01-7f02 r--p 00000000 08:01 3 /opt/odd/libextra.so
+7f02-7f03 r--p 00000000 08:01 4 /usr/lib/x86_64-linux-gnu/libm.so.6
+7f03-7f04 r--p 00000000 08:01 5 /usr/lib64/ld-linux-x86-64.so.2
+7f04-7f05 rw-p 00000000 00:00 0 [heap]
+7f05-7f06 r--p 00000000 08:01 6 /usr/lib/locale/C.utf8/LC_CTYPE
+";
+        let rt = parse_maps(maps).unwrap();
+        assert_eq!(rt.loader, PathBuf::from("/usr/lib64/ld-linux-x86-64.so.2"));
+        assert_eq!(
+            rt.lib_dirs,
+            ["/usr/lib64", "/usr/lib/x86_64-linux-gnu", "/opt/odd"]
+                .map(PathBuf::from)
+                .to_vec()
+        );
+        // A static executor maps no loader.
+        assert_eq!(parse_maps(maps.lines().next().unwrap()), None);
+    }
+
+    #[test]
+    fn the_wrapper_runs_the_binary_through_the_loader_with_every_dir() {
+        let w = wrapper(
+            Path::new("/.p3-executor"),
+            "ld-linux-x86-64.so.2",
+            2,
+            "p3-executor-steps",
+        );
+        assert!(w.starts_with("#!/bin/sh\n"), "{w}");
+        assert!(
+            w.ends_with(
+                "exec /.p3-executor/bin/ld-linux-x86-64.so.2 --inhibit-cache --library-path \
+                 /.p3-executor/lib/0:/.p3-executor/lib/1 /.p3-executor/libexec/p3-executor-steps \
+                 \"$@\"\n"
+            ),
+            "{w}"
+        );
+    }
 }

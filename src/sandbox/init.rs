@@ -145,7 +145,12 @@ fn report(pipe: RawFd, msg: &str) {
     }
 }
 
-fn mount_op(op: &MountOp, keep_fds: &[OwnedFd], tmpfs_size: &str) -> Result<(), String> {
+fn mount_op(
+    op: &MountOp,
+    keep_fds: &[OwnedFd],
+    exec_fd: Option<&OwnedFd>,
+    tmpfs_size: &str,
+) -> Result<(), String> {
     let none: Option<&str> = None;
     let fail = |what: &str, target: &Path, e: nix::Error| {
         format!("sandbox: {what} {}: {e}", target.display())
@@ -234,6 +239,21 @@ fn mount_op(op: &MountOp, keep_fds: &[OwnedFd], tmpfs_size: &str) -> Result<(), 
                 none,
             )
             .map_err(|e| fail("remount nosuid", target, e))
+        }
+        MountOp::ExecDir(target) => {
+            let fd = exec_fd.ok_or("sandbox: the executor's directory was not opened")?;
+            make_dirs(target)?;
+            let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            mount(Some(source.as_str()), target, none, MsFlags::MS_BIND, none)
+                .map_err(|e| fail("bind the executor's directory at", target, e))?;
+            mount(
+                none,
+                target,
+                none,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | plain,
+                none,
+            )
+            .map_err(|e| fail("remount read-only", target, e))
         }
         MountOp::Mqueue => mount(
             Some("mqueue"),
@@ -360,8 +380,35 @@ pub(crate) fn init_main(
             return 127;
         }
     };
+    // The executor's binaries, bound back read-only when a cover hides them (plan.rs).
+    let exec_fd = ops.iter().find_map(|op| match op {
+        MountOp::ExecDir(dir) => Some(dir),
+        _ => None,
+    });
+    let exec_fd = match exec_fd.map(|dir| {
+        nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| {
+            format!(
+                "sandbox: open the executor's directory {}: {e}",
+                dir.display()
+            )
+        })
+    }) {
+        Some(Err(msg)) => {
+            report(err_pipe, &msg);
+            return 127;
+        }
+        Some(Ok(fd)) => Some(fd),
+        None => None,
+    };
     for op in ops {
-        if let Err(msg) = mount_op(op, &keep_fds, tmpfs_size) {
+        if let Err(msg) = mount_op(op, &keep_fds, exec_fd.as_ref(), tmpfs_size) {
             report(err_pipe, &msg);
             return 127;
         }

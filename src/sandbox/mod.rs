@@ -21,7 +21,7 @@ mod image;
 mod init;
 pub mod plan;
 
-pub use image::ImageRoot;
+pub use image::{HostRuntime, ImageRoot, host_runtime};
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -155,6 +155,7 @@ impl Sandbox {
             hide_files: Vec::new(),
             keep: vec![paths.job_root.clone(), paths.creds.clone()],
             mqueue: is_real_dir(Path::new("/dev/mqueue")),
+            exec_dir: crate::siblings::dir(),
         };
         let hidden = cfg
             .accounts
@@ -168,6 +169,13 @@ impl Sandbox {
                 Ok(m) if m.is_file() => input.hide_files.push(path.clone()),
                 _ => {}
             }
+        }
+        if let Some(dir) = plan::exec_dir_left_hidden(&input) {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the executor's directory is hidden from jobs and holds a hidden path: jobs \
+                 cannot run the built-in steps; install the binaries elsewhere"
+            );
         }
         Ok(Self {
             ops: plan::plan(&input),

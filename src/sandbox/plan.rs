@@ -6,6 +6,10 @@
 //!   root-owned tmpfs, and host files such as keytabs by `/dev/null`;
 //! - the job's own directories (its job root, its credentials dir) are bound back at their
 //!   usual paths inside those covers, so every path the job was given still works;
+//! - the executor's own binary directory, when a cover hides it (a checkout under `/tmp`, an
+//!   install under a hidden dir), is bound back read-only at its path, so `p3-executor <step>`
+//!   and the steps binary next to it resolve in every job wherever they are installed; never
+//!   when a hidden file or dir lies inside it (it would come back with it);
 //! - `/proc` shows the job's PID namespace only, `/dev/mqueue` its IPC namespace only.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +32,8 @@ pub enum MountOp {
         /// Index into the plan input's `keep` list.
         index: usize,
     },
+    /// The executor's binary directory bound back read-only at its path (inside a cover).
+    ExecDir(PathBuf),
     /// A fresh `/dev/mqueue` for the job's IPC namespace.
     Mqueue,
     /// A fresh `/proc` for the job's PID namespace.
@@ -47,6 +53,8 @@ pub struct PlanInput {
     pub keep: Vec<PathBuf>,
     /// The host has `/dev/mqueue`.
     pub mqueue: bool,
+    /// The directory of the executor's binaries (`p3-executor`, `p3-executor-steps`).
+    pub exec_dir: Option<PathBuf>,
 }
 
 fn strictly_under(path: &Path, dir: &Path) -> bool {
@@ -93,11 +101,39 @@ pub fn plan(input: &PlanInput) -> Vec<MountOp> {
         target: target.clone(),
         index,
     }));
+    if let Some(dir) = exec_dir_to_bind(input, covered) {
+        ops.push(MountOp::ExecDir(dir.clone()));
+    }
     if input.mqueue {
         ops.push(MountOp::Mqueue);
     }
     ops.push(MountOp::Proc);
     ops
+}
+
+/// The executor's directory, when a cover hides it and binding it back reveals nothing hidden
+/// (no hidden file or dir, no kept dir, at or under it) and nothing the job owns.
+fn exec_dir_to_bind(input: &PlanInput, covered: impl Fn(&Path) -> bool) -> Option<&PathBuf> {
+    let dir = input.exec_dir.as_ref()?;
+    let reveals = |p: &PathBuf| p.starts_with(dir);
+    let safe = !input.hide_files.iter().any(reveals)
+        && !input.hide_dirs.iter().any(reveals)
+        && !input.keep.iter().any(reveals)
+        && !input.keep.iter().any(|k| dir.starts_with(k));
+    (covered(dir) && safe).then_some(dir)
+}
+
+/// Why the executor's directory is not bound back although a cover hides it (for a warning):
+/// None when it is bound, or when nothing hides it.
+pub fn exec_dir_left_hidden(input: &PlanInput) -> Option<&Path> {
+    let ops = plan(input);
+    let dir = input.exec_dir.as_deref()?;
+    let hidden = ops.iter().any(|o| match o {
+        MountOp::PrivateTmp(d) | MountOp::HideDir(d) => dir.starts_with(d),
+        _ => false,
+    });
+    let bound = ops.iter().any(|o| matches!(o, MountOp::ExecDir(_)));
+    (hidden && !bound).then_some(dir)
 }
 
 #[cfg(test)]
@@ -115,6 +151,7 @@ mod tests {
             hide_files: files.iter().map(|s| p(s)).collect(),
             keep: keep.iter().map(|s| p(s)).collect(),
             mqueue: false,
+            exec_dir: None,
         }
     }
 
@@ -191,6 +228,69 @@ mod tests {
         ];
         for (name, input, want) in cases {
             assert_eq!(plan(&input), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_executors_dir_comes_back_only_when_hidden_and_revealing_nothing() {
+        use MountOp::*;
+        let with = |exec: &str, files: &[&str]| {
+            let mut i = input(
+                &["/tmp", "/var/tmp"],
+                &["/var/lib/p3", "/opt/hidden"],
+                files,
+                &["/var/lib/p3/builds/7", "/var/lib/p3/creds/7"],
+            );
+            i.exec_dir = Some(p(exec));
+            i
+        };
+        let cases: Vec<(&str, PlanInput, Option<MountOp>)> = vec![
+            (
+                "a checkout under /tmp: bound back after the job's dirs",
+                with("/tmp/src/p3/target/debug", &[]),
+                Some(ExecDir(p("/tmp/src/p3/target/debug"))),
+            ),
+            (
+                "under /var/tmp",
+                with("/var/tmp/p3 x/target/debug", &[]),
+                Some(ExecDir(p("/var/tmp/p3 x/target/debug"))),
+            ),
+            (
+                "under a hidden dir",
+                with("/opt/hidden/bin", &[]),
+                Some(ExecDir(p("/opt/hidden/bin"))),
+            ),
+            (
+                "installed in /usr/bin: nothing hides it",
+                with("/usr/bin", &[]),
+                None,
+            ),
+            (
+                "a keytab inside it stays hidden: not bound",
+                with("/opt/hidden/bin", &["/opt/hidden/bin/k.keytab"]),
+                None,
+            ),
+            (
+                "a hidden dir itself: not bound",
+                with("/opt/hidden", &[]),
+                None,
+            ),
+            (
+                "inside the job's own tree: not bound",
+                with("/var/lib/p3/builds/7/bin", &[]),
+                None,
+            ),
+        ];
+        for (name, input, want) in cases {
+            let ops = plan(&input);
+            let got = ops.iter().find(|o| matches!(o, ExecDir(_))).cloned();
+            assert_eq!(got, want, "{name}: {ops:?}");
+            if let Some(want) = want {
+                assert_eq!(ops[ops.len() - 2], want, "{name}: after the keeps");
+            }
+            let hidden_left = exec_dir_left_hidden(&input).is_some();
+            let hidden = !name.contains("/usr/bin");
+            assert_eq!(hidden_left, hidden && got.is_none(), "{name}");
         }
     }
 

@@ -6,7 +6,9 @@
 //! bash and krb5-user; the root filesystem and the image are cached under
 //! `target/tmp/p3-test-images`, keyed by what they are built from) and one with no libc
 //! (`busybox-static`, no bash). Nothing is fetched but Debian packages from the machine's
-//! own mirror.
+//! own mirror. The built-in steps run in every job wherever the binaries are installed
+//! (issue 22, point 3: binaries under `/tmp`, which the sandbox makes private) and in every
+//! image, whatever its libc.
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -560,4 +562,97 @@ fn a_granted_image_job_has_its_ticket_and_prod_runs_only_approved_pinned_images(
         .unwrap();
     assert_eq!(grant["extra"]["image_digest"], approved, "{grant}");
     assert!(layers(&env.host).is_empty());
+}
+
+/// The executor's two binaries copied to a dir under `/tmp` whose name has a space: where a
+/// checkout under `/tmp` builds them, hidden by every job's private `/tmp`.
+fn binaries_under_tmp() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("p3 bins ")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let built = crate::common::exe();
+    for name in ["p3-executor", "p3-executor-steps"] {
+        fs::copy(built.with_file_name(name), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn the_built_in_steps_run_from_binaries_under_tmp_on_the_host_and_in_an_image_without_libc() {
+    if !needs_root() {
+        return;
+    }
+    let bins = binaries_under_tmp();
+    let srv = p3_testkit::s3::S3Server::start();
+    srv.create_bucket("job-data");
+    let registry = Registry::start();
+    push(&registry, "busybox", "tools/busybox:1");
+    let sub = subid_window();
+    // job_path left at its default: the executor's dir is added to every job's PATH.
+    let host = Host::new(
+        bins.path().join("p3-executor"),
+        &format!(
+            "job_subid_range = [{}, {}]\n{}",
+            sub[0],
+            sub[1],
+            images_section(&registry)
+        ),
+    );
+    // A plain job in the host's sandbox: a real step, the S3 upload, with the job's keys.
+    let mut job = host
+        .job(2051, "")
+        .var("AWS_ACCESS_KEY_ID", srv.access_key())
+        .var("AWS_SECRET_ACCESS_KEY", srv.secret_key())
+        .var("AWS_REGION", "us-east-1")
+        .var("AWS_ENDPOINT_URL_S3", &srv.endpoint());
+    assert_eq!(job.config(), 0, "{}", job.log);
+    assert_eq!(job.prepare(), 0, "{}", job.log);
+    let code = run_in(
+        &mut job,
+        "echo \"FOUND:$(command -v p3-executor)\"\n\
+         echo from-tmp > up.txt\n\
+         p3-executor s3 cp --no-progress up.txt s3://job-data/tmp/up.txt && echo UPLOADED\n",
+    );
+    assert_eq!(code, 0, "{}", job.log);
+    let found = format!("FOUND:{}/p3-executor", bins.path().display());
+    assert!(job.log.contains(&found), "{found}:\n{}", job.log);
+    assert!(job.log.contains("UPLOADED"), "{}", job.log);
+    assert_eq!(
+        srv.aws_ok(&["s3", "cp", "s3://job-data/tmp/up.txt", "-"]),
+        "from-tmp\n"
+    );
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+    // An image with no libc (static busybox) and no bash: the executor and a step run there,
+    // through the host's loader.
+    let mut job = registry_vars(host.job(2052, ""), &registry);
+    set_image(
+        &mut job,
+        &format!("127.0.0.1:{}/tools/busybox:1", registry.port),
+        json!({}),
+    );
+    assert_eq!(job.config(), 0);
+    assert_eq!(job.prepare(), 0, "{}", job.log);
+    let code = run_in(
+        &mut job,
+        "test -e /lib64 || echo NO-LIBC\n\
+         p3-executor --version\n\
+         p3-executor s3 cp --help\n\
+         echo \"PATH=$PATH\"\n",
+    );
+    assert_eq!(code, 0, "{}", job.log);
+    for want in [
+        "NO-LIBC",
+        "p3-executor 0.",
+        "Usage: p3-executor s3 cp [OPTIONS] <SRC> <DST>",
+        ":/.p3-executor/bin",
+    ] {
+        assert!(job.log.contains(want), "{want} missing:\n{}", job.log);
+    }
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
 }
