@@ -140,10 +140,8 @@ fn release_trusts_a_private_ca_through_aws_ca_bundle_and_names_it_otherwise() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        err.contains(&format!(
-            "TLS with {} failed",
-            moto.url.replace("https://127.0.0.1", "https://127.0.0.1")
-        )) && err.contains("not trusted by the system's CAs"),
+        err.contains(&format!("TLS with {} failed", moto.url))
+            && err.contains("not trusted by the system's CAs"),
         "{err}"
     );
     // With the CA the TLS handshake succeeds: what remains is the (non-GitLab) server's HTTP
@@ -237,7 +235,9 @@ fn in_a_job_help_release_errors_and_exit_codes() {
          CI_API_V4_URL={rejected} r\n\
          CI_API_V4_URL={tls}/api/v4 r\n\
          CI_API_V4_URL={tls}/api/v4 AWS_CA_BUNDLE=$PWD/ca.pem r\n\
-         CI_API_V4_URL={refused} r --image broken\n",
+         CI_API_V4_URL={refused} r --image broken\n\
+         echo x > f.txt; (p3-executor s3 sync f.txt s3://some-bkt/p 2>&1 || true) | sed 's/^/WORDING /'\n\
+         (p3-executor s3 sync missingdir s3://some-bkt/p 2>&1 || true) | sed 's/^/WORDING /'\n",
         tls = moto.url
     ));
     let mut job = host
@@ -288,6 +288,19 @@ fn in_a_job_help_release_errors_and_exit_codes() {
     );
     assert!(releases[4].starts_with("RELEASE rc=2 "), "{}", releases[4]);
     assert!(!job.log.contains("job-token-secret"), "{}", job.log);
+    assert!(
+        job.log
+            .contains("WORDING p3-executor s3: error: f.txt is a file, not a directory"),
+        "{}",
+        job.log
+    );
+    assert!(
+        job.log
+            .contains("WORDING p3-executor s3: error: missingdir: no such directory"),
+        "{}",
+        job.log
+    );
+    assert!(!job.log.contains("entity not found"), "{}", job.log);
 }
 
 /// A P3 client stand-in: `noisy` fails with 20 KB of coloured stderr, `slow` runs until it
@@ -471,4 +484,76 @@ fn in_a_job_the_p3_table_is_readable_and_a_sigterm_prints_the_summary() {
         "{}",
         job.log
     );
+}
+
+const WORDING_STEPS_JSON: &str = r#"{"p3": {"deploy": ["p3", "apply", "--name={job}", "--command={command}"], "remove": ["p3", "rm", "{job}"], "status": ["p3", "show", "{job}"]}}"#;
+
+/// The wording items of issue 24: say what is wrong, once, without error-kind suffixes.
+#[test]
+fn errors_say_what_is_wrong_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.txt"), "x").unwrap();
+    let s3 = |args: &[&str]| {
+        Command::new(BIN)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "y")
+            .current_dir(dir.path())
+            .args(["s3", "sync"])
+            .args(args)
+            .args(["s3://some-bkt/p", "--endpoint-url", "http://127.0.0.1:9"])
+            .output()
+            .unwrap()
+    };
+    let out = s3(&["f.txt"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(err.contains("f.txt is a file, not a directory"), "{err}");
+    assert!(!err.contains("entity not found"), "{err}");
+    let out = s3(&["missingdir"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missingdir: no such directory"), "{err}");
+    assert!(
+        !err.contains("entity not found") && !err.contains("does not exist"),
+        "{err}"
+    );
+
+    std::fs::write(dir.path().join("steps.json"), WORDING_STEPS_JSON).unwrap();
+    std::fs::write(
+        dir.path().join("p3.toml"),
+        "[[job]]\nname = \"two-lines\"\ncommand = \"echo one\\necho two\"\n",
+    )
+    .unwrap();
+    let p3 = |config: &str| {
+        Command::new(BIN)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .current_dir(dir.path())
+            .args(["p3", "deploy", "--dry-run", "--steps-config", config])
+            .args([
+                "--devstage",
+                "client_dev",
+                "--deploy-stage",
+                "client_dev",
+                "--image",
+                "i",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = p3("steps.json");
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(r"$'--command=echo one\necho two'"),
+        "a copy-paste must pass a newline: {shown}"
+    );
+    let out = p3("/dev/null");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/dev/null is not a steps settings file"),
+        "{err}"
+    );
+    assert!(!err.contains("invalid executor config"), "{err}");
 }

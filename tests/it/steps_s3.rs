@@ -306,12 +306,16 @@ fn in_a_job_dash_pipes_through_tar_and_sha256sum() {
         mkdir -p t && echo inside > t/f.txt && tar c t | p3-executor s3 cp - s3://pipe-bkt/t.tar\n\
         mkdir out && p3-executor s3 cp s3://pipe-bkt/t.tar - | tar x -C out\n\
         echo \"TAR $(cat out/t/f.txt)\"\n\
-        echo \"DASH $(cat ./-)\"";
+        echo \"DASH $(cat ./-)\"\n\
+        rc=0; p3-executor s3 ls s3://pipe-bkt/nothing-here/ > empty.txt 2>&1 || rc=$?\n\
+        echo \"EMPTY rc=$rc bytes=$(wc -c < empty.txt)\"";
     let mut job = s3_job(&host, 24_102, &srv.endpoint(), script);
     assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
     assert!(job.log.contains("SAME-SHA256"), "{}", job.log);
     assert!(job.log.contains("TAR inside"), "{}", job.log);
     assert!(job.log.contains("DASH untouched"), "{}", job.log);
+    // An empty prefix is an empty answer: nothing printed, exit 0.
+    assert!(job.log.contains("EMPTY rc=0 bytes=0"), "{}", job.log);
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl.
