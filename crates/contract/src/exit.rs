@@ -4,8 +4,9 @@
 //! |---|---|---|
 //! | success | 0 | 0 ([`STEP_OK`]) |
 //! | the job script exited N ≠ 0 | `BUILD_FAILURE_EXIT_CODE`; N in `BUILD_EXIT_CODE_FILE` | — |
-//! | build failure: the job's fault (denied, bad input) | `BUILD_FAILURE_EXIT_CODE` (default 1) | 1 ([`STEP_FAILED`]) |
-//! | system failure: the host's fault (config, KDC, spawn) | `SYSTEM_FAILURE_EXIT_CODE` (default 2) | 2 |
+//! | build failure: the job's fault (denied, bad input) | `BUILD_FAILURE_EXIT_CODE` (default 1) | `BUILD_FAILURE_EXIT_CODE` (default 1) |
+//! | system failure: the host's fault (config, KDC, spawn) | `SYSTEM_FAILURE_EXIT_CODE` (default 2) | 1 ([`STEP_FAILED`]): 2 is usage |
+//! | a remote or operational failure of a step (unreachable, timeout, TLS, HTTP error) | — | 1 ([`STEP_FAILED`]) |
 //! | a step's bad usage | — | 2 ([`STEP_USAGE`]) |
 //! | a step interrupted by a signal | — | 130 ([`STEP_INTERRUPTED`]) |
 //!
