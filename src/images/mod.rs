@@ -314,6 +314,7 @@ pub fn root_for_run(cfg: &Config, job_id: u64, image: &JobImage) -> crate::sandb
         layer: layer_dir(cfg, job_id),
         exec_dir,
         runtime: crate::sandbox::host_runtime(),
+        ca_bundle: crate::sandbox::host_ca_bundle(),
     }
 }
 

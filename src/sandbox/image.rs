@@ -47,6 +47,8 @@ pub struct ImageRoot {
     pub exec_dir: PathBuf,
     /// The host's loader and library dirs the binaries run with (None: linked statically).
     pub runtime: Option<HostRuntime>,
+    /// The host's CA bundle, trusted by the steps in an image that has none.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// The host's dynamic loader and the directories of the libraries the executor runs with.
@@ -103,14 +105,47 @@ fn parse_maps(maps: &str) -> Option<HostRuntime> {
     })
 }
 
-/// The wrapper at `/.p3-executor/bin/<name>`: the real binary through the host's loader.
-fn wrapper(top: &Path, loader_name: &str, lib_dirs: usize, name: &str) -> String {
+/// Where the usual system CA bundles are (Debian/Ubuntu/Alpine, Fedora/RHEL, openSUSE).
+const CA_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// Where the host's CA bundle appears in an image (under `/.p3-executor`).
+const HOST_CA: &str = "certs/ca-certificates.crt";
+
+/// The host's system CA bundle, resolved on the host (no symlink is followed inside an image).
+pub fn host_ca_bundle() -> Option<PathBuf> {
+    CA_BUNDLES
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .find(|p| p.is_file())
+}
+
+/// The wrapper at `/.p3-executor/bin/<name>`: the real binary through the host's loader. With
+/// `ca`, in an image with no system CA bundle of its own (a minimal or libc-less one) and a job
+/// that names none (`SSL_CERT_FILE`, `SSL_CERT_DIR`), the steps trust the host's bundle.
+fn wrapper(top: &Path, loader_name: &str, lib_dirs: usize, name: &str, ca: bool) -> String {
     let libs: Vec<String> = (0..lib_dirs)
         .map(|i| top.join("lib").join(i.to_string()).display().to_string())
         .collect();
+    let trust = if ca {
+        let missing: Vec<String> = CA_BUNDLES.iter().map(|b| format!("[ ! -s {b} ]")).collect();
+        format!(
+            "if [ -z \"${{SSL_CERT_FILE-}}${{SSL_CERT_DIR-}}\" ] && {}; then\n  \
+             SSL_CERT_FILE={}; export SSL_CERT_FILE\nfi\n",
+            missing.join(" && "),
+            top.join(HOST_CA).display()
+        )
+    } else {
+        String::new()
+    };
     format!(
         "#!/bin/sh\n# {name}, run with the host's loader and libraries (p3-executor; any libc)\n\
-         exec {bin}/{loader_name} --inhibit-cache --library-path {libs} {libexec}/{name} \"$@\"\n",
+         {trust}exec {bin}/{loader_name} --inhibit-cache --library-path {libs} {libexec}/{name} \
+         \"$@\"\n",
         bin = top.join("bin").display(),
         libs = libs.join(":"),
         libexec = top.join("libexec").display(),
@@ -328,6 +363,9 @@ fn exec_tree(root: &ImageRoot, old: &dyn Fn(&Path) -> PathBuf) -> Result<(), Str
                 MsFlags::MS_RDONLY,
                 true,
             )?;
+            if let Some(ca) = &root.ca_bundle {
+                bind(&old(ca), &top.join(HOST_CA), MsFlags::MS_RDONLY, true)?;
+            }
             for (i, dir) in rt.lib_dirs.iter().enumerate() {
                 bind(
                     &old(dir),
@@ -344,7 +382,14 @@ fn exec_tree(root: &ImageRoot, old: &dyn Fn(&Path) -> PathBuf) -> Result<(), Str
                     true,
                 )?;
                 let path = bin.join(name);
-                std::fs::write(&path, wrapper(top, loader_name, rt.lib_dirs.len(), name))
+                let text = wrapper(
+                    top,
+                    loader_name,
+                    rt.lib_dirs.len(),
+                    name,
+                    root.ca_bundle.is_some(),
+                );
+                std::fs::write(&path, text)
                     .and_then(|()| {
                         std::fs::set_permissions(
                             &path,
@@ -520,6 +565,7 @@ mod tests {
             "ld-linux-x86-64.so.2",
             2,
             "p3-executor-steps",
+            false,
         );
         assert!(w.starts_with("#!/bin/sh\n"), "{w}");
         assert!(
@@ -530,5 +576,28 @@ mod tests {
             ),
             "{w}"
         );
+        // With the host's CA bundle: used only when the job and the image name none.
+        let w = wrapper(Path::new("/.p3-executor"), "ld.so", 1, "p3-executor", true);
+        assert!(
+            w.contains(
+                "if [ -z \"${SSL_CERT_FILE-}${SSL_CERT_DIR-}\" ] && \
+                 [ ! -s /etc/ssl/certs/ca-certificates.crt ] && "
+            ),
+            "{w}"
+        );
+        assert!(
+            w.contains("  SSL_CERT_FILE=/.p3-executor/certs/ca-certificates.crt; export"),
+            "{w}"
+        );
+        // The text is valid sh.
+        let path = std::env::temp_dir().join(format!("p3-wrapper-{}", std::process::id()));
+        std::fs::write(&path, &w).unwrap();
+        let ok = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(&path)
+            .status()
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(ok.success(), "{w}");
     }
 }

@@ -21,7 +21,7 @@ mod image;
 mod init;
 pub mod plan;
 
-pub use image::{HostRuntime, ImageRoot, host_runtime};
+pub use image::{HostRuntime, ImageRoot, host_ca_bundle, host_runtime};
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -656,3 +656,71 @@ fn the_built_in_steps_run_from_binaries_under_tmp_on_the_host_and_in_an_image_wi
     }
     assert_eq!(job.cleanup(), 0, "{}", job.log);
 }
+
+/// The site's S3 credential service client, as in `credentials.rs`: it answers only with the
+/// job's Kerberos ticket (run on the host by prepare, with the job's ticket cache).
+const CREDENTIAL_PROCESS: &str = r#"#!/bin/sh
+klist -s || { echo "no valid Kerberos ticket in $KRB5CCNAME" >&2; exit 3; }
+exp=$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)
+printf '{"Version": 1, "AccessKeyId": "S3RVER", "SecretAccessKey": "S3RVER", "Expiration": "%s"}\n' "$exp"
+"#;
+
+#[test]
+fn a_granted_image_job_copies_to_s3_with_the_built_in_step_inside_its_image() {
+    if !needs_root() {
+        return;
+    }
+    let registry = Registry::start();
+    push(&registry, "debian", "tools/debian:12");
+    let srv = p3_testkit::s3::S3Server::start();
+    srv.create_bucket("job-data");
+    let env = kerberos_env(&registry);
+    // client_dev's S3 credentials come from the host (credential_process with the job's
+    // ticket) as AWS files in the job's credentials dir, which the image sees at its path.
+    let helper = env.host.root().join("s3-credentials");
+    fs::write(&helper, CREDENTIAL_PROCESS).unwrap();
+    fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let text = fs::read_to_string(&env.host.config).unwrap().replace(
+        "[accounts.client_uat]",
+        &format!(
+            "[accounts.client_dev.s3]\nendpoint_url = \"{}\"\npath_style = true\ncredential_process = [\"{}\"]\n\n[accounts.client_uat]",
+            srv.endpoint(),
+            helper.display()
+        ),
+    );
+    fs::write(&env.host.config, text).unwrap();
+    let script = "cat /etc/p3-test-image\n\
+                  echo in-the-image > out.txt\n\
+                  p3-executor s3 cp --no-progress out.txt s3://job-data/image/out.txt\n\
+                  p3-executor s3 cp --no-progress s3://job-data/image/out.txt back.txt\n\
+                  echo \"BACK:$(cat back.txt)\"\n\
+                  p3-executor s3 ls s3://job-data/image/";
+    let mut job = registry_vars(
+        env.job(2061, "feature/s3", "branch", "client_dev", script),
+        &registry,
+    );
+    set_image(
+        &mut job,
+        &format!("127.0.0.1:{}/tools/debian:12", registry.port),
+        json!({}),
+    );
+    assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
+    assert!(
+        job.log.contains("\ndebian\n"),
+        "ran in the image:\n{}",
+        job.log
+    );
+    assert!(job.log.contains("BACK:in-the-image"), "{}", job.log);
+    assert!(job.log.contains("out.txt"), "{}", job.log);
+    assert_eq!(
+        srv.aws_ok(&["s3", "cp", "s3://job-data/image/out.txt", "-"]),
+        "in-the-image\n"
+    );
+    let events: Vec<String> = env
+        .audit(2061)
+        .iter()
+        .map(|r| r["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(events.contains(&"s3_credentials".to_string()), "{events:?}");
+    assert!(layers(&env.host).is_empty());
+}
