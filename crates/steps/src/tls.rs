@@ -108,9 +108,19 @@ pub fn load(bundle: &CaBundle) -> Result<Vec<u8>, String> {
             bundle.source
         )
     })?;
+    // The SDK's TLS setup panics on a PEM block it cannot parse: check it here first.
+    let parsed = reqwest::Certificate::from_pem_bundle(&pem);
+    if let Err(e) = &parsed {
+        return Err(format!(
+            "the CA bundle {} (from {}) is not valid PEM: {e}",
+            bundle.path.display(),
+            bundle.source
+        ));
+    }
     if !pem
         .windows(b"-----BEGIN CERTIFICATE-----".len())
         .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+        || parsed.is_ok_and(|certs| certs.is_empty())
     {
         return Err(format!(
             "the CA bundle {} (from {}) holds no PEM certificate",
@@ -180,6 +190,28 @@ mod tests {
             Some("/d.pem")
         );
         assert_eq!(profile_value(text, "none", "ca_bundle"), None);
+    }
+
+    #[test]
+    fn a_bundle_that_is_not_pem_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.pem");
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\n%%% not base64 %%%\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let b = CaBundle {
+            path: path.clone(),
+            source: "--ca-bundle".into(),
+        };
+        let err = load(&b).unwrap_err();
+        assert!(
+            err.contains("bad.pem (from --ca-bundle) is not valid PEM"),
+            "{err}"
+        );
+        std::fs::write(&path, "nothing here").unwrap();
+        assert!(load(&b).unwrap_err().contains("holds no PEM certificate"));
     }
 
     #[test]
