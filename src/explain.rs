@@ -1,7 +1,9 @@
 //! `p3-executor policy explain`: would a job get a devstage, and why (not)? Offline, from the
 //! config alone: the claims come from a file (or a directory of files) or from a token verified
 //! exactly as `prepare` verifies it. The decision is [`policy::decide`]'s; the rows are the
-//! same [`policy::evaluate`] it decides with, all of them instead of the first failure.
+//! same [`policy::evaluate`] it decides with, all of them instead of the first failure. With
+//! `--image`, the image rules prepare applies next ([`crate::images::policy::evaluate`]): a
+//! granted devstage whose image is refused is denied, naming the image rule, as prepare does.
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +52,10 @@ pub struct ExplainArgs {
     /// Every devstage of the config.
     #[arg(long)]
     pub all: bool,
+    /// The job's `image:` as written in `.gitlab-ci.yml`: would the devstage's image rules
+    /// (`images`, `require_digest`, `[images] enabled`) let the job run in it?
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
     /// The same as JSON.
     #[arg(long)]
     pub json: bool,
@@ -68,6 +74,47 @@ pub struct Explanation {
     pub decision: Decision,
     /// The network rules a job granted this devstage gets (None when denied).
     pub network: Option<NetworkRules>,
+    /// With `--image`: every image rule and its verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRules>,
+}
+
+/// The image rules of one request, as prepare applies them after the devstage's.
+#[derive(Debug, Serialize)]
+pub struct ImageRules {
+    /// The reference as given.
+    pub reference: String,
+    /// Fully qualified, as the rules match it.
+    pub qualified: String,
+    /// Every rule in order.
+    pub rules: Vec<ImageRule>,
+}
+
+/// One image rule and its verdict.
+#[derive(Debug, Serialize)]
+pub struct ImageRule {
+    /// The config key, e.g. `devstages.client_prod.require_digest`.
+    pub rule: String,
+    /// Whether it holds.
+    pub ok: bool,
+    /// What matched, or why not.
+    pub detail: String,
+}
+
+fn image_rules(cfg: &Config, devstage: &str, reference: &str) -> ImageRules {
+    let stage = cfg.devstages.contains_key(devstage).then_some(devstage);
+    ImageRules {
+        reference: reference.to_string(),
+        qualified: crate::images::policy::qualify(reference),
+        rules: crate::images::policy::evaluate(cfg, stage, reference)
+            .into_iter()
+            .map(|(rule, verdict)| {
+                let ok = verdict.is_ok();
+                let detail = verdict.unwrap_or_else(|e| e);
+                ImageRule { rule, ok, detail }
+            })
+            .collect(),
+    }
 }
 
 /// A devstage's network policy, as `prepare` would apply it (names not resolved yet).
@@ -162,7 +209,19 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> Result<Vec<Explanation>> {
                 .get(devstage)
                 .map(|stage| policy::evaluate(&identity, devstage, stage))
                 .unwrap_or_default();
-            let decision = policy::decide(&identity, devstage, cfg);
+            let mut decision = policy::decide(&identity, devstage, cfg);
+            let image = args.image.as_deref().map(|i| image_rules(cfg, devstage, i));
+            // A granted devstage still needs its image allowed (prepare's next check).
+            let refused = image
+                .as_ref()
+                .filter(|_| decision.is_grant())
+                .and_then(|img| img.rules.iter().find(|r| !r.ok));
+            if let Some(r) = refused {
+                decision = Decision::Deny {
+                    rule: r.rule.clone(),
+                    reason: format!("image denied: {}", r.detail),
+                };
+            }
             let network = decision.is_grant().then(|| {
                 let p = crate::walls::network::policy_for(cfg, Some(devstage));
                 NetworkRules {
@@ -178,6 +237,7 @@ pub fn explain(cfg: &Config, args: &ExplainArgs) -> Result<Vec<Explanation>> {
                 rules,
                 decision,
                 network,
+                image,
             });
         }
     }
@@ -204,6 +264,17 @@ pub fn render(explanations: &[Explanation]) -> String {
                 ]
             });
             text.push_str(&table(["RULE", "CLAIM", "REQUIRES", "HOLDS"], rows));
+        }
+        if let Some(img) = &e.image {
+            text.push_str(&format!("image {}:\n", escape(&img.qualified)));
+            let rows = img.rules.iter().map(|r| {
+                [
+                    r.rule.clone(),
+                    escape(&r.detail).into_owned(),
+                    if r.ok { "✔" } else { "✘" }.to_string(),
+                ]
+            });
+            text.push_str(&table(["RULE", "CHECK", "HOLDS"], rows));
         }
         match &e.decision {
             Decision::Grant {

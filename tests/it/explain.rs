@@ -346,3 +346,135 @@ fn explain_shows_every_rule_and_verifies_tokens_like_prepare() {
         "{out:?}"
     );
 }
+
+#[test]
+fn explain_with_an_image_names_the_image_rule_prepare_denies_with() {
+    // client_prod may run only approved images, pinned by digest.
+    let kdc = kdc::Kdc::start(&["svc_client_dev", "svc_client_uat"]);
+    let minter = TokenMinter::new();
+    let jwks = JwksServer::start(&minter.jwks_json());
+    let sub = crate::containers::subid_window();
+    let config = format!(
+        "job_subid_range = [{}, {}]\n{}images = [\"registry.example.com/approved/**\"]\nrequire_digest = true\n",
+        sub[0],
+        sub[1],
+        p3_testkit::demo::policy_config(&kdc, &format!("jwks_url = \"{}\"", jwks.url), ""),
+    );
+    let fx = Fx {
+        host: host(&config),
+        _kdc: kdc,
+        minter,
+        _jwks: jwks,
+    };
+    let pinned = format!(
+        "registry.example.com/approved/app@sha256:{}",
+        "a".repeat(64)
+    );
+    let run = |c: &Value, request: &str, image: &str| {
+        let file = fx.host.root().join("claims-image.json");
+        std::fs::write(&file, c.to_string()).unwrap();
+        let args = [
+            "policy",
+            "explain",
+            "--claims",
+            file.to_str().unwrap(),
+            "--request",
+            request,
+            "--image",
+            image,
+        ];
+        let json = fx.host.exec(&[args.as_slice(), &["--json"]].concat());
+        let v: Value = serde_json::from_slice(&json.stdout)
+            .unwrap_or_else(|e| panic!("explain --json ({e}): {json:?}"));
+        let text = fx.host.exec(&args);
+        assert_eq!(text.status.code(), json.status.code());
+        (
+            json.status.code().unwrap(),
+            v[0].clone(),
+            String::from_utf8_lossy(&text.stdout).into_owned(),
+        )
+    };
+    let prod = claims(8301, "v1.2.3", "tag", true, "");
+    // (image, the rule that denies or None)
+    let cases: [(&str, Option<&str>); 3] = [
+        (
+            "registry.example.com/tools/app:1",
+            Some("devstages.client_prod.images"),
+        ),
+        (
+            "registry.example.com/approved/app:1",
+            Some("devstages.client_prod.require_digest"),
+        ),
+        (pinned.as_str(), None),
+    ];
+    for (i, (image, denied_by)) in cases.iter().enumerate() {
+        let (code, v, text) = run(&prod, "client_prod", image);
+        let rules: Vec<(String, bool)> = v["image"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["rule"].as_str().unwrap().to_string(), r["ok"] == true))
+            .collect();
+        // Every image rule is listed, whichever fails.
+        assert_eq!(
+            rules.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            [
+                "devstages.client_prod.images",
+                "devstages.client_prod.require_digest"
+            ],
+            "{image}: {v}"
+        );
+        assert!(text.contains(&format!("image {image}:")), "{text}");
+        match denied_by {
+            None => {
+                assert_eq!(code, 0, "{image}: {text}");
+                assert_eq!(v["decision"]["decision"], "grant", "{v}");
+                assert!(rules.iter().all(|r| r.1), "{v}");
+                assert!(text.contains("decision: GRANTED"), "{text}");
+            }
+            Some(rule) => {
+                assert_eq!(code, 1, "{image}: {text}");
+                assert_eq!(v["decision"]["decision"], "deny", "{v}");
+                assert_eq!(v["decision"]["rule"], *rule, "{v}");
+                assert!(
+                    text.contains(&format!("decision: DENIED — {rule}: image denied")),
+                    "{text}"
+                );
+                if is_root() {
+                    // prepare denies the same job with the same rule (before any pull).
+                    let id = 8310 + i as u64;
+                    let mut c = prod.clone();
+                    c["job_id"] = id.to_string().into();
+                    let mut job = fx
+                        .host
+                        .job(id, "true")
+                        .var("P3_ID_TOKEN", &fx.minter.mint(c))
+                        .var("P3_DEVSTAGE", "client_prod");
+                    crate::images::set_image(&mut job, image, serde_json::json!({}));
+                    job.config();
+                    assert_eq!(job.prepare(), 1, "{image}: prepare disagrees:\n{}", job.log);
+                    assert!(job.log.contains(rule), "{image}:\n{}", job.log);
+                    job.cleanup();
+                }
+            }
+        }
+    }
+    // A devstage without an images list takes any image.
+    let dev = claims(8302, "feature/x", "branch", false, "");
+    let (code, v, _) = run(&dev, "client_dev", "debian:12");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["image"]["qualified"], "docker.io/library/debian:12");
+    assert_eq!(
+        v["image"]["rules"][0]["rule"],
+        "devstages.client_dev.images"
+    );
+    // A request the claims already deny stays denied by its claim rule, image rows shown.
+    let unprotected = claims(8303, "v1.2.3", "tag", false, "");
+    let (code, v, _) = run(&unprotected, "client_prod", &pinned);
+    assert_eq!(code, 1);
+    assert_eq!(
+        v["decision"]["rule"], "devstages.client_prod.protected_ref",
+        "{v}"
+    );
+    assert_eq!(v["image"]["rules"].as_array().unwrap().len(), 2, "{v}");
+}

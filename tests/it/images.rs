@@ -125,7 +125,7 @@ fn push(registry: &Registry, kind: &str, repo: &str) -> String {
 
 /// The job's payload with `image:` (and the variables set so far): the runner stand-in writes
 /// no image, so the payload is written here, in the stand-in's shape.
-fn set_image(job: &mut Job, image: &str, extra: Value) {
+pub(crate) fn set_image(job: &mut Job, image: &str, extra: Value) {
     let vars: Vec<Value> = job
         .variables
         .iter()
