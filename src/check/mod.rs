@@ -10,6 +10,7 @@ use crate::config::Config;
 
 mod audit;
 mod cgroups;
+mod containers;
 pub mod finding;
 pub mod kerberos;
 pub mod network;
@@ -54,6 +55,7 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
         walls::walls_findings(cfg, &mut out);
         cgroups::cgroup_findings(cfg, &mut out);
         network::network_findings(cfg, &mut out);
+        containers::containers_findings(cfg, &mut out);
         users::uid_range(cfg, &mut out);
     } else {
         users::not_root(&mut out);

@@ -352,3 +352,67 @@ fn measure_container_job_overhead() {
         );
     }
 }
+
+#[test]
+fn check_reports_the_tooling_the_store_the_range_pool_and_the_auth_file() {
+    if !needs_root() {
+        return;
+    }
+    let (host, sub) = container_host("[sandbox]\ncontainers = true\n");
+    let auth = host.root().join("auth.json");
+    fs::write(
+        &auth,
+        r#"{"auths": {"registry.example.com": {"auth": "eDp5"}}}"#,
+    )
+    .unwrap();
+    fs::set_permissions(&auth, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let text = fs::read_to_string(&host.config).unwrap();
+    fs::write(
+        &host.config,
+        format!("{text}\n[images]\nauth_file = \"{}\"\n", auth.display()),
+    )
+    .unwrap();
+    // One range leased, one quarantined (as a release that found a file of the range leaves it).
+    let subids = host.root().join("state/subids");
+    fs::create_dir_all(&subids).unwrap();
+    fs::write(subids.join(sub[0].to_string()), "4242\n").unwrap();
+    fs::write(
+        subids.join((sub[0] + RANGE).to_string()),
+        "quarantine: files owned by the range in the scrub dirs: /tmp/x\n",
+    )
+    .unwrap();
+    let run = || {
+        let out = host.exec(&["check"]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = run();
+    assert_eq!(code, Some(1), "the open auth file is an error:\n{text}");
+    for want in [
+        "ok: image: jobs: ",
+        "ok: container jobs: buildah",
+        "image store",
+        &format!(
+            "ok: subordinate range pool job_subid_range [{}, {}]: 2 range(s), 1 leased, 1 quarantined",
+            sub[0], sub[1]
+        ),
+        "warning: every subordinate range is leased or quarantined",
+        &format!(
+            "warning: subordinate range {}-{} is quarantined: files owned by the range",
+            sub[0] + RANGE,
+            sub[1]
+        ),
+        "others can read or change it",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    fs::set_permissions(&auth, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (_, text) = run();
+    assert!(
+        text.contains("root-only, credentials for registry.example.com"),
+        "{text}"
+    );
+    assert!(!text.contains("others can read"), "{text}");
+}
