@@ -45,6 +45,32 @@ fn idle_secs(cfg: &Config, paths: &JobPaths, leases: &[(u32, u64)]) -> u64 {
     })
 }
 
+/// Remove what each quarantined subordinate range (first id) left in the scrub dirs.
+fn purge_ranges(cfg: &Config, ranges: &[(u32, String)]) {
+    let deadline = std::time::Instant::now() + crate::residue::PURGE_TIME;
+    let gid = nix::unistd::User::from_name(&cfg.job_user)
+        .ok()
+        .flatten()
+        .map(|u| u.gid.as_raw());
+    for (first, _) in ranges {
+        let last = first.saturating_add(crate::subid_pool::RANGE_SIZE - 1);
+        let left = crate::residue::scrub_ids(
+            *first,
+            last,
+            gid,
+            &cfg.sandbox.scrub_dirs,
+            crate::residue::Pass::Purge { deadline },
+        );
+        if !left.is_clean() {
+            tracing::warn!(
+                first,
+                "purge of subordinate range {first}: {}",
+                left.summary()
+            );
+        }
+    }
+}
+
 /// `p3-executor gc` (the timer): retry quarantined uids, remove every job idle longer than
 /// `max_age_secs` (config default when None) whose processes are gone, and update the metrics
 /// textfile. With `dry_run`, only report.
@@ -55,8 +81,15 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
         for (uid, why) in crate::uid_pool::retry_quarantined(cfg, crate::residue::PURGE_TIME) {
             tracing::warn!(uid, "uid still quarantined: {why}");
         }
-        for (first, why) in crate::subid_pool::retry_quarantined(cfg) {
-            tracing::warn!(first, "subordinate range still quarantined: {why}");
+        // Ranges: the first retry kills their processes and frees the clean ones; the files
+        // the others left in the scrub dirs are then removed (within the same bound as the
+        // uids'), and a second retry frees them, so a range recovers without a hand.
+        let held = crate::subid_pool::retry_quarantined(cfg);
+        if !held.is_empty() {
+            purge_ranges(cfg, &held);
+            for (first, why) in crate::subid_pool::retry_quarantined(cfg) {
+                tracing::warn!(first, "subordinate range still quarantined: {why}");
+            }
         }
     }
     let swept = sweep_jobs(cfg, max_age_secs.unwrap_or(cfg.gc_max_age_secs), dry_run)?;

@@ -249,15 +249,20 @@ fn ipc_objects(uid: u32) -> Vec<(usize, i32)> {
         .collect()
 }
 
-fn remove_ipc(kind: usize, id: i32) {
-    // SAFETY: IPC_RMID on an id; a stale id just fails.
-    unsafe {
+/// Remove one SysV IPC object (raw libc: neither nix nor rustix has the SysV calls).
+fn remove_ipc(kind: usize, id: i32) -> std::io::Result<()> {
+    // SAFETY: IPC_RMID on an id, with no buffer; a stale id just fails.
+    let rc = unsafe {
         match kind {
             0 => libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()),
             1 => libc::semctl(id, 0, libc::IPC_RMID),
             _ => libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()),
-        };
+        }
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(())
 }
 
 /// Remove everything `who` left (SysV IPC objects, files in `dirs`), then report what is still
@@ -265,7 +270,10 @@ fn remove_ipc(kind: usize, id: i32) {
 /// before it revokes the job's credentials; gc does before a purge).
 pub fn scrub(who: Who, dirs: &[PathBuf], pass: Pass) -> Residue {
     for (kind, id) in ipc_objects(who.uid) {
-        remove_ipc(kind, id);
+        // Not fatal: an object removed meanwhile is gone, and one that stays is counted below.
+        if let Err(e) = remove_ipc(kind, id) {
+            tracing::debug!(uid = who.uid, "remove {}: {e}", IPC_KINDS[kind].0);
+        }
     }
     // Kernel keyrings outlive the uid's processes (which are gone by now): a key left in
     // them would reach the uid's next job.
@@ -288,6 +296,32 @@ pub fn scrub(who: Who, dirs: &[PathBuf], pass: Pass) -> Residue {
         }),
         skipped: out.skipped,
         keyrings,
+    }
+}
+
+/// Remove every entry of `dirs` owned (uid or gid) by an id of `first..=last`, a container
+/// job's subordinate range, with the walk's guarantees (no link followed, directory fds, an
+/// explicit stack; other owners' trees judged as for a uid). Files only: the range's processes
+/// are `subid_pool`'s to kill, its IPC namespace died with its job, and its seccomp profile
+/// refuses keyrings. `gid` is the jobs' gid (a container job's inside 0).
+pub fn scrub_ids(first: u32, last: u32, gid: Option<u32>, dirs: &[PathBuf], pass: Pass) -> Residue {
+    let who = Who { uid: first, gid };
+    let mut walk = tree::Walk::new(who, pass.limits()).with_ids(first, last);
+    for dir in dirs {
+        walk.dir(dir);
+    }
+    let out = walk.finish();
+    Residue {
+        files_left: out.left,
+        files: out.left_sample,
+        limit: out.unproven.map(|(hit, at)| match hit {
+            Hit::Depth => Limit::Depth(at.unwrap_or_default()),
+            Hit::Entries => Limit::Entries,
+            Hit::Time => Limit::Time,
+            Hit::Examined => Limit::Examined,
+        }),
+        skipped: out.skipped,
+        ..Residue::default()
     }
 }
 

@@ -71,6 +71,9 @@ struct Frame {
 /// A walk for one uid over any number of scrub dirs, within one budget.
 pub struct Walk {
     who: Who,
+    /// More ids that count as `who.uid` (a container job's subordinate range): an entry whose
+    /// uid or gid is one of them is the uid's.
+    alias: Option<(u32, u32)>,
     budget: Budget,
     window: usize,
     checkpoint: usize,
@@ -130,6 +133,7 @@ impl Walk {
     pub fn with_fds(who: Who, limits: Limits, window: usize, checkpoint: usize) -> Self {
         Walk {
             who,
+            alias: None,
             budget: Budget::new(who, limits),
             window: window.max(1),
             checkpoint: checkpoint.max(1),
@@ -137,6 +141,24 @@ impl Walk {
             fds: 0,
             out: Outcome::default(),
         }
+    }
+
+    /// Entries owned (uid or gid) by an id of `first..=last` count as the uid's: the walk of a
+    /// subordinate range, which one job's processes held under many ids.
+    pub fn with_ids(mut self, first: u32, last: u32) -> Self {
+        self.alias = Some((first, last));
+        self
+    }
+
+    /// `st` with an aliased owner (uid or gid in the alias range) replaced by the uid.
+    fn canonical(&self, st: &FileStat) -> Meta {
+        let mut m = meta(st);
+        if let Some((lo, hi)) = self.alias {
+            if (lo..=hi).contains(&m.uid) || (lo..=hi).contains(&m.gid) {
+                m.uid = self.who.uid;
+            }
+        }
+        m
     }
 
     /// What the walk found.
@@ -290,7 +312,8 @@ impl Walk {
         };
         // Everything in the uid's tree is the uid's to answer for (see `judge`).
         let in_own_tree = stack[top].owned;
-        let owner = if in_own_tree { self.who.uid } else { st.st_uid };
+        let m = self.canonical(&st);
+        let owner = if in_own_tree { self.who.uid } else { m.uid };
         match self.budget.charge(owner, Instant::now()) {
             Go::On => {}
             Go::Unproven(hit) => {
@@ -304,7 +327,7 @@ impl Walk {
                 return;
             }
         }
-        match judge(self.who, &meta(&st), in_own_tree) {
+        match judge(self.who, &m, in_own_tree) {
             Action::Skip => {}
             Action::Unlink => {
                 if nix::unistd::unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir).is_err()
@@ -314,7 +337,7 @@ impl Walk {
             }
             Action::Descend { owned } => match self
                 .budget
-                .enter(if owned { self.who.uid } else { st.st_uid }, stack.len())
+                .enter(if owned { self.who.uid } else { m.uid }, stack.len())
             {
                 Enter::Yes => self.descend(stack, name, &st, owned),
                 Enter::Unproven(hit) => {

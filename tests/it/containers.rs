@@ -416,3 +416,80 @@ fn check_reports_the_tooling_the_store_the_range_pool_and_the_auth_file() {
     );
     assert!(!text.contains("others can read"), "{text}");
 }
+
+/// Prints the job's range: `MAP <inside> <outside> <count>;...`.
+const MAP: &str = "echo \"MAP $(awk '{print $1, $2, $3}' /proc/self/uid_map | tr '\\n' ';')\"";
+
+#[test]
+fn a_file_left_by_a_subordinate_uid_quarantines_its_range_and_gc_purges_it() {
+    if !needs_root() {
+        return;
+    }
+    // A world-writable scrub dir the jobs can reach (the defaults are all private in a job).
+    let scratch = tempfile::tempdir_in(p3_testkit::driver::scratch_dir()).unwrap();
+    let scrub = scratch.path().join("scrub");
+    fs::create_dir_all(&scrub).unwrap();
+    fs::set_permissions(
+        scratch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    fs::set_permissions(&scrub, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    fs::write(scrub.join("roots"), "not the range's\n").unwrap();
+    let (host, sub) = container_host(&format!(
+        "[sandbox]\ncontainers = true\nscrub_dirs = [\"{}\"]\n",
+        scrub.display()
+    ));
+    // The job leaves a tree owned by image uid 1000 (a uid of its range), with a link to a
+    // host file in it that must never be followed.
+    let (mut a, ua) = prepared(&host, 1911);
+    let body = format!(
+        "{MAP}\nmkdir -p {s}/left/deep/er && echo x > {s}/left/deep/er/f && ln -s /etc/passwd {s}/left/link && chown -R -h 1000:1000 {s}/left && echo LEFT",
+        s = scrub.display()
+    );
+    assert_eq!(run_body(&mut a, &body), 0, "{}", a.log);
+    assert!(a.log.contains("LEFT"), "{}", a.log);
+    let first = range_of(&a.log, ua);
+    let owner = fs::symlink_metadata(scrub.join("left/deep/er/f")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&owner),
+        first + 999,
+        "owned by the range on the host"
+    );
+    assert_eq!(a.cleanup(), 0, "{}", a.log);
+    // Cleanup quarantined that range (and only it).
+    let held = leases(&host);
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(
+        held[0].starts_with(&format!("{first}: quarantine: files owned by the range")),
+        "{held:?}"
+    );
+    // The next container job gets the other range, not the quarantined one.
+    let (mut b, ub) = prepared(&host, 1912);
+    assert_eq!(run_body(&mut b, MAP), 0, "{}", b.log);
+    let other = range_of(&b.log, ub);
+    assert_ne!(other, first);
+    assert!((sub[0]..=sub[1]).contains(&other));
+    assert_eq!(b.cleanup(), 0, "{}", b.log);
+    // gc removes the range's files (never following the link) and frees the range.
+    let out = host.exec(&["gc"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!scrub.join("left").exists(), "the range's tree is gone");
+    assert_eq!(
+        fs::read_to_string(scrub.join("roots")).unwrap(),
+        "not the range's\n",
+        "another owner's file stays"
+    );
+    assert!(fs::metadata("/etc/passwd").unwrap().len() > 0);
+    assert!(leases(&host).is_empty(), "{:?}", leases(&host));
+    // The range serves jobs again.
+    let (mut c, uc) = prepared(&host, 1913);
+    let (mut d, ud) = prepared(&host, 1914);
+    assert_eq!(run_body(&mut c, MAP), 0, "{}", c.log);
+    assert_eq!(run_body(&mut d, MAP), 0, "{}", d.log);
+    let mut got = [range_of(&c.log, uc), range_of(&d.log, ud)];
+    got.sort();
+    assert_eq!(got, [sub[0], sub[0] + RANGE]);
+    assert_eq!(c.cleanup(), 0, "{}", c.log);
+    assert_eq!(d.cleanup(), 0, "{}", d.log);
+}
