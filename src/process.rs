@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,9 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{self, OFlag};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::prctl;
 use nix::sys::signal::{self, SigSet, Signal};
+use nix::sys::stat::{Mode, fchmod};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
+use nix::unistd::{self, Gid, Pid, Uid};
+use p3_contract::procs;
 
 use crate::error::{Error, Result};
 
@@ -88,9 +93,7 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
     unsafe {
         cmd.pre_exec(|| {
             // The forwarded signals are blocked in this process; the job must receive them.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            SigSet::empty().thread_set_mask()?;
             Ok(())
         });
     }
@@ -110,28 +113,26 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
             unsafe {
                 cmd.pre_exec(move || {
                     // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly in that case.
-                    let moved = if raw == 3 {
-                        libc::fcntl(3, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(raw, 3)
-                    };
-                    if moved < 0
-                        || libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(gid) != 0
-                        || libc::setuid(uid) != 0
-                    {
+                    // (Raw dup2: nix's wants an owned target fd, which would close fd 3 here.)
+                    if raw == 3 {
+                        let fd = BorrowedFd::borrow_raw(3);
+                        fcntl::fcntl(fd, fcntl::FcntlArg::F_SETFD(fcntl::FdFlag::empty()))?;
+                    } else if libc::dup2(raw, 3) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
+                    unistd::setgroups(&[])?;
+                    unistd::setgid(Gid::from_raw(gid))?;
+                    unistd::setuid(Uid::from_raw(uid))?;
                     // Entered only as the job uid and never through a symlink: the job owns
                     // this directory and could point it at another job's tree.
-                    let dir = libc::open(
-                        cwd.as_ptr(),
-                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                    );
-                    if dir < 0 || libc::fchdir(dir) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    libc::close(dir);
+                    let dir = fcntl::open(
+                        cwd.as_c_str(),
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    unistd::fchdir(&dir)?;
+                    // Closed on drop; a close error on a read-only directory loses nothing.
+                    drop(dir);
                     // The job's own session keyring, then the filter (which refuses keyctl).
                     crate::walls::keyring::enter()?;
                     if let Some(filter) = &seccomp {
@@ -153,7 +154,7 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
         cmd.pre_exec(|| {
             // If the executor itself is SIGKILLed (runner's force kill), take the script down
             // too; what it started is then killed by uid in cleanup or gc.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            prctl::set_pdeathsig(Signal::SIGKILL)?;
             Ok(())
         });
     }
@@ -191,11 +192,13 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
     })
 }
 
-/// Make this process the reaper of its orphaned descendants (Linux ≥ 3.4).
+/// Make this process the reaper of its orphaned descendants (Linux ≥ 3.4). Without it the
+/// script still runs, and what double-forks is left to cleanup's kill by uid: a warning.
 fn become_subreaper() {
-    // SAFETY: plain prctl with integer arguments.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    if let Err(e) = prctl::set_child_subreaper(true) {
+        tracing::warn!(
+            "PR_SET_CHILD_SUBREAPER: {e}: processes that leave the job's process group are found only by cleanup"
+        );
     }
 }
 
@@ -205,40 +208,36 @@ pub const MAX_SCRIPT_BYTES: u64 = 64 << 20;
 /// Copy the script into a sealed, read-only memfd.
 pub(crate) fn script_memfd(script: &Path) -> Result<OwnedFd> {
     let content = crate::limits::read_bounded(script, MAX_SCRIPT_BYTES, "job script")?;
-    // SAFETY: memfd_create with a static C string; the fd is owned below.
-    let raw = unsafe {
-        libc::memfd_create(
-            c"p3-job-script".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    if raw < 0 {
-        return Err(Error::Spawn(format!(
-            "memfd_create: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: raw is a fresh fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = memfd_create(
+        c"p3-job-script",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| Error::Spawn(format!("memfd_create: {}", std::io::Error::from(e))))?;
     let mut file = std::fs::File::from(fd);
     use std::io::Write;
     file.write_all(&content)
         .map_err(|e| Error::Spawn(format!("write script memfd: {e}")))?;
     let fd = OwnedFd::from(file);
-    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
-    // SAFETY: fcntl/fchmod on an fd we own.
-    let sealed = unsafe {
-        libc::fchmod(fd.as_raw_fd(), 0o444) == 0
-            && libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) == 0
-            && libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) & seals == seals
-    };
-    if !sealed {
-        return Err(Error::Spawn(format!(
+    let seals = fcntl::SealFlag::F_SEAL_WRITE
+        | fcntl::SealFlag::F_SEAL_GROW
+        | fcntl::SealFlag::F_SEAL_SHRINK
+        | fcntl::SealFlag::F_SEAL_SEAL;
+    let sealed = (|| -> nix::Result<bool> {
+        fchmod(&fd, Mode::from_bits_truncate(0o444))?;
+        fcntl::fcntl(&fd, fcntl::FcntlArg::F_ADD_SEALS(seals))?;
+        let now = fcntl::fcntl(&fd, fcntl::FcntlArg::F_GET_SEALS)?;
+        Ok(now & seals.bits() == seals.bits())
+    })();
+    match sealed {
+        Ok(true) => Ok(fd),
+        Ok(false) => Err(Error::Spawn(
+            "seal the job script memfd read-only: the seals did not hold".into(),
+        )),
+        Err(e) => Err(Error::Spawn(format!(
             "seal the job script memfd read-only: {}",
-            std::io::Error::last_os_error()
-        )));
+            std::io::Error::from(e)
+        ))),
     }
-    Ok(fd)
 }
 
 /// On SIGTERM/SIGINT/SIGHUP/SIGQUIT: forward SIGTERM to the job's group and descendants, wait
@@ -272,8 +271,10 @@ fn spawn_signal_forwarder(group: Arc<AtomicI32>, cancelled: Arc<AtomicBool>, gra
 
 /// Send `sig` to the process group and to every descendant of this process.
 fn signal_all(pgid: i32, sig: Signal) {
+    // Ignored: ESRCH (the group or the process is already gone) is what we want.
     let _ = signal::killpg(Pid::from_raw(pgid), sig);
     for pid in descendants() {
+        // Ignored: as above.
         let _ = signal::kill(Pid::from_raw(pid), sig);
     }
 }
@@ -286,8 +287,8 @@ fn group_alive(pgid: i32) -> bool {
 pub fn descendants() -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for (pid, ppid) in proc_parents() {
-        children.entry(ppid).or_default().push(pid);
+    for p in procs::processes() {
+        children.entry(p.status.ppid).or_default().push(p.pid);
     }
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -301,23 +302,6 @@ pub fn descendants() -> Vec<i32> {
         }
     }
     out
-}
-
-fn proc_parents() -> Vec<(i32, i32)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Field 4 (ppid) follows the parenthesised command name, which may contain spaces.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
-            Some((pid, ppid))
-        })
-        .collect()
 }
 
 /// Reap zombies; true when this process has no children left.
@@ -386,67 +370,25 @@ pub fn kill_uid(uid: u32) -> usize {
 /// another effective uid, and one that called setresuid may keep it only as the saved uid.
 /// Zombies are skipped (already dead; reaping them is their parent's job).
 pub fn pids_of_uid(uid: u32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            status_holds_uid(&status, uid).then_some(pid)
-        })
+    procs::processes()
+        .into_iter()
+        .filter(|p| p.status.holds_uid(|u| u == uid))
+        .map(|p| p.pid)
         .collect()
 }
 
-/// Does a `/proc/<pid>/status` text belong to a live process holding `uid` in any uid field?
-fn status_holds_uid(status: &str, uid: u32) -> bool {
-    if status
-        .lines()
-        .any(|l| l.starts_with("State:") && l.contains('Z'))
-    {
-        return false;
-    }
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .is_some_and(|ids| ids.split_whitespace().any(|f| f.parse() == Ok(uid)))
-}
-
-/// A process handle that cannot be confused with a recycled pid.
-#[derive(Debug)]
-pub struct PidFd(OwnedFd);
-
-impl PidFd {
-    /// A pidfd for `pid` (Linux 5.3+).
-    pub fn open(pid: Pid) -> std::io::Result<Self> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd we own.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
-    }
-
-    /// Send `sig` (an exited process is not an error worth reporting).
-    pub fn signal(&self, sig: Signal) {
-        // SAFETY: pidfd_send_signal with our fd, no siginfo, no flags.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.0.as_raw_fd(),
-                sig as libc::c_int,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
-        }
-    }
-}
+/// A process handle that cannot be confused with a recycled pid (the sandbox signals its init
+/// through one).
+pub use p3_contract::pidfd::PidFd;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Does a `/proc/<pid>/status` text belong to a live process holding `uid` in any uid field?
+    fn status_holds_uid(status: &str, uid: u32) -> bool {
+        procs::Status::parse(status).holds_uid(|u| u == uid)
+    }
 
     fn status(state: &str, uids: &str) -> String {
         format!("Name:\tx\nState:\t{state}\nTgid:\t1\nUid:\t{uids}\nGid:\t0\t0\t0\t0\n")

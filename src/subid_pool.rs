@@ -205,37 +205,16 @@ pub fn quarantined(cfg: &Config) -> Vec<(u32, String)> {
 
 /// Processes holding an id of `range` in any uid or gid field (real, effective, saved, fs).
 pub fn processes_in(range: SubidRange) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            status_in_range(&status, range).then_some(pid)
-        })
+    p3_contract::procs::processes()
+        .into_iter()
+        .filter(|p| in_range(&p.status, range))
+        .map(|p| p.pid)
         .collect()
 }
 
-/// A live (not zombie) process whose `Uid:` or `Gid:` line holds an id of `range`.
-fn status_in_range(status: &str, range: SubidRange) -> bool {
-    let mut hit = false;
-    for line in status.lines() {
-        if line.starts_with("State:") && line.contains("(zombie)") {
-            return false;
-        }
-        if let Some(ids) = line
-            .strip_prefix("Uid:")
-            .or_else(|| line.strip_prefix("Gid:"))
-        {
-            hit |= ids
-                .split_whitespace()
-                .filter_map(|v| v.parse::<u32>().ok())
-                .any(|id| range.contains(id));
-        }
-    }
-    hit
+/// A live (not zombie) process whose uids or gids hold an id of `range`.
+fn in_range(status: &p3_contract::procs::Status, range: SubidRange) -> bool {
+    status.holds_id(|id| range.contains(id))
 }
 
 /// SIGKILL every process of `range`, a few rounds (a dying parent may still fork).
@@ -432,6 +411,11 @@ mod tests {
         assert!(e.contains("overlaps job_uid_range"), "{e}");
         let e = parse("job_subid_range = [300000, 300100]").unwrap_err();
         assert!(e.contains("at least 65536"), "{e}");
+    }
+
+    /// A `/proc/<pid>/status` text of a live process holding an id of `range`.
+    fn status_in_range(status: &str, range: SubidRange) -> bool {
+        in_range(&p3_contract::procs::Status::parse(status), range)
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! timeout and captured output. Never through a shell.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::pidfd::PidFd;
 
 /// Why a bounded command failed to produce an exit status.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +93,9 @@ pub fn run_bounded_until(
     let mut sleep = Duration::from_millis(1);
     // Wake up the moment the child exits: tools like kinit take ~5 ms, and sleep-polling
     // alone adds up to half of that again (measured by benches/kinit.rs).
-    let pidfd = pidfd_open(child.id());
+    // None where unavailable (old kernel, seccomp): sleep-polling then. The child is not
+    // reaped yet, so the pid is still ours.
+    let pidfd = PidFd::open(nix::unistd::Pid::from_raw(child.id() as i32)).ok();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -110,10 +113,7 @@ pub fn run_bounded_until(
             }
             // A signal handler may set `stop` while we sleep: poll in short steps then.
             Ok(None) => match &pidfd {
-                Some(fd) => wait_readable(
-                    fd,
-                    deadline.min(Instant::now() + Duration::from_millis(100)),
-                ),
+                Some(fd) => fd.wait_exit(deadline.min(Instant::now() + Duration::from_millis(100))),
                 None => {
                     std::thread::sleep(sleep);
                     sleep = (sleep * 2).min(Duration::from_millis(20));
@@ -127,32 +127,6 @@ pub fn run_bounded_until(
         stdout: out_t.join().unwrap_or_default(),
         stderr: err_t.join().unwrap_or_default(),
     })
-}
-
-/// A pidfd for `pid` (Linux 5.3+); None where unavailable (old kernel, seccomp), in which
-/// case the caller falls back to sleep-polling. The child is not reaped yet, so the pid is
-/// still ours.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: the kernel just handed us this fd; nothing else owns it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Block until the pidfd is readable (the process exited) or `deadline` passes.
-fn wait_readable(fd: &OwnedFd, deadline: Instant) {
-    let left = deadline.saturating_duration_since(Instant::now());
-    // Round up so we never spin on a sub-millisecond remainder.
-    let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; EINTR or an error just returns to the caller's loop, which
-    // re-checks the child and the deadline.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! - [`steps_config`]: the `[steps]` settings, validated by their owner;
 //! - [`exit`]: failure kinds and every exit code, in one table;
 //! - [`command`]: host tools run with an argv, a timeout and captured output;
+//! - [`procs`]: the one reader of `/proc` (processes, their parents, states and ids);
+//! - [`pidfd`]: process handles that survive pid reuse;
 //! - [`template`]: argv templates (pure; config validation and the P3 step share them);
 //! - [`terminal`]: job-supplied strings made safe for a terminal;
 //! - [`logging`]: diagnostics to stderr, for both binaries.
@@ -15,6 +17,8 @@ pub mod command;
 pub mod env;
 pub mod exit;
 pub mod logging;
+pub mod pidfd;
+pub mod procs;
 pub mod steps_config;
 pub mod template;
 pub mod terminal;

@@ -1,7 +1,10 @@
-//! Which live processes hold a uid: the tests' one view of `/proc`, counting a uid in any of
-//! the real, effective, saved and filesystem fields (as cleanup kills), zombies excluded.
+//! Which live processes hold a uid: the tests' view of `/proc` (read by `p3_contract::procs`,
+//! as the executor reads it), counting a uid in any of the real, effective, saved and
+//! filesystem fields (as cleanup kills), zombies excluded.
 
 use std::ops::RangeInclusive;
+
+use p3_contract::procs;
 
 /// One live process holding a uid of the range.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,35 +25,13 @@ impl std::fmt::Display for Proc {
 
 /// Every live process holding a uid of `uids` in any field.
 pub fn holding(uids: RangeInclusive<u32>) -> Vec<Proc> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-            if status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'))
-            {
-                return None;
-            }
-            let held: Vec<u32> = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))?
-                .split_whitespace()
-                .filter_map(|u| u.parse().ok())
-                .collect();
-            if !held.iter().any(|u| uids.contains(u)) {
-                return None;
-            }
-            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
-            Some(Proc {
-                pid,
-                uids: held,
-                cmd: cmd.replace('\0', " ").trim().to_string(),
-            })
+    procs::processes()
+        .into_iter()
+        .filter(|p| p.status.holds_uid(|u| uids.contains(&u)))
+        .map(|p| Proc {
+            pid: p.pid,
+            cmd: procs::cmdline(p.pid),
+            uids: p.status.uids,
         })
         .collect()
 }
