@@ -1,8 +1,8 @@
 //! The `p3-executor audit` subcommands: the clap definitions of `show` and `verify`, and
 //! [`run`], which parses their options and prints the result.
 
-use super::chain::verify;
 use super::query::{Filter, show};
+use super::verify::verify;
 use crate::config::Config;
 use crate::terminal::escape;
 

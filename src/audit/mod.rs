@@ -22,24 +22,37 @@
 //! The chain proves the log is internally consistent, not that nobody with root rewrote all of
 //! it: `audit verify` prints the head hash, which operators can record elsewhere.
 //!
-//! This file is the module's public surface only. The parts:
-//! - `chain.rs`: records, hashing, [`append`] and [`verify`];
+//! This file is the module's public surface only. The parts, each depending only on those
+//! above it:
+//! - `record.rs`: [`AuditRecord`] and its kinds, the canonical hash, [`continues`] (pure);
+//! - `error.rs`: [`AuditError`];
+//! - `tail.rs`: how the log ends (a good record, a torn append, damage), read backwards;
+//! - `verify.rs`: walking the whole chain ([`verify`]);
+//! - `syslog.rs`: the sink that sends every record to the local syslog socket;
+//! - `append.rs`: [`append`] (tail, recovery, write, fsync), then the sinks;
 //! - `query.rs`: [`Filter`], [`parse_since`] and [`show`] (the table or the JSON lines);
 //! - `cli.rs`: the `audit` subcommands ([`AuditCommand`]) and [`run`];
 //! - `shipped.rs`: how far the log has been shipped to `[audit.s3]` (the watermark and the lag);
 //!   the shipping itself is `p3-executor-aws` (crates/aws/src/fleet/);
-//! - `syslog.rs`: every record also to the local syslog socket.
+//! - `shipper.rs`: runs that shipping, bounded.
+//!
+//! The metrics (`crate::metrics`) are the other reader: they depend on the record type, and
+//! nothing here depends on them.
 
-mod chain;
+mod append;
 mod cli;
+mod error;
 mod query;
+mod record;
 pub mod shipped;
 pub mod shipper;
 pub mod syslog;
+mod tail;
+mod verify;
 
-pub use chain::{
-    AuditError, AuditEvent, AuditRecord, ChainBreak, Decision, GENESIS, Recovery, RecoveryNote,
-    TornTail, Verification, append, continues, record_hash, verify,
-};
+pub use append::append;
 pub use cli::{AuditCommand, run};
+pub use error::AuditError;
 pub use query::{Filter, parse_since, print, show};
+pub use record::{AuditEvent, AuditRecord, Decision, GENESIS, Recovery, continues, record_hash};
+pub use verify::{ChainBreak, RecoveryNote, TornTail, Verification, verify};

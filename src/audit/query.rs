@@ -7,7 +7,8 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::chain::{AuditError, AuditRecord, io};
+use super::error::{AuditError, io};
+use super::record::AuditRecord;
 use crate::terminal::escape;
 
 /// Which records `audit show` prints.
@@ -57,7 +58,7 @@ impl Filter {
 }
 
 /// Parse `--since`: RFC 3339 (`2026-11-26T12:00:00Z`), a UTC date (`2026-11-26`), or an age
-/// (`90m`, `12h`, `7d`, `30s`) before `now`.
+/// (`90m`, `12h`, `7d`, `30s`, and humantime's other forms: `1h 30m`, `2days`, `1w`) before `now`.
 pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     let text = text.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
@@ -66,30 +67,28 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    // The unit is the last character (which may be more than one byte in arbitrary input).
-    let (num, unit) = match text.char_indices().next_back() {
-        Some((at, unit)) => (&text[..at], unit),
-        None => ("", ' '),
-    };
-    let secs: i64 = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86400,
-        _ => 0,
-    };
-    match num.parse::<i64>() {
-        Ok(n) if secs > 0 && n >= 0 => n
-            .checked_mul(secs)
-            .and_then(chrono::TimeDelta::try_seconds)
-            .and_then(|age| now.checked_sub_signed(age))
-            .ok_or_else(|| {
-                format!("--since {text:?}: the age reaches back beyond the representable time")
-            }),
-        _ => Err(format!(
+    let invalid = || {
+        format!(
             "--since {text:?}: expected an RFC 3339 time (2026-11-26T12:00:00Z), a date (2026-11-26) or an age (90m, 12h, 7d)"
-        )),
-    }
+        )
+    };
+    let beyond = || format!("--since {text:?}: the age reaches back beyond the representable time");
+    // An age in humantime's syntax (`90m`, `12h`, `7d`, also `1h 30m`, `2days`, `1w`). A sign
+    // is read as an integer's: `+` is none, and `-` only a zero age may carry.
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let age = match humantime::parse_duration(unsigned) {
+        Ok(age) if negative && !age.is_zero() => return Err(invalid()),
+        Ok(age) => age,
+        Err(humantime::DurationError::NumberOverflow) => return Err(beyond()),
+        Err(_) => return Err(invalid()),
+    };
+    chrono::TimeDelta::from_std(age)
+        .ok()
+        .and_then(|age| now.checked_sub_signed(age))
+        .ok_or_else(beyond)
 }
 
 /// Print the records of the log at `path` matching `filter` to `out`: a table (one row per

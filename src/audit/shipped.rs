@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::chain::{AuditRecord, GENESIS, line_ending_at};
+use super::record::{AuditRecord, GENESIS};
+use super::tail::line_ending_at;
 use crate::config::Config;
 
 /// The shipper's watermark for one chain of this host's log.

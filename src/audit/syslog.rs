@@ -8,14 +8,13 @@ use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
-use super::chain::AuditRecord;
+use super::record::{AuditRecord, Decision};
 use crate::config::SyslogConfig;
 
 /// The RFC 5424 line for `record` (pure): PRI from the facility and a severity by outcome
 /// (denials and failures are warnings), the record's own time, the host, app `p3-executor`,
 /// msgid the event, and the record as JSON.
 pub fn format(record: &AuditRecord, facility: u8) -> String {
-    use super::chain::Decision;
     let severity = match record.decision {
         Decision::Denied | Decision::Failed => 4, // warning
         _ => 6,                                   // informational
