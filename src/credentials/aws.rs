@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use p3_contract::env;
 use serde::Deserialize;
 
 use crate::command::{CommandError, run_bounded};
@@ -256,11 +257,11 @@ pub fn run_credential_process(
     cmd.args(&argv[1..]);
     cmd.env(DURATION_ENV, duration_secs.to_string());
     match krb5ccname {
-        Some(cc) => cmd.env("KRB5CCNAME", cc),
-        None => cmd.env_remove("KRB5CCNAME"),
+        Some(cc) => cmd.env(env::KRB5CCNAME, cc),
+        None => cmd.env_remove(env::KRB5CCNAME),
     };
     if let Some(conf) = krb5_config {
-        cmd.env("KRB5_CONFIG", conf);
+        cmd.env(env::KRB5_CONFIG, conf);
     }
     let out = run_bounded(cmd, timeout)?;
     if !out.status.success() {

@@ -288,15 +288,10 @@ pub fn verify_with(
     job: &JobContext,
     keys: &JwksStore,
 ) -> Result<Identity, IdentityError> {
-    let ic = &cfg.identity;
-    let issuer = ic.gitlab_url.trim_end_matches('/');
-    if issuer.is_empty() {
-        return Err(IdentityError::Config(
-            "identity.gitlab_url is not set (it is the ID token's expected issuer)".into(),
-        ));
-    }
+    // Checked before the token is read, so a config without an issuer says so first.
+    expected_issuer(cfg)?;
     let (identity, _) = verify_job_token(cfg, job, keys, &Expected::identity(cfg))?;
-    if ic.confirm_with_gitlab_api {
+    if cfg.identity.confirm_with_gitlab_api {
         gitlab_api::confirm(cfg, job, &identity)?;
         return Ok(Identity {
             source: IdentitySource::IdTokenAndGitlabApi,
@@ -304,6 +299,18 @@ pub fn verify_with(
         });
     }
     Ok(identity)
+}
+
+/// The ID token's expected issuer: `identity.gitlab_url` without its trailing slash; a config
+/// without one cannot verify any token.
+fn expected_issuer(cfg: &Config) -> Result<&str, IdentityError> {
+    let issuer = cfg.identity.gitlab_url.trim_end_matches('/');
+    if issuer.is_empty() {
+        return Err(IdentityError::Config(
+            "identity.gitlab_url is not set (it is the ID token's expected issuer)".into(),
+        ));
+    }
+    Ok(issuer)
 }
 
 /// Which token a check is about: the job variable it came from and the `aud` it must carry.
@@ -386,12 +393,7 @@ pub fn verify_token_for(
     expected: &Expected<'_>,
 ) -> Result<Identity, IdentityError> {
     let ic = &cfg.identity;
-    let issuer = ic.gitlab_url.trim_end_matches('/');
-    if issuer.is_empty() {
-        return Err(IdentityError::Config(
-            "identity.gitlab_url is not set (it is the ID token's expected issuer)".into(),
-        ));
-    }
+    let issuer = expected_issuer(cfg)?;
     let variable = expected.variable;
 
     // The header is read before the signature is checked only to pick the key; nothing in it

@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use p3_contract::env;
 
 use crate::driver::{Host, Job, JobResult, paint};
 use crate::realm::{self, Realm};
@@ -152,7 +153,7 @@ if cat {kt} 2>&1 >/dev/null; then echo "keytab READABLE (isolation off)"; else e
     let release = host
         .job(2001, &release_script)
         .var("P3_ID_TOKEN", &token(2001, "v1.2.3", "tag", true))
-        .var("P3_DEVSTAGE", "client_prod")
+        .var(env::DEVSTAGE, "client_prod")
         .var("CI_PROJECT_PATH", PROJECT)
         .var("CI_COMMIT_REF_NAME", "v1.2.3")
         .var("CI_COMMIT_TAG", "v1.2.3")
@@ -163,7 +164,7 @@ if cat {kt} 2>&1 >/dev/null; then echo "keytab READABLE (isolation off)"; else e
             "P3_ID_TOKEN",
             &token(2002, "feature/login", "branch", false),
         )
-        .var("P3_DEVSTAGE", "client_prod")
+        .var(env::DEVSTAGE, "client_prod")
         .var("CI_PROJECT_PATH", PROJECT)
         .var("CI_COMMIT_REF_NAME", "v9.9.9")
         .var("CI_COMMIT_TAG", "v9.9.9")

@@ -24,6 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use p3_contract::env;
 
 /// The realm a fixture creates unless named otherwise (each in its own config, so fixtures do
 /// not collide).
@@ -155,10 +156,10 @@ impl Realm {
     }
 
     fn env(&self, cmd: &mut Command) {
-        cmd.env("KRB5_CONFIG", self.krb5_conf())
+        cmd.env(env::KRB5_CONFIG, self.krb5_conf())
             .env("KRB5_KDC_PROFILE", self.kdc_conf())
             .env("LC_ALL", "C")
-            .env_remove("KRB5CCNAME");
+            .env_remove(env::KRB5CCNAME);
     }
 
     fn run(&self, cmd: &mut Command, what: &str) -> anyhow::Result<String> {
@@ -327,7 +328,10 @@ impl Realm {
 
     /// `KRB5_CONFIG` setting for commands run against this realm.
     pub fn client_env(&self) -> Vec<(String, String)> {
-        vec![("KRB5_CONFIG".into(), self.krb5_conf().display().to_string())]
+        vec![(
+            env::KRB5_CONFIG.into(),
+            self.krb5_conf().display().to_string(),
+        )]
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use p3_contract::env;
 
 use super::ccache::{Ticket, read_ticket};
 use super::error::DcAnswer;
@@ -380,7 +381,7 @@ fn no_renew_profile(principal: &str) -> String {
 fn base_krb5_config(kcfg: &KerberosConfig, job_conf: Option<&Path>) -> OsString {
     match job_conf.or(kcfg.krb5_config.as_deref()) {
         Some(conf) => conf.as_os_str().to_os_string(),
-        None => std::env::var_os("KRB5_CONFIG").unwrap_or_else(|| "/etc/krb5.conf".into()),
+        None => std::env::var_os(env::KRB5_CONFIG).unwrap_or_else(|| "/etc/krb5.conf".into()),
     }
 }
 
@@ -444,10 +445,10 @@ fn obtain_into(
     let mut envs = Vec::new();
     match no_renew {
         Some(first) => envs.push((
-            "KRB5_CONFIG",
+            env::KRB5_CONFIG,
             no_renew_krb5_config(base.clone(), account, first)?,
         )),
-        None if opts.krb5_config.is_some() => envs.push(("KRB5_CONFIG", base.clone())),
+        None if opts.krb5_config.is_some() => envs.push((env::KRB5_CONFIG, base.clone())),
         None => {}
     }
     if opts.trace {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use p3_contract::env;
+
 use super::error::KerberosError;
 use crate::command::{CommandError, Output, run_bounded};
 use crate::config::KerberosConfig;
@@ -38,7 +40,7 @@ fn tool_command(kcfg: &KerberosConfig, program: &Path) -> Command {
     cmd.env("LC_ALL", "C");
     // Never let an inherited cache, client keytab or trace setting redirect what we do.
     for var in [
-        "KRB5CCNAME",
+        env::KRB5CCNAME,
         "KRB5_CLIENT_KTNAME",
         "KRB5_KTNAME",
         "KRB5_TRACE",
@@ -46,7 +48,7 @@ fn tool_command(kcfg: &KerberosConfig, program: &Path) -> Command {
         cmd.env_remove(var);
     }
     if let Some(conf) = &kcfg.krb5_config {
-        cmd.env("KRB5_CONFIG", conf);
+        cmd.env(env::KRB5_CONFIG, conf);
     }
     cmd
 }
