@@ -631,6 +631,37 @@ fn sync_uploads_a_same_size_edit_made_within_the_second_of_the_upload() {
     assert!(r.stdout.contains("download: "), "{}", r.stdout);
 }
 
+/// Files written just before a sync, in the same second as their upload: S3's whole-second
+/// LastModified makes them look newer than their objects, but the mtime the upload recorded
+/// rules that out, so the next sync transfers nothing.
+#[test]
+fn sync_right_after_writing_transfers_nothing_the_second_time() {
+    let srv = S3Server::start();
+    srv.create_bucket("fresh-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        // Start at the beginning of a second, so the upload most likely shares it.
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        std::thread::sleep(Duration::from_nanos(
+            1_000_000_000 - u64::from(now.subsec_nanos()) + 10_000_000,
+        ));
+        let local = dir.path().join(format!("r{round}"));
+        for i in 0..20 {
+            write(
+                &local.join(format!("f{i}.txt")),
+                format!("file {i}").as_bytes(),
+            );
+        }
+        let dst = format!("s3://fresh-bkt/r{round}");
+        let first = ok(srv.p3(&["s3", "sync", p(&local), &dst]));
+        assert_eq!(first.stdout.lines().count(), 20, "{}", first.stdout);
+        let second = ok(srv.p3(&["s3", "sync", p(&local), &dst]));
+        assert_eq!(second.stdout, "", "round {round}: nothing changed");
+    }
+}
+
 #[test]
 fn in_a_job_sync_uploads_a_same_size_edit_made_within_the_second_of_the_upload() {
     if !needs_root() {
@@ -666,6 +697,15 @@ fn in_a_job_sync_uploads_a_same_size_edit_made_within_the_second_of_the_upload()
     );
     assert_eq!(code, 0, "{}", job.log);
     assert!(job.log.contains("SYNC2 upload: "), "{}", job.log);
+    // Written and synced within one second, then synced again: nothing to do.
+    let code = run_body(
+        &mut job,
+        "mkdir -p fresh && for i in 1 2 3 4 5; do echo $i > fresh/$i.txt; done\n\
+         p3-executor s3 sync fresh s3://edit-bkt/fresh > /dev/null\n\
+         p3-executor s3 sync fresh s3://edit-bkt/fresh | sed 's/^/SYNC3 /'",
+    );
+    assert_eq!(code, 0, "{}", job.log);
+    assert!(!job.log.contains("SYNC3 "), "{}", job.log);
     assert_eq!(job.cleanup(), 0, "{}", job.log);
     assert_eq!(
         srv.aws_ok(&["s3", "cp", "s3://edit-bkt/p/f.txt", "-"]),

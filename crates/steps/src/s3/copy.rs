@@ -28,7 +28,7 @@ pub async fn copy(ctx: &Arc<Ctx>, src: &S3Uri, size: u64, dst: &S3Uri) -> Result
         percent_encoding::utf8_percent_encode(&src.key, KEY_ENCODE)
     );
     if size > ctx.copy_threshold.min(MAX_COPY_OBJECT) {
-        let upload_id = begin_multipart(ctx, dst, None, None).await?;
+        let upload_id = begin_multipart(ctx, dst, None, None, None).await?;
         let parts = copy_parts(ctx, &source, src, size, dst, &upload_id).await;
         return finish_multipart(ctx, dst, &upload_id, parts).await;
     }

@@ -153,6 +153,16 @@ pub fn content_md5(data: &[u8]) -> String {
 /// checksums are rare), where the ETag's MD5 costs ~1.7 s of CPU per GiB on one core.
 pub const CRC32_METADATA: &str = "p3-crc32";
 
+/// Object metadata key holding the source file's modification time when p3-executor uploaded
+/// it (`<seconds>.<nanoseconds>`): lets `sync` rule out a change that S3's whole-second
+/// `LastModified` cannot.
+pub const MTIME_METADATA: &str = "p3-mtime";
+
+/// [`MTIME_METADATA`]'s value for a modification time.
+pub fn mtime_value(secs: i64, nanos: u32) -> String {
+    format!("{secs}.{nanos:09}")
+}
+
 /// [`CRC32_METADATA`]'s value for `crc`.
 pub fn crc32_hex(crc: u32) -> String {
     format!("{crc:08x}")

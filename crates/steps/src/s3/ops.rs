@@ -11,7 +11,7 @@ use super::ctx::{Ctx, task_result};
 use super::download::{ObjectInfo, download, head};
 use super::error::{S3Error, classify};
 use super::list::{delete_key, delete_keys, list};
-use super::local::{local_etag_async, walk_local};
+use super::local::{MTIME_METADATA, local_etag_async, mtime_value, walk_local};
 use super::plan::{Compare, Entry, Filters, human_size, plan_sync};
 use super::upload::upload_file;
 use super::uri::{Location, S3Uri, join_key, local_path_for};
@@ -420,7 +420,10 @@ pub async fn sync(
     if compare == Compare::Checksum {
         fill_local_etags(ctx, &listed, &mut src_entries, &dst_entries, &mut dst_plain).await?;
     }
-    let plan = plan_sync(&src_entries, &dst_plain, compare, delete);
+    let mut plan = plan_sync(&src_entries, &dst_plain, compare, delete);
+    if let (Compare::SizeAndTime, Location::Local(_), Location::S3(d)) = (compare, &src, &dst) {
+        rule_out_same_second(ctx, d, &dst_plain, &mut plan.copy).await;
+    }
     let mut stats = Stats::default();
     let mut jobs = jobs_for(ctx, &listed, Some(&plan.copy), &dst, &mut stats);
     let mut s3_deletes = Vec::new();
@@ -447,6 +450,60 @@ pub async fn sync(
         stats.failed += delete_s3(ctx, &uri.bucket, s3_deletes, dryrun).await?;
     }
     Ok(stats)
+}
+
+/// Files newer than their object by less than a second (S3 keeps `LastModified` in whole
+/// seconds, so a file written just before its upload looks newer than the object): copied
+/// unless the object records, from p3-executor's upload, exactly this modification time
+/// ([`MTIME_METADATA`], read with one HeadObject per such file). An edit made within the
+/// second of the upload changes the time, so it is still copied.
+async fn rule_out_same_second(
+    ctx: &Arc<Ctx>,
+    dst: &S3Uri,
+    dst_entries: &[Entry],
+    copy: &mut Vec<Entry>,
+) {
+    let by_rel: std::collections::HashMap<&str, &Entry> =
+        dst_entries.iter().map(|e| (e.rel.as_str(), e)).collect();
+    let ambiguous: Vec<(String, String)> = copy
+        .iter()
+        .filter_map(|s| {
+            let d = by_rel.get(s.rel.as_str())?;
+            let gap = i128::from(s.mtime - d.mtime) * 1_000_000_000 + i128::from(s.mtime_ns)
+                - i128::from(d.mtime_ns);
+            (s.size == d.size && gap > 0 && gap < 1_000_000_000)
+                .then(|| (s.rel.clone(), mtime_value(s.mtime, s.mtime_ns)))
+        })
+        .collect();
+    if ambiguous.is_empty() {
+        return;
+    }
+    let limit = Arc::new(tokio::sync::Semaphore::new(ctx.concurrency.clamp(1, 32)));
+    let mut heads = JoinSet::new();
+    for (rel, want) in ambiguous {
+        let (ctx, limit, key) = (ctx.clone(), limit.clone(), join_key(&dst.key, &rel));
+        let bucket = dst.bucket.clone();
+        heads.spawn(async move {
+            let _slot = limit.acquire_owned().await.ok()?;
+            let out = ctx
+                .client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .ok()?;
+            let recorded = out.metadata()?.get(MTIME_METADATA)?;
+            (*recorded == want).then_some(rel)
+        });
+    }
+    let mut unchanged = std::collections::HashSet::new();
+    while let Some(done) = heads.join_next().await {
+        if let Ok(Some(rel)) = done {
+            unchanged.insert(rel);
+        }
+    }
+    copy.retain(|e| !unchanged.contains(&e.rel));
 }
 
 /// For `--checksum`: give local entries an ETag in the format of their counterpart's.

@@ -68,13 +68,13 @@ pub async fn upload_stdin(
         .map_err(stdin_error)?;
     if (first.len() as u64) < part_size {
         let n = first.len() as u64;
-        put_bytes(ctx, first.into(), &dst).await?;
+        put_bytes(ctx, first.into(), &dst, None).await?;
         drop(permit);
         ctx.progress.add_bytes(n);
         ctx.progress.file_done(&line);
         return Ok(Stats::default());
     }
-    let upload_id = begin_multipart(ctx, &dst, Some(ChecksumAlgorithm::Crc32), None).await?;
+    let upload_id = begin_multipart(ctx, &dst, Some(ChecksumAlgorithm::Crc32), None, None).await?;
     let parts = stream_parts(ctx, &mut input, first, permit, part_size, &dst, &upload_id).await;
     finish_multipart(ctx, &dst, &upload_id, parts).await?;
     ctx.progress.file_done(&line);

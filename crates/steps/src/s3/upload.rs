@@ -15,7 +15,8 @@ use bytes::Bytes;
 use super::ctx::{Ctx, Parts};
 use super::error::S3Error;
 use super::local::{
-    CRC32_METADATA, combine_crc32, content_md5, crc32_base64, crc32_hex, file_crc32,
+    CRC32_METADATA, MTIME_METADATA, combine_crc32, content_md5, crc32_base64, crc32_hex,
+    file_crc32, mtime_value,
 };
 use super::uri::S3Uri;
 
@@ -37,11 +38,18 @@ pub async fn upload_file(
 ) -> Result<(), S3Error> {
     let file = std::fs::File::open(&path)
         .map_err(|e| S3Error::local(&path, "cannot open for reading", e))?;
+    // Recorded with the object so that sync can tell an edit within LastModified's second.
+    let mtime = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
+        .map(|d| mtime_value(d.as_secs() as i64, d.subsec_nanos()));
     let file = Arc::new(file);
     if size <= ctx.part_size {
-        put_single(&ctx, file, &path, size, &dst).await
+        put_single(&ctx, file, &path, size, &dst, mtime).await
     } else {
-        put_multipart(ctx, file, path, size, dst).await
+        put_multipart(ctx, file, path, size, dst, mtime).await
     }
 }
 
@@ -51,19 +59,27 @@ async fn put_single(
     path: &Path,
     size: u64,
     dst: &S3Uri,
+    mtime: Option<String>,
 ) -> Result<(), S3Error> {
     let _mem = ctx.reserve(size).await;
     let data = read_at(file, path, 0, size as usize).await?;
-    put_bytes(ctx, data, dst).await?;
+    put_bytes(ctx, data, dst, mtime).await?;
     ctx.progress.add_bytes(size);
     Ok(())
 }
 
 /// One PutObject of `data` with Content-MD5 and the CRC32 metadata.
-pub(super) async fn put_bytes(ctx: &Ctx, data: Bytes, dst: &S3Uri) -> Result<(), S3Error> {
-    ctx.client
-        .put_object()
-        .bucket(&dst.bucket)
+pub(super) async fn put_bytes(
+    ctx: &Ctx,
+    data: Bytes,
+    dst: &S3Uri,
+    mtime: Option<String>,
+) -> Result<(), S3Error> {
+    let mut put = ctx.client.put_object();
+    if let Some(m) = mtime {
+        put = put.metadata(MTIME_METADATA, m);
+    }
+    put.bucket(&dst.bucket)
         .key(&dst.key)
         .content_length(data.len() as i64)
         // Content-MD5 makes the server verify the body (S3, MinIO, s3rver and moto all do).
@@ -85,6 +101,7 @@ async fn put_multipart(
     path: PathBuf,
     size: u64,
     dst: S3Uri,
+    mtime: Option<String>,
 ) -> Result<(), S3Error> {
     // The whole file's CRC32 goes into the object's metadata, which CreateMultipartUpload
     // fixes before any part is read: one extra pass over the file (CRC32 runs at several
@@ -101,6 +118,7 @@ async fn put_multipart(
         &dst,
         Some(ChecksumAlgorithm::Crc32),
         Some(crc32_hex(crc)),
+        mtime,
     )
     .await?;
     let part_size = upload_part_size(size, ctx.part_size);
@@ -145,6 +163,7 @@ pub(super) async fn begin_multipart(
     dst: &S3Uri,
     checksum: Option<ChecksumAlgorithm>,
     crc32: Option<String>,
+    mtime: Option<String>,
 ) -> Result<String, S3Error> {
     let mut create = ctx
         .client
@@ -154,6 +173,9 @@ pub(super) async fn begin_multipart(
         .set_checksum_algorithm(checksum);
     if let Some(crc) = crc32 {
         create = create.metadata(CRC32_METADATA, crc);
+    }
+    if let Some(m) = mtime {
+        create = create.metadata(MTIME_METADATA, m);
     }
     let created = create
         .send()
