@@ -192,10 +192,7 @@ fn all_rules() -> Vec<Rule> {
     rules.extend(always!(KernelAttackSurface: bpf, perf_event_open, userfaultfd));
     // clone3 passes its flags in a struct seccomp cannot read: it is answered ENOSYS by the
     // filter's prologue (see `super::compile`), and libc falls back to clone.
-    for name_nr in [
-        ("clone", sys::clone),
-        ("unshare", sys::unshare),
-    ] {
+    for name_nr in [("clone", sys::clone), ("unshare", sys::unshare)] {
         rules.push(Rule {
             name: name_nr.0,
             nr: name_nr.1,
