@@ -5,7 +5,8 @@
 //!   policy ([`policy`]: the devstage's `images` globs and `require_digest`), pulled into the
 //!   shared root-owned store with the job's registry credentials or `[images] auth_file`
 //!   ([`store`]), and its manifest digest resolved, all before any script runs; the grant's
-//!   audit record names both. The job's overlay upper and work dirs are made in
+//!   audit record names both. With a warm store and a pull policy other than `always`, the
+//!   reference resolves from what its last pull recorded (`store::cached`), without buildah. The job's overlay upper and work dirs are made in
 //!   `<state_root>/layers/<job id>/` (root-owned, so the job cannot plant links there).
 //! - run: a user stage ([`is_image_stage`]) gets [`crate::sandbox::ImageRoot`]: the sandbox's
 //!   init mounts the image's base directory idmapped into the job's user namespace (image
@@ -222,15 +223,26 @@ pub fn resolve(
     policy::check(cfg, devstage, &name).map_err(ImageError::Denied)?;
     let pull_policy = policy::pull_policy(cfg, &asked).map_err(ImageError::Denied)?;
     let qualified = policy::qualify(&name);
-    let registry = policy::registry_of(&qualified).to_string();
-    let auth = auth_for_pull(cfg, job, paths, &registry).map_err(ImageError::Failed)?;
-    let insecure = cfg.images.insecure_registries.contains(&registry);
-    let pulled = store::pull(cfg, &qualified, &pull_policy, auth.as_deref(), insecure);
-    if let Some(a) = &auth {
-        let _ = std::fs::remove_file(a);
-    }
-    let pulled = pulled.map_err(ImageError::Failed)?;
-    let rootfs = store::base_rootfs(cfg, &pulled.id).map_err(ImageError::Failed)?;
+    // A warm store answers if-not-present and never from what the last pull resolved.
+    let known = (pull_policy != "always")
+        .then(|| store::cached(cfg, &qualified))
+        .flatten();
+    let (pulled, rootfs) = match known {
+        Some(known) => known,
+        None => {
+            let registry = policy::registry_of(&qualified).to_string();
+            let auth = auth_for_pull(cfg, job, paths, &registry).map_err(ImageError::Failed)?;
+            let insecure = cfg.images.insecure_registries.contains(&registry);
+            let pulled = store::pull(cfg, &qualified, &pull_policy, auth.as_deref(), insecure);
+            if let Some(a) = &auth {
+                let _ = std::fs::remove_file(a);
+            }
+            let pulled = pulled.map_err(ImageError::Failed)?;
+            let rootfs = store::base_rootfs(cfg, &pulled.id).map_err(ImageError::Failed)?;
+            store::remember(cfg, &qualified, &pulled, &rootfs);
+            (pulled, rootfs)
+        }
+    };
     make_layer(cfg, paths.job_id).map_err(ImageError::Failed)?;
     let image = JobImage {
         name,

@@ -48,7 +48,7 @@ fn run(mut cmd: Command, what: &str) -> Result<String, String> {
 }
 
 /// One pulled image.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Pulled {
     /// Image id (sha256 hex of its config).
     pub id: String,
@@ -155,4 +155,51 @@ pub fn base_rootfs(cfg: &Config, id: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(path)
+}
+
+/// A resolved reference remembered by the store: what `pull` and `base_rootfs` returned for it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Resolved {
+    qualified: String,
+    pulled: Pulled,
+    rootfs: PathBuf,
+}
+
+fn resolved_path(cfg: &Config, qualified: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    root(cfg).join("resolved").join(format!(
+        "{}.json",
+        hex::encode(Sha256::digest(qualified.as_bytes()))
+    ))
+}
+
+/// The image `qualified` resolved to when it was last pulled, if its base is still in the
+/// store: what a pull policy other than `always` would find (buildah's `--policy missing`
+/// uses a present image without asking the registry either), without three buildah calls.
+pub fn cached(cfg: &Config, qualified: &str) -> Option<(Pulled, PathBuf)> {
+    let text = std::fs::read(resolved_path(cfg, qualified)).ok()?;
+    let r: Resolved = serde_json::from_slice(&text).ok()?;
+    (r.qualified == qualified && r.rootfs.is_dir()).then_some((r.pulled, r.rootfs))
+}
+
+/// Remember what `qualified` resolved to (root-only, written atomically; best effort).
+pub fn remember(cfg: &Config, qualified: &str, pulled: &Pulled, rootfs: &Path) {
+    let path = resolved_path(cfg, qualified);
+    let r = Resolved {
+        qualified: qualified.to_string(),
+        pulled: pulled.clone(),
+        rootfs: rootfs.to_path_buf(),
+    };
+    let written = path
+        .parent()
+        .ok_or_else(|| "no parent".to_string())
+        .and_then(|d| crate::workspace::ensure_dir(d, 0o700).map_err(|e| e.to_string()))
+        .and_then(|()| serde_json::to_vec(&r).map_err(|e| e.to_string()))
+        .and_then(|text| {
+            crate::atomic_file::write(&path, &text, crate::atomic_file::Options::PRIVATE)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = written {
+        tracing::debug!("remember {qualified}: {e}");
+    }
 }
