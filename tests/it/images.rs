@@ -726,10 +726,10 @@ fn a_granted_image_job_copies_to_s3_with_the_built_in_step_inside_its_image() {
 }
 
 /// Figures for the README, with a warm store (the image pulled and its base made by a first
-/// job): prepare and one user stage (`true`) of a plain job on the host, a container job, and
-/// an `image:` job (Debian), median of 10 each, plus the same stage through `p3-executor
-/// --version` (the wrapper and the host's loader in the image). `cargo test --test it
-/// measure_image -- --ignored --nocapture`.
+/// job, not counted): prepare and one user stage (`true`, then `p3-executor --version`: the
+/// wrapper and the host's loader in the image) of a plain job on the host, a container job and
+/// an `image:` job (Debian), interleaved (one of each per round, so a busy machine slows all
+/// three alike), median of 20. `cargo test --test it measure_image -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, not a test"]
 fn measure_image_job_overhead() {
@@ -739,29 +739,35 @@ fn measure_image_job_overhead() {
     let registry = Registry::start();
     push(&registry, "debian", "tools/debian:12");
     let image = format!("127.0.0.1:{}/tools/debian:12", registry.port);
-    let median = |mut v: Vec<f64>| {
+    let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
+    let kinds = ["plain", "container", "image"];
+    let hosts: Vec<Host> = kinds
+        .iter()
+        .map(|what| {
+            let sub = subid_window();
+            let extra = if *what == "container" {
+                "[sandbox]\ncontainers = true\n"
+            } else {
+                ""
+            };
+            crate::common::host(&format!(
+                "job_subid_range = [{}, {}]\n{extra}{}",
+                sub[0],
+                sub[1],
+                images_section(&registry)
+            ))
+        })
+        .collect();
+    let mut figures = vec![(Vec::new(), Vec::new(), Vec::new()); kinds.len()];
     let mut id = 2100;
-    for what in ["plain", "container", "image"] {
-        let sub = subid_window();
-        let extra = if what == "container" {
-            "[sandbox]\ncontainers = true\n"
-        } else {
-            ""
-        };
-        let host = crate::common::host(&format!(
-            "job_subid_range = [{}, {}]\n{extra}{}",
-            sub[0],
-            sub[1],
-            images_section(&registry)
-        ));
-        let (mut prep, mut run, mut exec) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..11 {
+    for round in 0..21 {
+        for (k, what) in kinds.iter().enumerate() {
             id += 1;
-            let mut job = registry_vars(host.job(id, ""), &registry);
-            if what == "image" {
+            let mut job = registry_vars(hosts[k].job(id, ""), &registry);
+            if *what == "image" {
                 set_image(&mut job, &image, json!({}));
             }
             assert_eq!(job.config(), 0);
@@ -772,27 +778,25 @@ fn measure_image_job_overhead() {
             assert_eq!(run_in(&mut job, "true"), 0, "{}", job.log);
             let r = t.elapsed().as_secs_f64() * 1e3;
             let t = std::time::Instant::now();
-            assert_eq!(
-                run_in(&mut job, "p3-executor --version >/dev/null"),
-                0,
-                "{}",
-                job.log
-            );
+            let code = run_in(&mut job, "p3-executor --version >/dev/null");
+            assert_eq!(code, 0, "{}", job.log);
             let e = t.elapsed().as_secs_f64() * 1e3;
             assert_eq!(job.cleanup(), 0, "{}", job.log);
-            // The first job warms the store (pull, base container); it is not counted.
-            if i > 0 {
-                prep.push(p);
-                run.push(r);
-                exec.push(e);
+            // The first round warms the store (pull, base container).
+            if round > 0 {
+                figures[k].0.push(p);
+                figures[k].1.push(r);
+                figures[k].2.push(e);
             }
         }
+    }
+    for (what, (p, r, e)) in kinds.iter().zip(figures.iter_mut()) {
         println!(
             "{what}: prepare {:.1} ms, stage `true` {:.1} ms, stage `p3-executor --version` \
-             {:.1} ms (median of 10)",
-            median(prep),
-            median(run),
-            median(exec)
+             {:.1} ms (median of 20)",
+            median(p),
+            median(r),
+            median(e)
         );
     }
 }
