@@ -7,7 +7,7 @@
 //! P3_BENCH_RUNS=200 cargo bench --bench kinit        # release profile, more runs
 //! ```
 //!
-//! Target (issue 3): prepare with a grant within 1.3x of a bare kinit. The `p3-executor prepare`
+//! Target (issue 23): prepare with a grant within 1.6x of a bare kinit. The `p3-executor prepare`
 //! candidate runs the real binary for a fresh job each time: ID token verified against a JWKS
 //! file, policy, kinit, chown, state and an fsynced audit record.
 
@@ -68,21 +68,30 @@ fn setup() -> Setup {
 fn bare_kinit(s: &Setup) {
     let a = &s.cfg.accounts["bench"];
     let cache: PathBuf = s.dir.path().join("bare");
-    let status = Command::new("kinit")
+    let mut kinit = Command::new("kinit");
+    kinit
         .arg("-kt")
         .arg(&a.keytab)
-        .args(["-l", &format!("{}s", a.ticket_lifetime_secs)])
-        .args(["-r", &format!("{}s", a.renewable_lifetime_secs)])
+        .args(["-l", &format!("{}s", a.ticket_lifetime_secs)]);
+    // As `obtain`: not renewable unless the account says so (the default).
+    if a.renewable_lifetime_secs > 0 {
+        kinit.args(["-r", &format!("{}s", a.renewable_lifetime_secs)]);
+    }
+    let status = kinit
         .arg("-c")
         .arg(format!("FILE:{}", cache.display()))
         .arg(&a.principal)
         .env("KRB5_CONFIG", s.kdc.krb5_conf())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+        .stderr(Stdio::piped())
+        .output()
         .expect("kinit");
-    assert!(status.success(), "bare kinit failed");
+    assert!(
+        status.status.success(),
+        "bare kinit failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 }
 
 /// Everything `p3-executor prepare` needs for a granted job: an executor config with identity
@@ -96,7 +105,8 @@ struct PrepareBench {
 }
 
 impl PrepareBench {
-    fn new(s: &Setup, jobs: usize) -> Self {
+    /// `extra`: more config (TOML appended at the end).
+    fn new(s: &Setup, jobs: usize, first_job: u64, extra: &str) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let minter = TokenMinter::new();
@@ -112,7 +122,7 @@ impl PrepareBench {
         std::fs::write(
             &config,
             format!(
-                "state_root = {state:?}\nbuilds_root = {builds:?}\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = {audit:?}\n[identity]\ngitlab_url = {ISSUER:?}\njwks_file = {jwks:?}\n[kerberos]\nkrb5_config = {krb5:?}\n[accounts.bench]\nprincipal = {principal:?}\nkeytab = {keytab:?}\n[devstages.client_dev]\ndeploy_account = \"bench\"\nprojects = [\"data-ml/*\"]\n",
+                "state_root = {state:?}\nbuilds_root = {builds:?}\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = {audit:?}\n[identity]\ngitlab_url = {ISSUER:?}\njwks_file = {jwks:?}\n[kerberos]\nkrb5_config = {krb5:?}\n[accounts.bench]\nprincipal = {principal:?}\nkeytab = {keytab:?}\n[devstages.client_dev]\ndeploy_account = \"bench\"\nprojects = [\"data-ml/*\"]\n{extra}",
                 state = root.path().join("state"),
                 builds = root.path().join("builds"),
                 audit = root.path().join("audit.jsonl"),
@@ -124,7 +134,7 @@ impl PrepareBench {
         .unwrap();
         let payloads = (0..jobs as u64)
             .map(|i| {
-                let id = 70_000 + i;
+                let id = first_job + i;
                 let claims = gitlab_claims(
                     ISSUER,
                     "p3-executor",
@@ -155,7 +165,10 @@ impl PrepareBench {
     }
 
     fn call(&self, payload: &PathBuf, call: &str) {
-        let status = Command::new(env!("CARGO_BIN_EXE_p3-executor"))
+        // `P3_BENCH_EXECUTOR` measures another build (an A/B).
+        let executor = std::env::var_os("P3_BENCH_EXECUTOR")
+            .map_or_else(|| env!("CARGO_BIN_EXE_p3-executor").into(), PathBuf::from);
+        let status = Command::new(executor)
             .arg("--config")
             .arg(&self.config)
             .arg(call)
@@ -176,9 +189,32 @@ impl PrepareBench {
 fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
     let owner = nix::unistd::geteuid().is_root().then_some((65534, 65534));
     // One job per measured call: prepare of a fresh job, as the runner does it.
-    let prepare = Rc::new(RefCell::new(PrepareBench::new(s, runs + 10)));
+    let prepare = Rc::new(RefCell::new(PrepareBench::new(s, runs + 10, 70_000, "")));
     let cleanup = prepare.clone();
+    // The same prepare with the network wall's `nft` replaced by /bin/true: what the nft
+    // process (start-up, netlink, the kernel's commit) costs a prepare.
+    let no_nft = Rc::new(RefCell::new(PrepareBench::new(
+        s,
+        runs + 10,
+        80_000,
+        "[network]\nnft = \"/bin/true\"\n",
+    )));
+    let no_nft_cleanup = no_nft.clone();
     vec![
+        Candidate {
+            name: "prepare, nft = true",
+            run: Box::new(move |_s: &Setup| {
+                let mut b = no_nft.borrow_mut();
+                let (_, payload) = b.payloads[b.next].clone();
+                b.next += 1;
+                b.call(&payload, "prepare");
+            }),
+            after: Some(Box::new(move |_s: &Setup| {
+                let b = no_nft_cleanup.borrow();
+                let (_, payload) = b.payloads[b.next - 1].clone();
+                b.call(&payload, "cleanup");
+            })),
+        },
         Candidate {
             name: "p3-executor prepare",
             run: Box::new(move |_s: &Setup| {
@@ -277,15 +313,15 @@ fn main() {
         let m = median(&mut t);
         let ratio = m.as_secs_f64() / base_median.as_secs_f64();
         println!(
-            "{:<22} median {:>10}  p10 {:>10}  p90 {:>10}  = {ratio:.2}x bare kinit (target <= 1.30x){}",
+            "{:<22} median {:>10}  p10 {:>10}  p90 {:>10}  = {ratio:.2}x bare kinit{}",
             c.name,
             ms(m),
             ms(pct(&t, 0.1)),
             ms(pct(&t, 0.9)),
-            if ratio <= 1.3 {
-                ""
-            } else {
-                "  ** over target **"
+            match c.name {
+                "p3-executor prepare" if ratio > 1.6 => "  ** over target (<= 1.60x) **",
+                "p3-executor prepare" => " (target <= 1.60x)",
+                _ => "",
             }
         );
     }

@@ -7,6 +7,11 @@
 //! the benchmark runs as root, in the job sandbox; `run` is also measured with
 //! `[sandbox] enabled = false` on the same prepared job, interleaved, to show what the
 //! sandbox (namespaces, mounts, PID 1) adds per stage.
+//!
+//! The Rust floor (issue 23's yardstick, target: `config` <= 1.5x it) is the smallest Rust
+//! program that does what `config` must: read `JOB_RESPONSE_FILE` and print one line. It is
+//! compiled here with the `rustc` on `PATH` (`-C opt-level=3`, PIE like ours), so the floor
+//! moves with the toolchain, not with this crate.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +19,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ITERATIONS: usize = 300;
+/// Calls per measurement; `P3_BENCH_RUNS` overrides it (a quick look: 50).
+fn iterations() -> usize {
+    std::env::var("P3_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+        .max(3)
+}
+
+/// The Rust floor: std start-up, read the payload, print a line.
+const RUST_FLOOR: &str = r#"fn main() {
+    let path = std::env::var_os("JOB_RESPONSE_FILE").expect("JOB_RESPONSE_FILE");
+    let payload = std::fs::read(path).expect("payload");
+    println!("{{\"payload_bytes\":{}}}", payload.len());
+}
+"#;
 
 const BASH_EXECUTOR: &str = r#"#!/usr/bin/env bash
 # The smallest custom executor that does the same four calls (no isolation, no credentials).
@@ -68,6 +88,7 @@ struct Setup {
     payload: PathBuf,
     script: PathBuf,
     bash: PathBuf,
+    rust_floor: PathBuf,
 }
 
 fn setup() -> Setup {
@@ -116,6 +137,25 @@ fn setup() -> Setup {
     let bash = root.join("bash-executor");
     fs::write(&bash, BASH_EXECUTOR).unwrap();
     fs::set_permissions(&bash, fs::Permissions::from_mode(0o755)).unwrap();
+    let rust_floor = root.join("rust-floor");
+    let floor_src = root.join("rust-floor.rs");
+    fs::write(&floor_src, RUST_FLOOR).unwrap();
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let built = Command::new(&rustc)
+        .args([
+            "--edition",
+            "2021",
+            "-C",
+            "opt-level=3",
+            "-C",
+            "strip=debuginfo",
+            "-o",
+        ])
+        .arg(&rust_floor)
+        .arg(&floor_src)
+        .status()
+        .expect("rustc (the Rust floor is compiled at start)");
+    assert!(built.success(), "compiling the Rust floor failed");
     Setup {
         _dir: dir,
         root,
@@ -126,6 +166,7 @@ fn setup() -> Setup {
         payload,
         script,
         bash,
+        rust_floor,
     }
 }
 
@@ -133,8 +174,14 @@ fn ours(s: &Setup, args: &[&Path]) -> Command {
     ours_with(&s.config, s, args)
 }
 
+/// The binary measured: this build's, or `P3_BENCH_EXECUTOR` (an A/B against another build).
+fn executor() -> PathBuf {
+    std::env::var_os("P3_BENCH_EXECUTOR")
+        .map_or_else(|| env!("CARGO_BIN_EXE_p3-executor").into(), PathBuf::from)
+}
+
 fn ours_with(config: &Path, s: &Setup, args: &[&Path]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_p3-executor"));
+    let mut cmd = Command::new(executor());
     cmd.arg("--config").arg(config).args(args);
     cmd.env("JOB_RESPONSE_FILE", &s.payload)
         .env("BUILD_FAILURE_EXIT_CODE", "1")
@@ -155,6 +202,7 @@ fn main() {
     let s = setup();
     let true_bin = Path::new("/bin/true");
     let (mut t_true, mut t_ours, mut t_bash) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut t_floor, mut t_version) = (Vec::new(), Vec::new());
     let calls = ["config", "prepare", "run", "cleanup"];
     for _ in 0..calls.len() {
         t_ours.push(Vec::new());
@@ -166,8 +214,11 @@ fn main() {
     // A whole job with [limits] cgroups = "off" (run follows the cgroup recorded at prepare).
     let (mut t_prepare_no_cgroup, mut t_run_no_cgroup) = (Vec::new(), Vec::new());
     let script = s.script.clone();
-    for _ in 0..ITERATIONS {
+    let iterations = iterations();
+    for _ in 0..iterations {
         t_true.push(measure(&mut Command::new(true_bin)).0);
+        t_floor.push(measure(Command::new(&s.rust_floor).env("JOB_RESPONSE_FILE", &s.payload)).0);
+        t_version.push(measure(Command::new(executor()).arg("--version")).0);
         for (i, call) in calls.iter().enumerate() {
             let call_path = Path::new(call);
             let args: Vec<&Path> = if *call == "run" {
@@ -194,23 +245,39 @@ fn main() {
         plain(&[Path::new("cleanup")]);
     }
     let floor = median(t_true);
-    println!("p3-executor per-call overhead, median of {ITERATIONS} calls (same run, same host)");
+    let rust_floor = median(t_floor);
+    println!("p3-executor per-call overhead, median of {iterations} calls (same run, same host)");
     println!(
-        "{:<10} {:>12} {:>14} {:>16} {:>14}",
-        "call", "p3-executor", "/bin/true", "bash executor", "vs /bin/true"
+        "/bin/true {}, Rust floor (read the payload, print a line) {}, p3-executor --version {}",
+        ms(floor),
+        ms(rust_floor),
+        ms(median(t_version))
+    );
+    println!(
+        "{:<10} {:>12} {:>16} {:>14} {:>14}",
+        "call", "p3-executor", "bash executor", "vs Rust floor", "vs /bin/true"
     );
     for (i, call) in calls.iter().enumerate() {
         let o = median(t_ours[i].clone());
         let b = median(t_bash[i].clone());
         println!(
-            "{:<10} {:>12} {:>14} {:>16} {:>13.2}x",
+            "{:<10} {:>12} {:>16} {:>13.2}x {:>13.2}x",
             call,
             ms(o),
-            ms(floor),
             ms(b),
+            o.as_secs_f64() / rust_floor.as_secs_f64(),
             o.as_secs_f64() / floor.as_secs_f64()
         );
     }
+    let config = median(t_ours[0].clone()).as_secs_f64() / rust_floor.as_secs_f64();
+    println!(
+        "config = {config:.2}x the Rust floor (target <= 1.50x){}",
+        if config <= 1.5 {
+            ""
+        } else {
+            "  ** over target **"
+        }
+    );
     let sandboxed = median(t_ours[2].clone());
     let unsandboxed = median(t_unsandboxed);
     println!(

@@ -1,6 +1,7 @@
 //! Command-line interface of `p3-executor`: the runner-facing calls and host tools; the built-in
 //! job steps and the demo are named here but parsed by their own binaries.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,61 @@ pub struct Cli {
     /// Subcommand.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The command line of this process: the runner's own calls by [`Cli::runner_call`],
+    /// everything else (host tools, `--help`, `--version`, any other spelling) by clap.
+    pub fn from_env() -> Self {
+        Self::runner_call(std::env::args_os(), std::env::var_os("P3_EXECUTOR_CONFIG"))
+            .unwrap_or_else(Self::parse)
+    }
+
+    /// The four runner calls exactly as gitlab-runner spells them (`[--config <path>] config`,
+    /// `prepare`, `cleanup`, `run <script> <stage>`), parsed without building clap's command
+    /// tree: the runner starts the executor for every call of every job, and clap's tree of
+    /// every subcommand is a sixth of `config`'s instructions. The result is what clap gives
+    /// for the same line (tested); anything else, and anything ambiguous (a value starting
+    /// with `-`, an empty value, an empty `P3_EXECUTOR_CONFIG`, non-UTF-8 stage), is `None`
+    /// and goes to clap. `config_env` is `P3_EXECUTOR_CONFIG`.
+    pub fn runner_call(
+        args: impl IntoIterator<Item = OsString>,
+        config_env: Option<OsString>,
+    ) -> Option<Self> {
+        let args: Vec<OsString> = args.into_iter().skip(1).collect();
+        let plain = |a: &OsString| !a.is_empty() && !a.as_encoded_bytes().starts_with(b"-");
+        let (config, rest) = match args.first() {
+            Some(flag) if flag == "--config" => {
+                let value = args.get(1).filter(|v| plain(v))?;
+                (Some(PathBuf::from(value)), &args[2..])
+            }
+            Some(flag) if flag.as_encoded_bytes().starts_with(b"--config=") => {
+                let value = flag.to_str()?.strip_prefix("--config=")?;
+                if value.is_empty() {
+                    return None;
+                }
+                (Some(PathBuf::from(value)), &args[1..])
+            }
+            _ => (None, &args[..]),
+        };
+        let command = match rest {
+            [c] if c == "config" => Command::Config,
+            [c] if c == "prepare" => Command::Prepare,
+            [c] if c == "cleanup" => Command::Cleanup,
+            [c, script, stage] if c == "run" && plain(script) && plain(stage) => Command::Run {
+                script: PathBuf::from(script),
+                stage: stage.to_str()?.to_owned(),
+            },
+            _ => return None,
+        };
+        let config = match (config, config_env) {
+            (Some(path), _) => path,
+            (None, Some(env)) if env.is_empty() => return None,
+            (None, Some(env)) => PathBuf::from(env),
+            (None, None) => PathBuf::from(crate::config::DEFAULT_CONFIG_PATH),
+        };
+        Some(Self { config, command })
+    }
 }
 
 /// Every subcommand.
@@ -89,4 +145,76 @@ pub struct Passthrough {
     /// Arguments for the subcommand.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<std::ffi::OsString>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(line: &str) -> Vec<OsString> {
+        std::iter::once("p3-executor")
+            .chain(line.split(' ').filter(|a| !a.is_empty()))
+            .map(OsString::from)
+            .collect()
+    }
+
+    #[test]
+    fn the_runner_calls_parse_as_clap_parses_them() {
+        for line in [
+            "--config /etc/p3/c.toml config",
+            "--config /etc/p3/c.toml prepare",
+            "--config /etc/p3/c.toml cleanup",
+            "--config /etc/p3/c.toml run /b/script.sh build_script",
+            "--config=/etc/p3/c.toml run /b/script.sh step_release",
+            "--config=rel.toml config",
+        ] {
+            let fast = Cli::runner_call(argv(line), None).expect(line);
+            let clap = Cli::try_parse_from(argv(line)).expect(line);
+            assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{line}");
+        }
+    }
+
+    #[test]
+    fn everything_else_goes_to_clap() {
+        for line in [
+            "",
+            "--version",
+            "--help",
+            "config --help",
+            "config extra",
+            "prepare --config /x",
+            "--config",
+            "--config --x config",
+            "--config= config",
+            "run /b/script.sh",
+            "run /b/script.sh build_script extra",
+            "run -x build_script",
+            "run /b/script.sh --stage",
+            "gc",
+            "check --probe",
+            "audit verify",
+            "s3 cp a b",
+            "-v config",
+        ] {
+            assert!(Cli::runner_call(argv(line), None).is_none(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_config_path_comes_from_the_flag_then_the_environment_then_the_default() {
+        let env = Some(OsString::from("/env.toml"));
+        let path =
+            |line: &str, env: Option<OsString>| Cli::runner_call(argv(line), env).map(|c| c.config);
+        assert_eq!(
+            path("--config /flag.toml config", env.clone()),
+            Some("/flag.toml".into())
+        );
+        assert_eq!(path("config", env), Some("/env.toml".into()));
+        assert_eq!(
+            path("config", None),
+            Some(crate::config::DEFAULT_CONFIG_PATH.into())
+        );
+        // clap's own handling of an empty variable decides.
+        assert_eq!(path("config", Some(OsString::new())), None);
+    }
 }

@@ -3,8 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use p3_executor::cli::{Cli, Command};
 use p3_executor::config::Config;
 use p3_executor::error::{ExitCodes, FailureKind, kind_of};
@@ -22,7 +20,7 @@ enum Outcome {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_env();
     let codes = ExitCodes::from_env();
     let result = dispatch(cli);
     let code = match result {
@@ -62,7 +60,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     let path = cli.config;
     match cli.command {
         Command::Config => {
-            let cfg = load_config(&path)?;
+            // `config` logs nothing (its one error is printed by `main`), so it does not start
+            // logging: the subscriber's set-up is a tenth of this call's instructions.
+            let cfg = Config::load(&path)?;
             runner::config::execute(&cfg, &JobContext::from_env()?)?;
             Ok(Outcome::Success)
         }

@@ -123,8 +123,10 @@ impl Nft {
         // The JSON goes through a memfd nft opens by path: the bounded runner closes stdin, and
         // a file on disk would be a leftover when we are killed.
         let mut file = memfd()?;
-        serde_json::to_writer(&mut file, tx).expect("JSON values serialize");
-        file.flush()
+        // One write: serde_json writes token by token, and an unbuffered file took a syscall
+        // per quote and colon (thousands per job at prepare).
+        let json = serde_json::to_vec(tx).expect("JSON values serialize");
+        file.write_all(&json)
             .and_then(|()| file.rewind())
             .map_err(|e| NetworkError::Io {
                 what: "write the nft transaction".into(),
