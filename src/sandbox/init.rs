@@ -587,6 +587,10 @@ fn exec_shell(exec: &JobExec<'_>, err_pipe: RawFd, handshake: Option<Handshake>)
         for sig in init_signals().iter() {
             libc::signal(sig as libc::c_int, libc::SIG_DFL);
         }
+        // The Rust runtime ignores SIGPIPE, and an ignored signal survives exec: without this,
+        // every process of the job would get EPIPE instead of dying on a closed pipe
+        // (`yes | head -1` would spin). std's Command resets it the same way.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::setpgid(0, 0);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);

@@ -136,7 +136,8 @@ perl -e 'my $p = "\0" x 120; $!=0; my $r = syscall(425, 4, $p); print "io_uring_
 perl -e '$!=0; my $r = syscall(323, 0); print "userfaultfd: $r $!\n"'
 perl -e '$!=0; my $r = syscall(321, 0, 0, 0); print "bpf: $r $!\n"'
 perl -e '$!=0; my $r = syscall(435, 0, 0); print "clone3: $r $!\n"'
-# What jobs need still works.
+# What jobs need still works; SIGPIPE is not ignored on entry (it ends a writer).
+grep SigIgn /proc/self/status
 bash -c 'echo bash-ok'
 git init -q "$HOME/repo" && git -C "$HOME/repo" status --short && echo git-ok
 sh -c 'sleep 0.1 & wait; echo fork-ok'
@@ -162,6 +163,18 @@ perl -e 'use threads; threads->create(sub { print "thread-ok\n" })->join' 2>/dev
     assert!(
         job.log.contains("clone3: -1 Function not implemented"),
         "{}",
+        job.log
+    );
+    let ignored = job
+        .log
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .expect("SigIgn line");
+    assert_eq!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "a job starts with SIGPIPE ignored:\n{}",
         job.log
     );
     for ok in ["bash-ok", "git-ok", "fork-ok", "thread-ok"] {
