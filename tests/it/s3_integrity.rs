@@ -250,6 +250,47 @@ fn p3_uploads_record_the_sources_crc32_and_downloads_check_it() {
     );
 }
 
+/// `--verify md5` checks an object p3 uploaded (it has a recorded CRC32) by its ETag's MD5
+/// instead, in order over small ranges; `--verify size` checks the length only.
+#[test]
+fn verify_chooses_the_check() {
+    let srv = S3Server::start();
+    srv.create_bucket("verify-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(12 * MIB + 3, 70);
+    let src = dir.path().join("src.bin");
+    write(&src, &body);
+    ok(srv.p3(&["s3", "cp", p(&src), "s3://verify-bkt/obj", "--quiet"]));
+    for (verify, detected) in [("md5", true), ("size", false)] {
+        let proxy = CorruptingProxy::start(port_of(&srv), 1);
+        let out = dir.path().join(format!("out-{verify}"));
+        let r = ok(srv.p3(&[
+            "s3",
+            "cp",
+            "s3://verify-bkt/obj",
+            p(&out),
+            "--part-size",
+            "5MiB",
+            "--verify",
+            verify,
+            "--endpoint-url",
+            &proxy.endpoint(),
+        ]));
+        assert_eq!(proxy.corrupted(), 1, "the proxy flipped nothing");
+        assert_eq!(
+            r.stderr.contains("MD5") && r.stderr.contains("downloading again"),
+            detected,
+            "--verify {verify}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            std::fs::read(&out).unwrap() == body,
+            detected,
+            "--verify {verify}"
+        );
+    }
+}
+
 #[test]
 fn corruption_that_persists_fails_and_leaves_no_file() {
     let srv = S3Server::start();

@@ -50,6 +50,8 @@ pub struct Ctx {
     pub copy_threshold: u64,
     /// `--max-attempts`: also bounds re-fetches of a download whose body broke off.
     pub max_attempts: u32,
+    /// `--verify`: which checks downloads may use.
+    pub verify: super::download::Verify,
 }
 
 impl Ctx {
@@ -79,6 +81,7 @@ impl Ctx {
             file_mode: 0o644,
             copy_threshold: MAX_COPY_OBJECT,
             max_attempts: 5,
+            verify: super::download::Verify::Auto,
         }
     }
 

@@ -38,6 +38,26 @@ pub const INTEGRITY_ATTEMPTS: u32 = 3;
 /// connections better at the end.
 const MAX_RANGE: u64 = 64 * 1024 * 1024;
 
+/// How far ahead of the in-order MD5 a download of an object with a plain ETag may run, over
+/// all its connections: ranges are sized so that the front hashed in order trails the bytes
+/// received by about this much, and the hash finishes soon after the last byte.
+const MD5_LEAD: u64 = 64 * 1024 * 1024;
+
+/// Which checks a download may use (`--verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Verify {
+    /// The cheapest check the object allows: a full-object CRC32 (the server's or the one our
+    /// upload recorded), else the ETag's MD5 (per part or whole), else the length.
+    #[default]
+    Auto,
+    /// The ETag's MD5 (per part or whole) even when a CRC32 is known; else the length.
+    Md5,
+    /// A full-object CRC32 only; objects without one are checked by length only (no MD5).
+    Crc,
+    /// The length only.
+    Size,
+}
+
 /// What is known about an object before downloading it.
 #[derive(Debug, Clone, Default)]
 pub struct ObjectInfo {
@@ -53,6 +73,34 @@ pub struct ObjectInfo {
     /// one (HeadObject with checksum mode), else the one p3-executor's upload recorded in the
     /// object's metadata ([`CRC32_METADATA`]). Listings carry neither.
     pub crc32: Option<u32>,
+    /// Another full-object CRC the server keeps (`x-amz-checksum-crc64nvme`, the default of
+    /// AWS SDKs and CLI v2 since 2025, or `x-amz-checksum-crc32c`), when there is no CRC32.
+    pub other_crc: Option<(CrcKind, u64)>,
+}
+
+/// A CRC other than CRC32 that S3 keeps for a whole object, computed with `crc-fast`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrcKind {
+    /// `x-amz-checksum-crc32c` (Castagnoli).
+    Crc32c,
+    /// `x-amz-checksum-crc64nvme`.
+    Crc64Nvme,
+}
+
+impl CrcKind {
+    fn algorithm(self) -> crc_fast::CrcAlgorithm {
+        match self {
+            CrcKind::Crc32c => crc_fast::CrcAlgorithm::Crc32Iscsi,
+            CrcKind::Crc64Nvme => crc_fast::CrcAlgorithm::Crc64Nvme,
+        }
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            CrcKind::Crc32c => "CRC32C",
+            CrcKind::Crc64Nvme => "CRC64NVME",
+        }
+    }
 }
 
 /// HeadObject (with checksum mode: servers that keep a full-object CRC32 report it).
@@ -110,7 +158,25 @@ pub async fn head(ctx: &Ctx, src: &S3Uri) -> Result<ObjectInfo, S3Error> {
                     .and_then(|m| m.get(CRC32_METADATA))
                     .and_then(|v| parse_crc32_hex(v))
             }),
+        other_crc: out
+            .checksum_crc64_nvme()
+            .filter(|_| whole)
+            .and_then(|t| parse_crc_bytes(t, 8))
+            .map(|c| (CrcKind::Crc64Nvme, c))
+            .or_else(|| {
+                out.checksum_crc32_c()
+                    .filter(|_| whole)
+                    .and_then(|t| parse_crc_bytes(t, 4))
+                    .map(|c| (CrcKind::Crc32c, c))
+            }),
     })
+}
+
+/// A full-object checksum header of `width` bytes (base64, big-endian); `None` for a composite
+/// (`...-N`) or anything malformed.
+fn parse_crc_bytes(text: &str, width: usize) -> Option<u64> {
+    let raw = aws_smithy_types::base64::decode(text).ok()?;
+    (raw.len() == width).then(|| raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
 }
 
 /// A full-object `x-amz-checksum-crc32` (base64 of the big-endian CRC); `None` for a
@@ -125,6 +191,8 @@ fn parse_crc32(text: &str) -> Option<u32> {
 pub enum Check {
     /// The full-object CRC32: each range CRC'd in parallel, the CRCs combined in order.
     Crc32(u32),
+    /// Another full-object CRC the server keeps, computed the same way.
+    Crc(CrcKind, u64),
     /// A multipart ETag `<md5>-<parts>`: ranges hold whole parts of `part_size` (inferred
     /// from the size and the part count), each part's MD5 computed in parallel, then the MD5
     /// of the part MD5s.
@@ -145,8 +213,21 @@ pub enum Check {
 impl Check {
     /// The cheapest check the object's metadata allows.
     pub fn choose(info: &ObjectInfo, our_part_size: u64) -> Check {
-        if let Some(crc) = info.crc32 {
-            return Check::Crc32(crc);
+        Check::choose_with(info, our_part_size, Verify::Auto)
+    }
+
+    /// The cheapest check the object's metadata allows among those `verify` permits.
+    pub fn choose_with(info: &ObjectInfo, our_part_size: u64, verify: Verify) -> Check {
+        match (verify, info.crc32) {
+            (Verify::Size, _) => return Check::Length,
+            (Verify::Auto | Verify::Crc, Some(crc)) => return Check::Crc32(crc),
+            (Verify::Auto | Verify::Md5 | Verify::Crc, _) => {}
+        }
+        if let (Verify::Auto | Verify::Crc, Some((kind, crc))) = (verify, info.other_crc) {
+            return Check::Crc(kind, crc);
+        }
+        if verify == Verify::Crc {
+            return Check::Length;
         }
         match info.etag.as_deref().and_then(parse_etag) {
             Some((md5, None)) => Check::Md5(md5),
@@ -184,6 +265,21 @@ pub fn plan_ranges(
     if let Some(unit) = align.filter(|u| *u > 0) {
         range = (range / unit).max(1) * unit;
     }
+    (0..size.div_ceil(range))
+        .map(|i| (i * range, range.min(size - i * range)))
+        .collect()
+}
+
+/// The ranges of an object checked by a plain ETag's MD5, which one thread hashes in order as
+/// the ranges are written: small enough that `parallel` connections keep the in-order front
+/// within [`MD5_LEAD`] of the bytes received (with 64 MiB ranges, most of the object could
+/// only be hashed after the last byte arrived).
+pub fn plan_ranges_in_order(size: u64, part_size: u64, parallel: usize) -> Vec<(u64, u64)> {
+    if size <= part_size {
+        return vec![(0, size)];
+    }
+    let range =
+        (MD5_LEAD / parallel.max(1) as u64).clamp(2 * WRITE_BATCH, part_size.max(2 * WRITE_BATCH));
     (0..size.div_ceil(range))
         .map(|i| (i * range, range.min(size - i * range)))
         .collect()
@@ -299,6 +395,8 @@ enum Verdict {
 /// Hash state of one range, moved to the thread that writes each batch and back.
 pub(super) struct RangeHash {
     crc: Option<crc32fast::Hasher>,
+    /// A CRC32C or CRC64NVME.
+    fast: Option<crc_fast::Digest>,
     /// The whole object's MD5, when one range is the whole object.
     whole: Option<Md5>,
     /// Part MD5s: the part being hashed, its bytes so far, the part size, finished parts.
@@ -309,6 +407,10 @@ impl RangeHash {
     pub(super) fn new(check: &Check, whole: bool) -> Self {
         RangeHash {
             crc: matches!(check, Check::Crc32(_)).then(crc32fast::Hasher::new),
+            fast: match check {
+                Check::Crc(kind, _) => Some(crc_fast::Digest::new(kind.algorithm())),
+                _ => None,
+            },
             whole: (whole && matches!(check, Check::Md5(_))).then(Md5::new),
             parts: match check {
                 Check::PartMd5s { part_size, .. } => Some((Md5::new(), 0, *part_size, Vec::new())),
@@ -319,6 +421,9 @@ impl RangeHash {
 
     pub(super) fn update(&mut self, mut data: &[u8]) {
         if let Some(crc) = &mut self.crc {
+            crc.update(data);
+        }
+        if let Some(crc) = &mut self.fast {
             crc.update(data);
         }
         if let Some(md5) = &mut self.whole {
@@ -337,6 +442,11 @@ impl RangeHash {
                 }
             }
         }
+    }
+
+    /// The CRC32C or CRC64NVME state, taken out before [`RangeHash::finish`].
+    pub(super) fn take_fast(&mut self) -> Option<crc_fast::Digest> {
+        self.fast.take()
     }
 
     /// The CRC, the part MD5s (the last part may be short) and the whole object's MD5.
@@ -361,12 +471,17 @@ async fn fetch(
     file: Arc<std::fs::File>,
     dest: &Path,
 ) -> Result<Verdict, S3Error> {
-    let mut check = Check::choose(info, ctx.part_size);
-    let align = match &check {
-        Check::PartMd5s { part_size, .. } => Some(*part_size),
-        _ => None,
+    let mut check = Check::choose_with(info, ctx.part_size, ctx.verify);
+    let ranges = match &check {
+        Check::PartMd5s { part_size, .. } => plan_ranges(
+            info.size,
+            ctx.part_size,
+            ctx.part_parallelism,
+            Some(*part_size),
+        ),
+        Check::Md5(_) => plan_ranges_in_order(info.size, ctx.part_size, ctx.part_parallelism),
+        _ => plan_ranges(info.size, ctx.part_size, ctx.part_parallelism, None),
     };
-    let ranges = plan_ranges(info.size, ctx.part_size, ctx.part_parallelism, align);
     let tracker = Arc::new(Tracker::new(&ranges));
     // The plain MD5 cannot be split: over several ranges, one thread hashes the file in order,
     // reading each byte back from the page cache as soon as its range has written it.
@@ -414,6 +529,21 @@ async fn fetch(
             } else {
                 Verdict::Mismatch(format!(
                     "CRC32 {got:08x} does not match the object's {want:08x}"
+                ))
+            }
+        }
+        Check::Crc(kind, want) => {
+            let mut ranges = fetched.fast.into_iter();
+            let got = ranges.next().map_or(0, |mut crc| {
+                ranges.for_each(|r| crc.combine(&r));
+                crc.finalize()
+            });
+            if got == want {
+                Verdict::Ok
+            } else {
+                Verdict::Mismatch(format!(
+                    "{} {got:x} does not match the object's {want:x}",
+                    kind.name()
                 ))
             }
         }
@@ -504,6 +634,8 @@ async fn other_part_size_matches(
 struct Fetched {
     /// Per-range CRC32 states, in range order.
     crcs: Vec<crc32fast::Hasher>,
+    /// Per-range CRC32C or CRC64NVME states, in range order.
+    fast: Vec<crc_fast::Digest>,
     /// Part MD5s of the whole object, in order.
     part_md5s: Vec<[u8; 16]>,
     /// A response said SSE-KMS or SSE-C: the ETag is not the content's MD5.
@@ -633,11 +765,13 @@ async fn get_ranges(
     done.sort_by_key(|d| d.0);
     let mut fetched = Fetched {
         crcs: Vec::new(),
+        fast: Vec::new(),
         part_md5s: Vec::new(),
         etag_not_md5: false,
         whole_md5: None,
     };
-    for (_, hash, not_md5) in done {
+    for (_, mut hash, not_md5) in done {
+        fetched.fast.extend(hash.take_fast());
         let (crc, md5s, whole) = hash.finish();
         fetched.crcs.extend(crc);
         fetched.whole_md5 = fetched.whole_md5.or(whole);
@@ -797,6 +931,18 @@ mod tests {
         assert_eq!(plan_ranges(23 * MIB, 5 * MIB, 8, None).len(), 5);
         // 1 GiB over 8 connections: 64 MiB ranges, two per connection.
         assert_eq!(plan_ranges(1024 * MIB, 16 * MIB, 8, None).len(), 16);
+        // Hashed in order: 8 MiB ranges over 8 connections, 64 MiB ahead of the hash at most.
+        for size in [0, 1, 16 * MIB, 16 * MIB + 1, 100 * MIB + 7, 1024 * MIB] {
+            let ranges = plan_ranges_in_order(size, 16 * MIB, 8);
+            let mut next = 0;
+            for &(start, len) in &ranges {
+                assert_eq!(start, next);
+                next += len;
+            }
+            assert_eq!(next, size);
+        }
+        assert_eq!(plan_ranges_in_order(1024 * MIB, 16 * MIB, 8).len(), 128);
+        assert_eq!(plan_ranges_in_order(16 * MIB, 16 * MIB, 8).len(), 1);
     }
 
     #[test]
@@ -827,6 +973,44 @@ mod tests {
             Check::choose(&info(10, Some(&format!("{md5}-2"))), 16 * MIB),
             Check::Length
         );
+        // --verify narrows the choice.
+        let multi = info(20 * MIB, Some(&format!("{md5}-3")));
+        assert_eq!(
+            Check::choose_with(&with_crc, 16 * MIB, Verify::Md5),
+            Check::Md5(md5.into())
+        );
+        assert_eq!(
+            Check::choose_with(&with_crc, 16 * MIB, Verify::Crc),
+            Check::Crc32(7)
+        );
+        assert_eq!(
+            Check::choose_with(&with_crc, 16 * MIB, Verify::Size),
+            Check::Length
+        );
+        assert_eq!(
+            Check::choose_with(&multi, 16 * MIB, Verify::Crc),
+            Check::Length
+        );
+        assert!(matches!(
+            Check::choose_with(&multi, 16 * MIB, Verify::Md5),
+            Check::PartMd5s { .. }
+        ));
+        let mut with_other = info(20 * MIB, Some(&format!("{md5}-3")));
+        with_other.other_crc = Some((CrcKind::Crc64Nvme, 9));
+        assert_eq!(
+            Check::choose(&with_other, 16 * MIB),
+            Check::Crc(CrcKind::Crc64Nvme, 9)
+        );
+        assert_eq!(
+            Check::choose_with(&with_other, 16 * MIB, Verify::Crc),
+            Check::Crc(CrcKind::Crc64Nvme, 9)
+        );
+        assert!(matches!(
+            Check::choose_with(&with_other, 16 * MIB, Verify::Md5),
+            Check::PartMd5s { .. }
+        ));
+        assert_eq!(parse_crc_bytes("AAAAAAAAAAk=", 8), Some(9));
+        assert_eq!(parse_crc_bytes("y/Q5Jg==", 8), None);
         assert_eq!(parse_crc32("y/Q5Jg=="), Some(0xcbf4_3926));
         assert_eq!(parse_crc32("y/Q5Jg==-3"), None);
     }
@@ -860,5 +1044,15 @@ mod tests {
         let (mut ca, cb) = (a.finish().0.unwrap(), b.finish().0.unwrap());
         ca.combine(&cb);
         assert_eq!(ca.finalize(), crc32fast::hash(&data));
+
+        for kind in [CrcKind::Crc32c, CrcKind::Crc64Nvme] {
+            let check = Check::Crc(kind, 0);
+            let (mut a, mut b) = (RangeHash::new(&check, false), RangeHash::new(&check, false));
+            data[..600].chunks(77).for_each(|c| a.update(c));
+            data[600..].chunks(77).for_each(|c| b.update(c));
+            let mut crc = a.take_fast().unwrap();
+            crc.combine(&b.take_fast().unwrap());
+            assert_eq!(crc.finalize(), crc_fast::checksum(kind.algorithm(), &data));
+        }
     }
 }

@@ -102,6 +102,16 @@ pub struct TransferOpts {
     /// Objects above this size are copied S3→S3 in parts (UploadPartCopy); at most 5GiB.
     #[arg(long, default_value = "5GiB", value_parser = parse_size, hide = true)]
     pub copy_threshold: u64,
+    /// Which checks downloads may use: auto (the cheapest the object allows), md5 (the
+    /// ETag's), crc (a full-object CRC32 only, else the length), size (the length only).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "P3_S3_VERIFY",
+        value_name = "CHECK"
+    )]
+    pub verify: download::Verify,
 }
 
 impl Default for TransferOpts {
@@ -111,6 +121,7 @@ impl Default for TransferOpts {
             part_size: 16 << 20,
             max_memory: 128 << 20,
             copy_threshold: ctx::MAX_COPY_OBJECT,
+            verify: download::Verify::Auto,
         }
     }
 }
@@ -387,6 +398,7 @@ async fn execute(args: S3Args, file_mode: u32) -> i32 {
     ctx.file_mode = file_mode;
     ctx.copy_threshold = transfer.copy_threshold;
     ctx.max_attempts = g.max_attempts.max(1);
+    ctx.verify = transfer.verify;
     let ctx = Arc::new(ctx);
     let limit = deadline(g.timeout, std::env::var("CI_JOB_TIMEOUT").ok().as_deref());
     let work = dispatch(ctx.clone(), args.command);

@@ -222,6 +222,7 @@ fn job_for(
                 mtime: Some(entry.mtime),
                 mtime_ns: entry.mtime_ns,
                 crc32: None,
+                other_crc: None,
             }),
             dst: local_path_for(dir, &entry.rel)?,
         }),

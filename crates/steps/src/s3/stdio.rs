@@ -138,7 +138,7 @@ pub async fn download_stdout(ctx: &Arc<Ctx>, src: S3Uri, dryrun: bool) -> Result
     }
     let info = head(ctx, &src).await?;
     ctx.progress.add_total(1, info.size);
-    let check = Check::choose(&info, ctx.part_size);
+    let check = Check::choose_with(&info, ctx.part_size, ctx.verify);
     // A multipart ETag's part size is inferred; the stream cannot be read twice, so every
     // candidate is hashed at once (usually one).
     let mut hashes: Vec<(Check, RangeHash)> = match &check {
@@ -217,7 +217,8 @@ pub async fn download_stdout(ctx: &Arc<Ctx>, src: S3Uri, dryrun: bool) -> Result
     Ok(Stats::default())
 }
 
-fn verdict(check: &Check, hash: RangeHash, etag_not_md5: bool) -> Result<(), String> {
+fn verdict(check: &Check, mut hash: RangeHash, etag_not_md5: bool) -> Result<(), String> {
+    let fast = hash.take_fast();
     let (crc, part_md5s, whole) = hash.finish();
     match check {
         Check::Length => Ok(()),
@@ -227,6 +228,15 @@ fn verdict(check: &Check, hash: RangeHash, etag_not_md5: bool) -> Result<(), Str
             (got == *want)
                 .then_some(())
                 .ok_or_else(|| format!("CRC32 {got:08x} does not match the object's {want:08x}"))
+        }
+        Check::Crc(kind, want) => {
+            let got = fast.map_or(0, |c| c.finalize());
+            (got == *want).then_some(()).ok_or_else(|| {
+                format!(
+                    "{} {got:x} does not match the object's {want:x}",
+                    kind.name()
+                )
+            })
         }
         Check::Md5(want) => {
             let got = whole.map(hex::encode).unwrap_or_default();
