@@ -337,6 +337,29 @@ fn make_dirs(target: &Path) -> Result<(), String> {
         .map_err(|e| format!("sandbox: create mount point {}: {e}", target.display()))
 }
 
+/// Close every descriptor from 3 up except `keep` (close_range(2), Linux 5.9+; on an older
+/// kernel the descriptors stay open, as before).
+fn close_inherited(keep: &[RawFd]) {
+    let mut keep: Vec<libc::c_uint> = keep
+        .iter()
+        .filter_map(|&fd| libc::c_uint::try_from(fd).ok())
+        .filter(|&fd| fd >= 3)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from: libc::c_uint = 3;
+    for fd in keep.into_iter().chain([libc::c_uint::MAX]) {
+        if fd > from {
+            // SAFETY: close_range on descriptors this process does not use (it owns no Rust
+            // handle to them: they were inherited by clone). Failure leaves them open.
+            unsafe {
+                libc::syscall(libc::SYS_close_range, from, fd - 1, 0);
+            }
+        }
+        from = fd.saturating_add(1);
+    }
+}
+
 /// PID 1 of the job's namespaces. Returns its exit code: the shell's (128+N if killed by N).
 ///
 /// Sets up the mounts, starts the shell, then reaps every orphan and passes the supervisor's
@@ -355,6 +378,9 @@ pub(crate) fn init_main(
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     }
+    // Nothing of the supervisor's but what init needs: above all not the job's active lock,
+    // which would otherwise stay held (and gc keep off the job) until this init is reaped.
+    close_inherited(&[err_pipe, exec.script_fd]);
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC) {
         report(
             err_pipe,
