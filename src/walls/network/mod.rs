@@ -302,6 +302,24 @@ pub fn stale(
 }
 
 fn stale_now(cfg: &Config, listing: &nft::Listing) -> Stale {
+    // Only this config's uids: another executor sharing the table keeps its jobs' rules.
+    let ranges = job_ranges(cfg);
+    let mine = |uid: u32| ranges.iter().any(|[a, b]| (*a..=*b).contains(&uid));
+    let listing = &nft::Listing {
+        elements: listing
+            .elements
+            .iter()
+            .filter(|(_, uid)| mine(*uid))
+            .cloned()
+            .collect(),
+        chains: listing
+            .chains
+            .iter()
+            .copied()
+            .filter(|u| mine(*u))
+            .collect(),
+        ..listing.clone()
+    };
     let leases = crate::uid_pool::leases(cfg);
     let job_of = |uid: u32| leases.iter().find(|(u, _)| *u == uid).map(|(_, j)| *j);
     stale(listing, &|uid| job_of(uid).is_some(), &|uid| {

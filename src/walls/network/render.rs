@@ -6,9 +6,10 @@
 //! ```text
 //! table inet p3_executor {
 //!     map job_uids { type uid : verdict; flags interval; }      # uid (or subid range) → jump uid_<uid>
+//!     set job_ranges { type uid; flags interval; auto-merge; } # every config's job ranges, added
 //!     chain output {
 //!         type filter hook output priority filter; policy accept;
-//!         meta skuid { <job_uid_range>, <job_subid_range> } goto jobs   # a job's uid; the rest
+//!         meta skuid @job_ranges goto jobs                              # a job's uid; the rest
 //!     }                                                               # (no socket too) untouched
 //!     chain jobs {
 //!         meta skuid vmap @job_uids                                     # a job's: its own chain
@@ -36,6 +37,8 @@ pub const MAP: &str = "job_uids";
 pub const OUTPUT: &str = "output";
 /// The regular chain a job uid's packets go to: its map lookup, then the strictest policy.
 pub const JOBS: &str = "jobs";
+/// The set of job uid ranges (every sharing executor's private and subordinate ranges).
+pub const RANGES: &str = "job_ranges";
 /// nft's limit on a comment and a log prefix (bytes, with the terminating NUL).
 const TEXT_MAX: usize = 127;
 
@@ -205,6 +208,18 @@ pub fn base(table: &str, job_ranges: &[[u32; 2]], log: bool) -> Value {
             ),
         ),
         cmd("add", "chain", on(json!({"name": JOBS}))),
+        // The job ranges are a set every executor sharing the table adds its own to (never
+        // replaced): one config's prepare must not take another's job uids out of its policy.
+        cmd(
+            "add",
+            "set",
+            on(json!({"name": RANGES, "type": "uid", "flags": ["interval"], "auto-merge": true})),
+        ),
+        cmd(
+            "add",
+            "element",
+            on(json!({"name": RANGES, "elem": ranges})),
+        ),
         cmd("flush", "chain", on(json!({"name": OUTPUT}))),
         cmd("flush", "chain", on(json!({"name": JOBS}))),
         // Only a socket of a job's uid goes on: packets without a socket (the kernel's RST for
@@ -215,7 +230,7 @@ pub fn base(table: &str, job_ranges: &[[u32; 2]], log: bool) -> Value {
             OUTPUT,
             Some("a job's uid: its policy".into()),
             vec![
-                json!({"match": {"op": "==", "left": {"meta": {"key": "skuid"}}, "right": {"set": ranges}}}),
+                json!({"match": {"op": "==", "left": {"meta": {"key": "skuid"}}, "right": format!("@{RANGES}")}}),
                 json!({"goto": {"target": JOBS}}),
             ],
         ),
@@ -522,6 +537,8 @@ mod tests {
                 "add map job_uids",
                 "add chain output",
                 "add chain jobs",
+                "add set job_ranges",
+                "add element job_ranges",
                 "flush chain output",
                 "flush chain jobs",
                 "add rule a job's uid: its policy",
@@ -534,11 +551,12 @@ mod tests {
         let cmds = tx["nftables"].as_array().unwrap();
         // Only job uids go on (`==`): a packet without a socket never matches, so the kernel's
         // own answers (RST for a closed port, ICMP errors) pass untouched.
-        let first = &cmds[6]["add"]["rule"]["expr"];
+        let first = &cmds[8]["add"]["rule"]["expr"];
         assert_eq!(first[0]["match"]["op"], "==");
+        assert_eq!(first[0]["match"]["right"], "@job_ranges");
         assert_eq!(
-            first[0]["match"]["right"],
-            json!({"set": [{"range": [200000, 265535]}, 300000]})
+            cmds[5]["add"]["element"]["elem"],
+            json!([{"range": [200000, 265535]}, 300000])
         );
         assert_eq!(first[1]["goto"]["target"], "jobs");
         assert_eq!(cmds[2]["add"]["chain"]["hook"], "output");
