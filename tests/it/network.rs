@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -80,6 +81,17 @@ impl Drop for Net {
         let _ = Command::new("nft")
             .args(["delete", "table", "inet", &self.table])
             .output();
+    }
+}
+
+/// A process group killed when dropped (also on a panic), and reaped.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
     }
 }
 
@@ -357,7 +369,7 @@ fn allowlist_devstages_reach_only_their_own_and_still_clone_and_resolve() {
         .parent()
         .unwrap()
         .to_path_buf();
-    let mut daemon = Command::new("git")
+    let daemon = Command::new("git")
         .args([
             "daemon",
             "--export-all",
@@ -367,7 +379,11 @@ fn allowlist_devstages_reach_only_their_own_and_still_clone_and_resolve() {
             &format!("--base-path={}", base.display()),
         ])
         .arg(&base)
+        // Its own process group: `git daemon` runs git-daemon as a child, which a kill of
+        // `git` alone would leave running after the test.
+        .process_group(0)
         .spawn()
+        .map(Daemon)
         .unwrap();
     let mut dev = s.job(2111, "client_dev");
     let mut prod = s.job(2112, "client_prod");
@@ -385,8 +401,7 @@ fn allowlist_devstages_reach_only_their_own_and_still_clone_and_resolve() {
     );
     assert_eq!(run_body(&mut dev, &body), 0, "{}", dev.log);
     assert_eq!(run_body(&mut prod, &body), 0, "{}", prod.log);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     assert!(ok(&dev.log, dev_ip, dev_port), "dev: {}", dev.log);
     assert!(
         refused(&dev.log, dev_ip, dev_other),
