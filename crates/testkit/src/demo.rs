@@ -428,8 +428,8 @@ fn wrap(text: &str, width: usize) -> String {
 /// Keep the temp trees if asked, print the overall verdict, return the exit code.
 fn finish(ok: bool, keep: bool, host: Host, realm: Option<Realm>) -> anyhow::Result<i32> {
     if keep {
-        let Host { dir, config, .. } = host;
-        let kept = dir.keep();
+        let config = host.config.clone();
+        let kept = host.keep();
         println!(
             "\nkept {} (audit: p3-executor --config {} audit show)",
             kept.display(),

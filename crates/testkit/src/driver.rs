@@ -28,6 +28,36 @@ pub struct Host {
     pub repo: PathBuf,
     /// HEAD commit of the repo.
     pub sha: String,
+    /// The host's own nftables table (unless `extra` configured `[network]`), deleted on drop
+    /// so no test run leaves one behind and hosts never share one.
+    network_table: Option<String>,
+}
+
+impl Host {
+    /// Keep the host's tree on disk (the demo's `--keep`); its network table is still removed.
+    pub fn keep(self) -> PathBuf {
+        let path = self.dir.path().to_path_buf();
+        self.drop_network_table();
+        // Skips TempDir's removal (and this Drop): the tree stays.
+        std::mem::forget(self);
+        path
+    }
+
+    fn drop_network_table(&self) {
+        if let Some(table) = &self.network_table {
+            // Absent when no job was prepared or nft is not installed: nothing to do then.
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", table])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.drop_network_table();
+    }
 }
 
 /// The `p3-executor` binary next to the running test or demo binary (cargo puts test binaries
@@ -73,7 +103,9 @@ impl Host {
         let root = dir.path();
         let config = root.join("config.toml");
         let uid_lo = uid_base();
-        let text = format!(
+        let network_table = (!extra.lines().any(|l| l.trim() == "[network]"))
+            .then(|| format!("p3t_host_{uid_lo}"));
+        let mut text = format!(
             "state_root = \"{}\"\nbuilds_root = \"{}\"\njob_user = \"nobody\"\njob_uid_range = [{}, {}]\ngrace_period_secs = 3\n{extra}\n[audit]\npath = \"{}\"\n",
             root.join("state").display(),
             root.join("builds").display(),
@@ -81,6 +113,9 @@ impl Host {
             uid_lo + 999,
             root.join("audit/audit.jsonl").display(),
         );
+        if let Some(table) = &network_table {
+            text.push_str(&format!("\n[network]\ntable = \"{table}\"\n"));
+        }
         fs::write(&config, text).unwrap();
         fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
         let repo = root.join("src/group/project");
@@ -116,6 +151,7 @@ impl Host {
             config,
             repo,
             sha,
+            network_table,
         }
     }
 
