@@ -11,7 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::common::{self, is_root};
-use p3_testkit::driver::{Host, Job, uid_base};
+use crate::isolation::{host_with_uids, prepared, run_body};
+use p3_testkit::driver::{Host, uid_base};
 
 /// A scrub dir every job reaches (the sandbox gives each job a private `/tmp`, `/var/tmp` and
 /// `/dev/shm`, but not this one).
@@ -22,57 +23,6 @@ fn needs_root() -> bool {
         eprintln!("skipped: needs root for private job uids and the sandbox");
     }
     is_root() && Path::new(SHARED).is_dir()
-}
-
-/// A host whose `job_uid_range` is `[lo, hi]` (the default scrub dirs, so `/run/lock` is one).
-fn host_with_uids(lo: u32, hi: u32) -> Host {
-    let host = common::host("");
-    let text = fs::read_to_string(&host.config).unwrap();
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("job_uid_range") {
-                format!("job_uid_range = [{lo}, {hi}]\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    assert!(
-        !text.contains("scrub_dirs"),
-        "the test relies on the default scrub dirs"
-    );
-    fs::write(&host.config, text).unwrap();
-    host
-}
-
-/// The uid prepare leased to `job` (from its state.json, while the job is prepared).
-fn uid_of(host: &Host, job: u64) -> u32 {
-    let text = fs::read_to_string(host.root().join(format!("state/jobs/{job}/state.json")))
-        .expect("state.json: did prepare run?");
-    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
-    state["ids"]["uid"].as_u64().expect("ids.uid") as u32
-}
-
-fn prepared(host: &Host, id: u64) -> (Job, u32) {
-    let mut job = host.job(id, "");
-    assert_eq!(job.config(), 0, "config:\n{}", job.log);
-    assert_eq!(job.prepare(), 0, "prepare:\n{}", job.log);
-    let uid = uid_of(host, id);
-    (job, uid)
-}
-
-fn run_body(job: &mut Job, body: &str) -> i32 {
-    let script = job.write_script("build_script", body);
-    let out = job
-        .command(&["run", script.to_str().unwrap(), "build_script"])
-        .output()
-        .unwrap();
-    job.log.push_str(&String::from_utf8_lossy(&out.stdout));
-    job.log.push_str(&String::from_utf8_lossy(&out.stderr));
-    let code = out.status.code().unwrap_or(-1);
-    job.calls.push(("build_script".into(), code));
-    code
 }
 
 /// A job's whole life: prepare, one stage, cleanup (all succeed); returns its uid.

@@ -103,8 +103,8 @@ impl Host {
         let root = dir.path();
         let config = root.join("config.toml");
         let uid_lo = uid_base();
-        let network_table = (!extra.lines().any(|l| l.trim() == "[network]"))
-            .then(|| format!("p3t_host_{uid_lo}"));
+        let network_table =
+            (!extra.lines().any(|l| l.trim() == "[network]")).then(|| format!("p3t_host_{uid_lo}"));
         let mut text = format!(
             "state_root = \"{}\"\nbuilds_root = \"{}\"\njob_user = \"nobody\"\njob_uid_range = [{}, {}]\ngrace_period_secs = 3\n{extra}\n[audit]\npath = \"{}\"\n",
             root.join("state").display(),
