@@ -28,6 +28,36 @@ impl Options {
     };
 }
 
+/// Give `dir/name` a root-only (0600) file holding `contents`, unless `name` exists (then
+/// `false`). The contents go to an unnamed `O_TMPFILE` inode that gets its only name by
+/// `linkat`, so a process killed at any moment leaves neither a half-written file nor a temp
+/// file, and of two racing creators exactly one wins (the lease files of the uid and
+/// subordinate-range pools).
+pub fn create_new(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<bool> {
+    use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, open};
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
+    let fd = open(
+        dir,
+        OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(contents)?;
+    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match nix::unistd::linkat(
+        AT_FDCWD,
+        source.as_str(),
+        AT_FDCWD,
+        &dir.join(name),
+        AtFlags::AT_SYMLINK_FOLLOW,
+    ) {
+        Ok(()) => Ok(true),
+        Err(nix::Error::EEXIST) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A complete temp file holding `contents` in `dir` (prefix `.p3-`), not yet in place.
 pub fn temp_with(
     dir: &Path,

@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -123,35 +123,6 @@ fn read_leases(cfg: &Config) -> Vec<(SubidRange, Lease)> {
         .collect()
 }
 
-/// Link a complete file holding `content` to `name` unless `name` exists (then false).
-fn create_complete(dir: &Path, name: &str, content: &str) -> Result<bool> {
-    use nix::fcntl::{AtFlags, OFlag, open};
-    use nix::sys::stat::Mode;
-    use std::os::fd::AsRawFd;
-    let fail =
-        |e: std::io::Error| Error::io(format!("lease subids {name} in {}", dir.display()), e);
-    let fd = open(
-        dir,
-        OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(|e| fail(e.into()))?;
-    let mut file = fs::File::from(fd);
-    std::io::Write::write_all(&mut file, content.as_bytes()).map_err(fail)?;
-    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
-    match nix::unistd::linkat(
-        nix::fcntl::AT_FDCWD,
-        source.as_str(),
-        nix::fcntl::AT_FDCWD,
-        &dir.join(name),
-        AtFlags::AT_SYMLINK_FOLLOW,
-    ) {
-        Ok(()) => Ok(true),
-        Err(nix::Error::EEXIST) => Ok(false),
-        Err(e) => Err(fail(e.into())),
-    }
-}
-
 /// Lease a range for `job_id` (or return the one it holds).
 pub fn lease(cfg: &Config, job_id: u64) -> Result<SubidRange> {
     let dir = dir(cfg);
@@ -167,7 +138,10 @@ pub fn lease(cfg: &Config, job_id: u64) -> Result<SubidRange> {
     let start = (job_id % slots.len().max(1) as u64) as usize;
     for k in 0..slots.len() {
         let range = slots[(start + k) % slots.len()];
-        if create_complete(&dir, &range.first.to_string(), &job_id.to_string())? {
+        let name = range.first.to_string();
+        if crate::atomic_file::create_new(&dir, &name, job_id.to_string().as_bytes())
+            .map_err(|e| Error::io(format!("lease subids {name} in {}", dir.display()), e))?
+        {
             return Ok(range);
         }
     }
@@ -188,6 +162,14 @@ pub fn leased(cfg: &Config, job_id: u64) -> Option<SubidRange> {
         .into_iter()
         .find(|(_, l)| *l == Lease::Job(job_id))
         .map(|(r, _)| r)
+}
+
+/// How many ranges are leased to jobs now (quarantined ones not counted).
+pub fn leased_count(cfg: &Config) -> usize {
+    read_leases(cfg)
+        .iter()
+        .filter(|(_, l)| matches!(l, Lease::Job(_)))
+        .count()
 }
 
 /// Quarantined ranges (first id) and why.
@@ -337,6 +319,7 @@ pub fn retry_quarantined(cfg: &Config) -> Vec<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn cfg(root: &Path, extra: &str) -> Config {
         Config::parse(&format!(

@@ -70,42 +70,6 @@ fn temp_with(dir: &Path, content: &str) -> Result<tempfile::NamedTempFile> {
     .map_err(|e| Error::io(format!("write a lease in {}", dir.display()), e))
 }
 
-/// Link a complete file holding `content` to `name` unless `name` exists (then false).
-///
-/// The content is written to an unnamed `O_TMPFILE` inode, which gets its only name by
-/// `linkat`: a prepare killed at any moment leaves neither a half-written lease nor a temp file.
-fn create_complete(dir: &Path, name: &str, content: &str) -> Result<bool> {
-    use nix::fcntl::{AtFlags, OFlag, open};
-    use nix::sys::stat::Mode;
-    use std::os::fd::AsRawFd;
-    let fail = |e: std::io::Error| Error::io(format!("lease uid {name} in {}", dir.display()), e);
-    let fd = open(
-        dir,
-        OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(|e| fail(e.into()))?;
-    let mut file = fs::File::from(fd);
-    std::io::Write::write_all(&mut file, content.as_bytes()).map_err(fail)?;
-    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
-    let linked = nix::unistd::linkat(
-        nix::fcntl::AT_FDCWD,
-        source.as_str(),
-        nix::fcntl::AT_FDCWD,
-        &dir.join(name),
-        AtFlags::AT_SYMLINK_FOLLOW,
-    )
-    .map_err(std::io::Error::from);
-    match linked {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(Error::io(
-            format!("lease uid {name} in {}", dir.display()),
-            e,
-        )),
-    }
-}
-
 /// Replace `name`'s content atomically (temp file + rename).
 fn replace(dir: &Path, name: &str, content: &str) -> Result<()> {
     temp_with(dir, content)?
@@ -130,7 +94,10 @@ pub fn lease(cfg: &Config, job_id: u64) -> Result<Option<u32>> {
     let released = released_times(cfg);
     let span = u64::from(range[1] - range[0]) + 1;
     for uid in lease_order(range, &taken, &released, job_id % span) {
-        if create_complete(&dir, &uid.to_string(), &job_id.to_string())? {
+        let name = uid.to_string();
+        if crate::atomic_file::create_new(&dir, &name, job_id.to_string().as_bytes())
+            .map_err(|e| Error::io(format!("lease uid {name} in {}", dir.display()), e))?
+        {
             return Ok(Some(uid));
         }
     }

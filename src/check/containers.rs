@@ -200,19 +200,7 @@ fn pool(cfg: &Config, out: &mut Vec<Finding>) {
     let [lo, hi] = crate::subid_pool::configured(cfg);
     let total = (u64::from(hi - lo) + 1) / u64::from(crate::subid_pool::RANGE_SIZE);
     let quarantined = crate::subid_pool::quarantined(cfg);
-    // Lease files are named by the range's first id (subid_pool.rs).
-    let files = std::fs::read_dir(cfg.state_root.join("subids"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_str()
-                        .is_some_and(|n| n.parse::<u32>().is_ok())
-                })
-                .count()
-        })
-        .unwrap_or(0);
-    let leased = files.saturating_sub(quarantined.len());
+    let leased = crate::subid_pool::leased_count(cfg);
     out.push(finding(
         Severity::Info,
         format!(
