@@ -721,3 +721,47 @@ fn check_names_a_missing_table_a_stale_element_and_a_host_without_nft() {
     assert_eq!(run_body(&mut job, "true"), 0, "{}", job.log);
     assert_eq!(job.cleanup(), 0, "{}", job.log);
 }
+
+#[test]
+fn two_executors_sharing_a_table_each_keep_their_jobs_policy() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let meta = net.ip(169);
+    let meta_port = listener(meta);
+    let config = format!(
+        "[network]\ntable = \"{}\"\ndeny = [\"{meta}\"]\n",
+        net.table
+    );
+    let (lo_a, lo_b) = (uid_base(), uid_base());
+    let a = host_with_uids_and(lo_a, lo_a + 9, &config);
+    let b = host_with_uids_and(lo_b, lo_b + 9, &config);
+    // A makes the table; B's jobs must still be put under their policy in it.
+    let (mut first, _) = prepared(&a, 2131);
+    let (mut second, _) = prepared(&b, 2132);
+    let body = format!("{PROBE}\nprobe {meta} {meta_port}\n");
+    assert_eq!(run_body(&mut second, &body), 0, "{}", second.log);
+    assert!(
+        refused(&second.log, meta, meta_port),
+        "the second executor's job: {}",
+        second.log
+    );
+    // A's gc judges only A's uids: B's job keeps its rules.
+    let gc = a.exec(&["gc", "--max-age-secs", "0"]);
+    assert!(gc.status.success(), "{}", crate::common::text(&gc));
+    assert_eq!(run_body(&mut second, &body), 0, "{}", second.log);
+    assert_eq!(
+        second
+            .log
+            .lines()
+            .filter(|l| l.starts_with(&format!("REFUSED {meta}:{meta_port} ")))
+            .count(),
+        2,
+        "after the other executor's gc: {}",
+        second.log
+    );
+    assert_eq!(first.cleanup(), 0, "{}", first.log);
+    assert_eq!(second.cleanup(), 0, "{}", second.log);
+    assert_eq!(net.mapped(), (vec![], vec![]));
+}

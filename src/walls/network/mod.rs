@@ -197,7 +197,7 @@ pub fn prepare(cfg: &Config, state: &mut JobState) -> Result<Vec<String>, Networ
         subids: crate::subid_pool::leased(cfg, state.job_id).map(|r| [r.first, r.last()]),
     };
     let table = cfg.network.table.clone();
-    let tx = render::add_job(
+    let mut tx = render::add_job(
         &table,
         state.job_id,
         &key,
@@ -205,6 +205,9 @@ pub fn prepare(cfg: &Config, state: &mut JobState) -> Result<Vec<String>, Networ
         &rules,
         cfg.network.log,
     );
+    if let Some(cmds) = tx["nftables"].as_array_mut() {
+        cmds.insert(0, render::ranges_element(&table, &job_ranges(cfg)));
+    }
     state.network = Some(JobNetwork {
         table: table.clone(),
         key,

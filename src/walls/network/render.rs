@@ -192,7 +192,6 @@ pub fn base(table: &str, job_ranges: &[[u32; 2]], log: bool) -> Value {
             .extend(extra.as_object().expect("object").clone());
         v
     };
-    let ranges: Vec<Value> = job_ranges.iter().map(|[a, b]| range(*a, *b)).collect();
     let mut cmds = vec![
         cmd("add", "table", t),
         cmd(
@@ -215,11 +214,7 @@ pub fn base(table: &str, job_ranges: &[[u32; 2]], log: bool) -> Value {
             "set",
             on(json!({"name": RANGES, "type": "uid", "flags": ["interval"], "auto-merge": true})),
         ),
-        cmd(
-            "add",
-            "element",
-            on(json!({"name": RANGES, "elem": ranges})),
-        ),
+        ranges_element(table, job_ranges),
         cmd("flush", "chain", on(json!({"name": OUTPUT}))),
         cmd("flush", "chain", on(json!({"name": JOBS}))),
         // Only a socket of a job's uid goes on: packets without a socket (the kernel's RST for
@@ -258,6 +253,18 @@ fn elements(key: &JobKey) -> Value {
         elem.push(json!([range(a, b), jump]));
     }
     Value::Array(elem)
+}
+
+/// The command adding `job_ranges` to the table's set of job ranges (idempotent). In base and
+/// in every job's transaction: a second executor sharing the table (made by the first) must
+/// still get its ranges into the set, or its jobs' sockets would bypass every policy.
+pub fn ranges_element(table: &str, job_ranges: &[[u32; 2]]) -> Value {
+    let elem: Vec<Value> = job_ranges.iter().map(|[a, b]| range(*a, *b)).collect();
+    cmd(
+        "add",
+        "element",
+        json!({"family": "inet", "table": table, "name": RANGES, "elem": elem}),
+    )
 }
 
 /// The transaction that gives the job `job_id` running as `key` its rules: its chain (flushed
