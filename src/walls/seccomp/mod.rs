@@ -91,8 +91,20 @@ pub fn for_job(
     devstage: Option<&str>,
     containers: bool,
 ) -> Result<Option<Filter>, String> {
+    choose(cfg, devstage, containers)
+        .map(|(profile, allowed)| compile(profile, allowed))
+        .transpose()
+}
+
+/// Which profile and opt-ins a job gets (pure): none when `[sandbox] seccomp = "off"`; the
+/// granted devstage's `seccomp_allow`, or `[sandbox] seccomp_allow` for a plain job.
+pub(crate) fn choose<'c>(
+    cfg: &'c crate::config::Config,
+    devstage: Option<&str>,
+    containers: bool,
+) -> Option<(Profile, &'c [OptIn])> {
     if cfg.sandbox.seccomp == Setting::Off {
-        return Ok(None);
+        return None;
     }
     let allowed = match devstage.and_then(|d| cfg.devstages.get(d)) {
         Some(d) => &d.seccomp_allow,
@@ -103,7 +115,7 @@ pub fn for_job(
     } else {
         Profile::Default
     };
-    compile(profile, allowed).map(Some)
+    Some((profile, allowed))
 }
 
 /// `ENOSYS` for `clone3` and for x32 numbers (see the module docs), everything else allowed.
@@ -181,6 +193,38 @@ pub fn probe() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_devstage_decides_its_opt_ins_and_plain_jobs_take_the_sandboxs() {
+        let cfg = |extra: &str| {
+            crate::config::Config::parse(&format!(
+                "[sandbox]\nseccomp_allow = [\"io_uring\"]\n{extra}\n[identity]\ngitlab_url = \"https://g\"\n\
+                 [accounts.a]\nprincipal = \"p\"\nkeytab = \"/k\"\n\
+                 [devstages.d]\ndeploy_account = \"a\"\nprojects = [\"x/*\"]\nseccomp_allow = [\"keyrings\"]\n\
+                 [devstages.e]\ndeploy_account = \"a\"\nprojects = [\"x/*\"]\n"
+            ))
+            .unwrap()
+        };
+        let on = cfg("");
+        #[rustfmt::skip]
+        let cases: &[(Option<&str>, bool, Option<(Profile, &[OptIn])>)] = &[
+            (Some("d"), false, Some((Profile::Default, &[OptIn::Keyrings]))),
+            (Some("e"), false, Some((Profile::Default, &[]))),
+            (None, false, Some((Profile::Default, &[OptIn::IoUring]))),
+            (Some("d"), true, Some((Profile::Container, &[OptIn::Keyrings]))),
+            (None, true, Some((Profile::Container, &[OptIn::IoUring]))),
+        ];
+        for &(devstage, containers, want) in cases {
+            assert_eq!(
+                choose(&on, devstage, containers),
+                want,
+                "{devstage:?} {containers}"
+            );
+        }
+        let off = cfg("seccomp = \"off\"");
+        assert_eq!(choose(&off, Some("d"), false), None);
+        assert!(for_job(&off, None, false).unwrap().is_none());
+    }
 
     #[test]
     fn both_profiles_compile_with_and_without_opt_ins() {
