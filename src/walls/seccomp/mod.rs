@@ -194,6 +194,8 @@ pub fn probe() -> Result<(), String> {
 mod tests {
     use super::*;
 
+    type Choice = Option<(Profile, &'static [OptIn])>;
+
     #[test]
     fn a_jobs_devstage_decides_its_opt_ins_and_plain_jobs_take_the_sandboxs() {
         let cfg = |extra: &str| {
@@ -207,7 +209,7 @@ mod tests {
         };
         let on = cfg("");
         #[rustfmt::skip]
-        let cases: &[(Option<&str>, bool, Option<(Profile, &[OptIn])>)] = &[
+        let cases: &[(Option<&str>, bool, Choice)] = &[
             (Some("d"), false, Some((Profile::Default, &[OptIn::Keyrings]))),
             (Some("e"), false, Some((Profile::Default, &[]))),
             (None, false, Some((Profile::Default, &[OptIn::IoUring]))),
