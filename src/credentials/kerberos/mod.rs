@@ -10,6 +10,10 @@
 //!   ticket lives at most until the job's deadline plus a margin ([`requested_lifetime`]) and is
 //!   not renewable unless the account opts in, so a copy taken out of the job is worth little
 //!   once the job is over.
+//! - `kinit.rs`: one kinit into a temporary cache (the non-renewable profile, the read-back,
+//!   the hand-over to the job's uid, kinit's stderr classified) and [`KinitOptions`].
+//! - `dc_retry.rs`: after a DC rejected the key, each later DC of the account's list on its own
+//!   (key rotation not yet replicated everywhere).
 //! - `ccache.rs`: [`read_ticket`], the pure parser of MIT FILE caches (v3/v4), rather than
 //!   `klist` output, whose dates are locale-formatted with two-digit years.
 //! - `keytab.rs`: [`keytab_fingerprint`] for the audit log, [`keytab_principals`], and the pure
@@ -27,8 +31,10 @@
 //! this module, never the other way round.
 
 mod ccache;
+mod dc_retry;
 mod error;
 mod keytab;
+mod kinit;
 pub mod realm_conf;
 mod ticket;
 mod tool;
@@ -40,9 +46,9 @@ pub use keytab::{
     KeytabEntry, enctype_name, keytab_fingerprint, keytab_kvnos, keytab_principals,
     keytab_with_kvno, parse_keytab, read_keytab,
 };
+pub use kinit::{KinitOptions, Obtained, requested_lifetime};
 pub use ticket::{
-    KinitOptions, Obtained, destroy, krb5ccname, obtain, obtain_capped, obtain_with,
-    refresh_if_needed, refresh_with, requested_lifetime,
+    destroy, krb5ccname, obtain, obtain_capped, obtain_with, refresh_if_needed, refresh_with,
 };
 pub(crate) use tool::resolve_tool;
 pub use tool::{KdcTrace, parse_kdc_trace};

@@ -1,0 +1,380 @@
+//! One kinit for a job: from the account's keytab into a temporary cache next to the job's,
+//! lifetime capped by the job, not renewable unless the account opts in (a root-only profile
+//! put in front of krb5.conf), read back, handed to the job's uid and renamed into place; a
+//! failure classified by kinit's stderr.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use p3_contract::env;
+
+use super::ccache::{Ticket, read_ticket};
+use super::error::{DcAnswer, KerberosError, io_err};
+use super::keytab::keytab_kvnos;
+use super::tool::{parse_kdc_trace, run_tool_with, without_trace};
+use crate::command::Output;
+use crate::config::{Account, KerberosConfig};
+
+/// Classify a failed kinit by its (precise, stable) stderr text, trace lines left out;
+/// `krb5_config` is the file whose KDC entries it used, `answered` the DC that answered (from
+/// the trace). A key the DC rejects is [`KerberosError::KeyRejected`] with that DC's answer;
+/// a keytab that cannot be used at all (missing, no key for the principal) is `WrongKeytab`.
+fn kinit_error(
+    account: &Account,
+    krb5_config: String,
+    out: &Output,
+    answered: Option<String>,
+) -> KerberosError {
+    let stderr = without_trace(&out.stderr_text());
+    let principal = account.principal.clone();
+    if stderr.contains("Cannot contact any KDC")
+        || stderr.contains("Cannot find KDC")
+        || stderr.contains("Cannot resolve network address")
+    {
+        KerberosError::KdcUnreachable {
+            principal,
+            stderr,
+            krb5_config,
+        }
+    } else if stderr.contains("Password incorrect")
+        || stderr.contains("Preauthentication failed")
+        || stderr.contains("Key version number for principal in key table is incorrect")
+    {
+        KerberosError::KeyRejected {
+            kvnos: keytab_kvnos(&account.keytab, &principal),
+            principal,
+            keytab: account.keytab.clone(),
+            answers: vec![DcAnswer {
+                kdc: answered.unwrap_or_else(|| "the realm's KDC".into()),
+                reason: "wrong_key",
+                answer: stderr,
+            }],
+        }
+    } else if stderr.contains("Keytab contains no suitable keys")
+        || stderr.contains("Key table file")
+    {
+        KerberosError::WrongKeytab {
+            principal,
+            keytab: account.keytab.clone(),
+            stderr,
+        }
+    } else if stderr.contains("not found in Kerberos database") {
+        KerberosError::PrincipalUnknown { principal, stderr }
+    } else {
+        KerberosError::Tool {
+            tool: "kinit".into(),
+            what: format!("for {principal}"),
+            code: out.status.code().unwrap_or(-1),
+            stderr,
+        }
+    }
+}
+
+/// The cache name kinit and kdestroy take for the file cache at `path`.
+pub(super) fn cache_name(path: &Path) -> OsString {
+    let mut name = OsString::from("FILE:");
+    name.push(path.as_os_str());
+    name
+}
+
+/// A fresh name next to `ccache` (same directory, so the final rename is atomic).
+pub(super) fn temp_sibling(ccache: &Path) -> Result<PathBuf, KerberosError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = ccache.parent().ok_or_else(|| KerberosError::Cache {
+        path: ccache.to_path_buf(),
+        message: "has no parent directory".into(),
+    })?;
+    let base = ccache
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ccache".into());
+    let nanos = Utc::now().timestamp_subsec_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    Ok(dir.join(format!(".{base}.{}.{n}.{nanos}.tmp", std::process::id())))
+}
+
+/// How a kinit for a job runs, beyond the account's own settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KinitOptions<'a> {
+    /// (uid, gid) the cache is handed to; None keeps root's.
+    pub owner: Option<(u32, u32)>,
+    /// The longest the ticket may live (the job's deadline plus margin; see
+    /// [`requested_lifetime`]).
+    pub max_life: Option<Duration>,
+    /// `KRB5_CONFIG` instead of `kerberos.krb5_config`: the job's own krb5.conf of an account
+    /// with its own realm ([`super::realm_conf::write_job_conf`]).
+    pub krb5_config: Option<&'a Path>,
+    /// Run kinit with `KRB5_TRACE` to learn which KDC answered ([`Obtained::kdc`]).
+    pub trace: bool,
+}
+
+/// A ticket, and which KDC it came from when kinit was traced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Obtained {
+    /// What the KDC granted, read back from the cache.
+    pub ticket: Ticket,
+    /// The KDC (`host:port`) that answered.
+    pub kdc: Option<String>,
+    /// KDCs asked before it that never answered (refused, mute), in order.
+    pub unanswered: Vec<String>,
+    /// DCs of the account's list that answered before it and rejected the key (or could not
+    /// be reached when asked one by one), in order: key rotation not yet replicated everywhere.
+    pub rejected: Vec<DcAnswer>,
+}
+
+/// One kinit (MIT's own failover over the DCs of the krb5.conf it reads).
+pub(super) fn obtain_once(
+    kcfg: &KerberosConfig,
+    account: &Account,
+    ccache: &Path,
+    opts: &KinitOptions<'_>,
+) -> Result<Obtained, KerberosError> {
+    let own_timeout;
+    let kcfg = match account.kerberos.as_ref().and_then(|k| k.timeout_secs) {
+        Some(timeout_secs) => {
+            own_timeout = KerberosConfig {
+                timeout_secs,
+                ..kcfg.clone()
+            };
+            &own_timeout
+        }
+        None => kcfg,
+    };
+    let tmp = temp_sibling(ccache)?;
+    let no_renew = (account.renewable_lifetime_secs == 0).then(|| {
+        let mut name = tmp.clone().into_os_string();
+        name.push(".krb5.conf");
+        PathBuf::from(name)
+    });
+    let lifetime = requested_lifetime(account.ticket_lifetime_secs, opts.max_life);
+    let result = obtain_into(
+        kcfg,
+        account,
+        ccache,
+        &tmp,
+        no_renew.as_deref(),
+        lifetime,
+        opts,
+    );
+    if let Some(conf) = &no_renew {
+        let _ = fs::remove_file(conf);
+    }
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The ticket lifetime to ask kinit for, in seconds: the account's `ticket_lifetime_secs`
+/// (0: krb5.conf's default) capped by `max_life`, never below 1 s (kinit reads 0 as "no
+/// lifetime given"). None: no `-l`, krb5.conf decides.
+pub fn requested_lifetime(account_secs: u64, max_life: Option<Duration>) -> Option<u64> {
+    let cap = max_life.map(|d| d.as_secs().max(1));
+    match (account_secs, cap) {
+        (0, cap) => cap,
+        (secs, None) => Some(secs),
+        (secs, Some(cap)) => Some(secs.min(cap)),
+    }
+}
+
+/// The profile that makes kinit ask for a non-renewable ticket: `renew_lifetime = 0` in
+/// `[libdefaults]` and, when the principal names its realm, in that realm's subsection (which
+/// MIT consults before the global relation). A realm that is not a plain profile word is left
+/// out: the read-back check still refuses a renewable ticket.
+pub(super) fn no_renew_profile(principal: &str) -> String {
+    let mut text = String::from(
+        "# Written by p3-executor for one kinit: this account's tickets are not renewable.\n[libdefaults]\n renew_lifetime = 0\n",
+    );
+    if let Some((_, realm)) = principal.rsplit_once('@')
+        && !realm.is_empty()
+        && realm
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        text.push_str(&format!(" {realm} = {{\n  renew_lifetime = 0\n }}\n"));
+    }
+    text
+}
+
+/// The profile kinit reads without the non-renewable one: the job's krb5.conf of an account
+/// with its own realm, else `kerberos.krb5_config`, else what the executor inherited.
+pub(super) fn base_krb5_config(kcfg: &KerberosConfig, job_conf: Option<&Path>) -> OsString {
+    match job_conf.or(kcfg.krb5_config.as_deref()) {
+        Some(conf) => conf.as_os_str().to_os_string(),
+        None => std::env::var_os(env::KRB5_CONFIG).unwrap_or_else(|| "/etc/krb5.conf".into()),
+    }
+}
+
+/// `KRB5_CONFIG` for a kinit that must not ask for a renewable ticket: `first` (written here,
+/// root-only, created exclusively) in front of `base`, the profile kinit would otherwise read.
+pub(super) fn no_renew_krb5_config(
+    base: OsString,
+    account: &Account,
+    first: &Path,
+) -> Result<OsString, KerberosError> {
+    if first.as_os_str().as_encoded_bytes().contains(&b':') {
+        return Err(KerberosError::Io {
+            context: format!("profile {}", first.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a path in KRB5_CONFIG cannot contain ':'",
+            ),
+        });
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(first)
+        .map_err(io_err(format!("create {}", first.display())))?;
+    std::io::Write::write_all(&mut file, no_renew_profile(&account.principal).as_bytes())
+        .map_err(io_err(format!("write {}", first.display())))?;
+    let mut list = first.as_os_str().to_os_string();
+    list.push(":");
+    list.push(base);
+    Ok(list)
+}
+
+/// kinit into `tmp`, read the ticket back, hand it to the owner and rename it over `ccache`.
+pub(super) fn obtain_into(
+    kcfg: &KerberosConfig,
+    account: &Account,
+    ccache: &Path,
+    tmp: &Path,
+    no_renew: Option<&Path>,
+    lifetime: Option<u64>,
+    opts: &KinitOptions<'_>,
+) -> Result<Obtained, KerberosError> {
+    let mut args: Vec<OsString> = vec!["-kt".into(), account.keytab.clone().into()];
+    if let Some(secs) = lifetime {
+        args.extend(["-l".into(), format!("{secs}s").into()]);
+    }
+    if account.renewable_lifetime_secs > 0 {
+        args.extend([
+            "-r".into(),
+            format!("{}s", account.renewable_lifetime_secs).into(),
+        ]);
+    }
+    args.extend([
+        "-c".into(),
+        cache_name(tmp),
+        account.principal.clone().into(),
+    ]);
+    let base = base_krb5_config(kcfg, opts.krb5_config);
+    let mut envs = Vec::new();
+    match no_renew {
+        Some(first) => envs.push((
+            env::KRB5_CONFIG,
+            no_renew_krb5_config(base.clone(), account, first)?,
+        )),
+        None if opts.krb5_config.is_some() => envs.push((env::KRB5_CONFIG, base.clone())),
+        None => {}
+    }
+    if opts.trace {
+        envs.push(("KRB5_TRACE", "/dev/stderr".into()));
+    }
+    let out = run_tool_with(
+        kcfg,
+        &kcfg.kinit,
+        "kinit",
+        args,
+        &format!("for {}", account.principal),
+        envs,
+    )?;
+    if !out.status.success() {
+        let answered = if opts.trace {
+            parse_kdc_trace(&String::from_utf8_lossy(&out.stderr)).answered
+        } else {
+            None
+        };
+        return Err(kinit_error(
+            account,
+            base.to_string_lossy().into_owned(),
+            &out,
+            answered,
+        ));
+    }
+    let trace = if opts.trace {
+        parse_kdc_trace(&String::from_utf8_lossy(&out.stderr))
+    } else {
+        Default::default()
+    };
+    // Read back what the KDC actually granted (it may cap lifetimes) before the job can touch it.
+    let ticket = read_ticket(tmp)?;
+    if no_renew.is_some() && ticket.renew_until.is_some() {
+        return Err(KerberosError::UnwantedRenewable {
+            principal: account.principal.clone(),
+        });
+    }
+    fs::set_permissions(tmp, fs::Permissions::from_mode(0o600))
+        .map_err(io_err(format!("chmod {}", tmp.display())))?;
+    if let Some((uid, gid)) = opts.owner {
+        std::os::unix::fs::lchown(tmp, Some(uid), Some(gid))
+            .map_err(io_err(format!("chown {} to {uid}:{gid}", tmp.display())))?;
+    }
+    fs::rename(tmp, ccache).map_err(io_err(format!(
+        "rename {} to {}",
+        tmp.display(),
+        ccache.display()
+    )))?;
+    tracing::debug!(
+        principal = %ticket.principal,
+        expires = %ticket.expires,
+        cache = %ccache.display(),
+        kdc = trace.answered.as_deref().unwrap_or("-"),
+        "obtained Kerberos ticket"
+    );
+    Ok(Obtained {
+        ticket,
+        kdc: trace.answered,
+        unanswered: trace.unanswered,
+        rejected: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requested_lifetime_is_the_account_lifetime_capped_by_the_job() {
+        let cap = |s: u64| Some(Duration::from_secs(s));
+        // (account ticket_lifetime_secs, cap) → -l
+        let table: [(u64, Option<Duration>, Option<u64>); 7] = [
+            (36000, None, Some(36000)),
+            (36000, cap(1500), Some(1500)),
+            (600, cap(1500), Some(600)),
+            (0, None, None),
+            (0, cap(1500), Some(1500)),
+            (36000, cap(0), Some(1)),
+            (36000, Some(Duration::from_millis(1_500_999)), Some(1500)),
+        ];
+        for (account, max_life, want) in table {
+            assert_eq!(
+                requested_lifetime(account, max_life),
+                want,
+                "{account} {max_life:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_renew_profile_covers_the_principals_realm() {
+        let p = no_renew_profile("svc@P3.TEST");
+        assert!(
+            p.contains(
+                "[libdefaults]\n renew_lifetime = 0\n P3.TEST = {\n  renew_lifetime = 0\n }\n"
+            ),
+            "{p}"
+        );
+        assert!(!no_renew_profile("svc").contains('{'));
+        // A realm that is not a plain profile word is left to the read-back check.
+        assert!(!no_renew_profile("svc@EVIL}\n[x]").contains("EVIL"));
+    }
+}
