@@ -2,30 +2,31 @@
 //!
 //! An object is fetched as one GetObject up to the part size, above it as parallel ranged GETs
 //! pinned to one version with If-Match. Every range streams to its place in a temporary file
-//! with positional writes, one batch written (and hashed) off the async threads while the next
-//! arrives; the file is renamed into place only when complete and checked, so the destination
-//! is never a partial or unverified file.
+//! with positional writes, one batch written (and hashed, [`super::range_hash`]) off the async
+//! threads while the next arrives; the file is renamed into place only when complete and
+//! checked, so the destination is never a partial or unverified file.
 //!
-//! What the bytes are checked against ([`Check`]) is chosen from what the server said about
-//! the object, cheapest first: a full-object CRC32 (ranges CRC'd in parallel, combined); a
-//! multipart ETag (ranges aligned with the upload's parts, an MD5 per part in parallel, the
-//! MD5 of those); a plain ETag (the MD5 of the whole, which cannot be split: hashed in order
-//! by one thread that follows the download through the page cache). A mismatch downloads the
-//! object again, up to [`INTEGRITY_ATTEMPTS`] times.
+//! What the bytes are checked against ([`Check`], [`super::check`]) is chosen from what the
+//! server said about the object, cheapest first: a full-object CRC (ranges CRC'd in parallel,
+//! combined); a composite CRC or a multipart ETag (ranges aligned with the upload's parts, a
+//! CRC or an MD5 per part in parallel, then the CRC or MD5 of those); a plain ETag (the MD5 of
+//! the whole, which cannot be split: hashed in order by one thread that follows the download
+//! through the page cache). A mismatch downloads the object again, up to
+//! [`INTEGRITY_ATTEMPTS`] times.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
 use bytes::Bytes;
-use md5::{Digest, Md5};
 
-use super::ctx::{Ctx, Parts, unquote_etag};
+use super::check::verdict;
+pub use super::check::{Check, Composite, CrcKind, ObjectInfo, Verify, head};
+use super::ctx::{Ctx, Parts};
 use super::error::S3Error;
-use super::local::{CRC32_METADATA, multipart_etag, parse_crc32_hex};
-use super::plan::{parse_etag, part_size_candidates};
+use super::plan::part_size_candidates;
+use super::range_hash::{Hashed, RangeHash, Tracker, follow_md5};
 use super::uri::S3Uri;
 
 /// Bytes gathered from the network before one positional write (and hash update).
@@ -42,210 +43,6 @@ const MAX_RANGE: u64 = 64 * 1024 * 1024;
 /// all its connections: ranges are sized so that the front hashed in order trails the bytes
 /// received by about this much, and the hash finishes soon after the last byte.
 const MD5_LEAD: u64 = 64 * 1024 * 1024;
-
-/// Which checks a download may use (`--verify`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Verify {
-    /// The cheapest check the object allows: a full-object CRC32 (the server's or the one our
-    /// upload recorded), else the ETag's MD5 (per part or whole), else the length.
-    #[default]
-    Auto,
-    /// The ETag's MD5 (per part or whole) even when a CRC32 is known; else the length.
-    Md5,
-    /// A full-object CRC32 only; objects without one are checked by length only (no MD5).
-    Crc,
-    /// The length only.
-    Size,
-}
-
-/// What is known about an object before downloading it.
-#[derive(Debug, Clone, Default)]
-pub struct ObjectInfo {
-    /// Size in bytes.
-    pub size: u64,
-    /// ETag without quotes.
-    pub etag: Option<String>,
-    /// LastModified, seconds since the epoch.
-    pub mtime: Option<i64>,
-    /// The sub-second part of LastModified (nanoseconds), when the server gives one.
-    pub mtime_ns: u32,
-    /// Full-object CRC32: `x-amz-checksum-crc32` without a part count, when the server keeps
-    /// one (HeadObject with checksum mode), else the one p3-executor's upload recorded in the
-    /// object's metadata ([`CRC32_METADATA`]). Listings carry neither.
-    pub crc32: Option<u32>,
-    /// Another full-object CRC the server keeps (`x-amz-checksum-crc64nvme`, the default of
-    /// AWS SDKs and CLI v2 since 2025, or `x-amz-checksum-crc32c`), when there is no CRC32.
-    pub other_crc: Option<(CrcKind, u64)>,
-}
-
-/// A CRC other than CRC32 that S3 keeps for a whole object, computed with `crc-fast`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrcKind {
-    /// `x-amz-checksum-crc32c` (Castagnoli).
-    Crc32c,
-    /// `x-amz-checksum-crc64nvme`.
-    Crc64Nvme,
-}
-
-impl CrcKind {
-    fn algorithm(self) -> crc_fast::CrcAlgorithm {
-        match self {
-            CrcKind::Crc32c => crc_fast::CrcAlgorithm::Crc32Iscsi,
-            CrcKind::Crc64Nvme => crc_fast::CrcAlgorithm::Crc64Nvme,
-        }
-    }
-
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            CrcKind::Crc32c => "CRC32C",
-            CrcKind::Crc64Nvme => "CRC64NVME",
-        }
-    }
-}
-
-/// HeadObject (with checksum mode: servers that keep a full-object CRC32 report it).
-pub async fn head(ctx: &Ctx, src: &S3Uri) -> Result<ObjectInfo, S3Error> {
-    let out = ctx
-        .client
-        .head_object()
-        .bucket(&src.bucket)
-        .key(&src.key)
-        .checksum_mode(ChecksumMode::Enabled)
-        .send()
-        .await
-        .map_err(ctx.object_error("HeadObject", src));
-    let out = match out {
-        Ok(out) => out,
-        // A HEAD 404 has no body to say whether the key or the bucket is missing: ask.
-        Err(S3Error::NoSuchKey { uri }) => {
-            return Err(
-                match ctx.client.head_bucket().bucket(&src.bucket).send().await {
-                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
-                        S3Error::NoSuchBucket {
-                            uri,
-                            bucket: src.bucket.clone(),
-                        }
-                    }
-                    _ => S3Error::NoSuchKey { uri },
-                },
-            );
-        }
-        Err(e) => return Err(e),
-    };
-    let etag = unquote_etag(out.e_tag());
-    // Only a checksum of the whole content helps: a multipart object's is a checksum of its
-    // parts' checksums (S3 marks it COMPOSITE; servers that predate the type leave it out).
-    let multipart = etag
-        .as_deref()
-        .and_then(parse_etag)
-        .is_some_and(|(_, parts)| parts.is_some());
-    let whole = match out.checksum_type() {
-        Some(ChecksumType::FullObject) => true,
-        Some(_) => false,
-        None => !multipart,
-    };
-    Ok(ObjectInfo {
-        size: out.content_length().unwrap_or(0).max(0) as u64,
-        etag,
-        mtime: out.last_modified().map(|t| t.secs()),
-        mtime_ns: out.last_modified().map_or(0, |t| t.subsec_nanos()),
-        crc32: out
-            .checksum_crc32()
-            .filter(|_| whole)
-            .and_then(parse_crc32)
-            .or_else(|| {
-                out.metadata()
-                    .and_then(|m| m.get(CRC32_METADATA))
-                    .and_then(|v| parse_crc32_hex(v))
-            }),
-        other_crc: out
-            .checksum_crc64_nvme()
-            .filter(|_| whole)
-            .and_then(|t| parse_crc_bytes(t, 8))
-            .map(|c| (CrcKind::Crc64Nvme, c))
-            .or_else(|| {
-                out.checksum_crc32_c()
-                    .filter(|_| whole)
-                    .and_then(|t| parse_crc_bytes(t, 4))
-                    .map(|c| (CrcKind::Crc32c, c))
-            }),
-    })
-}
-
-/// A full-object checksum header of `width` bytes (base64, big-endian); `None` for a composite
-/// (`...-N`) or anything malformed.
-fn parse_crc_bytes(text: &str, width: usize) -> Option<u64> {
-    let raw = aws_smithy_types::base64::decode(text).ok()?;
-    (raw.len() == width).then(|| raw.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
-}
-
-/// A full-object `x-amz-checksum-crc32` (base64 of the big-endian CRC); `None` for a
-/// composite multipart checksum (`...-N`) or anything malformed.
-fn parse_crc32(text: &str) -> Option<u32> {
-    let raw = aws_smithy_types::base64::decode(text).ok()?;
-    Some(u32::from_be_bytes(raw.try_into().ok()?))
-}
-
-/// What a download is checked against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
-    /// The full-object CRC32: each range CRC'd in parallel, the CRCs combined in order.
-    Crc32(u32),
-    /// Another full-object CRC the server keeps, computed the same way.
-    Crc(CrcKind, u64),
-    /// A multipart ETag `<md5>-<parts>`: ranges hold whole parts of `part_size` (inferred
-    /// from the size and the part count), each part's MD5 computed in parallel, then the MD5
-    /// of the part MD5s.
-    PartMd5s {
-        /// The ETag's MD5 (hex).
-        md5: String,
-        /// Part count.
-        parts: u64,
-        /// Part size the ranges are aligned to.
-        part_size: u64,
-    },
-    /// A plain ETag, the MD5 of the whole object: hashed in order, behind the download.
-    Md5(String),
-    /// Nothing to check against (no ETag, or one that is not an MD5): the length only.
-    Length,
-}
-
-impl Check {
-    /// The cheapest check the object's metadata allows.
-    pub fn choose(info: &ObjectInfo, our_part_size: u64) -> Check {
-        Check::choose_with(info, our_part_size, Verify::Auto)
-    }
-
-    /// The cheapest check the object's metadata allows among those `verify` permits.
-    pub fn choose_with(info: &ObjectInfo, our_part_size: u64, verify: Verify) -> Check {
-        match (verify, info.crc32) {
-            (Verify::Size, _) => return Check::Length,
-            (Verify::Auto | Verify::Crc, Some(crc)) => return Check::Crc32(crc),
-            (Verify::Auto | Verify::Md5 | Verify::Crc, _) => {}
-        }
-        if let (Verify::Auto | Verify::Crc, Some((kind, crc))) = (verify, info.other_crc) {
-            return Check::Crc(kind, crc);
-        }
-        if verify == Verify::Crc {
-            return Check::Length;
-        }
-        match info.etag.as_deref().and_then(parse_etag) {
-            Some((md5, None)) => Check::Md5(md5),
-            Some((md5, Some(parts))) if parts >= 1 => {
-                match part_size_candidates(info.size, parts, our_part_size).first() {
-                    Some(&part_size) => Check::PartMd5s {
-                        md5,
-                        parts,
-                        part_size,
-                    },
-                    // No part size gives that many parts: the ETag is not an MD5 of parts.
-                    None => Check::Length,
-                }
-            }
-            _ => Check::Length,
-        }
-    }
-}
 
 /// The byte ranges `(start, len)` an object of `size` bytes is fetched in: one request up to
 /// `part_size`; above it ranges sized so that `parallel` connections each get about two
@@ -392,77 +189,6 @@ enum Verdict {
     Mismatch(String),
 }
 
-/// Hash state of one range, moved to the thread that writes each batch and back.
-pub(super) struct RangeHash {
-    crc: Option<crc32fast::Hasher>,
-    /// A CRC32C or CRC64NVME.
-    fast: Option<crc_fast::Digest>,
-    /// The whole object's MD5, when one range is the whole object.
-    whole: Option<Md5>,
-    /// Part MD5s: the part being hashed, its bytes so far, the part size, finished parts.
-    parts: Option<(Md5, u64, u64, Vec<[u8; 16]>)>,
-}
-
-impl RangeHash {
-    pub(super) fn new(check: &Check, whole: bool) -> Self {
-        RangeHash {
-            crc: matches!(check, Check::Crc32(_)).then(crc32fast::Hasher::new),
-            fast: match check {
-                Check::Crc(kind, _) => Some(crc_fast::Digest::new(kind.algorithm())),
-                _ => None,
-            },
-            whole: (whole && matches!(check, Check::Md5(_))).then(Md5::new),
-            parts: match check {
-                Check::PartMd5s { part_size, .. } => Some((Md5::new(), 0, *part_size, Vec::new())),
-                _ => None,
-            },
-        }
-    }
-
-    pub(super) fn update(&mut self, mut data: &[u8]) {
-        if let Some(crc) = &mut self.crc {
-            crc.update(data);
-        }
-        if let Some(crc) = &mut self.fast {
-            crc.update(data);
-        }
-        if let Some(md5) = &mut self.whole {
-            md5.update(data);
-        }
-        if let Some((md5, done, part_size, finished)) = &mut self.parts {
-            // Ranges start on part boundaries; a part ends inside the data: split there.
-            while !data.is_empty() {
-                let take = ((*part_size - *done) as usize).min(data.len());
-                md5.update(&data[..take]);
-                *done += take as u64;
-                data = &data[take..];
-                if *done == *part_size {
-                    finished.push(std::mem::take(md5).finalize().into());
-                    *done = 0;
-                }
-            }
-        }
-    }
-
-    /// The CRC32C or CRC64NVME state, taken out before [`RangeHash::finish`].
-    pub(super) fn take_fast(&mut self) -> Option<crc_fast::Digest> {
-        self.fast.take()
-    }
-
-    /// The CRC, the part MD5s (the last part may be short) and the whole object's MD5.
-    pub(super) fn finish(self) -> (Option<crc32fast::Hasher>, Vec<[u8; 16]>, Option<[u8; 16]>) {
-        let parts = self
-            .parts
-            .map_or_else(Vec::new, |(md5, done, _, mut finished)| {
-                if done > 0 {
-                    finished.push(md5.finalize().into());
-                }
-                finished
-            });
-        (self.crc, parts, self.whole.map(|m| m.finalize().into()))
-    }
-}
-
 /// Fetch the whole object into `file` once and check it.
 async fn fetch(
     ctx: &Arc<Ctx>,
@@ -471,16 +197,15 @@ async fn fetch(
     file: Arc<std::fs::File>,
     dest: &Path,
 ) -> Result<Verdict, S3Error> {
-    let mut check = Check::choose_with(info, ctx.part_size, ctx.verify);
+    let check = Check::choose_with(info, ctx.part_size, ctx.verify);
     let ranges = match &check {
-        Check::PartMd5s { part_size, .. } => plan_ranges(
+        Check::Md5(_) => plan_ranges_in_order(info.size, ctx.part_size, ctx.part_parallelism),
+        _ => plan_ranges(
             info.size,
             ctx.part_size,
             ctx.part_parallelism,
-            Some(*part_size),
+            check.part_size(),
         ),
-        Check::Md5(_) => plan_ranges_in_order(info.size, ctx.part_size, ctx.part_parallelism),
-        _ => plan_ranges(info.size, ctx.part_size, ctx.part_parallelism, None),
     };
     let tracker = Arc::new(Tracker::new(&ranges));
     // The plain MD5 cannot be split: over several ranges, one thread hashes the file in order,
@@ -510,88 +235,29 @@ async fn fetch(
         Some(f) => f.await.expect("hash task panicked"),
         None => None,
     };
-    let fetched = fetched?;
-    let md5_in_order = md5_in_order.or(fetched.whole_md5);
-    // An ETag under SSE-KMS or SSE-C is not the MD5 of the content.
-    if fetched.etag_not_md5 && matches!(check, Check::Md5(_) | Check::PartMd5s { .. }) {
-        check = Check::Length;
-    }
-    Ok(match check {
-        Check::Length => Verdict::Ok,
-        Check::Crc32(want) => {
-            let mut crc = crc32fast::Hasher::new();
-            for h in fetched.crcs {
-                crc.combine(&h);
-            }
-            let got = crc.finalize();
-            if got == want {
-                Verdict::Ok
-            } else {
-                Verdict::Mismatch(format!(
-                    "CRC32 {got:08x} does not match the object's {want:08x}"
-                ))
-            }
+    let (mut hashed, etag_not_md5) = fetched?;
+    hashed.whole_md5 = md5_in_order.or(hashed.whole_md5);
+    Ok(match verdict(&check, &hashed, etag_not_md5) {
+        Ok(()) => Verdict::Ok,
+        Err(_) if other_part_size_matches(ctx, src, info, &check, &file, dest).await? => {
+            Verdict::Ok
         }
-        Check::Crc(kind, want) => {
-            let mut ranges = fetched.fast.into_iter();
-            let got = ranges.next().map_or(0, |mut crc| {
-                ranges.for_each(|r| crc.combine(&r));
-                crc.finalize()
-            });
-            if got == want {
-                Verdict::Ok
-            } else {
-                Verdict::Mismatch(format!(
-                    "{} {got:x} does not match the object's {want:x}",
-                    kind.name()
-                ))
-            }
-        }
-        Check::Md5(want) => {
-            let got = md5_in_order.map(hex::encode).unwrap_or_default();
-            if got == want {
-                Verdict::Ok
-            } else {
-                Verdict::Mismatch(format!("MD5 {got} does not match ETag {want}"))
-            }
-        }
-        Check::PartMd5s {
-            md5: want,
-            parts,
-            part_size,
-        } => {
-            let mut all = Md5::new();
-            fetched.part_md5s.iter().for_each(|m| all.update(m));
-            let got = hex::encode(all.finalize());
-            let matches = got == want && fetched.part_md5s.len() as u64 == parts;
-            if matches || other_part_size_matches(ctx, src, info, part_size, &file, dest).await? {
-                Verdict::Ok
-            } else {
-                Verdict::Mismatch(format!(
-                    "MD5 of {} part MD5s ({} bytes each) {got} does not match ETag {want}-{parts}",
-                    fetched.part_md5s.len(),
-                    part_size
-                ))
-            }
-        }
+        Err(mismatch) => Verdict::Mismatch(mismatch),
     })
 }
 
-/// When a multipart ETag did not match with the inferred part size, whether the part size the
-/// server reports (HeadObject of part 1, where supported) or another size the tools use
-/// reproduces it: the file is read back once per size (rare).
+/// When a check by parts (part MD5s, part CRCs) did not match with the inferred part size,
+/// whether the part size the server reports (HeadObject of part 1, where supported) or
+/// another size the tools use reproduces it: the file is read back once per size (rare).
 async fn other_part_size_matches(
     ctx: &Ctx,
     src: &S3Uri,
     info: &ObjectInfo,
-    tried: u64,
+    check: &Check,
     file: &Arc<std::fs::File>,
     dest: &Path,
 ) -> Result<bool, S3Error> {
-    let Some(etag) = info.etag.clone() else {
-        return Ok(false);
-    };
-    let Some((_, Some(parts))) = parse_etag(&etag) else {
+    let (Some(tried), Some(parts)) = (check.part_size(), check.parts()) else {
         return Ok(false);
     };
     let reported = ctx
@@ -607,19 +273,29 @@ async fn other_part_size_matches(
         .filter(|h| h.parts_count().is_some())
         .and_then(|h| h.content_length())
         .map(|n| n.max(0) as u64);
-    let others: Vec<u64> = reported
+    let mut others: Vec<u64> = Vec::new();
+    for ps in reported
         .into_iter()
         .chain(part_size_candidates(info.size, parts, ctx.part_size))
-        .filter(|ps| *ps != tried && *ps > 0)
-        .collect();
-    if others.is_empty() {
-        return Ok(false);
+    {
+        if ps != tried && ps > 0 && !others.contains(&ps) {
+            others.push(ps);
+        }
     }
-    let (file, size) = (file.clone(), info.size);
-    let want = etag.to_ascii_lowercase();
+    let (file, size, check) = (file.clone(), info.size, check.clone());
     tokio::task::spawn_blocking(move || {
         for ps in others {
-            if multipart_etag(&file, size, ps)? == want {
+            let check = check.with_part_size(ps);
+            let mut hash = RangeHash::new(&check, false);
+            let mut buf = vec![0u8; WRITE_BATCH as usize];
+            let mut pos = 0;
+            while pos < size {
+                let n = (size - pos).min(WRITE_BATCH) as usize;
+                file.read_exact_at(&mut buf[..n], pos)?;
+                hash.update(&buf[..n]);
+                pos += n as u64;
+            }
+            if verdict(&check, &hash.finish(), false).is_ok() {
                 return Ok(true);
             }
         }
@@ -630,87 +306,9 @@ async fn other_part_size_matches(
     .map_err(|e| S3Error::local(dest, "cannot read back", e))
 }
 
-/// What the ranges of one attempt produced.
-struct Fetched {
-    /// Per-range CRC32 states, in range order.
-    crcs: Vec<crc32fast::Hasher>,
-    /// Per-range CRC32C or CRC64NVME states, in range order.
-    fast: Vec<crc_fast::Digest>,
-    /// Part MD5s of the whole object, in order.
-    part_md5s: Vec<[u8; 16]>,
-    /// A response said SSE-KMS or SSE-C: the ETag is not the content's MD5.
-    etag_not_md5: bool,
-    /// The MD5 of a single-range download, hashed as it arrived.
-    whole_md5: Option<[u8; 16]>,
-}
-
-/// How far each range has been written contiguously, for the in-order MD5 that follows.
-struct Tracker {
-    starts: Vec<u64>,
-    end: u64,
-    state: Mutex<(Vec<u64>, bool)>,
-    changed: Condvar,
-}
-
-impl Tracker {
-    fn new(ranges: &[(u64, u64)]) -> Self {
-        Tracker {
-            starts: ranges.iter().map(|r| r.0).collect(),
-            end: ranges.last().map_or(0, |r| r.0 + r.1),
-            state: Mutex::new((vec![0; ranges.len()], false)),
-            changed: Condvar::new(),
-        }
-    }
-
-    fn advance(&self, range: usize, written: u64) {
-        self.state.lock().expect("lock").0[range] = written;
-        self.changed.notify_all();
-    }
-
-    /// No more writes will come (done or failed).
-    fn stop(&self) {
-        self.state.lock().expect("lock").1 = true;
-        self.changed.notify_all();
-    }
-
-    /// Bytes available from `pos` on within its range, waiting for some; 0 when stopped first.
-    fn available(&self, pos: u64) -> u64 {
-        let range = self.starts.partition_point(|s| *s <= pos) - 1;
-        let offset = pos - self.starts[range];
-        let mut state = self.state.lock().expect("lock");
-        loop {
-            if state.0[range] > offset {
-                return state.0[range] - offset;
-            }
-            if state.1 {
-                return 0;
-            }
-            state = self.changed.wait(state).expect("lock");
-        }
-    }
-}
-
-/// MD5 of the file in order, each piece read back (from the page cache) once written; `None`
-/// when the download stopped before the end.
-fn follow_md5(file: &std::fs::File, tracker: &Tracker) -> Option<[u8; 16]> {
-    let mut md5 = Md5::new();
-    let mut buf = vec![0u8; WRITE_BATCH as usize];
-    let mut pos = 0u64;
-    let end = tracker.end;
-    while pos < end {
-        let n = tracker.available(pos).min(buf.len() as u64) as usize;
-        if n == 0 {
-            return None;
-        }
-        file.read_exact_at(&mut buf[..n], pos).ok()?;
-        md5.update(&buf[..n]);
-        pos += n as u64;
-    }
-    Some(md5.finalize().into())
-}
-
 /// Fetch `ranges` in parallel (at most `part_parallelism` at once), each streamed to its place
-/// in `file` and hashed for `check` as it arrives.
+/// in `file` and hashed for `check` as it arrives. Returns the ranges' hashes combined in
+/// order, and whether a response said SSE-KMS or SSE-C (the ETag is then no MD5).
 #[allow(clippy::too_many_arguments)]
 async fn get_ranges(
     ctx: &Arc<Ctx>,
@@ -721,7 +319,7 @@ async fn get_ranges(
     file: Arc<std::fs::File>,
     dest: &Path,
     tracker: &Arc<Tracker>,
-) -> Result<Fetched, S3Error> {
+) -> Result<(Hashed, bool), S3Error> {
     let whole = ranges.len() == 1;
     let mut parts = Parts::new(ctx.part_parallelism);
     for (index, &(start, len)) in ranges.iter().enumerate() {
@@ -763,22 +361,13 @@ async fn get_ranges(
     }
     let mut done = parts.finish().await?;
     done.sort_by_key(|d| d.0);
-    let mut fetched = Fetched {
-        crcs: Vec::new(),
-        fast: Vec::new(),
-        part_md5s: Vec::new(),
-        etag_not_md5: false,
-        whole_md5: None,
-    };
-    for (_, mut hash, not_md5) in done {
-        fetched.fast.extend(hash.take_fast());
-        let (crc, md5s, whole) = hash.finish();
-        fetched.crcs.extend(crc);
-        fetched.whole_md5 = fetched.whole_md5.or(whole);
-        fetched.part_md5s.extend(md5s);
-        fetched.etag_not_md5 |= not_md5;
+    let mut hashed = Hashed::default();
+    let mut etag_not_md5 = false;
+    for (_, hash, not_md5) in done {
+        hashed.append(hash.finish());
+        etag_not_md5 |= not_md5;
     }
-    Ok(fetched)
+    Ok((hashed, etag_not_md5))
 }
 
 /// Stream one response body of `len` bytes to `start` in `file`: chunks are gathered into
@@ -899,14 +488,6 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
-    fn info(size: u64, etag: Option<&str>) -> ObjectInfo {
-        ObjectInfo {
-            size,
-            etag: etag.map(str::to_string),
-            ..ObjectInfo::default()
-        }
-    }
-
     #[test]
     fn ranges_cover_the_object_and_hold_whole_parts() {
         for size in [0, 1, 16 * MIB, 16 * MIB + 1, 100 * MIB + 7, 1024 * MIB] {
@@ -943,116 +524,5 @@ mod tests {
         }
         assert_eq!(plan_ranges_in_order(1024 * MIB, 16 * MIB, 8).len(), 128);
         assert_eq!(plan_ranges_in_order(16 * MIB, 16 * MIB, 8).len(), 1);
-    }
-
-    #[test]
-    fn the_cheapest_check_the_metadata_allows() {
-        let md5 = "0123456789abcdef0123456789abcdef";
-        assert_eq!(
-            Check::choose(&info(10, Some(md5)), 16 * MIB),
-            Check::Md5(md5.into())
-        );
-        assert_eq!(
-            Check::choose(&info(20 * MIB, Some(&format!("{md5}-3"))), 16 * MIB),
-            Check::PartMd5s {
-                md5: md5.into(),
-                parts: 3,
-                part_size: 8 * MIB
-            }
-        );
-        let mut with_crc = info(10, Some(md5));
-        with_crc.crc32 = Some(7);
-        assert_eq!(Check::choose(&with_crc, 16 * MIB), Check::Crc32(7));
-        assert_eq!(Check::choose(&info(10, None), 16 * MIB), Check::Length);
-        assert_eq!(
-            Check::choose(&info(10, Some("not-an-md5")), 16 * MIB),
-            Check::Length
-        );
-        // Two parts cannot make 10 bytes with any usual part size.
-        assert_eq!(
-            Check::choose(&info(10, Some(&format!("{md5}-2"))), 16 * MIB),
-            Check::Length
-        );
-        // --verify narrows the choice.
-        let multi = info(20 * MIB, Some(&format!("{md5}-3")));
-        assert_eq!(
-            Check::choose_with(&with_crc, 16 * MIB, Verify::Md5),
-            Check::Md5(md5.into())
-        );
-        assert_eq!(
-            Check::choose_with(&with_crc, 16 * MIB, Verify::Crc),
-            Check::Crc32(7)
-        );
-        assert_eq!(
-            Check::choose_with(&with_crc, 16 * MIB, Verify::Size),
-            Check::Length
-        );
-        assert_eq!(
-            Check::choose_with(&multi, 16 * MIB, Verify::Crc),
-            Check::Length
-        );
-        assert!(matches!(
-            Check::choose_with(&multi, 16 * MIB, Verify::Md5),
-            Check::PartMd5s { .. }
-        ));
-        let mut with_other = info(20 * MIB, Some(&format!("{md5}-3")));
-        with_other.other_crc = Some((CrcKind::Crc64Nvme, 9));
-        assert_eq!(
-            Check::choose(&with_other, 16 * MIB),
-            Check::Crc(CrcKind::Crc64Nvme, 9)
-        );
-        assert_eq!(
-            Check::choose_with(&with_other, 16 * MIB, Verify::Crc),
-            Check::Crc(CrcKind::Crc64Nvme, 9)
-        );
-        assert!(matches!(
-            Check::choose_with(&with_other, 16 * MIB, Verify::Md5),
-            Check::PartMd5s { .. }
-        ));
-        assert_eq!(parse_crc_bytes("AAAAAAAAAAk=", 8), Some(9));
-        assert_eq!(parse_crc_bytes("y/Q5Jg==", 8), None);
-        assert_eq!(parse_crc32("y/Q5Jg=="), Some(0xcbf4_3926));
-        assert_eq!(parse_crc32("y/Q5Jg==-3"), None);
-    }
-
-    #[test]
-    fn range_hashes_split_at_part_boundaries() {
-        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-        let check = Check::PartMd5s {
-            md5: String::new(),
-            parts: 4,
-            part_size: 300,
-        };
-        let mut h = RangeHash::new(&check, false);
-        // Arbitrary chunk sizes, as the network delivers them.
-        for c in data.chunks(77) {
-            h.update(c);
-        }
-        let (_, parts, none) = h.finish();
-        assert!(none.is_none());
-        let want: Vec<[u8; 16]> = data.chunks(300).map(|c| Md5::digest(c).into()).collect();
-        assert_eq!(parts, want);
-
-        let mut whole = RangeHash::new(&Check::Md5(String::new()), true);
-        data.chunks(333).for_each(|c| whole.update(c));
-        assert_eq!(whole.finish().2, Some(Md5::digest(&data).into()));
-
-        let mut a = RangeHash::new(&Check::Crc32(0), false);
-        a.update(&data[..600]);
-        let mut b = RangeHash::new(&Check::Crc32(0), false);
-        b.update(&data[600..]);
-        let (mut ca, cb) = (a.finish().0.unwrap(), b.finish().0.unwrap());
-        ca.combine(&cb);
-        assert_eq!(ca.finalize(), crc32fast::hash(&data));
-
-        for kind in [CrcKind::Crc32c, CrcKind::Crc64Nvme] {
-            let check = Check::Crc(kind, 0);
-            let (mut a, mut b) = (RangeHash::new(&check, false), RangeHash::new(&check, false));
-            data[..600].chunks(77).for_each(|c| a.update(c));
-            data[600..].chunks(77).for_each(|c| b.update(c));
-            let mut crc = a.take_fast().unwrap();
-            crc.combine(&b.take_fast().unwrap());
-            assert_eq!(crc.finalize(), crc_fast::checksum(kind.algorithm(), &data));
-        }
     }
 }

@@ -8,6 +8,7 @@
 //! [`ops`] turns subcommands into transfer jobs; [`client`] builds the SDK client;
 //! [`progress`] reports; [`error`] names the object and the cause of every failure.
 
+pub mod check;
 pub mod client;
 pub mod copy;
 pub mod ctx;
@@ -18,6 +19,7 @@ pub mod local;
 pub mod ops;
 pub mod plan;
 pub mod progress;
+mod range_hash;
 pub mod stdio;
 pub mod upload;
 pub mod uri;
@@ -102,16 +104,6 @@ pub struct TransferOpts {
     /// Objects above this size are copied S3→S3 in parts (UploadPartCopy); at most 5GiB.
     #[arg(long, default_value = "5GiB", value_parser = parse_size, hide = true)]
     pub copy_threshold: u64,
-    /// Which checks downloads may use: auto (the cheapest the object allows), md5 (the
-    /// ETag's), crc (a full-object CRC32 only, else the length), size (the length only).
-    #[arg(
-        long,
-        value_enum,
-        default_value = "auto",
-        env = "P3_S3_VERIFY",
-        value_name = "CHECK"
-    )]
-    pub verify: download::Verify,
 }
 
 impl Default for TransferOpts {
@@ -121,7 +113,6 @@ impl Default for TransferOpts {
             part_size: 16 << 20,
             max_memory: 128 << 20,
             copy_threshold: ctx::MAX_COPY_OBJECT,
-            verify: download::Verify::Auto,
         }
     }
 }
@@ -204,6 +195,17 @@ pub enum S3Command {
         /// the parts).
         #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         expected_size: Option<u64>,
+        /// Which checks downloads may use: auto (the cheapest the object allows), md5 (the
+        /// ETag's), crc (a full-object CRC only, else the length), size (the length only).
+        #[arg(
+            long = "checksum",
+            visible_alias = "verify",
+            value_enum,
+            default_value = "auto",
+            env = "P3_S3_VERIFY",
+            value_name = "CHECK"
+        )]
+        verify: download::Verify,
         /// Filters.
         #[command(flatten)]
         filters: FilterArgs,
@@ -227,6 +229,16 @@ pub enum S3Command {
         /// the AWS CLI's --exact-timestamps).
         #[arg(long)]
         exact_timestamps: bool,
+        /// Which checks downloads may use, as `cp --checksum` (here `--checksum` chooses how
+        /// files are compared).
+        #[arg(
+            long,
+            value_enum,
+            default_value = "auto",
+            env = "P3_S3_VERIFY",
+            value_name = "CHECK"
+        )]
+        verify: download::Verify,
         /// Delete files in DST that are not in SRC (filters apply).
         #[arg(long)]
         delete: bool,
@@ -382,9 +394,16 @@ async fn execute(args: S3Args, file_mode: u32) -> i32 {
             return STEP_FAILED;
         }
     };
-    let transfer = match &args.command {
-        S3Command::Cp { transfer, .. } | S3Command::Sync { transfer, .. } => transfer.clone(),
-        S3Command::Ls { .. } | S3Command::Rm { .. } => TransferOpts::default(),
+    let (transfer, verify) = match &args.command {
+        S3Command::Cp {
+            transfer, verify, ..
+        }
+        | S3Command::Sync {
+            transfer, verify, ..
+        } => (transfer.clone(), *verify),
+        S3Command::Ls { .. } | S3Command::Rm { .. } => {
+            (TransferOpts::default(), download::Verify::Auto)
+        }
     };
     let mut ctx = ctx::Ctx::new(
         built.client,
@@ -398,7 +417,7 @@ async fn execute(args: S3Args, file_mode: u32) -> i32 {
     ctx.file_mode = file_mode;
     ctx.copy_threshold = transfer.copy_threshold;
     ctx.max_attempts = g.max_attempts.max(1);
-    ctx.verify = transfer.verify;
+    ctx.verify = verify;
     let ctx = Arc::new(ctx);
     let limit = deadline(g.timeout, std::env::var("CI_JOB_TIMEOUT").ok().as_deref());
     let work = dispatch(ctx.clone(), args.command);
@@ -485,6 +504,7 @@ async fn dispatch(ctx: Arc<ctx::Ctx>, command: S3Command) -> Result<ops::Stats, 
             expected_size,
             filters: f,
             transfer: _,
+            verify: _,
         } => {
             let (src, dst) = (location(&src)?, location(&dst)?);
             if matches!(src, Location::Stdio) || matches!(dst, Location::Stdio) {
@@ -513,6 +533,7 @@ async fn dispatch(ctx: Arc<ctx::Ctx>, command: S3Command) -> Result<ops::Stats, 
             checksum,
             size_only,
             exact_timestamps,
+            verify: _,
             delete,
             dryrun,
             filters: f,

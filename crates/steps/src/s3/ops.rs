@@ -223,6 +223,7 @@ fn job_for(
                 mtime_ns: entry.mtime_ns,
                 crc32: None,
                 other_crc: None,
+                composite: None,
             }),
             dst: local_path_for(dir, &entry.rel)?,
         }),

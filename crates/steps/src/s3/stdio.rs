@@ -5,20 +5,20 @@
 //! whose parts carry CRC32 checksums, several in flight within `--max-memory`. The part size
 //! grows to keep `--expected-size` within S3's 10,000 parts. A download to stdout is one
 //! GetObject written in order, checked at the end like any download (the CRC32 the upload
-//! recorded, the ETag's MD5 or its part MD5s): a mismatch cannot take the bytes back, so it
+//! recorded, a CRC the server keeps, the ETag's MD5 or its part MD5s): a mismatch cannot take the bytes back, so it
 //! fails the step.
 
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
-use md5::{Digest, Md5};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use super::check::{Check, head, verdict};
 use super::ctx::{Ctx, Parts};
-use super::download::{Check, RangeHash, head};
 use super::error::S3Error;
 use super::ops::Stats;
 use super::plan::part_size_candidates;
+use super::range_hash::RangeHash;
 use super::upload::{MAX_PARTS, begin_multipart, finish_multipart, put_bytes, upload_part};
 use super::uri::S3Uri;
 use aws_sdk_s3::types::ChecksumAlgorithm;
@@ -141,22 +141,16 @@ pub async fn download_stdout(ctx: &Arc<Ctx>, src: S3Uri, dryrun: bool) -> Result
     let check = Check::choose_with(&info, ctx.part_size, ctx.verify);
     // A multipart ETag's part size is inferred; the stream cannot be read twice, so every
     // candidate is hashed at once (usually one).
-    let mut hashes: Vec<(Check, RangeHash)> = match &check {
-        Check::PartMd5s { md5, parts, .. } => {
-            part_size_candidates(info.size, *parts, ctx.part_size)
-                .into_iter()
-                .map(|ps| {
-                    let c = Check::PartMd5s {
-                        md5: md5.clone(),
-                        parts: *parts,
-                        part_size: ps,
-                    };
-                    let h = RangeHash::new(&c, true);
-                    (c, h)
-                })
-                .collect()
-        }
-        other => vec![(other.clone(), RangeHash::new(other, true))],
+    let mut hashes: Vec<(Check, RangeHash)> = match (check.part_size(), check.parts()) {
+        (Some(_), Some(parts)) => part_size_candidates(info.size, parts, ctx.part_size)
+            .into_iter()
+            .map(|ps| {
+                let c = check.with_part_size(ps);
+                let h = RangeHash::new(&c, true);
+                (c, h)
+            })
+            .collect(),
+        _ => vec![(check.clone(), RangeHash::new(&check, true))],
     };
     let out = ctx
         .client
@@ -201,7 +195,7 @@ pub async fn download_stdout(ctx: &Arc<Ctx>, src: S3Uri, dryrun: bool) -> Result
     }
     let verdicts: Vec<Result<(), String>> = hashes
         .into_iter()
-        .map(|(c, h)| verdict(&c, h, etag_not_md5))
+        .map(|(c, h)| verdict(&c, &h.finish(), etag_not_md5))
         .collect();
     if let Some(Err(e)) = verdicts
         .iter()
@@ -215,44 +209,4 @@ pub async fn download_stdout(ctx: &Arc<Ctx>, src: S3Uri, dryrun: bool) -> Result
     }
     ctx.progress.file_done_on_stderr(&line);
     Ok(Stats::default())
-}
-
-fn verdict(check: &Check, mut hash: RangeHash, etag_not_md5: bool) -> Result<(), String> {
-    let fast = hash.take_fast();
-    let (crc, part_md5s, whole) = hash.finish();
-    match check {
-        Check::Length => Ok(()),
-        Check::Md5(_) | Check::PartMd5s { .. } if etag_not_md5 => Ok(()),
-        Check::Crc32(want) => {
-            let got = crc.map_or(0, crc32fast::Hasher::finalize);
-            (got == *want)
-                .then_some(())
-                .ok_or_else(|| format!("CRC32 {got:08x} does not match the object's {want:08x}"))
-        }
-        Check::Crc(kind, want) => {
-            let got = fast.map_or(0, |c| c.finalize());
-            (got == *want).then_some(()).ok_or_else(|| {
-                format!(
-                    "{} {got:x} does not match the object's {want:x}",
-                    kind.name()
-                )
-            })
-        }
-        Check::Md5(want) => {
-            let got = whole.map(hex::encode).unwrap_or_default();
-            (got == *want)
-                .then_some(())
-                .ok_or_else(|| format!("MD5 {got} does not match ETag {want}"))
-        }
-        Check::PartMd5s { md5, parts, .. } => {
-            let mut all = Md5::new();
-            part_md5s.iter().for_each(|m| all.update(m));
-            let got = hex::encode(all.finalize());
-            (got == *md5 && part_md5s.len() as u64 == *parts)
-                .then_some(())
-                .ok_or_else(|| {
-                    format!("MD5 of the part MD5s {got} does not match ETag {md5}-{parts}")
-                })
-        }
-    }
 }
