@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark `p3-executor s3` against s5cmd, the AWS CLI and (for sync) rclone, on two local
 # S3 servers in one run: s3rver (single-threaded Node) and s3s-fs (multi-threaded Rust), so a
-# client limit can be told from a server limit. Prints one table: wall time, peak RSS and CPU
-# seconds (user + system) of every tool on every shape and server.
+# client limit can be told from a server limit. Prints one table: wall time (the median of
+# --repeat runs, the tools taking turns run by run so that a change in load hits all of them),
+# peak RSS and CPU seconds (user + system) of every tool on every shape and server, and
+# p3-executor's time as a multiple of s5cmd's and of the AWS CLI's in the same run.
 #
 # Shapes: one big file up and down; the big file downloaded as written by another tool
 # (s5cmd: multipart; the AWS CLI: multipart; the AWS CLI's s3api put-object: one part); many
@@ -18,7 +20,7 @@
 #   --sync-files N    files in the sync tree (default 2000)
 #   --sync-changed N  files changed before the "changed" sync (default 50)
 #   --sync-kib KIB    size of each file of the sync tree (default 16)
-#   --repeat N        run every measurement N times and keep the best (default 1)
+#   --repeat N        run every measurement N times and report the median (default 3)
 #   --servers LIST    servers to run on (default "s3rver s3s-fs")
 #   --shapes LIST     subset of: big-up big-down by-s5cmd by-aws by-aws-single small-up small-down
 #                     sync-new sync-nochange sync-changed
@@ -36,7 +38,7 @@ SYNC_FILES=2000
 SYNC_CHANGED=50
 SYNC_KIB=16
 BUILD=1
-REPEAT=1
+REPEAT=3
 SERVERS="s3rver s3s-fs"
 SHAPES="big-up big-down by-s5cmd by-aws by-aws-single small-up small-down sync-new sync-nochange sync-changed"
 while [ $# -gt 0 ]; do
@@ -51,7 +53,7 @@ while [ $# -gt 0 ]; do
         --shapes) SHAPES="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --repeat) REPEAT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -141,29 +143,29 @@ for i in list(range(0, sn, step))[:changed]:
     os.utime(p, (t, t))
 EOF
 
-declare -A SECS RSS CPU
-# measure SERVER TOOL SHAPE CMD...: wall seconds, peak RSS (MiB) and CPU seconds of one run;
-# keeps the best time over --repeat runs (and that run's RSS and CPU).
+# Every run is one line of $RESULTS: server tool shape wall-seconds peak-RSS-KiB CPU-seconds.
+RESULTS="$WORK/results.tsv"
+: > "$RESULTS"
+# measure SERVER TOOL SHAPE CMD...: wall seconds, peak RSS and CPU seconds of one run.
 measure() {
     local server="$1" name="$2" shape="$3"; shift 3
-    local k="$server,$name,$shape" out="$WORK/time.$server.$name.$shape"
+    local out="$WORK/time.$server.$name.$shape"
     if ! /usr/bin/time -f "%e %M %U %S" -o "$out" "${E[@]}" "$@" >"$WORK/log.$name.$shape" 2>&1; then
         echo "FAILED: $server $name $shape: $*" >&2
         tail -5 "$WORK/log.$name.$shape" >&2
-        SECS[$k]="fail"; RSS[$k]="-"; CPU[$k]="-"
+        printf '%s\t%s\t%s\tfail\t0\t0\n' "$server" "$name" "$shape" >> "$RESULTS"
         return
     fi
     local secs kib usr sys cpu
     read -r secs kib usr sys < "$out"
     cpu="$(python3 -c "import sys; print(f'{float(sys.argv[1]) + float(sys.argv[2]):.2f}')" "$usr" "$sys")"
     echo "  $server $name $shape: ${secs}s, $((kib / 1024)) MiB, ${cpu} CPU s" >&2
-    local best="${SECS[$k]:-}"
-    if [ -z "$best" ] || [ "$best" = fail ] || python3 -c "import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]))" "$secs" "$best"; then
-        SECS[$k]="$secs"; RSS[$k]="$((kib / 1024))"; CPU[$k]="$cpu"
-    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$name" "$shape" "$secs" "$kib" "$cpu" >> "$RESULTS"
 }
 
-tools_for() { case "$1" in sync-*) echo "p3 s5cmd aws rclone" ;; *) echo "p3 s5cmd aws" ;; esac; }
+# The objects other tools wrote are read by p3-executor and s5cmd (the reference); the AWS CLI
+# reads its own kind in big-down.
+tools_for() { case "$1" in sync-*) echo "p3 s5cmd aws rclone" ;; by-*) echo "p3 s5cmd" ;; *) echo "p3 s5cmd aws" ;; esac; }
 
 # cmd TOOL SHAPE OUT PREFIX: the command line of TOOL for SHAPE (OUT: its download directory;
 # PREFIX: its sync destination).
@@ -199,6 +201,7 @@ objects() {
 }
 
 # (Paths contain no spaces: $WORK comes from mktemp; the globs are for s5cmd, not the shell.)
+declare -A LOAD_BEFORE LOAD_AFTER
 set -f
 for server in $SERVERS; do
     start_server "$server"
@@ -210,7 +213,8 @@ for server in $SERVERS; do
             by-aws-single) "${E[@]}" aws --endpoint-url "$ENDPOINT" s3api put-object --bucket bench --key by-aws-single/big.bin --body "$WORK/big.bin" >/dev/null ;;
         esac
     done
-    echo "running on $server ($ENDPOINT; $(nproc) cores shared by server and client; best of $REPEAT)" >&2
+    echo "running on $server ($ENDPOINT; $(nproc) cores shared by server and client; median of $REPEAT)" >&2
+    LOAD_BEFORE["$server"]="$(cut -d' ' -f1-3 /proc/loadavg)"
     # Shape by shape the tools take turns, so a change in the machine's load hits all of them.
     for rep in $(seq "$REPEAT"); do
         for shape in $SHAPES; do
@@ -230,6 +234,7 @@ for server in $SERVERS; do
             done
         done
     done
+    LOAD_AFTER["$server"]="$(cut -d' ' -f1-3 /proc/loadavg)"
     stop_server
 done
 set +f
@@ -237,37 +242,59 @@ set +f
 BIG="1 x ${SIZE_MIB} MiB"
 SMALL="${FILES} x ${FILE_KIB} KiB"
 SYNC="${SYNC_FILES} x ${SYNC_KIB} KiB"
-label() {
-    case "$1" in
-        big-up) echo "$BIG upload" ;; big-down) echo "$BIG download" ;;
-        by-s5cmd) echo "$BIG download, written by s5cmd" ;; by-aws) echo "$BIG download, written by aws s3 cp" ;;
-        by-aws-single) echo "$BIG download, written by aws s3api put-object" ;;
-        small-up) echo "$SMALL upload" ;; small-down) echo "$SMALL download" ;;
-        sync-new) echo "sync $SYNC, all new" ;; sync-nochange) echo "sync $SYNC, none changed" ;;
-        sync-changed) echo "sync $SYNC, $SYNC_CHANGED changed" ;;
-    esac
-}
-cell() { # wall s / RSS MiB / CPU s
-    local k="$1"
-    if [ -z "${SECS[$k]:-}" ]; then echo "n/a"; else echo "${SECS[$k]}s / ${RSS[$k]} / ${CPU[$k]}"; fi
-}
-ratio() { # other/p3 with two decimals, or -
-    python3 -c "import sys
-a,b=sys.argv[1],sys.argv[2]
-print('-' if not a or not b or 'fail' in (a,b) or float(a)==0 else f'{float(b)/float(a):.2f}x')" "$1" "$2"
-}
+printf '\n%s, %s cores shared by server and client, release build; load average (1, 5, 15 min) before / after each server:' \
+    "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)"
+for server in $SERVERS; do printf ' %s %s / %s;' "$server" "${LOAD_BEFORE[$server]}" "${LOAD_AFTER[$server]}"; done
+printf '\nEach cell: wall time (median of %s) / peak RSS (MiB) / CPU seconds (user + system) of that run.\n' "$REPEAT"
+printf "Ratios: p3-executor's median time / the other tool's (below 1: p3-executor is faster). Every\n"
+printf "p3-executor download is verified (the cheapest check the object allows, --checksum auto);\n"
+printf "s5cmd checks nothing on download.\n\n"
+python3 - "$RESULTS" "$SERVERS" "$SHAPES" "$BIG" "$SMALL" "$SYNC" "$SYNC_CHANGED" <<'EOF'
+import collections, sys
+results, servers, shapes, big, small, sync, changed = sys.argv[1:]
+runs = collections.defaultdict(list)
+for line in open(results):
+    server, tool, shape, secs, kib, cpu = line.rstrip("\n").split("\t")
+    runs[(server, tool, shape)].append((secs, int(kib), cpu))
 
-printf '\nEach cell: wall time / peak RSS (MiB) / CPU seconds (user + system); best of %s.\n\n' "$REPEAT"
-printf '| server | shape | p3-executor | s5cmd | aws cli | rclone | speed vs s5cmd | speed vs aws |\n'
-printf '|---|---|---|---|---|---|---|---|\n'
-for server in $SERVERS; do
-    for shape in $SHAPES; do
-        p="$server,p3,$shape"
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$server" "$(label "$shape")" \
-            "$(cell "$p")" "$(cell "$server,s5cmd,$shape")" "$(cell "$server,aws,$shape")" \
-            "$(cell "$server,rclone,$shape")" \
-            "$(ratio "${SECS[$p]:-}" "${SECS[$server,s5cmd,$shape]:-}")" \
-            "$(ratio "${SECS[$p]:-}" "${SECS[$server,aws,$shape]:-}")"
-    done
-done
-printf '\n(speed ratios: other tool time / p3-executor time; > 1 means p3-executor is faster)\n'
+def median(key):
+    """The median run by wall time (None if a run failed or none ran)."""
+    rs = runs.get(key)
+    if not rs or any(r[0] == "fail" for r in rs):
+        return None
+    rs = sorted(rs, key=lambda r: float(r[0]))
+    return rs[(len(rs) - 1) // 2]
+
+def cell(key):
+    if key not in runs:
+        return "n/a"
+    m = median(key)
+    return "failed" if m is None else f"{float(m[0]):.2f}s / {m[1] // 1024} / {m[2]}"
+
+def ratio(a, b):
+    ma, mb = median(a), median(b)
+    if ma is None or mb is None or float(mb[0]) == 0:
+        return "-"
+    return f"{float(ma[0]) / float(mb[0]):.2f}x"
+
+labels = {
+    "big-up": f"{big} upload",
+    "big-down": f"{big} download, written by p3-executor",
+    "by-s5cmd": f"{big} download, written by s5cmd (multipart)",
+    "by-aws": f"{big} download, written by aws s3 cp (multipart)",
+    "by-aws-single": f"{big} download, written by aws s3api put-object (one part)",
+    "small-up": f"{small} upload",
+    "small-down": f"{small} download",
+    "sync-new": f"sync {sync}, all new",
+    "sync-nochange": f"sync {sync}, none changed",
+    "sync-changed": f"sync {sync}, {changed} changed",
+}
+print("| server | shape | p3-executor | s5cmd | aws cli | rclone | p3 / s5cmd | p3 / aws |")
+print("|---|---|---|---|---|---|---|---|")
+for server in servers.split():
+    for shape in shapes.split():
+        k = lambda tool: (server, tool, shape)
+        print(f"| {server} | {labels.get(shape, shape)} | {cell(k('p3'))} | {cell(k('s5cmd'))} | "
+              f"{cell(k('aws'))} | {cell(k('rclone'))} | {ratio(k('p3'), k('s5cmd'))} | "
+              f"{ratio(k('p3'), k('aws'))} |")
+EOF
