@@ -13,7 +13,7 @@ pub struct StepsCli {
     /// Accepted for symmetry with `p3-executor --config ...`; the steps never read the
     /// executor's config (their settings come from `P3_STEPS_CONFIG`).
     #[arg(long, global = true, hide = true, env = "P3_EXECUTOR_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// The step.
     #[command(subcommand)]
     pub step: Step,

@@ -14,21 +14,21 @@ use p3_contract::exit::Failure;
 use p3_contract::steps_config::StepsConfig;
 
 /// Variable naming the job-readable JSON file holding [`StepsConfig`].
-pub const STEPS_CONFIG_VAR: &str = env::STEPS_CONFIG;
+pub(crate) const STEPS_CONFIG_VAR: &str = env::STEPS_CONFIG;
 
 /// A value that must never be printed (registry password, job token). `Debug` and `Display`
 /// are redacted so a stray `{:?}` of a context cannot leak it into a job log.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
     /// Wrap a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
     /// The value itself, for the one place that hands it to a client.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -47,62 +47,56 @@ impl fmt::Display for Secret {
 
 /// Facts about the pipeline, from the standard GitLab CI variables.
 #[derive(Debug, Clone, Default)]
-pub struct CiFacts {
+pub(crate) struct CiFacts {
     /// `CI_COMMIT_TAG`: set only in tag pipelines.
-    pub commit_tag: Option<String>,
+    pub(crate) commit_tag: Option<String>,
     /// `CI_COMMIT_SHORT_SHA`.
-    pub commit_short_sha: Option<String>,
+    pub(crate) commit_short_sha: Option<String>,
     /// `CI_COMMIT_SHA`.
-    pub commit_sha: Option<String>,
+    pub(crate) commit_sha: Option<String>,
     /// `CI_PROJECT_URL`.
-    pub project_url: Option<String>,
+    pub(crate) project_url: Option<String>,
     /// `CI_PIPELINE_URL`.
-    pub pipeline_url: Option<String>,
+    pub(crate) pipeline_url: Option<String>,
     /// `CI_REGISTRY` (host\[:port\]).
-    pub registry: Option<String>,
+    pub(crate) registry: Option<String>,
     /// `CI_REGISTRY_IMAGE` (`registry/group/project`).
-    pub registry_image: Option<String>,
+    pub(crate) registry_image: Option<String>,
     /// `CI_REGISTRY_USER`.
-    pub registry_user: Option<String>,
+    pub(crate) registry_user: Option<String>,
     /// `CI_REGISTRY_PASSWORD`.
-    pub registry_password: Option<Secret>,
+    pub(crate) registry_password: Option<Secret>,
     /// `CI_JOB_TOKEN`.
-    pub job_token: Option<Secret>,
+    pub(crate) job_token: Option<Secret>,
     /// `CI_API_V4_URL`.
-    pub api_v4_url: Option<String>,
+    pub(crate) api_v4_url: Option<String>,
     /// `CI_PROJECT_ID`.
-    pub project_id: Option<String>,
-    /// `CI_SERVER_URL`.
-    pub server_url: Option<String>,
+    pub(crate) project_id: Option<String>,
 }
 
 /// Everything a step knows about its job.
 #[derive(Debug, Clone, Default)]
-pub struct StepContext {
+pub(crate) struct StepContext {
     /// The `[steps]` section of the executor config (defaults when none was provided).
-    pub config: StepsConfig,
-    /// Where `config` came from (None: defaults).
-    pub config_path: Option<PathBuf>,
+    pub(crate) config: StepsConfig,
     /// `P3_DEVSTAGE`: the devstage the job runs as (and deployed P3 jobs run as).
-    pub devstage: Option<String>,
+    pub(crate) devstage: Option<String>,
     /// `P3_DEPLOY_STAGE`: the account whose credentials the job holds (client_uat for prod).
-    pub deploy_stage: Option<String>,
-    /// `P3_SYSTEM_ACCOUNT`: the Kerberos principal of that account.
-    pub system_account: Option<String>,
+    pub(crate) deploy_stage: Option<String>,
     /// Pipeline facts.
-    pub ci: CiFacts,
+    pub(crate) ci: CiFacts,
 }
 
 impl StepContext {
     /// Load from the process environment; `steps_config` (a `--steps-config` flag) wins over
     /// `P3_STEPS_CONFIG`.
-    pub fn from_env(steps_config: Option<&Path>) -> Result<Self, Failure> {
+    pub(crate) fn from_env(steps_config: Option<&Path>) -> Result<Self, Failure> {
         Self::from_lookup(steps_config, |k| std::env::var(k).ok())
     }
 
     /// Load with an explicit variable lookup. Empty variables count as unset: GitLab defines
     /// some variables as empty strings rather than leaving them out.
-    pub fn from_lookup(
+    pub(crate) fn from_lookup(
         steps_config: Option<&Path>,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, Failure> {
@@ -116,10 +110,8 @@ impl StepContext {
         };
         Ok(Self {
             config,
-            config_path,
             devstage: get(env::DEVSTAGE),
             deploy_stage: get(env::DEPLOY_STAGE),
-            system_account: get(env::SYSTEM_ACCOUNT),
             ci: CiFacts {
                 commit_tag: get("CI_COMMIT_TAG"),
                 commit_short_sha: get("CI_COMMIT_SHORT_SHA"),
@@ -133,7 +125,6 @@ impl StepContext {
                 job_token: get("CI_JOB_TOKEN").map(Secret::new),
                 api_v4_url: get("CI_API_V4_URL"),
                 project_id: get("CI_PROJECT_ID"),
-                server_url: get("CI_SERVER_URL"),
             },
         })
     }
@@ -183,7 +174,6 @@ mod tests {
         assert_eq!(ctx.deploy_stage.as_deref(), Some("client_uat"));
         assert_eq!(ctx.ci.commit_tag, None);
         assert_eq!(ctx.ci.commit_short_sha.as_deref(), Some("abc1234"));
-        assert!(ctx.config_path.is_none());
         let debug = format!("{ctx:?}");
         assert!(
             !debug.contains("tok-secret"),

@@ -32,52 +32,52 @@ pub enum ImageCommand {
 pub struct BuildArgs {
     /// Dockerfile/Containerfile (default: `Containerfile` or `Dockerfile` in the context).
     #[arg(long, short = 'f')]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     /// Build context directory.
     #[arg(long, default_value = ".")]
-    pub context: PathBuf,
+    pub(crate) context: PathBuf,
     /// `KEY=VALUE` build argument (repeatable). Values are not echoed in the log.
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
-    pub build_args: Vec<String>,
+    pub(crate) build_args: Vec<String>,
     /// Build stage to stop at.
     #[arg(long)]
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Devstage to build for (default `$P3_DEVSTAGE`).
     #[arg(long)]
-    pub devstage: Option<String>,
+    pub(crate) devstage: Option<String>,
     /// Image repository (default `$CI_REGISTRY_IMAGE`, then `steps.image.registry`).
     #[arg(long)]
-    pub image_name: Option<String>,
+    pub(crate) image_name: Option<String>,
     /// Push the image and write its digest to the dotenv file.
     #[arg(long)]
-    pub push: bool,
+    pub(crate) push: bool,
     /// Push destination in the builder's transport syntax (e.g. `oci:/dir:tag`); default
     /// `docker://<repository>:<tag>`. `P3_IMAGE` still names the repository.
     #[arg(long, value_name = "DEST")]
-    pub push_to: Option<String>,
+    pub(crate) push_to: Option<String>,
     /// Dotenv file receiving `P3_IMAGE=<repository>@sha256:...` after a push.
     #[arg(long, default_value = "image.env")]
-    pub dotenv: PathBuf,
+    pub(crate) dotenv: PathBuf,
     /// Builder: `buildah`, `podman`, `docker`, `kaniko`, or a path (default:
     /// `steps.image.builder`, then the first one found).
     #[arg(long)]
-    pub builder: Option<String>,
+    pub(crate) builder: Option<String>,
     /// Extra global builder option (repeatable), after `steps.image.builder_args`
     /// (e.g. `--builder-opt=--root=/tmp/store`).
     #[arg(long = "builder-opt", value_name = "OPT", allow_hyphen_values = true)]
-    pub builder_opts: Vec<String>,
+    pub(crate) builder_opts: Vec<String>,
     /// Extra build-subcommand option (repeatable), after `steps.image.build_options`
     /// (e.g. `--build-opt=--isolation=chroot`).
     #[arg(long = "build-opt", value_name = "OPT", allow_hyphen_values = true)]
-    pub build_opts: Vec<String>,
+    pub(crate) build_opts: Vec<String>,
     /// Steps config file (default `$P3_STEPS_CONFIG`).
     #[arg(long)]
-    pub steps_config: Option<PathBuf>,
+    pub(crate) steps_config: Option<PathBuf>,
 }
 
 /// Why an image step failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ImageError {
+pub(crate) enum ImageError {
     /// The naming rules refused (e.g. prod from a branch): nothing was built.
     #[error("{0}")]
     Refused(#[from] TagError),
@@ -116,7 +116,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
 
 /// Kind of image builder; decides the argv dialect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BuilderKind {
+pub(crate) enum BuilderKind {
     /// buildah (`bud`-style build, `push --digestfile`).
     Buildah,
     /// podman (same dialect as buildah).
@@ -129,7 +129,7 @@ pub enum BuilderKind {
 
 impl BuilderKind {
     /// Kind from a builder name or path (`/kaniko/executor` is kaniko).
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         let base = Path::new(name).file_name()?.to_str()?;
         match base {
             "buildah" => Some(Self::Buildah),
@@ -143,7 +143,7 @@ impl BuilderKind {
 
 /// Find the builder: the named one (name or path), else the first of buildah, podman, docker,
 /// kaniko's `/kaniko/executor`.
-pub fn find_builder(named: Option<&str>) -> Result<(PathBuf, BuilderKind), ImageError> {
+pub(crate) fn find_builder(named: Option<&str>) -> Result<(PathBuf, BuilderKind), ImageError> {
     if let Some(name) = named {
         let kind = BuilderKind::from_name(name).ok_or_else(|| {
             ImageError::Builder(format!(
@@ -182,38 +182,38 @@ pub fn find_builder(named: Option<&str>) -> Result<(PathBuf, BuilderKind), Image
 
 /// Everything one build (and push) needs, decided before anything runs.
 #[derive(Debug, Clone)]
-pub struct BuildPlan {
+pub(crate) struct BuildPlan {
     /// Builder kind.
-    pub kind: BuilderKind,
+    pub(crate) kind: BuilderKind,
     /// Global builder options.
-    pub global: Vec<String>,
+    pub(crate) global: Vec<String>,
     /// Extra build options.
-    pub build_options: Vec<String>,
+    pub(crate) build_options: Vec<String>,
     /// Extra push options.
-    pub push_options: Vec<String>,
+    pub(crate) push_options: Vec<String>,
     /// Containerfile.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Context directory.
-    pub context: PathBuf,
+    pub(crate) context: PathBuf,
     /// `KEY=VALUE` build args.
-    pub build_args: Vec<String>,
+    pub(crate) build_args: Vec<String>,
     /// Target stage.
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Image name.
-    pub name: ImageName,
+    pub(crate) name: ImageName,
     /// Labels.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// Push destination, if pushing.
-    pub push_to: Option<String>,
+    pub(crate) push_to: Option<String>,
     /// Where the builder writes the pushed digest.
-    pub digest_file: PathBuf,
+    pub(crate) digest_file: PathBuf,
     /// Registry auth file (buildah/podman `--authfile`; docker/kaniko `DOCKER_CONFIG` dir).
-    pub auth_file: Option<PathBuf>,
+    pub(crate) auth_file: Option<PathBuf>,
 }
 
 /// The argv lists (without the program) the plan runs, in order. Kaniko builds and pushes in
 /// one call; docker needs an extra `inspect` to learn the digest (run separately).
-pub fn commands(plan: &BuildPlan) -> Vec<Vec<String>> {
+pub(crate) fn commands(plan: &BuildPlan) -> Vec<Vec<String>> {
     let reference = plan.name.reference();
     let mut common = Vec::new();
     for (k, v) in &plan.labels {
@@ -294,7 +294,7 @@ pub fn commands(plan: &BuildPlan) -> Vec<Vec<String>> {
 
 /// The argv as printed in the log: build-arg values are masked (they may carry tokens), and
 /// each argument is escaped for the terminal before it is quoted.
-pub fn printable(argv: &[String]) -> String {
+pub(crate) fn printable(argv: &[String]) -> String {
     let masked: Vec<String> = argv
         .iter()
         .map(|a| match a.strip_prefix("--build-arg=") {
@@ -312,21 +312,21 @@ pub fn printable(argv: &[String]) -> String {
 
 /// Registry auth file content (`{"auths": {host: {"auth": base64(user:password)}}}`), the
 /// format buildah, podman, docker and kaniko all read.
-pub fn auth_json(registry: &str, user: &str, password: &Secret) -> String {
+pub(crate) fn auth_json(registry: &str, user: &str, password: &Secret) -> String {
     let token =
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", password.expose()));
     serde_json::json!({ "auths": { registry: { "auth": token } } }).to_string()
 }
 
 /// A pushed digest as the builder wrote it: `sha256:<64 hex>`.
-pub fn parse_digest(text: &str) -> Option<String> {
+pub(crate) fn parse_digest(text: &str) -> Option<String> {
     let d = text.trim();
     let hex = d.strip_prefix("sha256:")?;
     (hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit())).then(|| d.to_string())
 }
 
 /// The dotenv file later jobs receive: the digest-pinned image plus what it was built for.
-pub fn dotenv(name: &ImageName, digest: &str, devstage: &str) -> String {
+pub(crate) fn dotenv(name: &ImageName, digest: &str, devstage: &str) -> String {
     format!(
         "P3_IMAGE={}@{digest}\nP3_IMAGE_TAG={}\nP3_IMAGE_DEVSTAGE={devstage}\n",
         name.repository,
@@ -363,7 +363,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<i32> {
 
 /// Build (and push) per `args` in the job described by `ctx`. Returns the pushed
 /// `repository@digest` when pushed.
-pub fn build(ctx: &StepContext, args: &BuildArgs) -> Result<Option<String>, ImageError> {
+pub(crate) fn build(ctx: &StepContext, args: &BuildArgs) -> Result<Option<String>, ImageError> {
     let cfg = &ctx.config.image;
     let devstage = args
         .devstage

@@ -50,10 +50,10 @@ pub enum P3TomlError {
 pub struct P3File {
     /// Settings every job starts from.
     #[serde(default)]
-    pub defaults: JobSettings,
+    pub(crate) defaults: JobSettings,
     /// The jobs, in order (deploy order follows it).
     #[serde(default, rename = "job")]
-    pub jobs: Vec<JobSpec>,
+    pub(crate) jobs: Vec<JobSpec>,
 }
 
 /// CPU and memory, as the P3 client spells them (passed through verbatim).
@@ -71,19 +71,19 @@ pub struct Resources {
 /// Settings that defaults, jobs and overrides share; later layers win field by field.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct JobSettings {
+pub(crate) struct JobSettings {
     /// Command the P3 job runs in the image (one string, interpreted by P3, not by us).
     #[serde(default)]
-    pub command: Option<String>,
+    pub(crate) command: Option<String>,
     /// Cron schedule; none: one-off job.
     #[serde(default)]
-    pub schedule: Option<String>,
+    pub(crate) schedule: Option<String>,
     /// Resources.
     #[serde(default)]
-    pub resources: Resources,
+    pub(crate) resources: Resources,
     /// Environment variables of the P3 job (merged key by key across layers).
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
 }
 
 /// One declared job.
@@ -92,15 +92,15 @@ pub struct JobSettings {
 /// buffer the job's keys and lose where a mistake is (every error said `line 1, column 1`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(from = "RawJob", into = "RawJob")]
-pub struct JobSpec {
+pub(crate) struct JobSpec {
     /// P3 job name (`[A-Za-z0-9][A-Za-z0-9._-]*`).
-    pub name: String,
+    pub(crate) name: String,
     /// Devstages the job exists in; None: all.
-    pub devstages: Option<Vec<String>>,
+    pub(crate) devstages: Option<Vec<String>>,
     /// The job's own settings.
-    pub settings: JobSettings,
+    pub(crate) settings: JobSettings,
     /// Per-devstage overrides.
-    pub overrides: BTreeMap<String, JobSettings>,
+    pub(crate) overrides: BTreeMap<String, JobSettings>,
 }
 
 /// A `[[job]]` table as written: the job's own keys and the [`JobSettings`] keys side by side.
@@ -158,13 +158,13 @@ pub struct ResolvedJob {
     /// Name.
     pub name: String,
     /// Command.
-    pub command: String,
+    pub(crate) command: String,
     /// Schedule, if scheduled.
     pub schedule: Option<String>,
     /// Resources.
     pub resources: Resources,
     /// Environment.
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
 }
 
 fn layer(base: &mut JobSettings, over: &JobSettings) {
@@ -397,18 +397,6 @@ impl P3File {
         Err(P3TomlError::Invalid(shown.join("; ")))
     }
 
-    /// Consistency checks: unique valid names, a command for every devstage a job is in,
-    /// valid env keys, overrides only for devstages the job is in.
-    pub fn validate(&self) -> Result<(), P3TomlError> {
-        let problems = self.problems();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            let shown: Vec<String> = problems.into_iter().map(|p| p.message).collect();
-            Err(P3TomlError::Invalid(shown.join("; ")))
-        }
-    }
-
     fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut problem = |at: Vec<Seg>, message: String| problems.push(Problem { at, message });
@@ -503,7 +491,7 @@ impl P3File {
     }
 
     /// Whether `job` exists in `devstage`.
-    pub fn applies(job: &JobSpec, devstage: &str) -> bool {
+    pub(crate) fn applies(job: &JobSpec, devstage: &str) -> bool {
         job.devstages
             .as_ref()
             .is_none_or(|s| s.iter().any(|d| d == devstage))
@@ -530,7 +518,7 @@ impl P3File {
     /// What the file declares per devstage, for a message: `client_dev (backfill, ingest);
     /// client_uat (ingest)`, with `every devstage (…)` for jobs that list no devstages and
     /// `no devstage (…)` for jobs with `devstages = []`. Empty when there are no jobs.
-    pub fn declared(&self) -> String {
+    pub(crate) fn declared(&self) -> String {
         let mut everywhere = Vec::new();
         let mut nowhere = Vec::new();
         let mut per_stage: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -565,7 +553,11 @@ impl P3File {
 
     /// The jobs of `devstage`, narrowed to `only` when it is not empty. Naming a job the
     /// devstage does not have is an error (a typo must not silently do nothing).
-    pub fn select(&self, devstage: &str, only: &[String]) -> Result<Vec<ResolvedJob>, P3TomlError> {
+    pub(crate) fn select(
+        &self,
+        devstage: &str,
+        only: &[String],
+    ) -> Result<Vec<ResolvedJob>, P3TomlError> {
         let all = self.jobs_for(devstage);
         if only.is_empty() {
             return Ok(all);

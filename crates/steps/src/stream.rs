@@ -11,7 +11,10 @@ use p3_contract::command::CommandError;
 
 /// Run `cmd` with stdin closed and stdout/stderr inherited; kill its whole process group when
 /// it runs past `timeout`.
-pub fn run_streaming(mut cmd: Command, timeout: Duration) -> Result<ExitStatus, CommandError> {
+pub(crate) fn run_streaming(
+    mut cmd: Command,
+    timeout: Duration,
+) -> Result<ExitStatus, CommandError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.stdin(Stdio::null()).process_group(0);
     let mut child = cmd.spawn().map_err(|source| CommandError::Spawn {

@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 
 /// Label key for the devstage an image was built for.
-pub const LABEL_DEVSTAGE: &str = "org.p3-executor.devstage";
+pub(crate) const LABEL_DEVSTAGE: &str = "org.p3-executor.devstage";
 /// Label key for the pipeline that built the image.
-pub const LABEL_PIPELINE_URL: &str = "org.p3-executor.pipeline.url";
+pub(crate) const LABEL_PIPELINE_URL: &str = "org.p3-executor.pipeline.url";
 
 /// Why no image reference could be decided.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TagError {
+pub(crate) enum TagError {
     /// The prod devstage was requested outside a release-tag pipeline.
     #[error(
         "devstage {devstage} builds only from a release tag matching {pattern}; this pipeline {found}. \
@@ -42,43 +42,43 @@ pub enum TagError {
 
 /// Inputs of the naming decision.
 #[derive(Debug, Clone)]
-pub struct TagInput<'a> {
+pub(crate) struct TagInput<'a> {
     /// Image repository, e.g. `registry.example.com/group/project` (`CI_REGISTRY_IMAGE`).
-    pub repository: &'a str,
+    pub(crate) repository: &'a str,
     /// `CI_COMMIT_TAG`, if this is a tag pipeline.
-    pub commit_tag: Option<&'a str>,
+    pub(crate) commit_tag: Option<&'a str>,
     /// `CI_COMMIT_SHORT_SHA`.
-    pub short_sha: Option<&'a str>,
+    pub(crate) short_sha: Option<&'a str>,
     /// Devstage the image is built for.
-    pub devstage: &'a str,
+    pub(crate) devstage: &'a str,
     /// The devstage that needs a release tag.
-    pub prod_devstage: &'a str,
+    pub(crate) prod_devstage: &'a str,
     /// Regex a release tag matches.
-    pub release_tag_pattern: &'a str,
+    pub(crate) release_tag_pattern: &'a str,
 }
 
 /// The decided image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageName {
+pub(crate) struct ImageName {
     /// Repository (lower-cased: OCI repository names cannot hold capitals).
-    pub repository: String,
+    pub(crate) repository: String,
     /// Tag, e.g. `v1.2.3-client_prod`.
-    pub tag: String,
+    pub(crate) tag: String,
     /// Version part of the tag (release tag or short SHA), unsanitised.
-    pub version: String,
+    pub(crate) version: String,
     /// Whether the version is a release tag.
-    pub is_release: bool,
+    pub(crate) is_release: bool,
 }
 
 impl ImageName {
     /// `repository:tag`.
-    pub fn reference(&self) -> String {
+    pub(crate) fn reference(&self) -> String {
         format!("{}:{}", self.repository, self.tag)
     }
 }
 
 /// Whether `tag` is a release tag under `pattern`.
-pub fn is_release_tag(tag: Option<&str>, pattern: &str) -> Result<bool, TagError> {
+pub(crate) fn is_release_tag(tag: Option<&str>, pattern: &str) -> Result<bool, TagError> {
     let re = regex::Regex::new(pattern).map_err(|e| TagError::BadPattern {
         pattern: pattern.into(),
         message: e.to_string(),
@@ -89,7 +89,7 @@ pub fn is_release_tag(tag: Option<&str>, pattern: &str) -> Result<bool, TagError
 /// Decide the image name. A tag pipeline whose tag does not match the release pattern is not
 /// a release: it gets the short SHA like a branch pipeline, so only real releases carry a
 /// version-looking tag.
-pub fn decide(input: &TagInput<'_>) -> Result<ImageName, TagError> {
+pub(crate) fn decide(input: &TagInput<'_>) -> Result<ImageName, TagError> {
     if input.devstage.is_empty() {
         return Err(TagError::Missing(
             "no devstage: pass --devstage or set P3_DEVSTAGE in the job".into(),
@@ -135,7 +135,7 @@ pub fn decide(input: &TagInput<'_>) -> Result<ImageName, TagError> {
 /// Make `raw` a valid OCI tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`. Invalid characters become
 /// `-` (so `feature/x` stays readable as `feature-x`), a leading `.` or `-` gets a `_` prefix,
 /// and the result is cut to 128 characters.
-pub fn sanitize_tag(raw: &str) -> String {
+pub(crate) fn sanitize_tag(raw: &str) -> String {
     let mut tag: String = raw
         .chars()
         .map(|c| {
@@ -155,24 +155,24 @@ pub fn sanitize_tag(raw: &str) -> String {
 
 /// Facts that go into the image's labels.
 #[derive(Debug, Clone, Default)]
-pub struct LabelInput<'a> {
+pub(crate) struct LabelInput<'a> {
     /// `CI_PROJECT_URL`.
-    pub source: Option<&'a str>,
+    pub(crate) source: Option<&'a str>,
     /// `CI_COMMIT_SHA`.
-    pub revision: Option<&'a str>,
+    pub(crate) revision: Option<&'a str>,
     /// RFC 3339 build time.
-    pub created: &'a str,
+    pub(crate) created: &'a str,
     /// Release tag or short SHA.
-    pub version: &'a str,
+    pub(crate) version: &'a str,
     /// Devstage.
-    pub devstage: &'a str,
+    pub(crate) devstage: &'a str,
     /// `CI_PIPELINE_URL`.
-    pub pipeline_url: Option<&'a str>,
+    pub(crate) pipeline_url: Option<&'a str>,
 }
 
 /// OCI annotation labels (`org.opencontainers.image.*`) plus the devstage and pipeline URL.
 /// Unknown facts are left out rather than labelled empty.
-pub fn labels(input: &LabelInput<'_>) -> BTreeMap<String, String> {
+pub(crate) fn labels(input: &LabelInput<'_>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut put = |k: &str, v: Option<&str>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {

@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaBundle {
     /// The PEM file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// `--ca-bundle`, `AWS_CA_BUNDLE`, `ca_bundle of profile X in FILE`, ...
-    pub source: String,
+    pub(crate) source: String,
 }
 
 /// Which HTTPS client the trust is for: the GitLab API also honours `CI_SERVER_TLS_CA_FILE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum For {
+pub(crate) enum For {
     /// S3 (the AWS SDK).
     S3,
     /// The GitLab API.
@@ -33,7 +33,7 @@ fn env(name: &str) -> Option<String> {
 
 /// The bundle to trust, if any: `flag`, `AWS_CA_BUNDLE`, the profile's `ca_bundle`, then (for
 /// GitLab) `CI_SERVER_TLS_CA_FILE`.
-pub fn resolve(flag: Option<&Path>, client: For) -> Option<CaBundle> {
+pub(crate) fn resolve(flag: Option<&Path>, client: For) -> Option<CaBundle> {
     if let Some(p) = flag {
         return Some(CaBundle {
             path: p.to_path_buf(),
@@ -75,7 +75,7 @@ fn profile_ca_bundle() -> Option<CaBundle> {
 }
 
 /// The value of `key` in `[profile <name>]` (or `[default]`) of an AWS config file (pure).
-pub fn profile_value(text: &str, profile: &str, key: &str) -> Option<String> {
+pub(crate) fn profile_value(text: &str, profile: &str, key: &str) -> Option<String> {
     let mut inside = false;
     for line in text.lines() {
         let line = line.trim();
@@ -100,7 +100,7 @@ pub fn profile_value(text: &str, profile: &str, key: &str) -> Option<String> {
 }
 
 /// The PEM text of `bundle`, checked to hold at least one certificate.
-pub fn load(bundle: &CaBundle) -> Result<Vec<u8>, String> {
+pub(crate) fn load(bundle: &CaBundle) -> Result<Vec<u8>, String> {
     let pem = std::fs::read(&bundle.path).map_err(|e| {
         format!(
             "cannot read the CA bundle {} (from {}): {e}",
@@ -132,7 +132,7 @@ pub fn load(bundle: &CaBundle) -> Result<Vec<u8>, String> {
 }
 
 /// The CAs in use, for error messages.
-pub fn describe(bundle: Option<&CaBundle>) -> String {
+pub(crate) fn describe(bundle: Option<&CaBundle>) -> String {
     match bundle {
         Some(b) => format!("the CA bundle {} (from {})", b.path.display(), b.source),
         None => match env("SSL_CERT_FILE") {
@@ -143,7 +143,7 @@ pub fn describe(bundle: Option<&CaBundle>) -> String {
 }
 
 /// Whether an error text is about the server's certificate.
-pub fn is_certificate_error(text: &str) -> bool {
+pub(crate) fn is_certificate_error(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     // rustls names some failures by their kind alone (`BadSignature` when a CA of the same
     // name but another key signed the certificate).
@@ -162,7 +162,7 @@ pub fn is_certificate_error(text: &str) -> bool {
 }
 
 /// The hint appended to a certificate error.
-pub fn certificate_hint(bundle: Option<&CaBundle>) -> String {
+pub(crate) fn certificate_hint(bundle: Option<&CaBundle>) -> String {
     let hint = if bundle.is_some() {
         "is the server's CA in that file?"
     } else {
