@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::isolation::{host_with_uids_and, needs_root, prepared, run_body};
-use p3_testkit::driver::{Host, Job, uid_base};
+use p3_testkit::driver::{uid_base, Host, Job};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p3-executor");
 pub(crate) const USER: &str = "ci-pusher";
@@ -50,7 +50,8 @@ fn container_host(extra: &str) -> (Host, [u32; 2]) {
     (host, sub)
 }
 
-/// The loopback registry: `docker-registry` with htpasswd auth on a free port.
+/// The loopback registry: `docker-registry` on a free port, with htpasswd auth (the job's
+/// `CI_REGISTRY`) or open for pulls without credentials (a site's mirror).
 pub(crate) struct Registry {
     child: Child,
     pub(crate) port: u16,
@@ -58,7 +59,17 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// With htpasswd auth: `USER` / `PASSWORD`.
     pub(crate) fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Without auth: anyone may pull (and push), as from a site's internal mirror.
+    pub(crate) fn start_open() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(auth: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let htpasswd = dir.path().join("htpasswd");
         let out = Command::new("htpasswd")
@@ -73,13 +84,20 @@ impl Registry {
             .unwrap()
             .port();
         let config = dir.path().join("config.yml");
+        let auth = if auth {
+            format!(
+                "auth:\n  htpasswd:\n    realm: p3-test\n    path: {}\n",
+                htpasswd.display()
+            )
+        } else {
+            String::new()
+        };
         fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: p3-test\n    path: {}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n{auth}",
                 dir.path().join("data").display(),
-                htpasswd.display()
             ),
         )
         .unwrap();

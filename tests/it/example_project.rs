@@ -16,7 +16,7 @@ use p3_steps::cli::StepsCli as Cli;
 use p3_steps::p3toml::P3File;
 use serde_norway::{Mapping, Value};
 
-fn project() -> PathBuf {
+pub(crate) fn project() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("executor-config/example-project")
 }
 
@@ -77,7 +77,7 @@ const RESERVED: [&str; 9] = [
 ];
 
 /// Visible jobs with `extends` resolved.
-fn jobs(doc: &Mapping) -> Vec<(String, Value)> {
+pub(crate) fn jobs(doc: &Mapping) -> Vec<(String, Value)> {
     doc.keys()
         .filter_map(|k| k.as_str())
         .filter(|k| !k.starts_with('.') && !RESERVED.contains(k))
@@ -173,12 +173,10 @@ fn check_structure(jobs: &[(String, Value)]) {
         build["artifacts"]["reports"]["dotenv"],
         "image-${P3_DEVSTAGE}.env"
     );
-    assert!(
-        build["script"][0]
-            .as_str()
-            .unwrap()
-            .contains("--dotenv \"image-${P3_DEVSTAGE}.env\"")
-    );
+    assert!(build["script"][0]
+        .as_str()
+        .unwrap()
+        .contains("--dotenv \"image-${P3_DEVSTAGE}.env\""));
 }
 
 /// Every `p3-executor ...` script line parses with the real CLI.
@@ -422,7 +420,8 @@ fn example_pipeline_requests_only_what_the_example_policy_grants() {
         sha: "abc".into(),
         source: IdentitySource::IdToken,
     };
-    // (ref, the devstages the example pipeline requests there — see the gitlab-ci-local test)
+    // (ref, the devstages the example pipeline requests there — see the gitlab-ci-local test;
+    // the test job asks for client_dev on every ref)
     let cases = [
         (
             id("feature/x", RefType::Branch, false),
@@ -436,15 +435,29 @@ fn example_pipeline_requests_only_what_the_example_policy_grants() {
         ),
         (
             id("v1.2.3", RefType::Tag, true),
-            vec!["client_prod"],
+            vec!["client_dev", "client_prod"],
             vec![],
         ),
         (
             id("v1.2.3", RefType::Tag, false),
-            vec![],
+            vec!["client_dev"],
             vec!["client_prod"],
         ),
     ];
+    // The test job runs in an image the example policy lets its devstage run.
+    let text = std::fs::read_to_string(project().join(".gitlab-ci.yml")).unwrap();
+    let doc: Value = serde_norway::from_str(&text).unwrap();
+    let (_, test) = jobs(doc.as_mapping().unwrap())
+        .into_iter()
+        .find(|(n, _)| n == "test")
+        .unwrap();
+    let image = test["image"]
+        .as_str()
+        .expect("the test job runs in an image");
+    let devstage = test["variables"]["P3_DEVSTAGE"].as_str().unwrap();
+    if let Err(refused) = p3_executor::images::policy::check(&cfg, Some(devstage), image) {
+        panic!("the test job's {image} in {devstage}: {refused:?}");
+    }
     for (identity, requested, refused) in cases {
         for devstage in requested {
             let d = decide(&identity, devstage, &cfg);

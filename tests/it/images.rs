@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::tokens::{ISSUER, JwksServer, TokenMinter, gitlab_claims};
-use crate::containers::{PASSWORD, Registry, USER, leases, processes_in, subid_window};
+use crate::common::tokens::{gitlab_claims, JwksServer, TokenMinter, ISSUER};
+use crate::containers::{leases, processes_in, subid_window, Registry, PASSWORD, USER};
 use crate::isolation::needs_root;
 use p3_testkit::driver::{Host, Job, JobResult};
 use p3_testkit::kdc;
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 const PROJECT: &str = "data-ml/forecast";
 
@@ -38,12 +38,17 @@ fn sh(cmd: &mut Command) -> String {
 }
 
 /// An OCI archive of a test image, built once (under a lock: tests run concurrently).
-/// `kind`: "debian" (mmdebstrap minbase + krb5-user) or "busybox" (static busybox only).
+/// `kind`: "debian" (mmdebstrap minbase + krb5-user), "python" (the same + python3: the
+/// example project's base) or "busybox" (static busybox only).
 fn image_archive(kind: &str) -> PathBuf {
     let dir = cache_dir();
-    let key = match kind {
-        "debian" => "debian-bookworm-minbase-krb5-user-v1",
-        _ => "busybox-static-v1",
+    let (key, include) = match kind {
+        "debian" => ("debian-bookworm-minbase-krb5-user-v1", "krb5-user"),
+        "python" => (
+            "debian-bookworm-minbase-krb5-user-python3-v1",
+            "krb5-user,python3",
+        ),
+        _ => ("busybox-static-v1", ""),
     };
     let archive = dir.join(format!("{key}.oci.tar"));
     let lock = fs::File::create(dir.join(format!("{key}.lock"))).unwrap();
@@ -67,17 +72,15 @@ fn image_archive(kind: &str) -> PathBuf {
     let marker = work.path().join("marker");
     fs::create_dir_all(marker.join("etc")).unwrap();
     fs::write(marker.join("etc/p3-test-image"), format!("{kind}\n")).unwrap();
-    if kind == "debian" {
+    if !include.is_empty() {
         let rootfs = dir.join(format!("{key}.rootfs.tar"));
         if !rootfs.exists() {
             let tmp = dir.join(format!("{key}.rootfs.tar.part"));
             sh(Command::new("mmdebstrap")
-                .args([
-                    "--quiet",
-                    "--variant=minbase",
-                    "--include=krb5-user",
-                    "bookworm",
-                ])
+                // The format named: mmdebstrap guesses it from the name, and `.part` is none.
+                .args(["--quiet", "--variant=minbase", "--format=tar"])
+                .arg(format!("--include={include}"))
+                .arg("bookworm")
                 .arg(&tmp));
             fs::rename(&tmp, &rootfs).unwrap();
         }
@@ -110,7 +113,7 @@ fn image_archive(kind: &str) -> PathBuf {
 }
 
 /// Push a test image to the registry as `repo:tag`; returns its manifest digest.
-fn push(registry: &Registry, kind: &str, repo: &str) -> String {
+pub(crate) fn push(registry: &Registry, kind: &str, repo: &str) -> String {
     let archive = image_archive(kind);
     sh(Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
@@ -172,7 +175,7 @@ fn plain_host(registry: &Registry) -> Host {
     ))
 }
 
-fn layers(host: &Host) -> Vec<String> {
+pub(crate) fn layers(host: &Host) -> Vec<String> {
     fs::read_dir(host.root().join("state/layers"))
         .map(|d| {
             d.flatten()
@@ -186,7 +189,7 @@ fn run_in(job: &mut Job, body: &str) -> i32 {
     crate::isolation::run_body(job, body)
 }
 
-fn assert_nothing_left(host: &Host, id: u64, uid: u32) {
+pub(crate) fn assert_nothing_left(host: &Host, id: u64, uid: u32) {
     assert!(layers(host).is_empty(), "layers left: {:?}", layers(host));
     assert!(
         leases(host).is_empty(),

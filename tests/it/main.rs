@@ -39,6 +39,7 @@ mod runner;
 mod s3;
 mod s3_integrity;
 mod scrub;
+mod seed_pipeline;
 mod steps_cli;
 mod steps_s3;
 mod walls;

@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 const BIN: &str = env!("CARGO_BIN_EXE_p3-executor");
 const IMAGE: &str = "registry.example.com/data/scoring@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-const STANDIN: &str = r#"#!/bin/bash
+pub(crate) const STANDIN: &str = r#"#!/bin/bash
 # Stand-in P3 client (see tests/p3.rs).
 set -u
 rec="$P3_STANDIN_DIR"

@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use serde_json::{Value, json};
+use serde_json::{json, Value};
 
 /// A host: temp dirs, an executor config, a git repository to build.
 pub struct Host {
@@ -121,19 +121,7 @@ impl Host {
         let repo = root.join("src/group/project");
         fs::create_dir_all(&repo).unwrap();
         fs::write(repo.join("README"), "hello from the repository\n").unwrap();
-        let git = |args: &[&str]| {
-            let out = Command::new("git")
-                .args(args)
-                .current_dir(&repo)
-                .env("GIT_AUTHOR_NAME", "t")
-                .env("GIT_AUTHOR_EMAIL", "t@example.com")
-                .env("GIT_COMMITTER_NAME", "t")
-                .env("GIT_COMMITTER_EMAIL", "t@example.com")
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "git {args:?}: {out:?}");
-            String::from_utf8(out.stdout).unwrap()
-        };
+        let git = |args: &[&str]| git_in(&repo, args);
         git(&["init", "-q", "-b", "main"]);
         git(&["add", "."]);
         git(&["commit", "-q", "-m", "init"]);
@@ -176,6 +164,53 @@ impl Host {
     pub fn exec(&self, args: &[&str]) -> Output {
         self.host_command(args).output().unwrap()
     }
+
+    /// Put a project's files (the tree under `from`, e.g. an example project) into the
+    /// repository as a second commit; later jobs check it out. `edit` may change each file's
+    /// text on the way (e.g. point a registry host at a test's own).
+    pub fn commit_tree(&mut self, from: &Path, edit: impl Fn(&Path, String) -> String) {
+        copy_tree(from, from, &self.repo, &edit);
+        let git = |args: &[&str]| git_in(&self.repo, args);
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", "project"]);
+        self.sha = git(&["rev-parse", "HEAD"]).trim().to_string();
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&self.repo)
+            .status()
+            .unwrap();
+    }
+}
+
+/// Copy the files under `dir` (relative to `top`) into `to`, text through `edit`.
+fn copy_tree(top: &Path, dir: &Path, to: &Path, edit: &dyn Fn(&Path, String) -> String) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let rel = path.strip_prefix(top).unwrap();
+        let dest = to.join(rel);
+        if path.is_dir() {
+            fs::create_dir_all(&dest).unwrap();
+            copy_tree(top, &path, to, edit);
+        } else {
+            let text = fs::read_to_string(&path).unwrap();
+            fs::write(&dest, edit(rel, text)).unwrap();
+        }
+    }
+}
+
+/// Run git in `repo` with a fixed identity; its stdout.
+fn git_in(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(repo)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A fresh window of 1000 uids for private job users, never handed out twice in this process
@@ -223,6 +258,13 @@ pub struct Job {
     pub echo: bool,
     /// The payload's `runner_info.timeout` in seconds (GitLab's job timeout).
     pub timeout_secs: u64,
+    /// The payload's `image` (`name`, `entrypoint`, `pull_policy`), as the runner sends a
+    /// job's `image:`.
+    pub image: Option<Value>,
+    /// `artifacts: paths:` (relative to the project dir), collected after the user's stages.
+    pub artifacts: Vec<String>,
+    /// What the stand-in collected of `artifacts`: path → content.
+    pub collected: BTreeMap<String, String>,
 }
 
 impl Job {
@@ -252,7 +294,22 @@ impl Job {
             raw_payload: None,
             echo: false,
             timeout_secs: 3600,
+            image: None,
+            artifacts: Vec::new(),
+            collected: BTreeMap::new(),
         }
+    }
+
+    /// Run the job in `name` (`image:` in .gitlab-ci.yml; the payload's `image`).
+    pub fn image(mut self, name: &str) -> Self {
+        self.image = Some(json!({"name": name, "entrypoint": null, "pull_policy": null}));
+        self
+    }
+
+    /// Collect `path` (relative to the project dir) as an artifact of the job.
+    pub fn artifact(mut self, path: &str) -> Self {
+        self.artifacts.push(path.into());
+        self
     }
 
     /// Add a job variable (as `variables:` in .gitlab-ci.yml would).
@@ -287,7 +344,7 @@ impl Job {
                     .iter()
                     .map(|(k, v)| json!({"key": k, "value": v, "public": true, "masked": false}))
                     .collect();
-                json!({
+                let mut payload = json!({
                     "id": self.id,
                     "token": format!("glcbt-secret-token-{}", self.id),
                     "job_info": {"name": "job", "stage": "test", "project_id": 7, "project_name": "project"},
@@ -295,8 +352,11 @@ impl Job {
                                  "sha": self.sha, "ref_type": "branch"},
                     "variables": vars,
                     "runner_info": {"timeout": self.timeout_secs}
-                })
-                .to_string()
+                });
+                if let Some(image) = &self.image {
+                    payload["image"] = image.clone();
+                }
+                payload.to_string()
             }
         };
         let path = self.payload_path();
@@ -474,10 +534,31 @@ impl Job {
                 self.run_stage("after_script");
             }
         }
+        self.collect_artifacts();
         self.run_stage("cleanup_file_variables");
         let code_file = self.exit_code_file();
         self.cleanup();
         JobResult::from_code(failed.unwrap_or(0), code_file)
+    }
+
+    /// The runner's artifact upload, simplified: the stand-in reads each of `artifacts` that
+    /// exists from the project dir (as root, never following a link) into `collected`.
+    pub fn collect_artifacts(&mut self) {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let project = PathBuf::from(self.project_dir());
+        for path in &self.artifacts {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(project.join(path));
+            let mut text = String::new();
+            if let Ok(mut f) = file {
+                if f.read_to_string(&mut text).is_ok() {
+                    self.collected.insert(path.clone(), text);
+                }
+            }
+        }
     }
 
     /// Content of BUILD_EXIT_CODE_FILE, if written.
