@@ -56,7 +56,7 @@ pub fn run_bounded(cmd: Command, timeout: Duration) -> Result<Output, CommandErr
 }
 
 /// How long a command told to stop (SIGTERM to its process group) gets before SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// [`run_bounded`], and when `stop` becomes true (a signal handler set it) the command's
 /// process group gets SIGTERM, then SIGKILL after [`STOP_GRACE`]: the caller was asked to
@@ -78,6 +78,8 @@ pub fn run_bounded_until(
     // Drain both pipes on threads so a chatty tool cannot block on a full pipe.
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
+    // A read error ends a drain with what it read: the exit status decides, the output only
+    // explains.
     let out_t = std::thread::spawn(move || {
         let mut b = Vec::new();
         let _ = out.read_to_end(&mut b);
@@ -101,6 +103,8 @@ pub fn run_bounded_until(
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
                 let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+                // Unchecked: ESRCH (the group is already gone) is its only failure here, and
+                // the wait below reaps the child either way; the timeout is what is reported.
                 let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
                 return Err(CommandError::Timeout { program, timeout });
@@ -108,6 +112,7 @@ pub fn run_bounded_until(
             Ok(None) if stop.load(Ordering::SeqCst) && !stopping => {
                 stopping = true;
                 let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+                // Unchecked: ESRCH (already exited) is its only failure; the loop reaps it.
                 let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
                 deadline = deadline.min(Instant::now() + STOP_GRACE);
             }

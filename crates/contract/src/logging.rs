@@ -64,6 +64,8 @@ pub fn init(cfg: &LogConfig) {
         // Colour only for a person at a terminal; job logs and files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let registry = tracing_subscriber::registry().with(filter);
+    // Unchecked: it fails only when a subscriber is already set (tests, a second init), which
+    // then keeps logging.
     let _ = match cfg.format {
         LogFormat::Json => registry.with(fmt.json()).try_init(),
         LogFormat::Text => registry.with(fmt.event_format(Plain)).try_init(),

@@ -18,7 +18,7 @@ impl PidFd {
     /// or when `pid` does not exist.
     pub fn open(pid: Pid) -> std::io::Result<Self> {
         let pid = rustix::process::Pid::from_raw(pid.as_raw())
-            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+            .ok_or_else(|| std::io::Error::from(rustix::io::Errno::SRCH))?;
         let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
         Ok(Self(fd))
     }
@@ -35,7 +35,7 @@ impl PidFd {
     /// Block until the process exits (the pidfd becomes readable) or `deadline` passes. An
     /// interrupted or failed poll just returns early: the callers loop, re-checking the child
     /// and the deadline.
-    pub fn wait_exit(&self, deadline: Instant) {
+    pub(crate) fn wait_exit(&self, deadline: Instant) {
         let left = deadline.saturating_duration_since(Instant::now());
         // Round up so a caller never spins on a sub-millisecond remainder.
         let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);

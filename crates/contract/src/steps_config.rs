@@ -99,7 +99,7 @@ impl Action {
 }
 
 /// Placeholder names a template may use (for `check` and docs).
-pub const PLACEHOLDERS: &[&str] = &[
+pub(crate) const PLACEHOLDERS: &[&str] = &[
     "deploy_stage",
     "devstage",
     "image",

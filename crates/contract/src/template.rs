@@ -185,7 +185,7 @@ pub fn render(
 
 /// Quote one argument so a reader (or a POSIX shell) sees exactly one word: safe words stay
 /// bare, anything else is single-quoted with `'` written as `'\''`.
-pub fn quote(arg: &str) -> String {
+pub(crate) fn quote(arg: &str) -> String {
     let safe = !arg.is_empty()
         && arg
             .chars()

@@ -27,6 +27,8 @@ pub(crate) fn run_streaming(
             Ok(Some(status)) => return Ok(status),
             Ok(None) if Instant::now() >= deadline => {
                 let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+                // Unchecked: ESRCH (the group is already gone) is its only failure here, and
+                // the wait below reaps the child either way; the timeout is what is reported.
                 let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
                 return Err(CommandError::Timeout { program, timeout });
