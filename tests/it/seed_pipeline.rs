@@ -311,6 +311,94 @@ impl Seed {
         out.sort();
         out
     }
+
+    /// Every call the P3 stand-in received: (argv, klist of the ticket it was handed).
+    fn p3_calls(&self) -> Vec<(Vec<String>, String)> {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(self.records().join("calls"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        dirs.iter()
+            .map(|d| {
+                let argv = fs::read(d.join("argv")).unwrap();
+                let argv = argv
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                (
+                    argv,
+                    fs::read_to_string(d.join("klist")).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// The pipeline's build, deploy and remove jobs of `suffix` (`dev`, `prod`) on `git_ref`,
+    /// job ids from `first`: the image built from the example's Dockerfile (its base from the
+    /// mirror) in a container job and pushed to CI_REGISTRY with the devstage in its tag; the
+    /// digest in the dotenv report handed to deploy, which deploys exactly that image as the
+    /// devstage's account to `jobs` (p3.toml's for the devstage); remove takes them away.
+    fn build_deploy_remove(&self, first: u64, git_ref: &Ref, suffix: &str, jobs: &[&str]) {
+        let devstage = format!("client_{suffix}");
+        let account = if suffix == "dev" {
+            "client_dev"
+        } else {
+            "client_uat"
+        };
+        let mut build = self.job(first, &format!("build:{suffix}"), git_ref, "");
+        assert_eq!(self.run(&mut build), 0, "{}", build.log);
+        assert!(!build.log.contains(PASSWORD), "{}", build.log);
+        let dotenv = build
+            .collected
+            .get(&format!("image-{devstage}.env"))
+            .unwrap_or_else(|| panic!("no dotenv artifact:\n{}", build.log))
+            .clone();
+        let version = if git_ref.kind == "tag" {
+            git_ref.name.to_string()
+        } else {
+            self.host.sha[..8].to_string()
+        };
+        let tagged = format!("{PROJECT}:{version}-{devstage}");
+        let inspected = self.registry.inspect(&tagged);
+        assert!(inspected.status.success(), "{tagged}: {inspected:?}");
+        let pushed: Json = serde_json::from_slice(&inspected.stdout).unwrap();
+        let digest = pushed["Digest"].as_str().unwrap();
+        let pinned = format!("127.0.0.1:{}/{PROJECT}@{digest}", self.registry.port);
+        assert!(
+            dotenv.contains(&format!("P3_IMAGE={pinned}\n")),
+            "{dotenv}\nregistry: {digest}"
+        );
+        assert_eq!(self.grant(first)["devstage"], devstage.as_str());
+
+        let calls_before = self.p3_calls().len();
+        let mut deploy = self.job(first + 1, &format!("deploy:{suffix}"), git_ref, &dotenv);
+        assert_eq!(self.run(&mut deploy), 0, "{}", deploy.log);
+        let want: Vec<(String, String)> = jobs
+            .iter()
+            .map(|j| (j.to_string(), pinned.clone()))
+            .collect();
+        assert_eq!(self.deployed(&devstage), want, "{}", deploy.log);
+        let report = deploy
+            .collected
+            .get(&format!("p3-deploy-{devstage}.json"))
+            .unwrap_or_else(|| panic!("no deploy report:\n{}", deploy.log));
+        assert!(report.contains(&pinned), "{report}");
+        let calls = self.p3_calls();
+        assert_eq!(calls.len() - calls_before, jobs.len(), "{calls:?}");
+        for (argv, klist) in &calls[calls_before..] {
+            assert!(argv.contains(&format!("--as={account}")), "{argv:?}");
+            assert!(argv.contains(&format!("--devstage={devstage}")), "{argv:?}");
+            let principal = format!("Default principal: svc_{account}@");
+            assert!(klist.contains(&principal), "{klist}");
+        }
+        assert_eq!(self.grant(first + 1)["devstage"], devstage.as_str());
+
+        let mut remove = self.job(first + 2, &format!("remove:{suffix}"), git_ref, "");
+        assert_eq!(self.run(&mut remove), 0, "{}", remove.log);
+        assert!(self.deployed(&devstage).is_empty(), "{}", remove.log);
+        assert_eq!(self.grant(first + 2)["devstage"], devstage.as_str());
+    }
 }
 
 #[test]
@@ -325,8 +413,6 @@ fn the_example_projects_four_stages_run_through_the_runner() {
         kind: "branch",
         protected: false,
     };
-    let port = seed.registry.port;
-    let short = &seed.host.sha[..8];
 
     // 1. test: the unit tests, in the project's base image, with the dev account's ticket.
     let mut test = seed.job(3101, "test", &branch, "");
@@ -365,57 +451,21 @@ fn the_example_projects_four_stages_run_through_the_runner() {
     ]);
     assert!(out.status.success(), "{}", crate::common::text(&out));
 
-    // 2. build:dev: the image built from the example's Dockerfile (its base from the mirror)
-    // in a container job and pushed to CI_REGISTRY; the digest in the dotenv report.
-    let mut build = seed.job(3102, "build:dev", &branch, "");
-    assert_eq!(seed.run(&mut build), 0, "{}", build.log);
-    assert!(!build.log.contains(PASSWORD), "{}", build.log);
-    let dotenv = build
-        .collected
-        .get("image-client_dev.env")
-        .unwrap_or_else(|| panic!("no dotenv artifact:\n{}", build.log))
-        .clone();
-    let tagged = format!("{PROJECT}:{short}-client_dev");
-    let inspected = seed.registry.inspect(&tagged);
-    assert!(inspected.status.success(), "{tagged}: {inspected:?}");
-    let pushed: Json = serde_json::from_slice(&inspected.stdout).unwrap();
-    let digest = pushed["Digest"].as_str().unwrap();
-    let pinned = format!("127.0.0.1:{port}/{PROJECT}@{digest}");
-    assert!(
-        dotenv.contains(&format!("P3_IMAGE={pinned}\n")),
-        "{dotenv}\nregistry: {digest}"
+    // 2.-4. build, deploy and remove for client_dev from the branch.
+    seed.build_deploy_remove(
+        3102,
+        &branch,
+        "dev",
+        &["scoring-backfill", "scoring-nightly"],
     );
-    assert_eq!(seed.grant(3102)["devstage"], "client_dev");
-
-    // 3. deploy:dev: what p3.toml declares for client_dev, with exactly the built image.
-    let mut deploy = seed.job(3103, "deploy:dev", &branch, &dotenv);
-    assert_eq!(seed.run(&mut deploy), 0, "{}", deploy.log);
-    assert_eq!(
-        seed.deployed("client_dev"),
-        vec![
-            ("scoring-backfill".to_string(), pinned.clone()),
-            ("scoring-nightly".to_string(), pinned.clone())
-        ],
-        "{}",
-        deploy.log
-    );
-    let report = deploy
-        .collected
-        .get("p3-deploy-client_dev.json")
-        .unwrap_or_else(|| panic!("no deploy report:\n{}", deploy.log));
-    assert!(report.contains(&pinned), "{report}");
-    let klist = fs::read_to_string(seed.records().join("calls/000/klist")).unwrap();
-    assert!(
-        klist.contains("Default principal: svc_client_dev@"),
-        "{klist}"
-    );
-    assert_eq!(seed.grant(3103)["devstage"], "client_dev");
-
-    // 4. remove:dev: the devstage's P3 jobs gone.
-    let mut remove = seed.job(3104, "remove:dev", &branch, "");
-    assert_eq!(seed.run(&mut remove), 0, "{}", remove.log);
-    assert!(seed.deployed("client_dev").is_empty(), "{}", remove.log);
-    assert_eq!(seed.grant(3104)["devstage"], "client_dev");
+    // The same on a protected release tag: client_prod, with the client_uat account, the image
+    // tagged with the release (prod's test job is the same as dev's, not run twice).
+    let release = Ref {
+        name: "v1.2.3",
+        kind: "tag",
+        protected: true,
+    };
+    seed.build_deploy_remove(3202, &release, "prod", &["scoring-nightly"]);
 
     // Every decision is in the audit log, and its chain holds.
     let out = seed.host.exec(&["audit", "verify"]);
