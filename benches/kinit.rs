@@ -9,9 +9,15 @@
 //!
 //! Target (issue 23): prepare with a grant within 1.6x of a bare kinit. The `p3-executor prepare`
 //! candidate runs the real binary for a fresh job each time: ID token verified against a JWKS
-//! file, policy, kinit, chown, state and an fsynced audit record.
+//! file, policy, kinit, chown, state and an fsynced audit record. Next to it, the same prepare
+//! without a devstage (no grant) and with the network wall's `nft` stubbed, so the time beyond
+//! kinit splits into the grant, the network wall and the rest. The runner binary is built on
+//! its own first, as the package builds it (`support/runner_binary.rs`).
 
 use p3_testkit::kdc;
+
+#[path = "support/runner_binary.rs"]
+mod runner_binary;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -105,8 +111,9 @@ struct PrepareBench {
 }
 
 impl PrepareBench {
-    /// `extra`: more config (TOML appended at the end).
-    fn new(s: &Setup, jobs: usize, first_job: u64, extra: &str) -> Self {
+    /// `extra`: more config (TOML appended at the end). `devstage`: whether the jobs request
+    /// one (a grant); without, prepare verifies no token, obtains nothing and audits nothing.
+    fn new(s: &Setup, jobs: usize, first_job: u64, extra: &str, devstage: bool) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let minter = TokenMinter::new();
@@ -144,12 +151,13 @@ impl PrepareBench {
                     "branch",
                     true,
                 );
+                let mut variables =
+                    vec![serde_json::json!({"key": "P3_ID_TOKEN", "value": minter.mint(claims), "masked": true})];
+                if devstage {
+                    variables.push(serde_json::json!({"key": "P3_DEVSTAGE", "value": "client_dev"}));
+                }
                 let payload = serde_json::json!({
-                    "id": id, "token": "glcbt-bench",
-                    "variables": [
-                        {"key": "P3_ID_TOKEN", "value": minter.mint(claims), "masked": true},
-                        {"key": "P3_DEVSTAGE", "value": "client_dev"}
-                    ]
+                    "id": id, "token": "glcbt-bench", "variables": variables
                 });
                 let path = root.path().join(format!("payload-{id}.json"));
                 std::fs::write(&path, payload.to_string()).unwrap();
@@ -165,10 +173,7 @@ impl PrepareBench {
     }
 
     fn call(&self, payload: &PathBuf, call: &str) {
-        // `P3_BENCH_EXECUTOR` measures another build (an A/B).
-        let executor = std::env::var_os("P3_BENCH_EXECUTOR")
-            .map_or_else(|| env!("CARGO_BIN_EXE_p3-executor").into(), PathBuf::from);
-        let status = Command::new(executor)
+        let status = Command::new(runner_binary::executor())
             .arg("--config")
             .arg(&self.config)
             .arg(call)
@@ -186,50 +191,47 @@ impl PrepareBench {
     }
 }
 
+/// `p3-executor prepare` of a fresh job per measured call, as the runner does it; each job is
+/// cleaned up (untimed) before the next one arrives, as on a runner host.
+fn prepare_candidate(name: &'static str, bench: PrepareBench) -> Candidate {
+    let bench = Rc::new(RefCell::new(bench));
+    let cleanup = bench.clone();
+    Candidate {
+        name,
+        run: Box::new(move |_s: &Setup| {
+            let mut b = bench.borrow_mut();
+            let (_, payload) = b.payloads[b.next].clone();
+            b.next += 1;
+            b.call(&payload, "prepare");
+        }),
+        after: Some(Box::new(move |_s: &Setup| {
+            let b = cleanup.borrow();
+            let (_, payload) = b.payloads[b.next - 1].clone();
+            b.call(&payload, "cleanup");
+        })),
+    }
+}
+
 fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
     let owner = nix::unistd::geteuid().is_root().then_some((65534, 65534));
-    // One job per measured call: prepare of a fresh job, as the runner does it.
-    let prepare = Rc::new(RefCell::new(PrepareBench::new(s, runs + 10, 70_000, "")));
-    let cleanup = prepare.clone();
-    // The same prepare with the network wall's `nft` replaced by /bin/true: what the nft
-    // process (start-up, netlink, the kernel's commit) costs a prepare.
-    let no_nft = Rc::new(RefCell::new(PrepareBench::new(
-        s,
-        runs + 10,
-        80_000,
-        "[network]\nnft = \"/bin/true\"\n",
-    )));
-    let no_nft_cleanup = no_nft.clone();
+    let jobs = runs + 10;
     vec![
-        Candidate {
-            name: "prepare, nft = true",
-            run: Box::new(move |_s: &Setup| {
-                let mut b = no_nft.borrow_mut();
-                let (_, payload) = b.payloads[b.next].clone();
-                b.next += 1;
-                b.call(&payload, "prepare");
-            }),
-            after: Some(Box::new(move |_s: &Setup| {
-                let b = no_nft_cleanup.borrow();
-                let (_, payload) = b.payloads[b.next - 1].clone();
-                b.call(&payload, "cleanup");
-            })),
-        },
-        Candidate {
-            name: "p3-executor prepare",
-            run: Box::new(move |_s: &Setup| {
-                let mut b = prepare.borrow_mut();
-                let (_, payload) = b.payloads[b.next].clone();
-                b.next += 1;
-                b.call(&payload, "prepare");
-            }),
-            // As on a runner host, each job is cleaned up before the next one arrives.
-            after: Some(Box::new(move |_s: &Setup| {
-                let b = cleanup.borrow();
-                let (_, payload) = b.payloads[b.next - 1].clone();
-                b.call(&payload, "cleanup");
-            })),
-        },
+        // The same job without a devstage: no token verified, no ticket, no audit record. What
+        // prepare costs besides the grant (the process, workspace, uid lease, cgroup, network).
+        prepare_candidate(
+            "prepare, no devstage",
+            PrepareBench::new(s, jobs, 60_000, "", false),
+        ),
+        // With the network wall's `nft` replaced by /bin/true: what the nft process (start-up,
+        // netlink, the kernel's commit) costs a prepare.
+        prepare_candidate(
+            "prepare, nft = true",
+            PrepareBench::new(s, jobs, 80_000, "[network]\nnft = \"/bin/true\"\n", true),
+        ),
+        prepare_candidate(
+            "p3-executor prepare",
+            PrepareBench::new(s, jobs, 70_000, "", true),
+        ),
         Candidate {
             name: "kerberos::obtain",
             run: Box::new(move |s: &Setup| {
@@ -309,8 +311,10 @@ fn main() {
         ms(pct(&base, 0.1)),
         ms(pct(&base, 0.9))
     );
+    let mut medians = std::collections::HashMap::new();
     for (c, mut t) in cands.iter().zip(times) {
         let m = median(&mut t);
+        medians.insert(c.name, m);
         let ratio = m.as_secs_f64() / base_median.as_secs_f64();
         println!(
             "{:<22} median {:>10}  p10 {:>10}  p90 {:>10}  = {ratio:.2}x bare kinit{}",
@@ -325,4 +329,18 @@ fn main() {
             }
         );
     }
+    // Where prepare's time beyond kinit goes (differences of medians: indicative only).
+    let (full, bare, no_nft, obtain) = (
+        medians["p3-executor prepare"],
+        medians["prepare, no devstage"],
+        medians["prepare, nft = true"],
+        medians["kerberos::obtain"],
+    );
+    println!(
+        "the grant adds {} to prepare ({} of it kerberos::obtain); without a grant prepare takes {}, of which the network wall's nft about {}",
+        ms(full.saturating_sub(bare)),
+        ms(obtain),
+        ms(bare),
+        ms(full.saturating_sub(no_nft)),
+    );
 }

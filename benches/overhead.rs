@@ -12,12 +12,19 @@
 //! program that does what `config` must: read `JOB_RESPONSE_FILE` and print one line. It is
 //! compiled here with the `rustc` on `PATH` (`-C opt-level=3`, PIE like ours), so the floor
 //! moves with the toolchain, not with this crate.
+//!
+//! The runner binary measured is built on its own first, as the package builds it
+//! (`support/runner_binary.rs`); `P3_BENCH_EXECUTOR` measures another build instead.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/runner_binary.rs"]
+mod runner_binary;
+use runner_binary::executor;
 
 /// Calls per measurement; `P3_BENCH_RUNS` overrides it (a quick look: 50).
 fn iterations() -> usize {
@@ -174,12 +181,6 @@ fn ours(s: &Setup, args: &[&Path]) -> Command {
     ours_with(&s.config, s, args)
 }
 
-/// The binary measured: this build's, or `P3_BENCH_EXECUTOR` (an A/B against another build).
-fn executor() -> PathBuf {
-    std::env::var_os("P3_BENCH_EXECUTOR")
-        .map_or_else(|| env!("CARGO_BIN_EXE_p3-executor").into(), PathBuf::from)
-}
-
 fn ours_with(config: &Path, s: &Setup, args: &[&Path]) -> Command {
     let mut cmd = Command::new(executor());
     cmd.arg("--config").arg(config).args(args);
@@ -200,6 +201,14 @@ fn bash(s: &Setup, args: &[&Path]) -> Command {
 
 fn main() {
     let s = setup();
+    // Built (on its own, as packaged) before anything is timed.
+    let exe = executor();
+    let size = fs::metadata(exe).map_or(0, |m| m.len());
+    println!(
+        "runner binary: {} ({:.1} MB)",
+        exe.display(),
+        size as f64 / 1e6
+    );
     let true_bin = Path::new("/bin/true");
     let (mut t_true, mut t_ours, mut t_bash) = (Vec::new(), Vec::new(), Vec::new());
     let (mut t_floor, mut t_version) = (Vec::new(), Vec::new());
