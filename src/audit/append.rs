@@ -40,7 +40,7 @@ pub fn append(cfg: &AuditConfig, record: AuditRecord) -> Result<AuditRecord, Aud
         .append(true)
         .create(true)
         .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(path)
         .map_err(io(path, "open"))?;
     // Held until `locked` drops at the end of this function (after the fsync).

@@ -65,27 +65,31 @@ pub fn send(cfg: &SyslogConfig, audit_log: &Path, record: &AuditRecord) {
     }
 }
 
-/// Add one to the drop counter, under a lock (concurrent runner calls).
+/// Add one to the drop counter, under a lock (concurrent runner calls). A counter that cannot
+/// be updated is logged: the record itself is safe in the log, only the count is short.
 fn count_drop(audit_log: &Path) {
     let path = drops_file(audit_log);
-    let Ok(file) = std::fs::OpenOptions::new()
+    if let Err(e) = add_one(&path) {
+        tracing::warn!("syslog drop counter {} not updated: {e}", path.display());
+    }
+}
+
+fn add_one(path: &Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
-    else {
-        return;
-    };
-    let Ok(mut file) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) else {
-        return;
-    };
+        .open(path)?;
+    let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| std::io::Error::from(errno))?;
     let mut text = String::new();
-    let _ = std::io::Read::read_to_string(&mut *file, &mut text);
+    std::io::Read::read_to_string(&mut *file, &mut text)?;
+    // A damaged counter starts again from zero rather than staying stuck.
     let n = text.trim().parse::<u64>().unwrap_or(0) + 1;
-    let _ = file.set_len(0);
-    let _ = std::io::Seek::seek(&mut *file, std::io::SeekFrom::Start(0));
-    let _ = writeln!(file, "{n}");
+    file.set_len(0)?;
+    std::io::Seek::seek(&mut *file, std::io::SeekFrom::Start(0))?;
+    writeln!(file, "{n}")
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use nix::fcntl::OFlag;
 
 use super::error::KerberosError;
 
@@ -45,7 +46,7 @@ pub fn read_ticket(ccache: &Path) -> Result<Ticket, KerberosError> {
     };
     let file = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(ccache)
         .map_err(|e| bad(format!("cannot open: {e}")))?;
     let mut bytes = Vec::new();

@@ -6,9 +6,11 @@ use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
+
 use super::error::{DcAnswer, KerberosError, io_err};
 use super::keytab::keytab_kvnos;
-use super::kinit::{KinitOptions, Obtained, obtain_once, temp_sibling};
+use super::kinit::{KinitOptions, Obtained, obtain_once, remove_temp, temp_sibling};
 use super::realm_conf;
 use crate::config::{Account, KerberosConfig};
 
@@ -53,7 +55,7 @@ pub(super) fn after_rejection(
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(OFlag::O_NOFOLLOW.bits())
             .open(&conf)
             .and_then(|mut f| {
                 std::io::Write::write_all(
@@ -62,7 +64,7 @@ pub(super) fn after_rejection(
                 )
             });
         if let Err(e) = written {
-            let _ = fs::remove_file(&conf);
+            remove_temp(&conf);
             return Err(io_err(format!("write {}", conf.display()))(e));
         }
         let one_opts = KinitOptions {
@@ -71,7 +73,7 @@ pub(super) fn after_rejection(
             ..*opts
         };
         let result = obtain_once(kcfg, account, ccache, &one_opts);
-        let _ = fs::remove_file(&conf);
+        remove_temp(&conf);
         match result {
             Ok(mut obtained) => {
                 tracing::warn!(

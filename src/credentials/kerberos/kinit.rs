@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
+use nix::fcntl::OFlag;
 use p3_contract::env;
 
 use super::ccache::{Ticket, read_ticket};
@@ -162,12 +163,24 @@ pub(super) fn obtain_once(
         opts,
     );
     if let Some(conf) = &no_renew {
-        let _ = fs::remove_file(conf);
+        remove_temp(conf);
     }
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        remove_temp(&tmp);
     }
     result
+}
+
+/// Remove a temporary file of ours (a cache or profile next to the job's cache). Missing is
+/// fine (kinit failed before writing it); any other failure is logged, not returned: the
+/// kinit's own result is the one to report, and what is left is in the root-owned creds dir,
+/// removed with it when the job ends.
+pub(super) fn remove_temp(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+    }
 }
 
 /// The ticket lifetime to ask kinit for, in seconds: the account's `ticket_lifetime_secs`
@@ -230,7 +243,7 @@ pub(super) fn no_renew_krb5_config(
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(first)
         .map_err(io_err(format!("create {}", first.display())))?;
     std::io::Write::write_all(&mut file, no_renew_profile(&account.principal).as_bytes())

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use nix::fcntl::OFlag;
 
 use super::ccache::{Ticket, read_ticket};
 use super::dc_retry;
@@ -168,10 +169,12 @@ pub fn destroy(kcfg: &KerberosConfig, ccache: &Path) -> Result<(), KerberosError
             // Best effort: zero the keys before unlinking, as kdestroy would have.
             if let Ok(mut f) = fs::OpenOptions::new()
                 .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(OFlag::O_NOFOLLOW.bits())
                 .open(ccache)
             {
                 use std::io::Write;
+                // Unchecked: the unlink below is what must succeed; zeroing only shortens the
+                // life of the key's bytes on disk.
                 let _ = f.write_all(&vec![0u8; meta.len().min(1 << 20) as usize]);
                 let _ = f.sync_data();
             }
