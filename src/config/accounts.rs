@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AccountKerberos, S3Account};
+use super::{AccountKerberos, IdentityConfig, Problem, S3Account};
 
 /// A Kerberos system account whose keytab stays on this host.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -38,4 +38,24 @@ fn default_ticket_lifetime() -> u64 {
 }
 fn default_renewable_lifetime() -> u64 {
     0
+}
+
+impl Account {
+    /// Problems with `[accounts.<name>]` and its subsections.
+    pub fn problems(&self, name: &str, identity: &IdentityConfig) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if !self.keytab.is_absolute() {
+            problems.push(Problem::new(
+                format!("accounts.{name}.keytab"),
+                format!("{:?} is not an absolute path", self.keytab),
+            ));
+        }
+        if let Some(realm) = &self.kerberos {
+            problems.extend(realm.problems(name, &self.principal));
+        }
+        if let Some(s3) = &self.s3 {
+            problems.extend(s3.problems(name, identity));
+        }
+        problems
+    }
 }

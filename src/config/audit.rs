@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::Problem;
 use super::s3::AuditS3Config;
 
 /// Audit log settings.
@@ -64,6 +65,28 @@ fn default_socket() -> PathBuf {
 }
 fn default_facility() -> String {
     "auth".into()
+}
+
+impl AuditConfig {
+    /// Problems with `[audit]` and its subsections.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Some(s) = &self.syslog
+            && s.facility_code().is_none()
+        {
+            problems.push(Problem::new(
+                "audit.syslog.facility",
+                format!(
+                    "{:?} is not a syslog facility (auth, authpriv, daemon, user, local0 … local7)",
+                    s.facility
+                ),
+            ));
+        }
+        if let Some(s3) = &self.s3 {
+            problems.extend(s3.problems());
+        }
+        problems
+    }
 }
 
 impl SyslogConfig {

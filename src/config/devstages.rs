@@ -1,6 +1,10 @@
 //! `[devstages.<name>]`: who may be granted a devstage, and with which account.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use super::{Account, Problem};
 
 /// Ref kinds GitLab reports in `ref_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -62,4 +66,71 @@ pub struct Devstage {
 
 fn default_ref_types() -> Vec<RefType> {
     vec![RefType::Branch, RefType::Tag]
+}
+
+impl Devstage {
+    /// Problems with `[devstages.<name>]`; `accounts` are the configured accounts.
+    pub fn problems(&self, name: &str, accounts: &BTreeMap<String, Account>) -> Vec<Problem> {
+        let key = |k: &str| format!("devstages.{name}.{k}");
+        let mut problems = Vec::new();
+        if let Some(limits) = &self.limits {
+            let section = key("limits");
+            problems.extend(
+                limits
+                    .problems(&section)
+                    .iter()
+                    .map(|p| Problem::from_text(&section, p)),
+            );
+        }
+        if !accounts.contains_key(&self.deploy_account) {
+            problems.push(Problem::new(
+                key("deploy_account"),
+                format!(
+                    "{:?} names no [accounts.{}] section (known: {})",
+                    self.deploy_account,
+                    self.deploy_account,
+                    accounts.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        if self.projects.is_empty() {
+            problems.push(Problem::new(
+                key("projects"),
+                "is empty: list the project path globs allowed",
+            ));
+        }
+        for (k, pattern) in [
+            ("branch_pattern", &self.branch_pattern),
+            ("tag_pattern", &self.tag_pattern),
+        ] {
+            if let Some(p) = pattern
+                && let Err(e) = check_regex(p)
+            {
+                problems.push(Problem::new(key(k), format!("invalid regex {p:?}: {e}")));
+            }
+        }
+        for (i, glob) in self.projects.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(glob) {
+                problems.push(Problem::new(
+                    key(&format!("projects.{i}")),
+                    format!("invalid glob {glob:?}: {e}"),
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// Syntax check of a pattern without compiling it: every runner call validates the config,
+/// and building the automaton is only needed where a pattern is matched (policy, steps).
+fn check_regex(pattern: &str) -> std::result::Result<(), String> {
+    regex_syntax::Parser::new()
+        .parse(pattern)
+        .map(drop)
+        // regex-syntax draws the pattern with a caret above the error: keep its last line.
+        .map_err(|e| {
+            let text = e.to_string();
+            let last = text.lines().last().unwrap_or_default();
+            last.trim_start_matches("error: ").to_string()
+        })
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::default_true;
+use super::{Problem, default_true};
 
 /// Kerberos tools and timings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -158,55 +158,72 @@ const ENCTYPES: &[&str] = &[
 impl AccountKerberos {
     /// Problems with `[accounts.<name>.kerberos]` for the account's `principal`, each naming
     /// its key. Everything here ends up in a krb5.conf, so only plain profile words pass.
-    pub fn problems(&self, name: &str, principal: &str) -> Vec<String> {
-        let key = format!("accounts.{name}.kerberos");
+    pub fn problems(&self, name: &str, principal: &str) -> Vec<Problem> {
+        let key = |k: &str| format!("accounts.{name}.kerberos{k}");
         let mut problems = Vec::new();
         let realm = &self.realm;
         if realm.is_empty() {
-            problems.push(format!(
-                "{key}.realm is empty: name the realm (AD: the domain in upper case, CORP.EXAMPLE.COM)"
+            problems.push(Problem::new(
+                key(".realm"),
+                "the realm is empty: name the realm (AD: the domain in upper case, CORP.EXAMPLE.COM)",
             ));
         } else if !realm.bytes().all(|b| {
             b.is_ascii_uppercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
         }) || realm.starts_with('.')
             || realm.ends_with('.')
         {
-            problems.push(format!(
-                "{key}.realm = {realm:?} is not a realm name: upper-case letters, digits, '.', '-' and '_' (AD: the domain in upper case, {:?})",
-                realm.to_ascii_uppercase()
+            problems.push(Problem::new(
+                key(".realm"),
+                format!(
+                    "{realm:?} is not a realm name: upper-case letters, digits, '.', '-' and '_' (AD: the domain in upper case, {:?})",
+                    realm.to_ascii_uppercase()
+                ),
             ));
         } else if let Some((_, own)) = principal.rsplit_once('@')
             && own != realm
         {
-            problems.push(format!(
-                "accounts.{name}.principal {principal:?} is in realm {own:?}, but {key}.realm is {realm:?}: kinit would ask {realm}'s DCs for a principal of another realm (write the principal as <name>@{realm}, or leave its realm out)"
+            problems.push(Problem::new(
+                format!("accounts.{name}.principal"),
+                format!(
+                    "{principal:?} is in realm {own:?}, but {}.realm is {realm:?}: kinit would ask {realm}'s DCs for a principal of another realm (write the principal as <name>@{realm}, or leave its realm out)",
+                    key("")
+                ),
             ));
         }
         if self.kdcs.is_empty() && !self.dns_lookup_kdc {
-            problems.push(format!(
-                "{key}: no way to find the realm's DCs: list them in kdcs = [\"dc1.example.com\", ...] or set dns_lookup_kdc = true"
+            problems.push(Problem::new(
+                key(""),
+                "no way to find the realm's DCs: list them in kdcs = [\"dc1.example.com\", ...] or set dns_lookup_kdc = true",
             ));
         }
         let mut seen = Vec::new();
-        for kdc in &self.kdcs {
+        for (i, kdc) in self.kdcs.iter().enumerate() {
             if let Err(why) = parse_kdc(kdc) {
-                problems.push(format!("{key}.kdcs: {kdc:?}: {why}"));
+                problems.push(Problem::new(
+                    key(&format!(".kdcs.{i}")),
+                    format!("{kdc:?}: {why}"),
+                ));
             } else if seen.contains(&kdc) {
-                problems.push(format!("{key}.kdcs: {kdc:?} is listed twice"));
+                problems.push(Problem::new(
+                    key(&format!(".kdcs.{i}")),
+                    format!("{kdc:?} is listed twice"),
+                ));
             }
             seen.push(kdc);
         }
-        for enctype in &self.enctypes {
+        for (i, enctype) in self.enctypes.iter().enumerate() {
             let bare = enctype.trim_start_matches(['+', '-']).to_ascii_lowercase();
             if !ENCTYPES.contains(&bare.as_str()) {
-                problems.push(format!(
-                    "{key}.enctypes: {enctype:?} is not an encryption type MIT krb5 knows (AD: \"aes256-cts-hmac-sha1-96\", \"aes128-cts-hmac-sha1-96\")"
+                problems.push(Problem::new(
+                    key(&format!(".enctypes.{i}")),
+                    format!("{enctype:?} is not an encryption type MIT krb5 knows (AD: \"aes256-cts-hmac-sha1-96\", \"aes128-cts-hmac-sha1-96\")"),
                 ));
             }
         }
         if self.timeout_secs == Some(0) {
-            problems.push(format!(
-                "{key}.timeout_secs = 0: give kinit at least a few seconds (10 s more for every DC that may be mute)"
+            problems.push(Problem::new(
+                key(".timeout_secs"),
+                "timeout_secs = 0 gives kinit no time: allow a few seconds (10 s more for every DC that may be mute)",
             ));
         }
         problems

@@ -19,7 +19,9 @@ mod audit;
 mod devstages;
 mod identity;
 mod kerberos;
+mod locate;
 mod problem;
+mod resolve;
 mod s3;
 mod sandbox;
 
@@ -157,15 +159,6 @@ fn default_job_path() -> String {
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
 }
 
-/// Syntax check of a pattern without compiling it: every runner call validates the config,
-/// and building the automaton is only needed where a pattern is matched (policy, steps).
-fn check_regex(pattern: &str) -> std::result::Result<(), String> {
-    regex_syntax::Parser::new()
-        .parse(pattern)
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
 impl Config {
     /// Read, parse and validate the config at `path`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -180,7 +173,7 @@ impl Config {
                 message: "the file is empty: restore it (see executor-config/config.toml for an annotated example); an empty config is never taken to mean the defaults".into(),
             });
         }
-        let mut cfg = Self::parse(&text).map_err(|message| Error::Config {
+        let mut cfg = Self::parse_at(&text, Some(path)).map_err(|message| Error::Config {
             path: path.to_path_buf(),
             message,
         })?;
@@ -214,136 +207,21 @@ impl Config {
         (!self.shared_job_uid).then(|| self.job_uid_range.unwrap_or(DEFAULT_JOB_UID_RANGE))
     }
 
-    /// Parse and validate TOML text; the error names the offending key and line.
+    /// Parse and resolve TOML text; the error has one line per problem, each naming its line
+    /// and key (`line 3: audit.s3.bucket: ...`).
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        cfg.validate()?;
-        Ok(cfg)
+        Self::parse_at(text, None)
     }
 
-    /// Consistency checks that TOML types cannot express.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let mut problems = Vec::new();
-        for (key, path) in [
-            ("state_root", &self.state_root),
-            ("builds_root", &self.builds_root),
-        ] {
-            if !path.is_absolute() {
-                problems.push(format!("{key} must be an absolute path, got {path:?}"));
-            }
+    /// [`Config::parse`], the problems' lines naming `origin`, the file the text was read from.
+    fn parse_at(text: &str, origin: Option<&Path>) -> std::result::Result<Self, String> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| resolve::report_parse_error(text, origin, &e))?;
+        let problems = cfg.problems();
+        if !problems.is_empty() {
+            return Err(resolve::report(text, origin, &problems));
         }
-        if self.shared_job_uid && self.job_uid_range.is_some() {
-            problems.push(
-                "shared_job_uid = true and job_uid_range contradict each other: keep one".into(),
-            );
-        }
-        if let Some([lo, hi]) = self.job_uid_range {
-            if lo < 1000 || hi < lo {
-                problems.push(format!(
-                    "job_uid_range [{lo}, {hi}] must be ascending and above 1000 (system uids)"
-                ));
-            }
-        }
-        if let Err(e) = crate::subid_pool::validate(self) {
-            problems.push(e);
-        }
-        if let Some(s) = &self.audit.syslog {
-            if s.facility_code().is_none() {
-                problems.push(format!(
-                    "audit.syslog.facility = {:?} is not a syslog facility (auth, authpriv, daemon, user, local0 … local7)",
-                    s.facility
-                ));
-            }
-        }
-        if let Some(s3) = &self.audit.s3 {
-            problems.extend(s3.problems().iter().map(Problem::to_string));
-        }
-        // Interpolated into tmpfs mount options: no separators, only a size.
-        let size = &self.sandbox.tmp_size;
-        if size.is_empty()
-            || !size
-                .trim_end_matches(['k', 'm', 'g', 'K', 'M', 'G', '%'])
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-            || !size.as_bytes()[0].is_ascii_digit()
-        {
-            problems.push(format!(
-                "sandbox.tmp_size = {size:?} is not a size like \"512m\", \"4g\" or \"25%\""
-            ));
-        }
-        for path in self.sandbox.hide.iter().chain(&self.sandbox.scrub_dirs) {
-            if !path.is_absolute() {
-                problems.push(format!(
-                    "sandbox.hide and sandbox.scrub_dirs take absolute paths, got {path:?}"
-                ));
-            }
-        }
-        problems.extend(self.limits.problems());
-        problems.extend(self.network.problems());
-        for (name, stage) in &self.devstages {
-            if let Some(limits) = &stage.limits {
-                problems.extend(limits.problems(&format!("devstages.{name}.limits")));
-            }
-            if !self.accounts.contains_key(&stage.deploy_account) {
-                problems.push(format!(
-                    "devstages.{name}.deploy_account = {:?} names no [accounts.{}] section (known: {})",
-                    stage.deploy_account,
-                    stage.deploy_account,
-                    self.accounts.keys().cloned().collect::<Vec<_>>().join(", ")
-                ));
-            }
-            if stage.projects.is_empty() {
-                problems.push(format!(
-                    "devstages.{name}.projects is empty: list the project path globs allowed"
-                ));
-            }
-            for (key, pattern) in [
-                ("branch_pattern", &stage.branch_pattern),
-                ("tag_pattern", &stage.tag_pattern),
-            ] {
-                if let Some(p) = pattern {
-                    if let Err(e) = check_regex(p) {
-                        problems.push(format!("devstages.{name}.{key}: invalid regex: {e}"));
-                    }
-                }
-            }
-            for glob in &stage.projects {
-                if let Err(e) = globset::Glob::new(glob) {
-                    problems.push(format!(
-                        "devstages.{name}.projects: invalid glob {glob:?}: {e}"
-                    ));
-                }
-            }
-        }
-        for (name, account) in &self.accounts {
-            if !account.keytab.is_absolute() {
-                problems.push(format!("accounts.{name}.keytab must be an absolute path"));
-            }
-            if let Some(realm) = &account.kerberos {
-                problems.extend(realm.problems(name, &account.principal));
-            }
-            if let Some(s3) = &account.s3 {
-                problems.extend(
-                    s3.problems(name, &self.identity)
-                        .iter()
-                        .map(Problem::to_string),
-                );
-            }
-        }
-        if !self.devstages.is_empty() && self.identity.gitlab_url.is_empty() {
-            problems.push(
-                "identity.gitlab_url is required when devstages are defined (the ID token's issuer)"
-                    .into(),
-            );
-        }
-        // A template typo would otherwise surface only in a deploy job, long after the edit.
-        problems.extend(self.steps.validate());
-        problems.extend(self.images.validate());
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("\n"))
-        }
+        Ok(cfg)
     }
 
     /// JWKS URL in effect.

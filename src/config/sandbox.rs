@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::default_true;
+use super::{Problem, default_true};
 
 /// The per-job sandbox: namespaces around every job script (see `sandbox/`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -67,5 +67,37 @@ impl Default for SandboxConfig {
             containers: false,
             scrub_dirs: default_scrub_dirs(),
         }
+    }
+}
+
+impl SandboxConfig {
+    /// Problems with `[sandbox]`.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        // Interpolated into tmpfs mount options: no separators, only a size.
+        let size = &self.tmp_size;
+        if size.is_empty()
+            || !size
+                .trim_end_matches(['k', 'm', 'g', 'K', 'M', 'G', '%'])
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+            || !size.as_bytes()[0].is_ascii_digit()
+        {
+            problems.push(Problem::new(
+                "sandbox.tmp_size",
+                format!("{size:?} is not a size like \"512m\", \"4g\" or \"25%\""),
+            ));
+        }
+        for (key, paths) in [("hide", &self.hide), ("scrub_dirs", &self.scrub_dirs)] {
+            for (i, path) in paths.iter().enumerate() {
+                if !path.is_absolute() {
+                    problems.push(Problem::new(
+                        format!("sandbox.{key}.{i}"),
+                        format!("{path:?} is not an absolute path (sandbox.hide and sandbox.scrub_dirs take absolute paths)"),
+                    ));
+                }
+            }
+        }
+        problems
     }
 }

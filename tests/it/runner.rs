@@ -160,6 +160,27 @@ fn invalid_config_names_the_key_and_line() {
 }
 
 #[test]
+fn a_config_with_several_mistakes_names_them_all_with_their_lines() {
+    // The host's own keys set job_uid_range, so shared_job_uid contradicts it.
+    let host = new_host(
+        "shared_job_uid = true\n[sandbox]\ntmp_size = \"lots\"\n[accounts.a]\nprincipal = \"p\"\nkeytab = \"k\"\n",
+    );
+    let text = std::fs::read_to_string(&host.config).unwrap();
+    let line_of = |start: &str| 1 + text.lines().position(|l| l.starts_with(start)).unwrap();
+    let mut job = host.job(122, "true");
+    assert_eq!(job.config(), 2, "a bad config stays a system failure: {}", job.log);
+    let file = host.config.display();
+    for (key, line) in [
+        ("job_uid_range", line_of("job_uid_range")),
+        ("sandbox.tmp_size", line_of("tmp_size")),
+        ("accounts.a.keytab", line_of("keytab")),
+    ] {
+        let want = format!("{file}:{line}: {key}: ");
+        assert!(job.log.contains(&want), "{want}\nin\n{}", job.log);
+    }
+}
+
+#[test]
 fn cleanup_is_idempotent_and_works_without_prepare() {
     let host = new_host("");
     let mut job = host.job(108, "true");
