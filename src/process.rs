@@ -41,8 +41,9 @@ pub struct ScriptSpec {
     pub user: Option<(u32, u32)>,
     /// SIGTERM → SIGKILL grace period on cancellation.
     pub grace: Duration,
-    /// The seccomp filter installed last before exec (with a uid switch only).
-    pub seccomp: Option<crate::walls::seccomp::Filter>,
+    /// The walls the shell enters after the uid switch, before exec (with a uid switch only):
+    /// its session keyring and the seccomp filter.
+    pub walls: crate::walls::ChildWalls,
 }
 
 /// How a script ended.
@@ -108,7 +109,7 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
             let cwd = std::ffi::CString::new(spec.cwd.as_os_str().as_encoded_bytes())
                 .map_err(|_| Error::Spawn("builds dir contains a NUL byte".into()))?;
             cmd.arg("/dev/fd/3");
-            let seccomp = spec.seccomp.clone();
+            let walls = spec.walls.clone();
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
@@ -134,11 +135,7 @@ pub fn run_script(spec: &ScriptSpec) -> Result<ScriptOutcome> {
                     // Closed on drop; a close error on a read-only directory loses nothing.
                     drop(dir);
                     // The job's own session keyring, then the filter (which refuses keyctl).
-                    crate::walls::keyring::enter()?;
-                    if let Some(filter) = &seccomp {
-                        filter.install()?;
-                    }
-                    Ok(())
+                    walls.apply().map_err(|(_, e)| e)
                 });
             }
             Some(fd)

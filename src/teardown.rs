@@ -1,70 +1,167 @@
 //! Ending a job on this host: kill what is left of it, destroy its credentials, remove its
 //! trees, and give its uid back (once proven clean). The one implementation behind `cleanup`
-//! and `gc`, which say which of them is ending the job.
+//! and `gc`, which say which of them is ending the job; [`ORDER`] is the one place the order
+//! is written, each step with its reason.
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::grant::Ending;
 use crate::process;
+use crate::walls::{Teardown, Wall};
 use crate::workspace::{self, JobPaths, JobState};
+
+/// One step of ending a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A wall's own teardown (`walls::Wall::teardown`).
+    Wall(Wall),
+    /// SIGKILL every process holding the job's private uid in any uid field.
+    KillByUid,
+    /// `grant::revoke`: kdestroy, the AWS files, the cleanup audit record.
+    Credentials,
+    /// The creds dir, the job root and the workspace.
+    Trees,
+    /// `uid_pool::release`: the uid scrubbed (`residue.rs`), then free or quarantined.
+    Uid,
+}
+
+/// The order of teardown. Every step runs even when one before it failed.
+pub(crate) const ORDER: [Step; 8] = [
+    // First the cgroup: one kill of everything the job started, which no fork can race and
+    // no process can leave; then what it used, for the credentials' cleanup record.
+    Step::Wall(Wall::Cgroup),
+    // Nothing the job started may survive, even processes that left its process group (and
+    // a job without a cgroup).
+    Step::KillByUid,
+    // With nothing of the job left running to use them.
+    Step::Credentials,
+    // The job's image layer (everything it wrote in its image).
+    Step::Wall(Wall::Image),
+    Step::Trees,
+    // Its network rules before its uid (and subordinate range) go back to the pool, so a
+    // reused uid never inherits an allowance (prepare also flushes the uid's chain first).
+    Step::Wall(Wall::Network),
+    // Only once its trees are gone: the uid is scrubbed and either freed or quarantined.
+    Step::Uid,
+    // A container job's subordinate range likewise: its processes killed, then free or
+    // quarantined (its storage went with the job root above).
+    Step::Wall(Wall::Userns),
+];
+
+impl Step {
+    /// Its name in the docs' teardown order (ARCHITECTURE.md, "Teardown order").
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Step::Wall(Wall::Cgroup) => "cgroup kill",
+            Step::Wall(w) => w.name(),
+            Step::KillByUid => "processes by uid",
+            Step::Credentials => "credentials",
+            Step::Trees => "trees",
+            Step::Uid => "uid release",
+        }
+    }
+
+    fn run(self, t: &mut Teardown<'_>, paths: &JobPaths, ending: Ending) {
+        match self {
+            Step::Wall(wall) => wall.teardown(t),
+            Step::KillByUid => match t.state {
+                Some(state) if state.ids.private_uid => {
+                    process::kill_uid(state.ids.uid);
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(uid) = crate::uid_pool::leased_uid(t.cfg, t.job_id) {
+                        process::kill_uid(uid);
+                    }
+                }
+            },
+            Step::Credentials => {
+                let Some(state) = t.state else { return };
+                let usage = std::mem::take(&mut t.usage);
+                if let Err(e) = crate::grant::revoke(t.cfg, paths, state, ending, usage) {
+                    t.failed("destroying credentials failed: ", e);
+                }
+            }
+            Step::Trees => {
+                for dir in [&paths.creds, &paths.job_root, &paths.workspace] {
+                    if let Err(e) = workspace::remove_tree(dir) {
+                        t.failed("", e);
+                    }
+                }
+            }
+            Step::Uid => {
+                if let Err(e) = crate::uid_pool::release(t.cfg, t.job_id) {
+                    t.failed("releasing its uid failed: ", e);
+                }
+            }
+        }
+    }
+}
 
 /// Tear down everything belonging to `job_id`; used by cleanup and gc.
 ///
-/// Runs every step even when one fails and returns the first error.
+/// Runs every step of [`ORDER`] even when one fails and returns the first error.
 pub fn teardown(cfg: &Config, job_id: u64, ending: Ending) -> Result<()> {
     let paths = JobPaths::new(cfg, job_id);
     let state = JobState::load(&paths).ok();
-    let mut first_err = None;
-    if let Some(state) = &state {
-        // First the cgroup: one kill of everything the job started, which no fork can race and
-        // no process can leave; then what it used, for the audit record.
-        let mut usage = std::collections::BTreeMap::new();
-        if let Some(cgroup) = &state.cgroup {
-            let (used, ended) = crate::walls::cgroup::end(cfg, job_id, cgroup);
-            usage = cgroup.audit_fields(&used);
-            if let Err(e) = ended {
-                tracing::error!("job {job_id}: ending its cgroup failed: {e}");
-                first_err.get_or_insert(e.into());
-            }
-        }
-        if state.ids.private_uid {
-            // Nothing the job started may survive, even processes that left its process group.
-            process::kill_uid(state.ids.uid);
-        }
-        if let Err(e) = crate::grant::revoke(cfg, &paths, state, ending, usage) {
-            tracing::error!("job {job_id}: destroying credentials failed: {e}");
-            first_err.get_or_insert(e);
-        }
-    } else if let Some(uid) = crate::uid_pool::leased_uid(cfg, job_id) {
-        process::kill_uid(uid);
+    let mut t = Teardown {
+        cfg,
+        job_id,
+        state: state.as_ref(),
+        usage: Default::default(),
+        first_err: None,
+    };
+    for step in ORDER {
+        tracing::debug!(job_id, step = step.name(), "teardown");
+        step.run(&mut t, &paths, ending);
     }
-    // The job's image layer (everything it wrote in its image).
-    if let Err(e) = crate::images::remove_layer(cfg, job_id) {
-        tracing::error!("job {job_id}: {e}");
-        first_err.get_or_insert(e);
-    }
-    for dir in [&paths.creds, &paths.job_root, &paths.workspace] {
-        if let Err(e) = workspace::remove_tree(dir) {
-            tracing::error!("job {job_id}: {e}");
-            first_err.get_or_insert(e);
+    t.first_err.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wall_that_takes_something_down_has_one_place_in_the_order() {
+        for wall in crate::walls::WALLS {
+            let places = ORDER.iter().filter(|s| **s == Step::Wall(wall)).count();
+            assert_eq!(places, usize::from(wall.takes_down()), "{wall:?}");
         }
     }
-    // Its network rules before its uid (and subordinate range) go back to the pool, so a
-    // reused uid never inherits an allowance (prepare also flushes the uid's chain first).
-    if let Err(e) = crate::walls::network::release(cfg, job_id, state.as_ref()) {
-        tracing::error!("job {job_id}: removing its network rules failed: {e}");
-        first_err.get_or_insert(e.into());
+
+    #[test]
+    fn the_order_is_what_the_docs_say() {
+        let want: Vec<&str> = ORDER.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            want,
+            [
+                "cgroup kill",
+                "processes by uid",
+                "credentials",
+                "image layer",
+                "trees",
+                "network rules",
+                "uid release",
+                "subordinate range",
+            ]
+        );
+        let line = |doc: &'static str| {
+            doc.lines()
+                .find(|l| l.contains("Teardown order"))
+                .map(|l| l.split_once(": ").map_or(l, |(_, order)| order))
+                .map(|order| order.trim().trim_end_matches('.').to_string())
+        };
+        let docs = [
+            ("ARCHITECTURE.md", include_str!("../ARCHITECTURE.md")),
+            ("docs/sandbox.md", include_str!("../docs/sandbox.md")),
+        ];
+        for (name, doc) in docs {
+            assert_eq!(
+                line(doc).as_deref(),
+                Some(want.join(" → ").as_str()),
+                "{name}'s \"Teardown order\" line"
+            );
+        }
     }
-    // Only once its trees are gone: the uid is scrubbed and either freed or quarantined.
-    if let Err(e) = crate::uid_pool::release(cfg, job_id) {
-        tracing::error!("job {job_id}: releasing its uid failed: {e}");
-        first_err.get_or_insert(e);
-    }
-    // A container job's subordinate range likewise: its processes killed, then free or
-    // quarantined (its storage went with the job root above).
-    if let Err(e) = crate::subid_pool::release(cfg, job_id) {
-        tracing::error!("job {job_id}: releasing its subordinate range failed: {e}");
-        first_err.get_or_insert(e);
-    }
-    first_err.map_or(Ok(()), Err)
 }

@@ -79,23 +79,12 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     // Save before obtaining credentials so a failure half-way still leaves cleanup what it
     // needs to find and destroy them.
     state.save(&paths)?;
-    // The cgroup after the grant: the granted devstage may set the limits.
-    let granted = crate::grant::prepare(cfg, job, &paths, &mut state)
-        .and_then(|()| crate::walls::cgroup::prepare(cfg, job, &mut state))
-        .and_then(|()| {
-            // An image job without a devstage (a granted one resolved it with its policy).
-            let devstage = state.grant.as_ref().map(|g| g.devstage.clone());
-            crate::images::resolve(cfg, job, &paths, devstage.as_deref())?;
-            Ok(())
-        })
-        .and_then(|()| crate::walls::userns::prepare(cfg, &paths, &mut state));
-    // The network last: the granted devstage decides it, a container job's subordinate range
-    // is keyed too, and no process of the job exists before prepare ends.
-    let network = granted.and_then(|()| {
-        crate::walls::network::prepare(cfg, &mut state).map_err(crate::error::Error::from)
-    });
+    // The walls after the grant (the granted devstage may decide them), in their order
+    // (`walls::WALLS`).
+    let walled = crate::grant::prepare(cfg, job, &paths, &mut state)
+        .and_then(|()| crate::walls::setup(cfg, job, &paths, &mut state));
     state.save(&paths)?;
-    let warnings = network?;
+    let warnings = walled?;
     print_banner(cfg, &state);
     for w in warnings {
         println!("p3-executor: network: warning: {w}");

@@ -68,24 +68,11 @@ pub fn execute(
     // Multi-hour jobs: renew the ticket / refresh S3 credentials before each stage as needed.
     crate::grant::refresh(cfg, job, &paths, &mut state)?;
     tracing::debug!(stage, "running job script");
-    // A container job (policy at prepare, and a leased subordinate range) gets its own user
-    // namespace and the seccomp filter's container profile; every other job neither.
-    let devstage = state.grant.as_ref().map(|g| g.devstage.clone());
-    let containers = crate::walls::userns::allowed(cfg, devstage.as_deref());
-    // An image job's user stages run in its image (images/); its runner stages on the host.
-    let image = crate::images::load(&paths).filter(|_| crate::images::is_image_stage(stage));
-    let userns = if containers || image.is_some() {
-        crate::walls::userns::for_run(cfg, &paths, &state)?
-    } else {
-        None
-    };
-    if image.is_some() && (userns.is_none() || !cfg.sandbox.enabled) {
-        return Err(Error::Spawn(
-            "an image: job needs the sandbox and its subordinate range (leased at prepare)".into(),
-        ));
-    }
+    // The stage's walls, in their order (`walls::WALLS`): the supervisor joins the job's
+    // cgroup, and what the shell enters before exec is made here, before any fork.
+    let mut walls = crate::walls::Stage::enter(cfg, &paths, &state, stage)?;
     let mut env = script_env(cfg, &paths, &state);
-    if let Some(image) = &image {
+    if let Some(image) = &walls.image {
         crate::images::stage_env(image, &mut env);
     }
     let spec = ScriptSpec {
@@ -98,21 +85,14 @@ pub fn execute(
             .switch_user
             .then_some((state.ids.uid, state.ids.gid)),
         grace: Duration::from_secs(cfg.grace_period_secs),
-        seccomp: crate::walls::seccomp::for_job(
-            cfg,
-            devstage.as_deref(),
-            userns.is_some() && containers,
-        )
-        .map_err(Error::Spawn)?,
+        walls: walls.child.clone(),
     };
-    // Into the job's cgroup before anything of the script exists: the sandbox's init, the
-    // shell and all they start inherit it, so the limits hold for every process of every stage.
-    let walled = state.cgroup.as_ref().map(|c| c.enter()).transpose()?;
     let outcome = if state.ids.switch_user && cfg.sandbox.enabled {
         let sandbox = Sandbox::for_job(cfg, &paths, state.ids.uid)?
-            .with_userns(userns)
+            .with_userns(walls.userns.take())
             .with_image(
-                image
+                walls
+                    .image
                     .as_ref()
                     .map(|i| crate::images::root_for_run(cfg, paths.job_id, i)),
             );
@@ -122,7 +102,7 @@ pub fn execute(
     }?;
     // A failed script is the job's fault either way; when a limit was hit during the stage,
     // say which limit and which setting sets it instead of leaving the job to guess.
-    if let Some(hit) = walled.and_then(|s| s.verdict(outcome.code != 0 && !outcome.cancelled)) {
+    if let Some(hit) = walls.verdict(outcome.code != 0 && !outcome.cancelled) {
         return Err(Error::LimitExceeded(hit));
     }
     Ok(outcome)

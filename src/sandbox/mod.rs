@@ -19,7 +19,10 @@
 
 mod image;
 mod init;
+mod mounts;
 pub mod plan;
+mod reaper;
+mod shell;
 
 pub use image::{HostRuntime, ImageRoot, host_ca_bundle, host_runtime};
 
@@ -259,7 +262,11 @@ pub fn run_script(spec: &ScriptSpec, mut sandbox: Sandbox) -> Result<ScriptOutco
         uid,
         gid,
         script_fd: script_fd.as_raw_fd(),
-        seccomp: spec.seccomp.clone(),
+        // The sandbox's shell also sets no_new_privs when no filter does.
+        walls: crate::walls::ChildWalls {
+            no_new_privs: true,
+            ..spec.walls.clone()
+        },
         userns: userns.as_ref(),
         image: sandbox
             .image
