@@ -65,6 +65,7 @@ fn profile_ca_bundle() -> Option<CaBundle> {
     let file = env("AWS_CONFIG_FILE")
         .map(PathBuf::from)
         .or_else(|| env("HOME").map(|h| Path::new(&h).join(".aws/config")))?;
+    // No config file, or one we cannot read: no bundle from it (the AWS tools read it the same).
     let text = std::fs::read_to_string(&file).ok()?;
     let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
     let value = profile_value(&text, &profile, "ca_bundle")?;
