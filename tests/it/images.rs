@@ -746,7 +746,16 @@ fn measure_image_job_overhead() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let kinds = ["plain", "container", "image"];
+    // P3_MEASURE_KINDS (e.g. "image") and P3_MEASURE_ROUNDS narrow a run for profiling.
+    let only = std::env::var("P3_MEASURE_KINDS").unwrap_or_default();
+    let kinds: Vec<&str> = ["plain", "container", "image"]
+        .into_iter()
+        .filter(|k| only.is_empty() || only.split(',').any(|o| o == *k))
+        .collect();
+    let rounds: usize = std::env::var("P3_MEASURE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
     let hosts: Vec<Host> = kinds
         .iter()
         .map(|what| {
@@ -766,7 +775,7 @@ fn measure_image_job_overhead() {
         .collect();
     let mut figures = vec![(Vec::new(), Vec::new(), Vec::new()); kinds.len()];
     let mut id = 2100;
-    for round in 0..21 {
+    for round in 0..=rounds {
         for (k, what) in kinds.iter().enumerate() {
             id += 1;
             let mut job = registry_vars(hosts[k].job(id, ""), &registry);
@@ -796,7 +805,7 @@ fn measure_image_job_overhead() {
     for (what, (p, r, e)) in kinds.iter().zip(figures.iter_mut()) {
         println!(
             "{what}: prepare {:.1} ms, stage `true` {:.1} ms, stage `p3-executor --version` \
-             {:.1} ms (median of 20)",
+             {:.1} ms (median of {rounds})",
             median(p),
             median(r),
             median(e)
