@@ -39,9 +39,10 @@ case "$profile" in dev|debug) profile=dev; out_dir=$target_dir/debug ;; *) out_d
 if ((build)); then
   # The runner binary in a cargo invocation of its own: built together with the steps, cargo
   # unifies features and the runner would link HTTP/2 (h2) it never uses, which every runner
-  # call pays for at start-up. The xtask only reads the clap definitions.
+  # call pays for at start-up; and linked with fat LTO (see [profile.release.package.p3-executor]
+  # in Cargo.toml). The xtask only reads the clap definitions.
   cargo build --locked --profile "$profile" -p p3-executor-steps -p p3-executor-aws -p p3-executor-xtask
-  cargo build --locked --profile "$profile" -p p3-executor --bin p3-executor
+  cargo build --locked --profile "$profile" --config 'profile.release.lto="fat"' -p p3-executor --bin p3-executor
 fi
 for bin in p3-executor p3-executor-steps p3-executor-aws p3-executor-xtask; do
   [[ -x $out_dir/$bin ]] || { echo "build-deb.sh: $out_dir/$bin is not built (drop --no-build)" >&2; exit 1; }

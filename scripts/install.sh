@@ -37,11 +37,12 @@ if [[ -n $binary ]]; then binary=$(realpath -m -- "$binary"); fi
 cd "$(dirname "$0")/.."
 
 if [[ -z $binary ]]; then
-  # The runner binary in a cargo invocation of its own, as packaging/build-deb.sh does: built
-  # with the steps, feature unification would link HTTP/2 it never uses into every runner call.
+  # The runner binary in a cargo invocation of its own with fat LTO, as packaging/build-deb.sh
+  # builds it: built with the steps, feature unification would link HTTP/2 it never uses into
+  # every runner call (see [profile.release.package.p3-executor] in Cargo.toml).
   echo "install.sh: building the release binaries, man pages and completions (the first build takes several minutes)..." >&2
   cargo build --release --locked -p p3-executor-steps -p p3-executor-aws -p p3-executor-xtask
-  cargo build --release --locked -p p3-executor --bin p3-executor
+  cargo build --release --locked --config 'profile.release.lto="fat"' -p p3-executor --bin p3-executor
   binary=target/release/p3-executor
   target/release/p3-executor-xtask man target/packaging/man >/dev/null
   target/release/p3-executor-xtask completions target/packaging/completions >/dev/null

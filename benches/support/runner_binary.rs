@@ -5,7 +5,7 @@
 //! binary then links reqwest's and hyper's HTTP/2 and h2, which the steps' AWS and GitLab
 //! clients enable and the runner never uses (+1 MB, ~1,500 more relocations to apply at every
 //! start). `packaging/build-deb.sh` and `scripts/install.sh` build it in a cargo invocation of
-//! its own, so the benchmarks do the same before measuring.
+//! its own, linked with fat LTO, so the benchmarks do the same before measuring.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,8 +34,14 @@ fn build_alone() -> PathBuf {
         "release"
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--locked", "--profile", profile])
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "--locked", "--profile", profile]);
+    if profile == "release" {
+        // As packaged: one LLVM module, far fewer relocations to apply at every start (see
+        // [profile.release.package.p3-executor] in Cargo.toml).
+        build.args(["--config", "profile.release.lto=\"fat\""]);
+    }
+    let status = build
         .args(["-p", "p3-executor", "--bin", "p3-executor"])
         .arg("--manifest-path")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
