@@ -261,10 +261,10 @@ fn missing_keytab_fix(account: &Account) -> String {
 fn realm_findings(cfg: &Config, name: &str, realm: &AccountKerberos, out: &mut Vec<Finding>) {
     let key = format!("accounts.{name}.kerberos");
     let include = realm_conf::host_include(&cfg.kerberos, realm);
-    let mut found = vec![if realm.kdcs.is_empty() {
+    let mut found = vec![if realm.dcs.listed().is_empty() {
         format!("DCs from DNS (_kerberos._tcp.{})", realm.realm)
     } else {
-        format!("DCs {} (in this order)", realm.kdcs.join(", "))
+        format!("DCs {} (in this order)", realm.dcs.listed().join(", "))
     }];
     if realm.include_host_config {
         let host = cfg
@@ -300,13 +300,13 @@ fn realm_findings(cfg: &Config, name: &str, realm: &AccountKerberos, out: &mut V
         "",
     ));
     let timeout = realm.timeout_secs.unwrap_or(cfg.kerberos.timeout_secs);
-    let spare = realm.kdcs.len().saturating_sub(1) as u64;
+    let spare = realm.dcs.listed().len().saturating_sub(1) as u64;
     if spare > 0 && timeout < MUTE_DC_WAIT_SECS * spare + 5 {
         out.push(finding(
             Severity::Warning,
             format!(
                 "{key}: {} DCs, but kinit is stopped after {timeout} s: MIT kinit waits {MUTE_DC_WAIT_SECS} s on a DC that accepts and never answers before it asks the next, so only {} mute DC(s) can be skipped in time",
-                realm.kdcs.len(),
+                realm.dcs.listed().len(),
                 timeout.saturating_sub(1) / MUTE_DC_WAIT_SECS
             ),
             format!(
@@ -397,7 +397,11 @@ pub fn probe(cfg: &Config) -> Vec<Finding> {
 /// kinit per DC and key version, each with a krb5.conf naming only that DC and a copy of the
 /// keytab holding only that version, in a root-only temp dir). One line per DC.
 fn probe_key_versions(cfg: &Config, name: &str, account: &Account) -> Vec<Finding> {
-    let Some(realm) = account.kerberos.as_ref().filter(|r| !r.kdcs.is_empty()) else {
+    let Some(realm) = account
+        .kerberos
+        .as_ref()
+        .filter(|r| !r.dcs.listed().is_empty())
+    else {
         return Vec::new();
     };
     let mut kvnos: Vec<u32> = read_keytab(&account.keytab)
@@ -416,11 +420,8 @@ fn probe_key_versions(cfg: &Config, name: &str, account: &Account) -> Vec<Findin
         return Vec::new();
     };
     let mut out = Vec::new();
-    for dc in &realm.kdcs {
-        let one = AccountKerberos {
-            kdcs: vec![dc.clone()],
-            ..realm.clone()
-        };
+    for dc in realm.dcs.listed() {
+        let one = realm.with_only_dc(dc);
         let mut accepted = Vec::new();
         let mut rejected = Vec::new();
         for kvno in &kvnos {
@@ -557,10 +558,10 @@ fn probe_account(cfg: &Config, name: &str, account: &Account) -> Finding {
                 (KerberosError::KdcUnreachable { .. }, Some(realm)) => format!(
                     "no DC of {} answered: check that {} accept TCP port 88 from this host (or that DNS has _kerberos._tcp.{} records when dns_lookup_kdc = true)",
                     realm.realm,
-                    if realm.kdcs.is_empty() {
+                    if realm.dcs.listed().is_empty() {
                         "the realm's DCs".to_string()
                     } else {
-                        realm.kdcs.join(", ")
+                        realm.dcs.listed().join(", ")
                     },
                     realm.realm
                 ),

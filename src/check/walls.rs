@@ -2,7 +2,7 @@
 //! their own check).
 
 use super::finding::{Finding, Severity, finding};
-use crate::config::Config;
+use crate::config::{Config, Seccomp};
 use crate::walls::{keyring, seccomp};
 
 /// Which seccomp filter is in force, and does this kernel install it? Do jobs get their own
@@ -13,18 +13,20 @@ pub(super) fn walls_findings(cfg: &Config, out: &mut Vec<Finding>) {
         .iter()
         .filter(|(_, d)| !d.seccomp_allow.is_empty())
         .map(|(n, d)| format!("{n}: {:?}", d.seccomp_allow))
-        .chain(
-            (!cfg.sandbox.seccomp_allow.is_empty())
-                .then(|| format!("plain jobs: {:?}", cfg.sandbox.seccomp_allow)),
-        )
+        .chain(match &cfg.sandbox.seccomp {
+            Seccomp::Filter { plain_allow } if !plain_allow.is_empty() => {
+                Some(format!("plain jobs: {plain_allow:?}"))
+            }
+            _ => None,
+        })
         .collect();
     let opt_ins = if opted.is_empty() {
         String::new()
     } else {
         format!(" (opted back in: {})", opted.join("; "))
     };
-    match (cfg.sandbox.seccomp, seccomp::probe()) {
-        (seccomp::Setting::Default, Ok(())) => out.push(finding(
+    match (&cfg.sandbox.seccomp, seccomp::probe()) {
+        (Seccomp::Filter { .. }, Ok(())) => out.push(finding(
             Severity::Info,
             format!(
                 "seccomp: the default profile is in force on every job process; keyctl, bpf, \
@@ -33,12 +35,12 @@ pub(super) fn walls_findings(cfg: &Config, out: &mut Vec<Finding>) {
             ),
             "nothing to do",
         )),
-        (seccomp::Setting::Default, Err(why)) => out.push(finding(
+        (Seccomp::Filter { .. }, Err(why)) => out.push(finding(
             Severity::Error,
             format!("seccomp: the default profile cannot be installed here: {why}; every job will fail with a system error"),
             "run on a kernel with CONFIG_SECCOMP_FILTER (every distribution kernel has it), or set [sandbox] seccomp = \"off\"",
         )),
-        (seccomp::Setting::Off, _) => out.push(finding(
+        (Seccomp::Off, _) => out.push(finding(
             Severity::Warning,
             "[sandbox] seccomp = \"off\": jobs can create user namespaces, use keyrings, bpf, perf events, userfaultfd and io_uring",
             "remove `seccomp = \"off\"` from [sandbox]; opt single devstages in with seccomp_allow = [\"keyrings\"] or [\"io_uring\"] instead",

@@ -21,6 +21,7 @@ mod identity;
 mod kerberos;
 mod locate;
 mod problem;
+mod realm;
 mod resolve;
 mod s3;
 mod sandbox;
@@ -29,10 +30,11 @@ pub use accounts::Account;
 pub use audit::{AuditConfig, AuditStamp, ObjectLockConfig, ObjectLockMode, SyslogConfig, host_id};
 pub use devstages::{Devstage, RefType};
 pub use identity::IdentityConfig;
-pub use kerberos::{AccountKerberos, KerberosConfig, parse_kdc};
+pub use kerberos::KerberosConfig;
 pub use problem::Problem;
-pub use s3::{AuditS3Config, S3Account, WebIdentity};
-pub use sandbox::SandboxConfig;
+pub use realm::{AccountKerberos, AccountKerberosFile, Dcs, parse_kdc};
+pub use s3::{AuditS3Config, S3Account, S3Source, WebIdentity};
+pub use sandbox::{SandboxConfig, SandboxFile, Seccomp};
 
 /// Private job uids when the config names no range: uids no account on a normal host uses.
 pub const DEFAULT_JOB_UID_RANGE: [u32; 2] = [200_000, 265_535];
@@ -280,13 +282,11 @@ mod tests {
         };
         let role = r#"role_arn = "arn:aws:iam::123456789012:role/deploy""#;
         let cfg = Config::parse(&account(&format!("web_identity = {{ {role} }}"))).unwrap();
-        let wi = cfg.accounts["a"]
-            .s3
-            .as_ref()
-            .unwrap()
-            .web_identity
-            .clone()
-            .unwrap();
+        let Some(S3Source::WebIdentity(wi)) =
+            cfg.accounts["a"].s3.as_ref().map(|s| s.source.clone())
+        else {
+            panic!("web_identity is the source");
+        };
         assert_eq!(wi.role_arn, "arn:aws:iam::123456789012:role/deploy");
         assert_eq!(
             (wi.audience, wi.token_variable, wi.duration_secs),
@@ -404,8 +404,9 @@ mod tests {
         )
         .unwrap();
         let realm = cfg.accounts["corp"].kerberos.clone().unwrap();
-        assert_eq!(realm.kdcs, ["dc1.corp.example.com", "dc2:88"]);
-        assert!(!realm.rdns && !realm.canonicalize && !realm.dns_lookup_kdc);
+        assert_eq!(realm.dcs.listed(), ["dc1.corp.example.com", "dc2:88"]);
+        assert!(!realm.dcs.srv());
+        assert!(!realm.rdns && !realm.canonicalize);
         assert!(realm.include_host_config);
         assert_eq!(realm.timeout_secs, None);
         // Accounts without the table keep the host's krb5.conf.

@@ -29,25 +29,23 @@ pub(super) fn after_rejection(
     else {
         return first;
     };
-    if settings.kdcs.len() < 2 {
+    if settings.dcs.listed().len() < 2 {
         return first;
     }
     let mut answers = answers.clone();
     let rejecter = answers.first().map(|a| a.kdc.clone()).unwrap_or_default();
     let after = settings
-        .kdcs
+        .dcs
+        .listed()
         .iter()
         .position(|dc| same_dc(dc, &rejecter))
         .map_or(0, |i| i + 1);
     let include = realm_conf::host_include(kcfg, settings);
-    for dc in &settings.kdcs[after..] {
+    for dc in &settings.dcs.listed()[after..] {
         if same_dc(dc, &rejecter) {
             continue;
         }
-        let one = crate::config::AccountKerberos {
-            kdcs: vec![dc.clone()],
-            ..settings.clone()
-        };
+        let one = settings.with_only_dc(dc);
         let mut name = temp_sibling(ccache)?.into_os_string();
         name.push(".dc.krb5.conf");
         let conf = PathBuf::from(name);

@@ -39,7 +39,7 @@ pub fn render(settings: &AccountKerberos, include: Option<&Path>) -> String {
          rdns = {}\n \
          canonicalize = {}\n \
          udp_preference_limit = 1\n",
-        yes_no(settings.dns_lookup_kdc),
+        yes_no(settings.dcs.srv()),
         yes_no(settings.rdns),
         yes_no(settings.canonicalize),
     );
@@ -53,9 +53,9 @@ pub fn render(settings: &AccountKerberos, include: Option<&Path>) -> String {
             text.push_str(&format!(" {key} = {list}\n"));
         }
     }
-    if !settings.kdcs.is_empty() {
+    if !settings.dcs.listed().is_empty() {
         text.push_str(&format!("\n[realms]\n {realm} = {{\n"));
-        for kdc in &settings.kdcs {
+        for kdc in settings.dcs.listed() {
             text.push_str(&format!("  kdc = {kdc}\n"));
         }
         text.push_str(" }\n");

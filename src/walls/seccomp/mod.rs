@@ -103,12 +103,12 @@ pub(crate) fn choose<'c>(
     devstage: Option<&str>,
     containers: bool,
 ) -> Option<(Profile, &'c [OptIn])> {
-    if cfg.sandbox.seccomp == Setting::Off {
+    let crate::config::Seccomp::Filter { plain_allow } = &cfg.sandbox.seccomp else {
         return None;
-    }
+    };
     let allowed = match devstage.and_then(|d| cfg.devstages.get(d)) {
         Some(d) => &d.seccomp_allow,
-        None => &cfg.sandbox.seccomp_allow,
+        None => plain_allow,
     };
     let profile = if containers {
         Profile::Container
