@@ -17,7 +17,7 @@ use p3_contract::env;
 use super::ccache::{Ticket, read_ticket};
 use super::error::{DcAnswer, KerberosError, io_err};
 use super::keytab::keytab_kvnos;
-use super::tool::{parse_kdc_trace, run_tool_with, without_trace};
+use super::tool::{KRB5_TRACE, parse_kdc_trace, run_tool_with, without_trace};
 use crate::command::Output;
 use crate::config::{Account, KerberosConfig};
 
@@ -290,7 +290,7 @@ pub(super) fn obtain_into(
         None => {}
     }
     if opts.trace {
-        envs.push(("KRB5_TRACE", "/dev/stderr".into()));
+        envs.push((KRB5_TRACE, "/dev/stderr".into()));
     }
     let out = run_tool_with(
         kcfg,

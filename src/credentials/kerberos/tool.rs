@@ -33,6 +33,10 @@ pub(crate) fn resolve_tool(configured: &str, key: &'static str) -> Result<PathBu
     which::which(configured).map_err(|e| missing(format!("not on PATH: {e}")))
 }
 
+/// Where MIT's libraries write their trace: removed from every tool's environment, and set
+/// to stderr for a traced kinit (which KDC answered).
+pub(super) const KRB5_TRACE: &str = "KRB5_TRACE";
+
 /// A command for a Kerberos tool with a controlled environment.
 fn tool_command(kcfg: &KerberosConfig, program: &Path) -> Command {
     let mut cmd = Command::new(program);
@@ -43,7 +47,7 @@ fn tool_command(kcfg: &KerberosConfig, program: &Path) -> Command {
         env::KRB5CCNAME,
         "KRB5_CLIENT_KTNAME",
         "KRB5_KTNAME",
-        "KRB5_TRACE",
+        KRB5_TRACE,
     ] {
         cmd.env_remove(var);
     }
