@@ -207,6 +207,7 @@ fn kill_range(range: SubidRange) {
             return;
         }
         for pid in pids {
+            // Ignored: ESRCH (gone already); the next round looks again.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,

@@ -16,6 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -151,7 +152,7 @@ pub struct JobState {
 /// `run` holds this (shared) lock while the job script runs; `gc` never sweeps a job whose lock
 /// is held, and reads the job's last activity from the lock's mtime. The kernel drops the lock when the process dies, even by SIGKILL, so a crashed
 /// runner cannot keep a job "active" forever.
-pub fn hold_active(paths: &JobPaths) -> Result<fs::File> {
+pub fn hold_active(paths: &JobPaths) -> Result<Flock<fs::File>> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -159,16 +160,14 @@ pub fn hold_active(paths: &JobPaths) -> Result<fs::File> {
         .mode(0o600)
         .open(paths.workspace.join("active.lock"))
         .map_err(|e| Error::io("open the job's active lock", e))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_SH) } != 0 {
-        return Err(Error::io(
-            "lock the job's active lock",
-            std::io::Error::last_os_error(),
-        ));
-    }
+    let file = Flock::lock(file, FlockArg::LockShared)
+        .map_err(|(_, e)| Error::io("lock the job's active lock", e.into()))?;
     // The lock's mtime is the job's last activity for gc: one futimens on an fd we hold,
-    // instead of rewriting state.json at every stage.
-    let _ = file.set_modified(std::time::SystemTime::now());
+    // instead of rewriting state.json at every stage. A failure only leaves gc an older age,
+    // and gc never touches a job whose lock is held.
+    if let Err(e) = file.set_modified(std::time::SystemTime::now()) {
+        tracing::warn!("touch the job's active lock: {e}");
+    }
     Ok(file)
 }
 
@@ -180,9 +179,9 @@ pub fn is_active(paths: &JobPaths) -> bool {
     else {
         return false;
     };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    // SAFETY: flock on an fd we own; the lock is released when `file` drops.
-    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) != 0 }
+    // Any failure counts as held (EWOULDBLOCK is the usual one): gc stays off the job. The
+    // lock, if taken, is released when it drops.
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).is_err()
 }
 
 /// Create a directory with `mode` if missing; refuse a symlink or non-directory in its place.

@@ -283,8 +283,8 @@ pub fn run_script(spec: &ScriptSpec, mut sandbox: Sandbox) -> Result<ScriptOutco
     let tmpfs_size = &sandbox.tmpfs_size;
     let (err_read_raw, err_write_raw) = (err_read.as_raw_fd(), err_write.as_raw_fd());
     let child_main = Box::new(|| -> isize {
-        // SAFETY: closing the child's copy of the read end.
-        unsafe { libc::close(err_read_raw) };
+        // The child's copy of the read end. Ignored: closing a read end loses nothing.
+        let _ = nix::unistd::close(err_read_raw);
         let code = init::init_main(ops, keep, tmpfs_size, &exec, err_write_raw, leftover_grace);
         // SAFETY: leave without running the supervisor's destructors.
         unsafe { libc::_exit(code) }
@@ -312,6 +312,7 @@ pub fn run_script(spec: &ScriptSpec, mut sandbox: Sandbox) -> Result<ScriptOutco
     drop(script_fd);
     // EOF once the shell has exec'd (the pipe is close-on-exec) or everything has failed.
     let mut message = String::new();
+    // Ignored: a read error leaves what was read; the exit status below still decides.
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(err_read), &mut message);
     let cancelled = Arc::new(AtomicBool::new(false));
     spawn_signal_forwarder(pidfd, cancelled.clone(), spec.grace);

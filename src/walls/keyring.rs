@@ -74,11 +74,15 @@ pub fn clear_uid(uid: u32) -> Result<(), String> {
     // SAFETY: the child makes only syscalls and exits.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
-            // SAFETY: plain syscalls in a forked child.
+            let (u, g) = (
+                nix::unistd::Uid::from_raw(uid),
+                nix::unistd::Gid::from_raw(uid),
+            );
+            // SAFETY: keyctl calls with ids and null pointers (raw: nix has no keyctl).
             let code = unsafe {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setresgid(uid, uid, uid) != 0
-                    || libc::setresuid(uid, uid, uid) != 0
+                if nix::unistd::setgroups(&[]).is_err()
+                    || nix::unistd::setresgid(g, g, g).is_err()
+                    || nix::unistd::setresuid(u, u, u).is_err()
                     // Our own session keyring, so nothing is linked into root's.
                     || enter().is_err()
                 {

@@ -255,6 +255,8 @@ impl JobCgroup {
             }
         };
         if made.is_err() {
+            // Ignored: the marker stays, so teardown or gc removes what is left; the error
+            // returned is the one that stopped the making.
             let _ = self.placement.remove();
         }
         made
@@ -376,9 +378,18 @@ fn write_marker(cfg: &Config, job_id: u64, placement: &Placement) -> crate::erro
 pub fn end(cfg: &Config, job_id: u64, cgroup: &JobCgroup) -> (Usage, Result<usize, CgroupError>) {
     let (usage, result) = cgroup.end();
     if result.is_ok() {
-        let _ = std::fs::remove_file(marker(cfg, job_id));
+        forget(&marker(cfg, job_id));
     }
     (usage, result)
+}
+
+/// Remove a cgroup's marker; a failure is logged (gc finds the marker again and retries).
+fn forget(marker: &Path) {
+    match std::fs::remove_file(marker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("remove {}: {e}", marker.display()),
+    }
 }
 
 /// gc: end the job cgroups this host made whose job it no longer knows (`known`: the job ids
@@ -399,12 +410,12 @@ pub fn sweep_orphans(cfg: &Config, known: &[u64]) -> Vec<u64> {
             .ok()
             .and_then(|b| serde_json::from_slice::<Placement>(&b).ok());
         let Some(placement) = placement else {
-            let _ = std::fs::remove_file(e.path());
+            forget(&e.path());
             continue;
         };
         match placement.kill_all().and_then(|_| placement.remove()) {
             Ok(()) => {
-                let _ = std::fs::remove_file(e.path());
+                forget(&e.path());
                 done.push(id);
             }
             Err(err) => tracing::warn!("job {id}: orphaned cgroup: {err}"),

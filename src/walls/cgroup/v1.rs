@@ -163,6 +163,9 @@ pub fn kill_all(dirs: &Dirs, deadline: Duration) -> Result<usize, CgroupError> {
             return Ok(found);
         }
         found = found.max(pids.len());
+        // Ignored below, the freezer's writes and the kills: the loop's test is whether any
+        // pid is left (bounded by the deadline); a failed freeze only lets a fork race the
+        // kill once more, and a failed kill is ESRCH (gone already).
         if let Some(f) = freezer {
             let _ = files::write(f, "freezer.state", "FROZEN");
             // FREEZING until every task has stopped; a short wait, bounded by the deadline.

@@ -74,7 +74,8 @@ pub fn ensure_parent(base: &Path, host: &HostSize) -> Result<bool, CgroupError> 
         let leaf = base.join(RUNNER_LEAF);
         files::mkdir(&leaf)?;
         for pid in files::procs(base) {
-            // A process that exited meanwhile is not an error.
+            // Ignored: a process that exited meanwhile is not an error, and one that could not
+            // move shows as EBUSY again in `enable` just below.
             let _ = files::write(&leaf, "cgroup.procs", &pid.to_string());
         }
         enable(base, &wanted)?;
@@ -147,6 +148,9 @@ pub fn kill_all(dir: &Path, deadline: Duration) -> Result<usize, CgroupError> {
     let killable = files::write(dir, "cgroup.kill", "1").is_ok();
     loop {
         if !killable {
+            // Ignored, all three: the loop's test is whether the cgroup is still populated
+            // (bounded by the deadline); a failed freeze only lets a fork race the kill once
+            // more, and a failed kill is ESRCH (gone already).
             let _ = files::write(dir, "cgroup.freeze", "1");
             for pid in files::procs(dir) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

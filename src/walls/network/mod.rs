@@ -22,8 +22,8 @@ pub mod target;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -129,7 +129,7 @@ fn lookup(name: &str) -> Result<Vec<IpAddr>, String> {
 /// Serialises the changes that decide from the leases (gc's sweep) with prepare's adds, so a
 /// sweep never takes a just-added job's element for a stale one.
 /// None when there is no state root yet: then no job holds a lease to race with.
-fn lock(cfg: &Config) -> Result<Option<std::fs::File>, NetworkError> {
+fn lock(cfg: &Config) -> Result<Option<Flock<std::fs::File>>, NetworkError> {
     let io = |what: &str| {
         let what = what.to_string();
         move |source| NetworkError::Io { what, source }
@@ -143,10 +143,9 @@ fn lock(cfg: &Config) -> Result<Option<std::fs::File>, NetworkError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         opened => opened.map_err(io("open the network lock"))?,
     };
-    // SAFETY: flock on an fd we own; released when the file is dropped.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io("lock the network lock")(std::io::Error::last_os_error()));
-    }
+    // Released when it drops.
+    let file = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| io("lock the network lock")(e.into()))?;
     Ok(Some(file))
 }
 
