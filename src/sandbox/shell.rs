@@ -108,9 +108,12 @@ fn script_on_fd3(script_fd: RawFd) -> nix::Result<()> {
 /// through the uid change.
 fn enter_userns(exec: &JobExec<'_>, err_pipe: RawFd, h: Handshake) {
     let Handshake {
-        unshared: (_, to_init),
-        mapped: (from_init, _),
-    } = h; // init's ends close here (a pipe end's close loses nothing)
+        unshared: (init_reads, to_init),
+        mapped: (from_init, init_writes),
+    } = h;
+    // Init's ends: closed here, so an init that is gone is EOF to `receive` (dropping a pipe
+    // end can lose nothing, so close's result does not matter).
+    drop((init_reads, init_writes));
     if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
         fail(err_pipe, "unshare the user namespace", e);
     }
