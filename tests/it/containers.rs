@@ -334,41 +334,134 @@ fn concurrent_container_jobs_get_disjoint_ranges_and_cleanup_releases_them() {
 }
 
 /// Figures for the README: prepare and one `run` stage (`true`) of a container job against a
-/// plain one, median of 10 each. `cargo test --test it measure_container -- --ignored
-/// --nocapture`.
+/// plain one, interleaved (one of each per round, so a busy machine slows both alike), median
+/// of 10. `cargo test --test it measure_container -- --ignored --nocapture`.
 #[test]
 #[ignore = "a measurement, not a test"]
 fn measure_container_job_overhead() {
     if !needs_root() {
         return;
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    for (what, extra) in [
+    let kinds = [
         ("plain", ""),
         ("container", "[sandbox]\ncontainers = true\n"),
-    ] {
-        let (host, _) = container_host(extra);
-        let (mut prep, mut run) = (Vec::new(), Vec::new());
-        for i in 0..10 {
+    ];
+    let hosts: Vec<Host> = kinds
+        .iter()
+        .map(|(_, extra)| container_host(extra).0)
+        .collect();
+    let mut figures = vec![(Vec::new(), Vec::new()); kinds.len()];
+    for i in 0..10 {
+        for (k, host) in hosts.iter().enumerate() {
             let mut job = host.job(1950 + i, "");
             assert_eq!(job.config(), 0);
             let t = Instant::now();
             assert_eq!(job.prepare(), 0, "{}", job.log);
-            prep.push(t.elapsed().as_secs_f64() * 1e3);
+            figures[k].0.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
             assert_eq!(run_body(&mut job, "true"), 0, "{}", job.log);
-            run.push(t.elapsed().as_secs_f64() * 1e3);
+            figures[k].1.push(t.elapsed().as_secs_f64() * 1e3);
             assert_eq!(job.cleanup(), 0, "{}", job.log);
         }
+    }
+    for ((what, _), (prep, run)) in kinds.iter().zip(figures) {
         println!(
             "{what}: prepare {:.1} ms, run {:.1} ms (median of 10)",
             median(prep),
             median(run)
         );
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The build both measurements run: `FROM scratch`, the host's static busybox, and a `RUN`
+/// step, into a fresh vfs store (a container job's storage is new with every job).
+const BUILD_CONTEXT: &str = r#"mkdir -p ctx
+cp /bin/busybox ctx/busybox
+cat > ctx/Containerfile <<'END'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "/bin/busybox echo built > /built"]
+END
+"#;
+
+/// Figures for the README: `p3-executor image build` of one image with a `RUN` step inside a
+/// container job (its user namespace, vfs in its tree, chroot isolation) against the same
+/// build run as root on the host (vfs in a fresh temp store, chroot isolation), interleaved,
+/// median of 5; only the command is timed. `cargo test --test it measure_image_build --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn measure_image_build_in_a_container_job_against_root_on_the_host() {
+    if !needs_root() || !require("buildah") {
+        return;
+    }
+    let (host, _) = container_host("[sandbox]\ncontainers = true\n");
+    let build = "p3-executor image build --builder=buildah --context=ctx --devstage=dev \
+                 --image-name=localhost/p3-measure";
+    let (mut in_job, mut on_host) = (Vec::new(), Vec::new());
+    for i in 0..5 {
+        let (mut job, _) = prepared(&host, 1970 + i);
+        payload_variables(&mut job, 0);
+        let body = format!(
+            "{BUILD_CONTEXT}s=$(date +%s%N)\n{build} >build.log 2>&1 || {{ cat build.log; exit 1; }}\ne=$(date +%s%N)\n\
+             echo \"BUILD-MS $(( (e - s) / 1000000 ))\"\n"
+        );
+        assert_eq!(run_body(&mut job, &body), 0, "{}", job.log);
+        let ms: f64 = job
+            .log
+            .lines()
+            .find_map(|l| l.strip_prefix("BUILD-MS "))
+            .unwrap_or_else(|| panic!("no BUILD-MS:\n{}", job.log))
+            .trim()
+            .parse()
+            .unwrap();
+        in_job.push(ms);
+        assert_eq!(job.cleanup(), 0, "{}", job.log);
+
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(BUILD_CONTEXT)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir.path())
+            .env("CI_COMMIT_SHORT_SHA", "0123abcd")
+            .args([
+                "image",
+                "build",
+                "--builder=buildah",
+                "--context=ctx",
+                "--devstage=dev",
+                "--image-name=localhost/p3-measure",
+                "--build-opt=--isolation=chroot",
+                "--builder-opt=--storage-driver=vfs",
+            ])
+            .arg(format!(
+                "--builder-opt=--root={}",
+                dir.path().join("s").display()
+            ))
+            .arg(format!(
+                "--builder-opt=--runroot={}",
+                dir.path().join("r").display()
+            ));
+        let t = Instant::now();
+        let out = cmd.output().unwrap();
+        on_host.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(out.status.success(), "{out:?}");
+    }
+    println!(
+        "image build: {:.0} ms in a container job, {:.0} ms as root on the host (median of 5)",
+        median(in_job),
+        median(on_host)
+    );
 }
 
 #[test]
