@@ -16,6 +16,7 @@ pub mod download;
 pub mod error;
 pub mod list;
 pub mod local;
+mod md5;
 pub mod ops;
 pub mod plan;
 pub mod progress;

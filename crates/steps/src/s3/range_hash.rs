@@ -6,7 +6,7 @@
 use std::os::unix::fs::FileExt;
 use std::sync::{Condvar, Mutex};
 
-use md5::{Digest, Md5};
+use super::md5::Md5;
 
 use super::check::Check;
 
@@ -123,13 +123,13 @@ impl RangeHash {
             part_crcs: self
                 .part_crcs
                 .map_or_else(Vec::new, |p| p.finish(finish_crc)),
-            whole_md5: self.whole.map(|m| m.finalize().into()),
+            whole_md5: self.whole.map(Md5::finalize),
         }
     }
 }
 
 fn finish_md5(md5: &mut Md5, _len: u64) -> [u8; 16] {
-    std::mem::take(md5).finalize().into()
+    std::mem::take(md5).finalize()
 }
 
 fn finish_crc(crc: &mut crc_fast::Digest, len: u64) -> (u64, u64) {
@@ -218,32 +218,104 @@ impl Tracker {
     }
 }
 
-/// Bytes read back and hashed at once by [`follow_md5`].
-const FOLLOW_PIECE: usize = 1024 * 1024;
+/// Bytes mapped and hashed at once by [`follow_md5`], at most.
+const FOLLOW_PIECE: u64 = 8 * 1024 * 1024;
 
-/// MD5 of the file in order, each piece read back (from the page cache) once written; `None`
-/// when the download stopped before the end.
+/// MD5 of the file in order, each piece hashed once written, straight from the page cache
+/// (mapped, not copied: a copy cost ~13% of the CPU of such a download); `None` when the
+/// download stopped before the end.
 pub(super) fn follow_md5(file: &std::fs::File, tracker: &Tracker) -> Option<[u8; 16]> {
     let mut md5 = Md5::new();
-    let mut buf = vec![0u8; FOLLOW_PIECE];
     let mut pos = 0u64;
     let end = tracker.end;
     while pos < end {
-        let n = tracker.available(pos).min(buf.len() as u64) as usize;
+        let n = tracker.available(pos).min(FOLLOW_PIECE);
         if n == 0 {
             return None;
         }
-        file.read_exact_at(&mut buf[..n], pos).ok()?;
-        md5.update(&buf[..n]);
-        pos += n as u64;
+        hash_written(file, pos, n, &mut md5).ok()?;
+        pos += n;
     }
-    Some(md5.finalize().into())
+    Some(md5.finalize())
+}
+
+/// Hash `len` bytes of `file` at `pos`, which have been written and will not change.
+fn hash_written(file: &std::fs::File, pos: u64, len: u64, md5: &mut Md5) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let start = pos - pos % page;
+    let (skip, map_len) = ((pos - start) as usize, (pos + len - start) as usize);
+    // SAFETY: a fresh read-only shared mapping of a range of our own temporary file that lies
+    // within its written length (no SIGBUS); the bytes in it were written before and no
+    // thread writes them again (each range writes its bytes once), so the slice does not
+    // change while it is borrowed. It is unmapped before returning.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            file.as_raw_fd(),
+            start as libc::off_t,
+        );
+        if map == libc::MAP_FAILED {
+            // Where files cannot be mapped: read the piece back instead.
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, pos)?;
+            md5.update(&buf);
+            return Ok(());
+        }
+        md5.update(std::slice::from_raw_parts(
+            map.cast::<u8>().add(skip),
+            len as usize,
+        ));
+        libc::munmap(map, map_len);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::s3::check::{Composite, CrcKind};
+    use ::md5::Digest;
+
+    /// The follower hashes ranges written out of order, at offsets that are not page-aligned,
+    /// and gives up when the writes stop early.
+    #[test]
+    fn the_in_order_md5_follows_writes_in_any_order() {
+        let data: Vec<u8> = (0..(3 * FOLLOW_PIECE as u32 + 5_000))
+            .map(|i| (i ^ (i >> 13)) as u8)
+            .collect();
+        let third = data.len() as u64 / 3 + 7;
+        let ranges = [
+            (0, third),
+            (third, third),
+            (2 * third, data.len() as u64 - 2 * third),
+        ];
+        let file = tempfile::tempfile().unwrap();
+        let tracker = Tracker::new(&ranges);
+        std::thread::scope(|scope| {
+            let follower = scope.spawn(|| follow_md5(&file, &tracker));
+            for index in [2, 0, 1] {
+                let (start, len) = ranges[index];
+                for piece in (0..len).step_by(1_000_003) {
+                    let n = (len - piece).min(1_000_003);
+                    let at = (start + piece) as usize;
+                    file.write_all_at(&data[at..at + n as usize], start + piece)
+                        .unwrap();
+                    tracker.advance(index, piece + n);
+                }
+            }
+            let want: [u8; 16] = ::md5::Md5::digest(&data).into();
+            assert_eq!(follower.join().unwrap(), Some(want));
+        });
+        let stopped = Tracker::new(&ranges);
+        stopped.advance(0, 10);
+        stopped.stop();
+        assert_eq!(follow_md5(&file, &stopped), None);
+    }
 
     #[test]
     fn range_hashes_split_at_part_boundaries() {
@@ -260,7 +332,10 @@ mod tests {
         }
         let got = h.finish();
         assert!(got.whole_md5.is_none());
-        let want: Vec<[u8; 16]> = data.chunks(300).map(|c| Md5::digest(c).into()).collect();
+        let want: Vec<[u8; 16]> = data
+            .chunks(300)
+            .map(|c| ::md5::Md5::digest(c).into())
+            .collect();
         assert_eq!(got.part_md5s, want);
 
         let check = Check::PartCrcs {
@@ -281,7 +356,10 @@ mod tests {
 
         let mut whole = RangeHash::new(&Check::Md5(String::new()), true);
         data.chunks(333).for_each(|c| whole.update(c));
-        assert_eq!(whole.finish().whole_md5, Some(Md5::digest(&data).into()));
+        assert_eq!(
+            whole.finish().whole_md5,
+            Some(::md5::Md5::digest(&data).into())
+        );
 
         let mut a = RangeHash::new(&Check::Crc32(0), false);
         a.update(&data[..600]);
