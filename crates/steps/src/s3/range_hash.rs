@@ -218,8 +218,9 @@ impl Tracker {
     }
 }
 
-/// Bytes mapped and hashed at once by [`follow_md5`], at most.
-const FOLLOW_PIECE: u64 = 8 * 1024 * 1024;
+/// Bytes mapped and hashed at once by [`follow_md5`], at most (mapped pages count in the
+/// resident size while mapped).
+const FOLLOW_PIECE: u64 = 2 * 1024 * 1024;
 
 /// MD5 of the file in order, each piece hashed once written, straight from the page cache
 /// (mapped, not copied: a copy cost ~13% of the CPU of such a download); `None` when the
