@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::finding::{Finding, Severity, finding};
-use crate::config::Config;
+use crate::config::{Config, S3Source};
 use crate::credentials::web_identity::SIBLING;
 
 /// An error for every web-identity account when `p3-executor-aws` is not next to `exe`.
@@ -13,7 +13,10 @@ pub(super) fn sibling(cfg: &Config, exe: &Path, out: &mut Vec<Finding>) {
     let accounts: Vec<&str> = cfg
         .accounts
         .iter()
-        .filter(|(_, a)| a.s3.as_ref().is_some_and(|s3| s3.web_identity.is_some()))
+        .filter(|(_, a)| {
+            a.s3.as_ref()
+                .is_some_and(|s3| matches!(s3.source, S3Source::WebIdentity(_)))
+        })
         .map(|(name, _)| name.as_str())
         .collect();
     if accounts.is_empty() {

@@ -33,7 +33,7 @@ pub use identity::IdentityConfig;
 pub use kerberos::KerberosConfig;
 pub use problem::Problem;
 pub use realm::{AccountKerberos, AccountKerberosFile, Dcs, parse_kdc};
-pub use s3::{AuditS3Config, S3Account, WebIdentity};
+pub use s3::{AuditS3Config, S3Account, S3Source, WebIdentity};
 pub use sandbox::{SandboxConfig, SandboxFile, Seccomp};
 
 /// Private job uids when the config names no range: uids no account on a normal host uses.
@@ -282,13 +282,11 @@ mod tests {
         };
         let role = r#"role_arn = "arn:aws:iam::123456789012:role/deploy""#;
         let cfg = Config::parse(&account(&format!("web_identity = {{ {role} }}"))).unwrap();
-        let wi = cfg.accounts["a"]
-            .s3
-            .as_ref()
-            .unwrap()
-            .web_identity
-            .clone()
-            .unwrap();
+        let Some(S3Source::WebIdentity(wi)) =
+            cfg.accounts["a"].s3.as_ref().map(|s| s.source.clone())
+        else {
+            panic!("web_identity is the source");
+        };
         assert_eq!(wi.role_arn, "arn:aws:iam::123456789012:role/deploy");
         assert_eq!(
             (wi.audience, wi.token_variable, wi.duration_secs),

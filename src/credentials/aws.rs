@@ -22,7 +22,7 @@ use p3_contract::env;
 use serde::Deserialize;
 
 use crate::command::{CommandError, run_bounded};
-use crate::config::S3Account;
+use crate::config::{S3Account, S3Source};
 
 /// Name of the AWS config file written into the job's credentials directory.
 pub const CONFIG_FILE: &str = "aws-config";
@@ -76,25 +76,11 @@ impl fmt::Debug for S3Credentials {
     }
 }
 
-impl S3Credentials {
-    /// Where an account's credentials come from, for the audit record: `credential_process`,
-    /// `web_identity` or `profile`, as named in the config.
-    pub fn source_of(account: &S3Account) -> &'static str {
-        if account.credential_process.is_some() {
-            "credential_process"
-        } else if account.web_identity.is_some() {
-            "web_identity"
-        } else {
-            "profile"
-        }
-    }
-}
-
 /// Why S3 credentials could not be obtained or handed over. No variant carries a secret or
 /// the credential process's stdout.
 #[derive(Debug, thiserror::Error)]
 pub enum AwsCredError {
-    /// The account has neither `credential_process` nor `profile` (nor `web_identity`).
+    /// The `credential_process` argv is empty (the config refuses it; a direct caller may not).
     #[error(
         "S3 account has no credential source (set credential_process, profile or web_identity)"
     )]
@@ -197,30 +183,25 @@ pub fn retrieve_with_duration(
     krb5_config: Option<&Path>,
     duration_secs: u64,
 ) -> Result<S3Credentials, AwsCredError> {
-    let creds = if let Some(argv) = &account.credential_process {
-        run_credential_process(
+    let creds = match &account.source {
+        S3Source::CredentialProcess(argv) => run_credential_process(
             &credential_process_argv(argv, duration_secs),
             krb5ccname,
             krb5_config,
             duration_secs,
             Duration::from_secs(account.timeout_secs),
-        )?
-    } else if let Some(profile) = &account.profile {
-        let file = account
-            .shared_credentials_file
-            .clone()
-            .unwrap_or_else(default_shared_credentials_file);
-        read_profile(&file, profile)?
-    } else if account.web_identity.is_some() {
-        return Err(AwsCredError::NeedsJobToken);
-    } else {
-        return Err(AwsCredError::NoSource);
+        )?,
+        S3Source::Profile { name, file } => {
+            let file = file.clone().unwrap_or_else(default_shared_credentials_file);
+            read_profile(&file, name)?
+        }
+        S3Source::WebIdentity(_) => return Err(AwsCredError::NeedsJobToken),
     };
     if let Some(expiration) = creds.expiration
         && expiration <= Utc::now()
     {
         return Err(AwsCredError::Expired {
-            source_name: S3Credentials::source_of(account),
+            source_name: account.source.key(),
             expiration,
         });
     }
@@ -532,17 +513,13 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn account() -> S3Account {
-        S3Account {
-            region: "eu-central-1".into(),
-            endpoint_url: Some("http://127.0.0.1:9000".into()),
-            path_style: true,
-            credential_process: None,
-            profile: None,
-            shared_credentials_file: None,
-            web_identity: None,
-            refresh_threshold_secs: 600,
-            timeout_secs: 5,
-        }
+        let mut account = S3Account::new(S3Source::CredentialProcess(Vec::new()));
+        account.region = "eu-central-1".into();
+        account.endpoint_url = Some("http://127.0.0.1:9000".into());
+        account.path_style = true;
+        account.refresh_threshold_secs = 600;
+        account.timeout_secs = 5;
+        account
     }
 
     fn creds() -> S3Credentials {
@@ -610,7 +587,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The script proves it saw the job's KRB5CCNAME by echoing it back as the key id.
         let mut acc = account();
-        acc.credential_process = Some(script(
+        acc.source = S3Source::CredentialProcess(script(
             dir.path(),
             r#"printf '{"Version":1,"AccessKeyId":"%s","SecretAccessKey":"SK","Expiration":"2099-01-01T00:00:00Z"}' "$KRB5CCNAME""#,
         ));
@@ -632,7 +609,7 @@ mod tests {
             "--duration-seconds={duration_secs}".to_string(),
             "{duration_secs}{duration_secs} x".to_string(),
         ]);
-        acc.credential_process = Some(argv);
+        acc.source = S3Source::CredentialProcess(argv);
         let c = retrieve_with_duration(&acc, None, None, 1500).unwrap();
         assert_eq!(c.access_key_id, "--duration-seconds=1500|15001500 x|1500");
         // Without a job duration the process gets the default.
@@ -649,7 +626,7 @@ mod tests {
     fn credential_process_failure_carries_stderr_not_stdout() {
         let dir = tempfile::tempdir().unwrap();
         let mut acc = account();
-        acc.credential_process = Some(script(
+        acc.source = S3Source::CredentialProcess(script(
             dir.path(),
             "echo '{\"SecretAccessKey\":\"LEAKED\"}'; echo 'ticket expired' >&2; exit 3",
         ));
@@ -663,7 +640,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut acc = account();
         acc.timeout_secs = 1;
-        acc.credential_process = Some(script(dir.path(), "sleep 30"));
+        acc.source = S3Source::CredentialProcess(script(dir.path(), "sleep 30"));
         let start = std::time::Instant::now();
         let err = retrieve(&acc, None, None).unwrap_err();
         assert!(
@@ -677,7 +654,7 @@ mod tests {
     fn already_expired_credentials_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut acc = account();
-        acc.credential_process = Some(script(
+        acc.source = S3Source::CredentialProcess(script(
             dir.path(),
             r#"echo '{"Version":1,"AccessKeyId":"AK","SecretAccessKey":"SK","Expiration":"2001-01-01T00:00:00Z"}'"#,
         ));
@@ -700,17 +677,20 @@ mod tests {
         )
         .unwrap();
         let mut acc = account();
-        acc.profile = Some("uat".into());
-        acc.shared_credentials_file = Some(file.clone());
+        let profile = |name: &str| S3Source::Profile {
+            name: name.into(),
+            file: Some(file.clone()),
+        };
+        acc.source = profile("uat");
         let c = retrieve(&acc, None, None).unwrap();
         assert_eq!(c.access_key_id, "UATKEY");
         assert_eq!(c.secret_access_key, "UAT SK");
         assert_eq!(c.session_token, None);
 
-        acc.profile = Some("missing".into());
+        acc.source = profile("missing");
         let err = retrieve(&acc, None, None).unwrap_err().to_string();
         assert!(err.contains("no such profile"), "{err}");
-        acc.profile = Some("other".into());
+        acc.source = profile("other");
         let err = retrieve(&acc, None, None).unwrap_err().to_string();
         assert!(err.contains("aws_secret_access_key is missing"), "{err}");
     }

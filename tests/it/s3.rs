@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use p3_executor::config::S3Account;
+use p3_executor::config::{S3Account, S3Source};
 use p3_executor::credentials::aws;
 use s3srv::S3Server;
 
@@ -949,17 +949,12 @@ fn job_uses_only_the_files_prepare_wrote() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let account = S3Account {
-        region: "us-east-1".into(),
-        endpoint_url: Some(srv.endpoint()),
-        path_style: true,
-        credential_process: Some(vec![p(&script).to_string()]),
-        profile: None,
-        shared_credentials_file: None,
-        web_identity: None,
-        refresh_threshold_secs: 600,
-        timeout_secs: 10,
-    };
+    let mut account = S3Account::new(S3Source::CredentialProcess(vec![p(&script).to_string()]));
+    account.region = "us-east-1".into();
+    account.endpoint_url = Some(srv.endpoint());
+    account.path_style = true;
+    account.refresh_threshold_secs = 600;
+    account.timeout_secs = 10;
     let creds = aws::retrieve(&account, Some("FILE:/tmp/krb5cc_test"), None).unwrap();
     let creds_dir = dir.path().join("creds");
     std::fs::create_dir(&creds_dir).unwrap();

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{Credential, Ctx, Failed, Issued, elapsed_ms};
 use crate::audit::{AuditEvent, AuditRecord, Decision as Outcome};
-use crate::config::{Account, Config, S3Account};
+use crate::config::{Account, Config, S3Account, S3Source};
 use crate::credentials::aws::{self, AwsCredError, S3Credentials};
 use crate::credentials::kerberos;
 use crate::credentials::web_identity::{self, JobToken};
@@ -41,9 +41,10 @@ pub(crate) fn web_token(
     job: &JobContext,
     account: &Account,
 ) -> Result<Option<JobToken>, IdentityError> {
-    let wi = account.s3.as_ref().and_then(|s3| s3.web_identity.as_ref());
-    wi.map(|wi| web_identity::job_token(cfg, job, wi))
-        .transpose()
+    match account.s3.as_ref().map(|s3| &s3.source) {
+        Some(S3Source::WebIdentity(wi)) => web_identity::job_token(cfg, job, wi).map(Some),
+        Some(S3Source::CredentialProcess(_) | S3Source::Profile { .. }) | None => Ok(None),
+    }
 }
 
 impl Credential for S3<'_> {
@@ -55,10 +56,8 @@ impl Credential for S3<'_> {
             Outcome::Granted,
             String::new(),
         );
-        rec.extra.insert(
-            "source".into(),
-            Value::String(aws::S3Credentials::source_of(self.s3).into()),
-        );
+        rec.extra
+            .insert("source".into(), Value::String(self.s3.source.key().into()));
         rec
     }
 
@@ -149,8 +148,8 @@ impl S3<'_> {
     ) -> Result<S3Credentials, AwsCredError> {
         let duration_secs = credential_duration(self.account, win.max_life);
         let started = std::time::Instant::now();
-        let retrieved = match (&self.s3.web_identity, &self.token) {
-            (Some(wi), Some(token)) => {
+        match (&self.s3.source, &self.token) {
+            (S3Source::WebIdentity(wi), Some(token)) => {
                 facts.insert("role_arn".into(), Value::String(wi.role_arn.clone()));
                 facts.insert(
                     "token_variable".into(),
@@ -179,8 +178,8 @@ impl S3<'_> {
                     a.creds
                 })
             }
-            (Some(_), None) => Err(AwsCredError::NeedsJobToken),
-            (None, _) => {
+            (S3Source::WebIdentity(_), None) => Err(AwsCredError::NeedsJobToken),
+            (S3Source::CredentialProcess(_), _) => {
                 // The credential process authenticates as the job's account with its ticket
                 // (and the account's own krb5.conf, when it has its own realm).
                 let ccname = kerberos::krb5ccname(&ctx.grant.ccache);
@@ -188,20 +187,21 @@ impl S3<'_> {
                     Some(_) => Some(ctx.paths.creds.join(kerberos::realm_conf::JOB_KRB5_CONF)),
                     None => ctx.cfg.kerberos.krb5_config.clone(),
                 };
-                aws::retrieve_with_duration(
+                let creds = aws::retrieve_with_duration(
                     self.s3,
                     Some(&ccname),
                     krb5_config.as_deref(),
                     duration_secs,
-                )
+                );
+                facts.insert(
+                    "credential_process_ms".into(),
+                    Value::from(elapsed_ms(started)),
+                );
+                creds
             }
-        };
-        if self.s3.credential_process.is_some() {
-            facts.insert(
-                "credential_process_ms".into(),
-                Value::from(elapsed_ms(started)),
-            );
+            (S3Source::Profile { .. }, _) => {
+                aws::retrieve_with_duration(self.s3, None, None, duration_secs)
+            }
         }
-        retrieved
     }
 }

@@ -14,7 +14,7 @@ use aws_sdk_s3::types::ObjectLockMode as SdkLockMode;
 use base64::Engine;
 use md5::Digest;
 
-use p3_executor::config::{AuditS3Config, ObjectLockConfig, ObjectLockMode};
+use p3_executor::config::{AuditS3Config, ObjectLockConfig, ObjectLockMode, S3Source};
 
 /// One bucket, with the shipper's client (cheap to clone: the client is shared).
 #[derive(Clone)]
@@ -87,17 +87,24 @@ impl Store {
         if let Some(url) = &s.endpoint_url {
             loader = loader.endpoint_url(url);
         }
-        if let Some(argv) = &s.credential_process {
-            loader = loader.credentials_provider(process_credentials(argv, s.timeout_secs)?);
-        } else if let Some(profile) = &s.profile {
-            // The same reading of a shared-credentials profile as the executor's own.
-            let file = s
-                .shared_credentials_file
-                .clone()
-                .unwrap_or_else(p3_executor::credentials::aws::default_shared_credentials_file);
-            let c = p3_executor::credentials::aws::read_profile(&file, profile)
-                .map_err(|e| anyhow!("audit.s3: {e}"))?;
-            loader = loader.credentials_provider(static_credentials(&c, "audit.s3.profile"));
+        match &s.source {
+            Some(S3Source::CredentialProcess(argv)) => {
+                loader = loader.credentials_provider(process_credentials(argv, s.timeout_secs)?);
+            }
+            Some(S3Source::Profile { name, file }) => {
+                // The same reading of a shared-credentials profile as the executor's own.
+                let file = file
+                    .clone()
+                    .unwrap_or_else(p3_executor::credentials::aws::default_shared_credentials_file);
+                let c = p3_executor::credentials::aws::read_profile(&file, name)
+                    .map_err(|e| anyhow!("audit.s3: {e}"))?;
+                loader = loader.credentials_provider(static_credentials(&c, "audit.s3.profile"));
+            }
+            // [audit.s3] has no web_identity key: the shipper has no job token to send.
+            Some(S3Source::WebIdentity(_)) => {
+                return Err(anyhow!("audit.s3: web_identity needs a job's ID token"));
+            }
+            None => {}
         }
         let sdk = loader.load().await;
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
