@@ -196,7 +196,8 @@ fn os_err(what: &str) -> String {
 /// Clone `dir` as a detached mount, idmapped with `userns` and read-only; attach at `target`.
 fn idmapped(dir: RawFd, userns: RawFd, target: &Path) -> Result<(), String> {
     let empty = c"";
-    // SAFETY: open_tree(2) on a descriptor we hold, with an empty path.
+    // SAFETY: open_tree(2) on a descriptor we hold, with an empty path. Raw syscalls here:
+    // neither nix nor libc wraps open_tree, mount_setattr or move_mount.
     let tree = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
@@ -274,6 +275,7 @@ fn bind(source: &Path, target: &Path, flags: MsFlags, file: bool) -> Result<(), 
         match std::fs::symlink_metadata(target) {
             Ok(m) if m.is_file() => {}
             Ok(_) => {
+                // Ignored: what cannot be removed makes the create below fail with its reason.
                 let _ = std::fs::remove_file(target);
                 std::fs::write(target, b"")
                     .map_err(|e| format!("sandbox: create {}: {e}", target.display()))?;
@@ -527,6 +529,7 @@ fn enter_inner(
     match std::fs::symlink_metadata(&put_old) {
         Ok(m) if m.is_dir() => {}
         _ => {
+            // Ignored: what cannot be removed makes mkdirs below fail with its reason.
             let _ = std::fs::remove_file(&put_old);
             mkdirs(&put_old)?;
         }
