@@ -3,9 +3,13 @@
 //!
 //! The file names a source by one of its keys (`credential_process`, `profile` with
 //! `shared_credentials_file`, `web_identity`); parsing settles them into one [`S3Source`],
-//! which every consumer matches on. The tables as written are the private `*File` structs
-//! below, so the format stays what it was; a table naming no source or two is kept aside and
-//! reported by `problems` with its key, like every other problem.
+//! which every consumer matches on. The tables as written are the private `*File` structs of
+//! `s3/file.rs`, so the format stays what it was; a table naming no source or two is kept
+//! aside and reported by `problems` with its key, like every other problem. The web-identity
+//! source's settings are `s3/web_identity.rs`.
+
+mod file;
+mod web_identity;
 
 use std::path::PathBuf;
 
@@ -13,9 +17,14 @@ use serde::{Deserialize, Serialize};
 
 use super::audit::ObjectLockConfig;
 use super::{IdentityConfig, Problem};
+use file::{
+    default_audit_s3_timeout, default_batch_records, default_cleanup_ship_secs,
+    default_process_timeout, default_region, default_s3_refresh,
+};
+pub use web_identity::WebIdentity;
 
 /// Where S3 credentials come from: exactly one source per account. Adding a source is a
-/// variant here, its key in [`S3Source::settle`], and the arms the compiler then asks for.
+/// variant here, its key in `S3Source::settle` (`s3/file.rs`), and the arms the compiler then asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum S3Source {
     /// argv of an AWS `credential_process` command, run with the job's KRB5CCNAME. The
@@ -46,53 +55,6 @@ impl S3Source {
             S3Source::WebIdentity(_) => "web_identity",
         }
     }
-
-    /// The source the file's keys name (the first, in the order of the keys above), and every
-    /// source key it named: more than one is a problem the caller reports with its key.
-    /// `shared_credentials_file` only belongs to a profile and is ignored otherwise, as always.
-    fn settle(keys: SourceKeys) -> (Option<S3Source>, Vec<&'static str>) {
-        let SourceKeys {
-            credential_process,
-            profile,
-            shared_credentials_file,
-            web_identity,
-        } = keys;
-        let named = [
-            credential_process.map(S3Source::CredentialProcess),
-            profile.map(|name| S3Source::Profile {
-                name,
-                file: shared_credentials_file,
-            }),
-            web_identity.map(S3Source::WebIdentity),
-        ];
-        let named: Vec<S3Source> = named.into_iter().flatten().collect();
-        let keys = named.iter().map(S3Source::key).collect();
-        (named.into_iter().next(), keys)
-    }
-
-    /// The file's keys for this source.
-    fn keys(source: Option<&S3Source>) -> SourceKeys {
-        let mut keys = SourceKeys::default();
-        match source {
-            None => {}
-            Some(S3Source::CredentialProcess(argv)) => keys.credential_process = Some(argv.clone()),
-            Some(S3Source::Profile { name, file }) => {
-                keys.profile = Some(name.clone());
-                keys.shared_credentials_file = file.clone();
-            }
-            Some(S3Source::WebIdentity(wi)) => keys.web_identity = Some(wi.clone()),
-        }
-        keys
-    }
-}
-
-/// The keys that name a source, as the file spells them.
-#[derive(Default)]
-struct SourceKeys {
-    credential_process: Option<Vec<String>>,
-    profile: Option<String>,
-    shared_credentials_file: Option<PathBuf>,
-    web_identity: Option<WebIdentity>,
 }
 
 const NO_SOURCE: &str = "set exactly one of credential_process, profile or web_identity";
@@ -100,7 +62,7 @@ const NO_SOURCE: &str = "set exactly one of credential_process, profile or web_i
 /// `[audit.s3]`: where `audit ship` puts this host's records, with the host's own credentials
 /// (never a job's).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(from = "AuditS3File", into = "AuditS3File")]
+#[serde(from = "file::AuditS3File", into = "file::AuditS3File")]
 pub struct AuditS3Config {
     /// The bucket (created with Object Lock enabled, so versioned).
     pub bucket: String,
@@ -130,79 +92,6 @@ pub struct AuditS3Config {
     pub timeout_secs: u64,
 }
 
-/// `[audit.s3]` as the file spells it.
-#[derive(Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct AuditS3File {
-    bucket: String,
-    #[serde(default = "default_audit_prefix")]
-    prefix: String,
-    #[serde(default = "default_region")]
-    region: String,
-    #[serde(default)]
-    endpoint_url: Option<String>,
-    #[serde(default)]
-    path_style: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    profile: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    shared_credentials_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    credential_process: Option<Vec<String>>,
-    #[serde(default)]
-    object_lock: Option<ObjectLockConfig>,
-    #[serde(default = "default_batch_records")]
-    batch_records: u64,
-    #[serde(default = "default_cleanup_ship_secs")]
-    cleanup_ship_secs: f64,
-    #[serde(default = "default_audit_s3_timeout")]
-    timeout_secs: u64,
-}
-
-impl From<AuditS3File> for AuditS3Config {
-    fn from(t: AuditS3File) -> Self {
-        let (source, named) = S3Source::settle(SourceKeys {
-            credential_process: t.credential_process,
-            profile: t.profile,
-            shared_credentials_file: t.shared_credentials_file,
-            web_identity: None,
-        });
-        Self {
-            bucket: t.bucket,
-            prefix: t.prefix,
-            region: t.region,
-            endpoint_url: t.endpoint_url,
-            path_style: t.path_style,
-            source,
-            named,
-            object_lock: t.object_lock,
-            batch_records: t.batch_records,
-            cleanup_ship_secs: t.cleanup_ship_secs,
-            timeout_secs: t.timeout_secs,
-        }
-    }
-}
-
-impl From<AuditS3Config> for AuditS3File {
-    fn from(c: AuditS3Config) -> Self {
-        let keys = S3Source::keys(c.source.as_ref());
-        Self {
-            bucket: c.bucket,
-            prefix: c.prefix,
-            region: c.region,
-            endpoint_url: c.endpoint_url,
-            path_style: c.path_style,
-            profile: keys.profile,
-            shared_credentials_file: keys.shared_credentials_file,
-            credential_process: keys.credential_process,
-            object_lock: c.object_lock,
-            batch_records: c.batch_records,
-            cleanup_ship_secs: c.cleanup_ship_secs,
-            timeout_secs: c.timeout_secs,
-        }
-    }
-}
-
 impl AuditS3Config {
     /// The settings for reading `bucket` when the config has no `[audit.s3]` (an auditor's
     /// `audit verify --s3`): every key at its default, credentials from the default chain.
@@ -223,22 +112,9 @@ impl AuditS3Config {
     }
 }
 
-fn default_audit_prefix() -> String {
-    "p3-executor-audit".into()
-}
-fn default_batch_records() -> u64 {
-    1000
-}
-fn default_cleanup_ship_secs() -> f64 {
-    2.0
-}
-fn default_audit_s3_timeout() -> u64 {
-    30
-}
-
 /// S3 settings and credential source for an account.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(from = "S3AccountFile", into = "S3AccountFile")]
+#[serde(from = "file::S3AccountFile", into = "file::S3AccountFile")]
 pub struct S3Account {
     /// AWS region (S3-compatible stores usually accept `us-east-1`).
     pub region: String,
@@ -254,71 +130,6 @@ pub struct S3Account {
     pub refresh_threshold_secs: u64,
     /// Upper bound on the credential_process call.
     pub timeout_secs: u64,
-}
-
-/// `[accounts.<name>.s3]` as the file spells it.
-#[derive(Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct S3AccountFile {
-    #[serde(default = "default_region")]
-    region: String,
-    #[serde(default)]
-    endpoint_url: Option<String>,
-    #[serde(default)]
-    path_style: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    credential_process: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    profile: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    shared_credentials_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    web_identity: Option<WebIdentity>,
-    #[serde(default = "default_s3_refresh")]
-    refresh_threshold_secs: u64,
-    #[serde(default = "default_process_timeout")]
-    timeout_secs: u64,
-}
-
-/// The infallible part of resolving the table: the source keys become one [`S3Source`] (a
-/// table naming none gets an empty `credential_process`, which [`S3Account::problems`]
-/// reports as the missing source, so no loaded config has it).
-impl From<S3AccountFile> for S3Account {
-    fn from(t: S3AccountFile) -> Self {
-        let (source, named) = S3Source::settle(SourceKeys {
-            credential_process: t.credential_process,
-            profile: t.profile,
-            shared_credentials_file: t.shared_credentials_file,
-            web_identity: t.web_identity,
-        });
-        Self {
-            region: t.region,
-            endpoint_url: t.endpoint_url,
-            path_style: t.path_style,
-            source: source.unwrap_or(S3Source::CredentialProcess(Vec::new())),
-            named,
-            refresh_threshold_secs: t.refresh_threshold_secs,
-            timeout_secs: t.timeout_secs,
-        }
-    }
-}
-
-impl From<S3Account> for S3AccountFile {
-    fn from(a: S3Account) -> Self {
-        let source = (!a.named.is_empty()).then_some(&a.source);
-        let keys = S3Source::keys(source);
-        Self {
-            region: a.region,
-            endpoint_url: a.endpoint_url,
-            path_style: a.path_style,
-            credential_process: keys.credential_process,
-            profile: keys.profile,
-            shared_credentials_file: keys.shared_credentials_file,
-            web_identity: keys.web_identity,
-            refresh_threshold_secs: a.refresh_threshold_secs,
-            timeout_secs: a.timeout_secs,
-        }
-    }
 }
 
 impl S3Account {
@@ -355,106 +166,6 @@ impl S3Account {
             }
             S3Source::CredentialProcess(_) | S3Source::Profile { .. } => {}
             S3Source::WebIdentity(wi) => problems.extend(wi.problems(account, identity)),
-        }
-        problems
-    }
-}
-
-/// `web_identity = { role_arn = "...", ... }` of `[accounts.<name>.s3]`: temporary credentials
-/// from STS `AssumeRoleWithWebIdentity` (AWS, MinIO, Ceph RGW), obtained in `prepare` with
-/// the job's GitLab ID token and refreshed like any other S3 credentials.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebIdentity {
-    /// The role to assume; its trust policy names GitLab as the OIDC provider.
-    pub role_arn: String,
-    /// The `aud` the STS expects, when it is not `identity.audience`: the job then supplies a
-    /// second `id_tokens:` entry with it, in `token_variable`.
-    #[serde(default)]
-    pub audience: Option<String>,
-    /// The job variable of that second token (verified like the identity token, against
-    /// `audience`). Without it the identity token prepare verified is sent.
-    #[serde(default)]
-    pub token_variable: Option<String>,
-    /// The longest session to ask for: the role's maximum session duration (STS refuses
-    /// more). Default 3600, STS's default maximum; the job's own duration is clamped to
-    /// 900 (STS's minimum) ..= this.
-    #[serde(default)]
-    pub duration_secs: Option<u64>,
-    /// STS endpoint; default the account's `endpoint_url` (MinIO and Ceph RGW serve STS
-    /// there), or AWS's regional STS when neither is set.
-    #[serde(default)]
-    pub sts_endpoint_url: Option<String>,
-}
-
-impl WebIdentity {
-    /// STS's shortest session.
-    pub const MIN_DURATION_SECS: u64 = 900;
-    /// STS's longest role session (a role's maximum session duration is at most 12 hours).
-    pub const MAX_DURATION_SECS: u64 = 43_200;
-    /// The longest session asked for when `duration_secs` is not set: STS's default maximum.
-    pub const DEFAULT_MAX_DURATION_SECS: u64 = 3600;
-
-    /// Problems with these settings, each naming its key under `accounts.<account>.s3`.
-    pub fn problems(&self, account: &str, identity: &IdentityConfig) -> Vec<Problem> {
-        let key = |k: &str| format!("accounts.{account}.s3.web_identity.{k}");
-        let mut problems = Vec::new();
-        let arn = self.role_arn.as_str();
-        if !arn.starts_with("arn:")
-            || arn.split(':').count() < 6
-            || arn.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            problems.push(Problem::new(
-                key("role_arn"),
-                format!(
-                    "{arn:?} is not a role ARN (e.g. arn:aws:iam::123456789012:role/gitlab-deploy)"
-                ),
-            ));
-        }
-        if let Some(d) = self.duration_secs
-            && !(Self::MIN_DURATION_SECS..=Self::MAX_DURATION_SECS).contains(&d)
-        {
-            problems.push(Problem::new(
-                key("duration_secs"),
-                format!(
-                    "{d} is outside what STS accepts ({}..={})",
-                    Self::MIN_DURATION_SECS,
-                    Self::MAX_DURATION_SECS
-                ),
-            ));
-        }
-        match (&self.token_variable, &self.audience) {
-            (Some(var), _) if !is_variable_name(var) => problems.push(Problem::new(
-                key("token_variable"),
-                format!("{var:?} is not a CI variable name (letters, digits, '_')"),
-            )),
-            (Some(var), _) if *var == identity.token_variable => problems.push(Problem::new(
-                key("token_variable"),
-                format!("{var:?} is identity.token_variable: leave token_variable out to send the identity token"),
-            )),
-            (Some(_), None) => problems.push(Problem::new(
-                key("audience"),
-                "missing: token_variable needs it, the aud the STS expects of that token",
-            )),
-            (None, Some(aud)) if *aud != identity.audience => problems.push(Problem::new(
-                key("audience"),
-                format!(
-                    "{aud:?} needs token_variable: without it the identity token (aud {:?}) is sent",
-                    identity.audience
-                ),
-            )),
-            _ => {}
-        }
-        if matches!(&self.audience, Some(a) if a.trim().is_empty()) {
-            problems.push(Problem::new(key("audience"), "is empty"));
-        }
-        if let Some(url) = &self.sts_endpoint_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            problems.push(Problem::new(
-                key("sts_endpoint_url"),
-                format!("{url:?} is not an http:// or https:// URL"),
-            ));
         }
         problems
     }
@@ -503,24 +214,6 @@ impl AuditS3Config {
         }
         problems
     }
-}
-
-fn is_variable_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn default_region() -> String {
-    "us-east-1".into()
-}
-fn default_s3_refresh() -> u64 {
-    600
-}
-fn default_process_timeout() -> u64 {
-    30
 }
 
 #[cfg(test)]
