@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::isolation::{host_with_uids_and, needs_root, prepared, run_body};
-use p3_testkit::driver::{uid_base, Host, Job};
+use p3_testkit::driver::{Host, Job, uid_base};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p3-executor");
 pub(crate) const USER: &str = "ci-pusher";

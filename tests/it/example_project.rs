@@ -173,10 +173,12 @@ fn check_structure(jobs: &[(String, Value)]) {
         build["artifacts"]["reports"]["dotenv"],
         "image-${P3_DEVSTAGE}.env"
     );
-    assert!(build["script"][0]
-        .as_str()
-        .unwrap()
-        .contains("--dotenv \"image-${P3_DEVSTAGE}.env\""));
+    assert!(
+        build["script"][0]
+            .as_str()
+            .unwrap()
+            .contains("--dotenv \"image-${P3_DEVSTAGE}.env\"")
+    );
 }
 
 /// Every `p3-executor ...` script line parses with the real CLI.

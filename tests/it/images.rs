@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::tokens::{gitlab_claims, JwksServer, TokenMinter, ISSUER};
-use crate::containers::{leases, processes_in, subid_window, Registry, PASSWORD, USER};
+use crate::common::tokens::{ISSUER, JwksServer, TokenMinter, gitlab_claims};
+use crate::containers::{PASSWORD, Registry, USER, leases, processes_in, subid_window};
 use crate::isolation::needs_root;
 use p3_testkit::driver::{Host, Job, JobResult};
 use p3_testkit::kdc;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const PROJECT: &str = "data-ml/forecast";
 

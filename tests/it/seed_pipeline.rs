@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 use serde_norway::Value;
 
-use crate::common::tokens::{gitlab_claims, JwksServer, TokenMinter, ISSUER};
-use crate::containers::{subid_window, Registry, PASSWORD, USER};
+use crate::common::tokens::{ISSUER, JwksServer, TokenMinter, gitlab_claims};
+use crate::containers::{PASSWORD, Registry, USER, subid_window};
 use crate::images::{assert_nothing_left, push};
 use crate::isolation::{needs_root, uid_of};
 use p3_testkit::driver::{Host, Job};
@@ -129,7 +129,9 @@ impl Seed {
         .unwrap();
         let c = client.display().to_string();
         let common = |action: &str| {
-            format!("\"{c}\", \"{action}\", \"--as={{deploy_stage}}\", \"--devstage={{devstage}}\", \"--job={{job}}\"")
+            format!(
+                "\"{c}\", \"{action}\", \"--as={{deploy_stage}}\", \"--devstage={{devstage}}\", \"--job={{job}}\""
+            )
         };
         let mut config = fs::read_to_string(&host.config).unwrap();
         config.push_str(&format!(
