@@ -103,10 +103,21 @@ pub(super) fn report_parse_error(text: &str, origin: Option<&Path>, e: &toml::de
     let at = Locator::new(text);
     let line = at.line_at(span.start);
     let message = e.message().trim_end();
-    match at.key_at(span.start) {
+    let first = match at.key_at(span.start) {
         Some(key) => format!("{}{key}: {message}", prefix(origin, line)),
         None => format!("{}{message}", prefix(origin, line)),
+    };
+    // toml's own rendering, less the message: "at line 3, column 1" and the text with a caret.
+    let full = e.to_string();
+    let snippet = full
+        .rfind(message)
+        .map_or(full.as_str(), |end| &full[..end]);
+    let mut out = first;
+    for l in snippet.lines().filter(|l| !l.trim().is_empty()) {
+        out.push_str("\n    ");
+        out.push_str(l);
     }
+    out
 }
 
 #[cfg(test)]
@@ -221,8 +232,12 @@ mod tests {
         ];
         for (text, want) in cases {
             let got = Config::parse(text).unwrap_err();
-            assert_eq!(got.lines().collect::<Vec<_>>(), *want, "{text}");
+            // Indented lines continue an item (toml's caret under a parse error).
+            let items: Vec<_> = got.lines().filter(|l| !l.starts_with("    ")).collect();
+            assert_eq!(items, *want, "{text}");
         }
+        let err = Config::parse("[kerberos]\ntimeout = 3\n").unwrap_err();
+        assert!(err.contains("\n    2 | timeout = 3\n"), "{err}");
     }
 
     #[test]
