@@ -77,6 +77,50 @@ const CONTAINERS_CONF: &str = "# Written by p3-executor for this job.\n\
 [containers]\ncgroups = \"disabled\"\nnetns = \"host\"\n\n\
 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n";
 
+/// Where containers/image looks for registry settings (signature lookaside, sigstore
+/// attachments) on the host.
+const HOST_REGISTRIES_D: &str = "/etc/containers/registries.d";
+
+/// The host's registries.d files (`*.yaml`, readable), by name.
+fn host_registries_d() -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(HOST_REGISTRIES_D) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(String, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            name.ends_with(".yaml").then_some((name, text))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The job's own registries.d: the host's files, plus a `default-docker` lookaside in the
+/// job's storage when none of them sets one. Buildah in a container job is root in its
+/// namespace, so without one it reads and writes signatures under root's
+/// `/var/lib/containers/sigstore`: 0700 on any host where root has used buildah or podman,
+/// so every pull of a `FROM` image failed with EACCES.
+fn registries_d(host: &[(String, String)], lookaside: &Path) -> Vec<(String, String)> {
+    let mut files = host.to_vec();
+    let has_default = host
+        .iter()
+        .any(|(_, text)| text.lines().any(|l| l.starts_with("default-docker:")));
+    if !has_default {
+        files.push((
+            "zz-p3-executor.yaml".into(),
+            format!(
+                "# Written by p3-executor for this job: signatures in the job's own storage.\n\
+                 default-docker:\n  lookaside: file://{}\n",
+                lookaside.display()
+            ),
+        ));
+    }
+    files
+}
+
 /// prepare: for a container job, lease its subordinate range and write its containers
 /// configuration into its tree; the environment points buildah and podman at it. An `image:`
 /// job gets a range too (its image's uids map into it), but no containers configuration
@@ -121,6 +165,18 @@ pub fn prepare(cfg: &Config, paths: &JobPaths, state: &mut JobState) -> Result<(
     }
     mk(&dir.join("storage.conf"), Some(&storage_conf(&dir)))?;
     mk(&dir.join("containers.conf"), Some(CONTAINERS_CONF))?;
+    // containers/image reads `$HOME/.config/containers/registries.d` instead of the host's
+    // when it exists; the job's HOME is its own tree, created just above by this prepare.
+    let mut conf = paths.home.clone();
+    for part in [".config", "containers", "registries.d"] {
+        conf.push(part);
+        if !conf.exists() {
+            mk(&conf, None)?;
+        }
+    }
+    for (name, text) in registries_d(&host_registries_d(), &dir.join("sigstore")) {
+        mk(&conf.join(name), Some(&text))?;
+    }
     for (k, v) in [
         ("CONTAINERS_STORAGE_CONF", dir.join("storage.conf")),
         ("CONTAINERS_CONF", dir.join("containers.conf")),
@@ -236,6 +292,44 @@ mod tests {
         assert!(!allowed(&cfg, None), "plain jobs: off by default");
         cfg.sandbox.containers = true;
         assert!(allowed(&cfg, None));
+    }
+
+    #[test]
+    fn signatures_go_to_the_jobs_storage_unless_the_host_sets_a_default() {
+        let lookaside = Path::new("/b/7/containers/sigstore");
+        let site = (
+            "site.yaml".to_string(),
+            "docker:\n  r.example:\n    use-sigstore-attachments: true\n".to_string(),
+        );
+        let cases: [(&[(String, String)], usize, bool); 3] = [
+            (&[], 1, true),
+            (std::slice::from_ref(&site), 2, true),
+            (
+                &[(
+                    "default.yaml".into(),
+                    "default-docker:\n  lookaside: https://s.example\n".into(),
+                )],
+                1,
+                false,
+            ),
+        ];
+        for (host, count, ours) in cases {
+            let files = registries_d(host, lookaside);
+            assert_eq!(files.len(), count, "{host:?}");
+            assert_eq!(
+                &files[..host.len()],
+                host,
+                "the host's files are kept as they are"
+            );
+            let added = files.iter().find(|(n, _)| n == "zz-p3-executor.yaml");
+            assert_eq!(added.is_some(), ours, "{host:?}");
+            if let Some((_, text)) = added {
+                assert!(
+                    text.contains("lookaside: file:///b/7/containers/sigstore\n"),
+                    "{text}"
+                );
+            }
+        }
     }
 
     #[test]
