@@ -8,17 +8,25 @@ use std::path::Path;
 use super::finding::{Finding, Severity, finding};
 use crate::config::Config;
 
-/// Every finding about containers and images.
-pub(super) fn containers_findings(cfg: &Config, out: &mut Vec<Finding>) {
-    let containers = cfg.sandbox.containers || cfg.devstages.values().any(|d| d.containers);
-    tooling(cfg, containers, out);
+/// The image wall (`image:` jobs): buildah for the shared store, the store, the auth file.
+pub(super) fn image_findings(cfg: &Config, out: &mut Vec<Finding>) {
     if cfg.images.enabled {
+        store_tooling(out);
         store(cfg, out);
+    }
+    auth_file(cfg, out);
+}
+
+/// The user namespace wall: buildah or podman on the job's PATH for container jobs, and the
+/// subordinate range pool (container and `image:` jobs both lease from it).
+pub(super) fn userns_findings(cfg: &Config, out: &mut Vec<Finding>) {
+    let containers = cfg.sandbox.containers || cfg.devstages.values().any(|d| d.containers);
+    if containers {
+        job_tooling(cfg, out);
     }
     if cfg.images.enabled || containers {
         pool(cfg, out);
     }
-    auth_file(cfg, out);
 }
 
 /// `buildah --version`'s line, or why it cannot run.
@@ -34,49 +42,48 @@ fn buildah_version(program: &Path) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// buildah as root for the image store (`image:` jobs), and on the job's PATH for container
-/// jobs (`image build`).
-fn tooling(cfg: &Config, containers: bool, out: &mut Vec<Finding>) {
-    if cfg.images.enabled {
-        match which::which("buildah")
-            .map_err(|e| e.to_string())
-            .and_then(|p| buildah_version(&p).map(|v| (p, v)))
-        {
-            Ok((path, version)) => out.push(finding(
-                Severity::Info,
-                format!(
-                    "image: jobs: {} ({version}) pulls into the image store",
-                    path.display()
-                ),
-                "nothing to do",
-            )),
-            Err(why) => out.push(finding(
-                Severity::Warning,
-                format!("image: jobs cannot run: buildah is not usable ({why})"),
-                "apt-get install buildah, or set [images] enabled = false to refuse image: jobs",
-            )),
-        }
+/// buildah as root, for the image store (`image:` jobs).
+fn store_tooling(out: &mut Vec<Finding>) {
+    match which::which("buildah")
+        .map_err(|e| e.to_string())
+        .and_then(|p| buildah_version(&p).map(|v| (p, v)))
+    {
+        Ok((path, version)) => out.push(finding(
+            Severity::Info,
+            format!(
+                "image: jobs: {} ({version}) pulls into the image store",
+                path.display()
+            ),
+            "nothing to do",
+        )),
+        Err(why) => out.push(finding(
+            Severity::Warning,
+            format!("image: jobs cannot run: buildah is not usable ({why})"),
+            "apt-get install buildah, or set [images] enabled = false to refuse image: jobs",
+        )),
     }
-    if containers {
-        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-        let on_path = ["buildah", "podman"]
-            .into_iter()
-            .filter(|t| which::which_in(t, Some(&cfg.job_path), &cwd).is_ok())
-            .collect::<Vec<_>>();
-        if on_path.is_empty() {
-            out.push(finding(
-                Severity::Warning,
-                "container jobs are allowed, but neither buildah nor podman is on job_path: \
-                 `p3-executor image build` fails in them",
-                "apt-get install buildah (or podman), or add its directory to job_path",
-            ));
-        } else {
-            out.push(finding(
-                Severity::Info,
-                format!("container jobs: {} on job_path", on_path.join(" and ")),
-                "nothing to do",
-            ));
-        }
+}
+
+/// buildah or podman on the job's PATH, for `image build` in container jobs.
+fn job_tooling(cfg: &Config, out: &mut Vec<Finding>) {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let on_path = ["buildah", "podman"]
+        .into_iter()
+        .filter(|t| which::which_in(t, Some(&cfg.job_path), &cwd).is_ok())
+        .collect::<Vec<_>>();
+    if on_path.is_empty() {
+        out.push(finding(
+            Severity::Warning,
+            "container jobs are allowed, but neither buildah nor podman is on job_path: \
+             `p3-executor image build` fails in them",
+            "apt-get install buildah (or podman), or add its directory to job_path",
+        ));
+    } else {
+        out.push(finding(
+            Severity::Info,
+            format!("container jobs: {} on job_path", on_path.join(" and ")),
+            "nothing to do",
+        ));
     }
 }
 

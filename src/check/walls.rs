@@ -5,9 +5,8 @@ use super::finding::{Finding, Severity, finding};
 use crate::config::{Config, Seccomp};
 use crate::walls::{keyring, seccomp};
 
-/// Which seccomp filter is in force, and does this kernel install it? Do jobs get their own
-/// keyrings?
-pub(super) fn walls_findings(cfg: &Config, out: &mut Vec<Finding>) {
+/// Which seccomp filter is in force, and does this kernel install it?
+pub(super) fn seccomp_findings(cfg: &Config, out: &mut Vec<Finding>) {
     let opted: Vec<String> = cfg
         .devstages
         .iter()
@@ -46,6 +45,10 @@ pub(super) fn walls_findings(cfg: &Config, out: &mut Vec<Finding>) {
             "remove `seccomp = \"off\"` from [sandbox]; opt single devstages in with seccomp_allow = [\"keyrings\"] or [\"io_uring\"] instead",
         )),
     }
+}
+
+/// Do jobs get their own keyrings?
+pub(super) fn keyring_findings(out: &mut Vec<Finding>) {
     match keyring::probe() {
         Ok(what) => out.push(finding(
             Severity::Info,

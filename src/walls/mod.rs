@@ -7,7 +7,7 @@
 //!   ([`ChildWalls::apply`]; the sandbox's init for a user namespace and an image root);
 //! - **teardown** when the job ends ([`Wall::teardown`]), in the order of
 //!   `crate::teardown::ORDER`, the one place that order is written, with its reasons;
-//! - **check** for `p3-executor check` (`check/walls.rs` names each wall's).
+//! - **check** for `p3-executor check` (`check::wall_findings`: an arm per wall, in this order).
 //!
 //! Adding a wall: a module here, a variant of [`Wall`] with its line in [`WALLS`] (and in
 //! `teardown::ORDER` if it takes something down), and the arms the compiler then asks for.
