@@ -301,7 +301,9 @@ mod tests {
             "site.yaml".to_string(),
             "docker:\n  r.example:\n    use-sigstore-attachments: true\n".to_string(),
         );
-        let cases: [(&[(String, String)], usize, bool); 3] = [
+        // (host files, files the job gets, ours among them)
+        type Case<'a> = (&'a [(String, String)], usize, bool);
+        let cases: [Case; 3] = [
             (&[], 1, true),
             (std::slice::from_ref(&site), 2, true),
             (
