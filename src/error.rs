@@ -49,10 +49,10 @@ pub enum Error {
     LimitExceeded(String),
     /// The job's cgroup could not be made, entered or removed.
     #[error(transparent)]
-    Cgroup(#[from] crate::walls::cgroup::CgroupError),
+    Cgroup(#[from] crate::walls::cgroup::error::CgroupError),
     /// The network wall (nftables) could not be set up or taken down.
     #[error(transparent)]
-    Network(#[from] crate::walls::network::NetworkError),
+    Network(#[from] crate::walls::network::error::NetworkError),
     /// A file read on a job's behalf is larger than the executor accepts.
     #[error("{what} {path} is larger than the {limit}-byte limit; refusing to read it")]
     TooLarge {

@@ -141,10 +141,10 @@ pub struct JobState {
     pub grant: Option<GrantState>,
     /// The job's cgroup and the limits in force (None: no cgroup, e.g. not running as root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<crate::walls::cgroup::JobCgroup>,
+    pub cgroup: Option<crate::walls::cgroup::state::JobCgroup>,
     /// The network policy applied to the job's uid (None: none applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<crate::walls::network::JobNetwork>,
+    pub network: Option<crate::walls::network::state::JobNetwork>,
 }
 
 /// Mark the job as active for as long as the returned file stays open.

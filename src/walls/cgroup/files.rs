@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::CgroupError;
+use super::error::CgroupError;
 
 /// Write `value` to the interface file `name` in `dir`. Created when missing, so the same code
 /// drives a directory tree that mimics cgroupfs in the tests (on cgroupfs the file exists).

@@ -17,11 +17,16 @@
 //! driven by the [`Placement`] recorded at prepare. [`detect`] finds the layout.
 
 pub mod detect;
+pub(crate) mod error;
 pub(crate) mod files;
 pub mod host;
 pub mod limits;
+pub(crate) mod state;
 pub mod v1;
 pub mod v2;
+
+pub use error::CgroupError;
+pub use state::{JobCgroup, Placement};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,52 +47,6 @@ pub const PARENT: &str = "p3-executor";
 /// How long cleanup waits for a job's processes to die once killed.
 const KILL_DEADLINE: Duration = Duration::from_secs(10);
 
-/// What can go wrong with a job's cgroup (a system failure: the host's, not the job's).
-#[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
-    /// The host has no usable cgroup hierarchy.
-    #[error(
-        "per-job cgroups are not available on this host: {0}; run `p3-executor check`, or set [limits] cgroups = \"off\" to run jobs without limits (not recommended)"
-    )]
-    Unsupported(String),
-    /// A controller the limits need is not available where job cgroups are made.
-    #[error(
-        "the {controller} controller is not available in {dir}: delegate it to the runner (systemd: Delegate=yes in gitlab-runner.service, see the README's Limits section), or set [limits] cgroup_parent"
-    )]
-    MissingController {
-        /// `memory`, `pids` or `cpu`.
-        controller: String,
-        /// Where it is missing.
-        dir: PathBuf,
-    },
-    /// A cgroup file or directory could not be read, written, made or removed.
-    #[error("cgroup: cannot {what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The file or directory.
-        path: PathBuf,
-        /// The kernel's answer.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Processes were still in the job's cgroup after the kill's deadline.
-    #[error("processes are still in {0} after SIGKILL (stuck in the kernel?)")]
-    StillPopulated(PathBuf),
-}
-
-impl CgroupError {
-    /// The kernel refused with EBUSY (v2: a cgroup with processes cannot hand out controllers).
-    pub fn is_busy(&self) -> bool {
-        matches!(self, CgroupError::Io { source, .. } if source.raw_os_error() == Some(libc::EBUSY))
-    }
-
-    /// The file does not exist (a kernel without that interface).
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, CgroupError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
-    }
-}
-
 /// Events counted by the kernel that say a limit was hit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -104,22 +63,6 @@ pub struct Usage {
     pub peak_memory: Option<u64>,
     /// CPU time in microseconds.
     pub cpu_usec: Option<u64>,
-}
-
-/// Where a job's cgroup is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "lowercase")]
-pub enum Placement {
-    /// One directory in the unified hierarchy.
-    V2 {
-        /// `<base>/p3-executor/job-<id>`.
-        dir: PathBuf,
-    },
-    /// One directory per v1 hierarchy.
-    V1 {
-        /// `(controller, <base>/p3-executor/job-<id>)`.
-        dirs: Vec<(String, PathBuf)>,
-    },
 }
 
 impl Placement {
@@ -178,15 +121,6 @@ impl Placement {
         }
         first
     }
-}
-
-/// A job's cgroup and the limits it enforces, as recorded in `state.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobCgroup {
-    /// Where it is.
-    pub placement: Placement,
-    /// The limits in force and the setting behind each.
-    pub limits: Limits,
 }
 
 /// The job's resolved limits; `Err` (a denial) when its request variables ask for more than

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::error::CgroupError;
 use super::files::{self, read_keyed, read_u64};
 use super::limits::{HostSize, Limits};
-use super::{CgroupError, Counters, Usage};
+use super::{Counters, Usage};
 
 /// The job's directory in each hierarchy: `(controller, dir)`.
 pub type Dirs = [(String, PathBuf)];

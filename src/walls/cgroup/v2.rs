@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::error::CgroupError;
 use super::files::{self, read_keyed, read_u64};
 use super::limits::{HostSize, Limits};
-use super::{CgroupError, Counters, PARENT, Usage};
+use super::{Counters, PARENT, Usage};
 
 /// The leaf the runner's own processes are moved into when `base` must hand out controllers.
 pub const RUNNER_LEAF: &str = "p3-runner";

@@ -15,81 +15,26 @@
 //! [`policy`] (rules in order, pinning, hash), [`render`] (the nft JSON); [`nft`] runs `nft`.
 
 pub mod config;
+pub(crate) mod error;
 pub mod nft;
 pub mod policy;
 pub mod render;
+pub(crate) mod state;
 pub mod target;
+
+pub use error::NetworkError;
+pub use state::JobNetwork;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, ToSocketAddrs};
 
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::workspace::JobState;
-use config::Mode;
 use nft::Nft;
-use policy::{Always, Pinned, Policy};
+use policy::{Always, Policy};
 use render::JobKey;
-
-/// What can go wrong with the network wall (a system failure: the host's, not the job's).
-#[derive(Debug, thiserror::Error)]
-pub enum NetworkError {
-    /// The nft program is not there but the config promises rules.
-    #[error(
-        "the network policy needs nftables, but {program:?} is not installed: apt-get install nftables (or set [network] nft to its path); only with [network] mode = \"open\" and deny = [] (no rule for any job) do jobs run without it"
-    )]
-    NftMissing {
-        /// `[network] nft`.
-        program: String,
-    },
-    /// nft refused or failed.
-    #[error("nftables: cannot {what}: {stderr}")]
-    Nft {
-        /// What was being done.
-        what: String,
-        /// nft's own message.
-        stderr: String,
-    },
-    /// nft could not be run or ran past its bound.
-    #[error("nftables: {0}")]
-    Command(#[from] p3_contract::command::CommandError),
-    /// A name of a refusing rule did not resolve.
-    #[error("network policy: {0}")]
-    Resolve(String),
-    /// Jobs share one uid, so no per-job rule can tell them apart.
-    #[error(
-        "the network policy is per job uid, but shared_job_uid = true runs every job as one uid: remove shared_job_uid, or set [network] mode = \"open\" and deny = [] to run without a network policy"
-    )]
-    SharedUid,
-    /// A local file operation.
-    #[error("network: cannot {what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// A job's network policy as applied, kept in `state.json` (cleanup removes exactly this).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobNetwork {
-    /// The table it lives in.
-    pub table: String,
-    /// The uid (and subordinate range) it is keyed by.
-    pub key: JobKey,
-    /// `plain` or `devstages.<name>`.
-    pub policy: String,
-    /// [`Policy::sha256`].
-    pub sha256: String,
-    /// `open` or `allowlist`.
-    pub mode: Mode,
-    /// The rules with their pinned addresses.
-    pub rules: Vec<Pinned>,
-}
 
 /// Does any job of this config get a rule (else a host without nftables may run jobs)?
 pub fn enforced(cfg: &Config) -> bool {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::NetworkError;
+use super::error::NetworkError;
 use super::render::{self, JobKey};
 
 /// Bound on one nft run (it takes milliseconds; a hung netlink socket must not hang a job).
