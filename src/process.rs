@@ -43,7 +43,7 @@ pub struct ScriptSpec {
     pub grace: Duration,
     /// The walls the shell enters after the uid switch, before exec (with a uid switch only):
     /// its session keyring and the seccomp filter.
-    pub walls: crate::walls::ChildWalls,
+    pub walls: crate::walls::child::ChildWalls,
 }
 
 /// How a script ended.

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::job::JobContext;
+use crate::sandbox::image_root::{self, ImageRoot};
 use crate::workspace::JobPaths;
 
 /// Where the executor's own binaries appear inside an image.
@@ -316,17 +317,17 @@ pub fn stage_env(image: &JobImage, env: &mut Vec<(std::ffi::OsString, std::ffi::
 }
 
 /// What the sandbox needs to run a stage in the job's image.
-pub fn root_for_run(cfg: &Config, job_id: u64, image: &JobImage) -> crate::sandbox::ImageRoot {
+pub fn root_for_run(cfg: &Config, job_id: u64, image: &JobImage) -> ImageRoot {
     let exec_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("/usr/bin"));
-    crate::sandbox::ImageRoot {
+    ImageRoot {
         lower: image.rootfs.clone(),
         layer: layer_dir(cfg, job_id),
         exec_dir,
-        runtime: crate::sandbox::host_runtime(),
-        ca_bundle: crate::sandbox::host_ca_bundle(),
+        runtime: image_root::host_runtime(),
+        ca_bundle: image_root::host_ca_bundle(),
     }
 }
 

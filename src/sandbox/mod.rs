@@ -18,13 +18,15 @@
 //! started" is exact.
 
 mod image;
+pub(crate) mod image_root;
 mod init;
+mod job_exec;
 mod mounts;
 pub mod plan;
 mod reaper;
 mod shell;
 
-pub use image::{HostRuntime, ImageRoot, host_ca_bundle, host_runtime};
+pub use image_root::{HostRuntime, ImageRoot, host_ca_bundle, host_runtime};
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -242,7 +244,7 @@ pub fn run_script(spec: &ScriptSpec, mut sandbox: Sandbox) -> Result<ScriptOutco
     let script_fd = crate::process::script_memfd(&spec.script)?;
     // Kept open until the clone below: init binds its files and writes its maps.
     let userns = sandbox.userns.take();
-    let exec = init::JobExec {
+    let exec = job_exec::JobExec {
         shell: cstring(shell.as_os_str(), "shell path")?,
         argv: vec![
             cstring(shell.as_os_str(), "shell path")?,
@@ -263,7 +265,7 @@ pub fn run_script(spec: &ScriptSpec, mut sandbox: Sandbox) -> Result<ScriptOutco
         gid,
         script_fd: script_fd.as_raw_fd(),
         // The sandbox's shell also sets no_new_privs when no filter does.
-        walls: crate::walls::ChildWalls {
+        walls: crate::walls::child::ChildWalls {
             no_new_privs: true,
             ..spec.walls.clone()
         },

@@ -16,7 +16,7 @@ use nix::sys::signal::{SigHandler, SigSet, Signal, signal};
 use nix::sys::stat::Mode;
 use nix::unistd::{AccessFlags, Gid, Pid, Uid, access, dup2_stdin, fchdir, setgroups, setpgid};
 
-use super::init::{JobExec, report};
+use super::job_exec::{JobExec, report};
 
 /// The two pipes of the user-namespace handshake: the shell says "unshared", init answers
 /// "mapped" (both close-on-exec, so the job never holds them).

@@ -13,7 +13,7 @@
 //! `teardown::ORDER` if it takes something down), and the arms the compiler then asks for.
 
 pub mod cgroup;
-mod child;
+pub(crate) mod child;
 pub mod keyring;
 pub mod network;
 pub mod seccomp;
