@@ -337,7 +337,7 @@ fn main() {
         medians["kerberos::obtain"],
     );
     println!(
-        "the grant adds {} to prepare ({} of it kerberos::obtain); without a grant prepare takes {}, of which the network wall's nft about {}",
+        "the grant adds {} to prepare ({} of it kerberos::obtain); prepare without a grant takes {}; the network wall's nft process adds about {}",
         ms(full.saturating_sub(bare)),
         ms(obtain),
         ms(bare),
