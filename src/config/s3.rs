@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::audit::ObjectLockConfig;
+use super::object_lock::ObjectLockConfig;
 use super::{IdentityConfig, Problem};
 use file::{
     default_audit_s3_timeout, default_batch_records, default_cleanup_ship_secs,

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{Problem, default_true};
-use crate::walls::seccomp::{OptIn, Setting};
+use crate::walls::seccomp::profile::OptIn;
+use crate::walls::seccomp::setting::Setting;
 
 /// The per-job sandbox: namespaces around every job script (see `sandbox/`). The file's
 /// `[sandbox]` ([`SandboxFile`]) resolved: the seccomp choice is one [`Seccomp`].

@@ -14,6 +14,7 @@
 //! architecture check: the list could not be trusted for it.
 
 pub mod profile;
+pub mod setting;
 
 use std::collections::BTreeMap;
 
@@ -21,20 +22,9 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
-use serde::{Deserialize, Serialize};
 
 pub use profile::{Group, OptIn, Profile};
-
-/// `[sandbox] seccomp`: which filter jobs get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Setting {
-    /// The built-in profile ([`profile`]); the default.
-    #[default]
-    Default,
-    /// No filter: `check` warns.
-    Off,
-}
+pub use setting::Setting;
 
 /// A compiled filter, ready to install in a forked child (no allocation needed there).
 #[derive(Debug, Clone)]
