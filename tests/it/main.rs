@@ -9,6 +9,7 @@
 
 mod common;
 
+mod architecture;
 mod audit;
 mod cgroups;
 mod containers;
