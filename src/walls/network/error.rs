@@ -1,5 +1,5 @@
 //! What can go wrong with the network wall: a leaf of its own, so `crate::error` can name it
-//! without depending on the wall (which depends on `crate::error`'s users).
+//! without depending on the wall (which depends on workspace and the uid pools, which use it).
 
 /// What can go wrong with the network wall (a system failure: the host's, not the job's).
 #[derive(Debug, thiserror::Error)]
