@@ -202,8 +202,9 @@ pub(crate) fn build(ctx: &StepContext, args: &BuildArgs) -> Result<Option<String
         .prefix("p3-image-")
         .tempdir()
         .map_err(io("cannot create a temp dir"))?;
-    let auth_file = match (&ctx.ci.registry_user, &ctx.ci.registry_password, args.push) {
-        (Some(user), Some(password), true) => {
+    // Also without --push: a base image in the project's registry needs them to be pulled.
+    let auth_file = match (&ctx.ci.registry_user, &ctx.ci.registry_password) {
+        (Some(user), Some(password)) => {
             let registry =
                 ctx.ci.registry.clone().unwrap_or_else(|| {
                     name.repository.split('/').next().unwrap_or_default().into()

@@ -75,7 +75,13 @@ pub(crate) fn commands(plan: &BuildPlan) -> Vec<Vec<String>> {
     };
     match plan.kind {
         BuilderKind::Buildah | BuilderKind::Podman => {
-            let mut cmds = vec![cli_build()];
+            let mut build = cli_build();
+            if let Some(auth) = &plan.auth_file {
+                // The job's registry credentials for the build's pulls too (a FROM in the
+                // project's registry); the file names that registry only, so no other gets them.
+                build.insert(build.len() - 1, format!("--authfile={}", auth.display()));
+            }
+            let mut cmds = vec![build];
             if let Some(dest) = &plan.push_to {
                 let mut push = plan.global.clone();
                 push.extend([
@@ -195,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn buildah_argv_puts_global_options_first_and_pushes_with_authfile() {
+    fn buildah_argv_puts_global_options_first_and_pulls_and_pushes_with_authfile() {
         let cmds = commands(&plan(BuilderKind::Buildah, true));
         assert_eq!(
             cmds[0],
@@ -208,6 +214,7 @@ mod tests {
                 "--build-arg=A=1",
                 "--target=final",
                 "--isolation=chroot",
+                "--authfile=/a/config.json",
                 "ctx"
             ]
         );
