@@ -22,6 +22,7 @@ pub mod plan;
 pub mod progress;
 mod range_hash;
 pub mod stdio;
+mod sync;
 pub mod upload;
 pub mod uri;
 
@@ -549,7 +550,7 @@ async fn dispatch(ctx: Arc<ctx::Ctx>, command: S3Command) -> Result<ops::Stats, 
             } else {
                 Compare::SizeAndTime
             };
-            ops::sync(
+            sync::sync(
                 &ctx,
                 location(&src)?,
                 location(&dst)?,
