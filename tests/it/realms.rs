@@ -522,7 +522,9 @@ fn an_invalid_realm_table_stops_the_config_from_loading() {
     );
     assert!(!out.status.success(), "{text}");
     assert!(
-        text.contains("accounts.dev.kerberos.kdcs: \"dc1.dev.test:99999\": port \"99999\" is not a number from 1 to 65535"),
+        // The resolve step names the list element and the line it is on.
+        text.contains("config.toml:")
+            && text.contains("accounts.dev.kerberos.kdcs.0: \"dc1.dev.test:99999\": port \"99999\" is not a number from 1 to 65535"),
         "{text}"
     );
 }
