@@ -168,7 +168,12 @@ fn a_config_with_several_mistakes_names_them_all_with_their_lines() {
     let text = std::fs::read_to_string(&host.config).unwrap();
     let line_of = |start: &str| 1 + text.lines().position(|l| l.starts_with(start)).unwrap();
     let mut job = host.job(122, "true");
-    assert_eq!(job.config(), 2, "a bad config stays a system failure: {}", job.log);
+    assert_eq!(
+        job.config(),
+        2,
+        "a bad config stays a system failure: {}",
+        job.log
+    );
     let file = host.config.display();
     for (key, line) in [
         ("job_uid_range", line_of("job_uid_range")),
