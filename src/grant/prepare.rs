@@ -1,33 +1,43 @@
-//! `prepare`'s part of a grant: decide, check the job's image, obtain every credential kind,
-//! record, inject. Each step is another module's; this one only puts them in order and
-//! withdraws what was obtained when a later step fails.
+//! `prepare`'s part of a grant: decide, check the job's image, obtain every credential kind
+//! while the job's walls are set up, record, inject. Each step is another module's; this one
+//! only puts them in order and withdraws what was obtained when a later step fails.
 
 use chrono::Utc;
 
 use super::decide::{self, Granted};
 use super::inject::{self, CCACHE_FILE};
 use super::lifetime::Window;
-use super::obtain::{Credential, Ctx, Kerberos, S3, web_token};
+use super::obtain::{Credential, Ctx, Issued, Kerberos, S3, web_token};
 use super::record;
-use crate::config::Config;
+use crate::audit::{AuditRecord, Decision as Outcome};
+use crate::config::{Account, Config};
 use crate::credentials::web_identity::JobToken;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity};
 use crate::job::JobContext;
 use crate::workspace::{GrantState, JobPaths, JobState};
 
-/// Decide and obtain the credentials a job asked for. Without a request the job runs plain.
+/// Decide and obtain the credentials a job asked for, and set up the job's `walls` once its
+/// devstage is decided (they may depend on it). Without a request the job runs plain and only
+/// the walls are set up; a denied job gets no walls.
 ///
-/// Updates `state` (env, grant); the caller saves it afterwards, on success and on failure.
-pub fn prepare(
+/// Obtaining and the walls run side by side, the credentials on a thread of their own: both
+/// mostly wait on another process (kinit and the KDC; the `nft` transaction), so prepare takes
+/// about the longer of the two rather than their sum. Nothing reaches the job before both
+/// have succeeded and the grant is recorded.
+///
+/// Updates `state` (env, grant, walls); the caller saves it afterwards, on success and on
+/// failure.
+pub fn prepare<W>(
     cfg: &Config,
     job: &JobContext,
     paths: &JobPaths,
     state: &mut JobState,
-) -> Result<()> {
+    walls: impl FnOnce(&mut JobState) -> Result<W>,
+) -> Result<W> {
     inject::steps_file(cfg, paths, state)?;
     let Some(requested) = decide::requested(cfg, job) else {
-        return Ok(());
+        return walls(state);
     };
     decide::offered(cfg, requested).map_err(|d| record::deny(cfg, job, None, *d))?;
     let identity = identity::verify(cfg, job)
@@ -40,18 +50,46 @@ pub fn prepare(
             .map_err(|e| deny(decide::web_token_refused(requested, &granted, &e)))?,
         None => None,
     };
-    grant(cfg, job, paths, state, &identity, granted, web_token)
+    let job = Job {
+        cfg,
+        job,
+        paths,
+        identity: &identity,
+    };
+    grant(&job, state, granted, web_token, walls)
 }
 
-fn grant(
-    cfg: &Config,
-    job: &JobContext,
-    paths: &JobPaths,
+/// The job a grant is for: config, payload, paths and verified identity.
+struct Job<'a> {
+    cfg: &'a Config,
+    job: &'a JobContext,
+    paths: &'a JobPaths,
+    identity: &'a Identity,
+}
+
+/// What was obtained, recorded only once the walls stand too.
+struct Obtained {
+    /// The ticket: its env and expiries.
+    ticket: Issued,
+    /// The grant record (decision, ticket, network policy).
+    rec: AuditRecord,
+    /// The S3 credentials and their record, when the account has S3.
+    s3: Option<(Issued, AuditRecord)>,
+}
+
+fn grant<W>(
+    j: &Job<'_>,
     state: &mut JobState,
-    identity: &Identity,
     granted: Granted,
     web_token: Option<JobToken>,
-) -> Result<()> {
+    walls: impl FnOnce(&mut JobState) -> Result<W>,
+) -> Result<W> {
+    let Job {
+        cfg,
+        job,
+        paths,
+        identity,
+    } = *j;
     let name = &granted.deploy_account;
     let account = cfg
         .accounts
@@ -94,58 +132,98 @@ fn grant(
         paths,
         grant: &grant,
     };
-
-    // The grant record is the ticket's record: the decision, the ticket, the network policy.
     let rec = record::grant(&template, &granted, &account.keytab);
-    let ticket = Kerberos { account }.obtain(&ctx, &win).map_err(|failed| {
-        record::best_effort(cfg, failed.record(rec.clone()));
-        failed.error
-    })?;
-    let mut rec = record::with(rec, ticket.facts.clone());
-    rec.reason = format!("devstages.{}: every rule satisfied", granted.devstage);
-    let rec = record::with(rec, record::network(cfg, &granted.devstage));
-
     let s3 = account.s3.as_ref().map(|s3| S3 {
         account,
         s3,
         job,
         token: web_token,
     });
-    let s3_issued = match &s3 {
-        Some(s3) => match s3.obtain(&ctx, &win) {
-            Ok(issued) => {
-                let mut rec = record::with(s3.describe(&grant), issued.facts.clone());
-                rec.reason = issued.reason.clone();
-                Some((issued, rec))
-            }
-            Err(failed) => {
-                let _ = Kerberos::revoke(&ctx);
-                record::best_effort(cfg, failed.record(s3.describe(&grant)));
-                return Err(failed.error);
-            }
-        },
-        None => None,
+    let (obtained, walled) = std::thread::scope(|scope| {
+        let obtaining = scope.spawn(|| obtain(&ctx, &win, account, s3.as_ref(), &granted, rec));
+        let walled = walls(state);
+        let obtained = obtaining
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (obtained, walled)
+    });
+    // A failure to obtain was recorded and withdrawn on its thread; the walls it leaves are
+    // in `state`, for cleanup.
+    let obtained = obtained?;
+    let walled = match walled {
+        Ok(walled) => walled,
+        Err(e) => {
+            withdraw(&ctx);
+            let mut rec = obtained.rec;
+            rec.decision = Outcome::Failed;
+            rec.reason = format!(
+                "the job's walls could not be set up, so the credentials obtained were destroyed before the job could use them: {e}"
+            );
+            record::best_effort(cfg, rec);
+            return Err(e);
+        }
     };
     // Fail closed: an unrecorded grant is withdrawn.
-    let recorded = record::append(cfg, rec).and_then(|()| match &s3_issued {
+    let recorded = record::append(cfg, obtained.rec).and_then(|()| match &obtained.s3 {
         Some((_, rec)) => record::append(cfg, rec.clone()),
         None => Ok(()),
     });
     if let Err(e) = recorded {
-        let _ = Kerberos::revoke(&ctx);
-        let _ = S3::revoke(&ctx);
+        withdraw(&ctx);
         return Err(Error::Credentials(format!(
             "cannot write the audit record for the grant, so it is withdrawn: {e}"
         )));
     }
     state.env.extend(inject::granted(&granted));
-    state.env.extend(ticket.env.clone());
-    Kerberos::keep(&ticket, &mut grant);
-    if let Some((issued, _)) = s3_issued {
+    state.env.extend(obtained.ticket.env.clone());
+    Kerberos::keep(&obtained.ticket, &mut grant);
+    if let Some((issued, _)) = obtained.s3 {
         state.env.extend(issued.env.clone());
         S3::keep(&issued, &mut grant);
     }
     state.grant = Some(grant);
     // prepare saves the state once more right after this returns, whatever the outcome.
-    Ok(())
+    Ok(walled)
+}
+
+/// Obtain every credential kind of the grant, in turn; a failure is recorded and what was
+/// obtained before it destroyed.
+fn obtain(
+    ctx: &Ctx<'_>,
+    win: &Window,
+    account: &Account,
+    s3: Option<&S3<'_>>,
+    granted: &Granted,
+    rec: AuditRecord,
+) -> Result<Obtained> {
+    // The grant record is the ticket's record: the decision, the ticket, the network policy.
+    let ticket = Kerberos { account }.obtain(ctx, win).map_err(|failed| {
+        record::best_effort(ctx.cfg, failed.record(rec.clone()));
+        failed.error
+    })?;
+    let mut rec = record::with(rec, ticket.facts.clone());
+    rec.reason = format!("devstages.{}: every rule satisfied", granted.devstage);
+    let rec = record::with(rec, record::network(ctx.cfg, &granted.devstage));
+    let s3 = match s3 {
+        Some(s3) => match s3.obtain(ctx, win) {
+            Ok(issued) => {
+                let mut rec = record::with(s3.describe(ctx.grant), issued.facts.clone());
+                rec.reason = issued.reason.clone();
+                Some((issued, rec))
+            }
+            Err(failed) => {
+                let _ = Kerberos::revoke(ctx);
+                record::best_effort(ctx.cfg, failed.record(s3.describe(ctx.grant)));
+                return Err(failed.error);
+            }
+        },
+        None => None,
+    };
+    Ok(Obtained { ticket, rec, s3 })
+}
+
+/// Destroy what a grant obtained (missing is fine): it never reaches the job.
+fn withdraw(ctx: &Ctx<'_>) {
+    let _ = Kerberos::revoke(ctx);
+    let _ = S3::revoke(ctx);
 }

@@ -79,10 +79,11 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     // Save before obtaining credentials so a failure half-way still leaves cleanup what it
     // needs to find and destroy them.
     state.save(&paths)?;
-    // The walls after the grant (the granted devstage may decide them), in their order
-    // (`walls::WALLS`).
-    let walled = crate::grant::prepare(cfg, job, &paths, &mut state)
-        .and_then(|()| crate::walls::setup(cfg, job, &paths, &mut state));
+    // The walls once the devstage is decided (it may decide them), in their order
+    // (`walls::WALLS`), while the grant's credentials are obtained.
+    let walled = crate::grant::prepare(cfg, job, &paths, &mut state, |state| {
+        crate::walls::setup(cfg, job, &paths, state)
+    });
     state.save(&paths)?;
     let warnings = walled?;
     print_banner(cfg, &state);

@@ -722,6 +722,46 @@ fn check_names_a_missing_table_a_stale_element_and_a_host_without_nft() {
     assert_eq!(job.cleanup(), 0, "{}", job.log);
 }
 
+/// The ticket is obtained while the walls go up: when the network wall then fails, the ticket
+/// already in the job's credentials dir is destroyed before any stage could see it, prepare is
+/// a system failure, and the audit log says the grant failed and why (no granted record).
+#[test]
+fn a_granted_job_whose_network_wall_fails_keeps_no_ticket() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let dev_ip = net.ip(172);
+    let dev_port = listener(dev_ip);
+    let extra = "nft = \"/nonexistent/nft\"";
+    let s = stages(&net, (dev_ip, dev_port).into(), net.ip(173), 53, extra);
+    let mut job = s.job(2141, "client_dev");
+    assert_eq!(job.config(), 0, "config:\n{}", job.log);
+    assert_eq!(job.prepare(), 2, "a system failure:\n{}", job.log);
+    assert!(job.log.contains("apt-get install nftables"), "{}", job.log);
+    let cache = s.host.root().join("state/creds/2141/krb5cc");
+    assert!(!cache.exists(), "the ticket outlived a failed prepare");
+    let records: Vec<Value> = s
+        .audit()
+        .into_iter()
+        .filter(|r| r["job_id"] == 2141)
+        .collect();
+    assert!(
+        records.iter().all(|r| r["decision"] != "granted"),
+        "{records:?}"
+    );
+    let failed = records
+        .iter()
+        .find(|r| r["event"] == "grant" && r["decision"] == "failed")
+        .unwrap_or_else(|| panic!("no failed grant record: {records:?}"));
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("walls could not be set up") && reason.contains("nftables"),
+        "{reason}"
+    );
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+}
+
 #[test]
 fn two_executors_sharing_a_table_each_keep_their_jobs_policy() {
     if !needs_root() {
