@@ -71,7 +71,7 @@ struct Job<'a> {
 struct Obtained {
     /// The ticket: its env and expiries.
     ticket: Issued,
-    /// The grant record (decision, ticket, network policy).
+    /// The grant record (decision, ticket); the network policy is added once the walls stand.
     rec: AuditRecord,
     /// The S3 credentials and their record, when the account has S3.
     s3: Option<(Issued, AuditRecord)>,
@@ -163,10 +163,14 @@ fn grant<W>(
             return Err(e);
         }
     };
+    // The grant record names the network policy the wall applied (not computed twice).
+    let network = record::network(cfg, &granted.devstage, state.network.as_ref());
     // Fail closed: an unrecorded grant is withdrawn.
-    let recorded = record::append(cfg, obtained.rec).and_then(|()| match &obtained.s3 {
-        Some((_, rec)) => record::append(cfg, rec.clone()),
-        None => Ok(()),
+    let recorded = record::append(cfg, record::with(obtained.rec, network)).and_then(|()| {
+        match &obtained.s3 {
+            Some((_, rec)) => record::append(cfg, rec.clone()),
+            None => Ok(()),
+        }
     });
     if let Err(e) = recorded {
         withdraw(&ctx);
@@ -203,7 +207,6 @@ fn obtain(
     })?;
     let mut rec = record::with(rec, ticket.facts.clone());
     rec.reason = format!("devstages.{}: every rule satisfied", granted.devstage);
-    let rec = record::with(rec, record::network(ctx.cfg, &granted.devstage));
     let s3 = match s3 {
         Some(s3) => match s3.obtain(ctx, win) {
             Ok(issued) => {

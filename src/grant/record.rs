@@ -14,6 +14,7 @@ use crate::credentials::kerberos;
 use crate::error::Error;
 use crate::identity::{Identity, IdentitySource};
 use crate::job::JobContext;
+use crate::walls::network::JobNetwork;
 use crate::workspace::GrantState;
 
 /// What a record says about one event beyond the common fields (`extra`): the KDC that
@@ -167,13 +168,22 @@ pub(super) fn with(mut rec: AuditRecord, facts: Facts) -> AuditRecord {
     rec
 }
 
-/// The network policy the grant comes with: its name and the hash of its rules as configured
-/// (prepare applies exactly these; the job log shows the pinned addresses).
-pub(super) fn network(cfg: &Config, devstage: &str) -> Facts {
-    let network = crate::walls::network::policy_for(cfg, Some(devstage));
+/// The network policy the grant comes with: its name and the hash of its rules as configured.
+/// `applied` is what the network wall put in place for the job (its policy and hash, computed
+/// once, from the rules it applied); without a wall (isolation off, no nft and nothing
+/// enforced) the policy the devstage is configured with.
+pub(super) fn network(cfg: &Config, devstage: &str, applied: Option<&JobNetwork>) -> Facts {
+    let (name, sha256) = match applied {
+        Some(n) => (n.policy.clone(), n.sha256.clone()),
+        None => {
+            let policy = crate::walls::network::policy_for(cfg, Some(devstage));
+            let sha256 = policy.sha256();
+            (policy.name, sha256)
+        }
+    };
     Facts::from([
-        ("network_policy".into(), Value::String(network.name.clone())),
-        ("network_sha256".into(), Value::String(network.sha256())),
+        ("network_policy".into(), Value::String(name)),
+        ("network_sha256".into(), Value::String(sha256)),
     ])
 }
 
