@@ -365,18 +365,11 @@ pub fn run(args: S3Args) -> anyhow::Result<i32> {
 /// freed mmapped blocks, after which such buffers come from the heap arenas and freed ones are
 /// kept, so RSS drifts well above `--max-memory`. A fixed 1 MiB threshold keeps every part
 /// buffer a fresh mmap that is returned to the kernel when the part is done.
-///
-/// Fixing it also fixes the trim threshold at 128 KiB, so the heap gave back the network
-/// buffers of a download as soon as they were written and faulted fresh zeroed pages in for
-/// the next ones (perf: ~8% of a download's CPU in page faults). A 64 MiB threshold keeps
-/// freed heap memory for reuse; what the heap holds is bounded by its peak use anyway
-/// (buffers below 1 MiB: the network's, at most two 1 MiB batches per range).
 fn bound_heap_growth() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
