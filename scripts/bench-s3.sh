@@ -195,6 +195,15 @@ cmd() {
     esac
 }
 
+# warm PREFIX: read the server's files of the objects under s3://bench/PREFIX/ into the page
+# cache before a download is timed. This VM pages out page cache untouched for a minute
+# (DAMON reclaim, /sys/kernel/mm/damon), about one round of the shapes: unwarmed, the first tool
+# of a shape (always p3-executor) made the server read the object from disk and the next
+# tool found it cached.
+warm() {
+    find "$WORK/data" -type f -path "*/bench/$1/*" -exec cat {} + >/dev/null
+}
+
 # objects PREFIX: how many objects are under s3://bench/PREFIX/ (a sync must leave all of them).
 objects() {
     "${E[@]}" aws --endpoint-url "$ENDPOINT" s3 ls --recursive "s3://bench/$1/" | wc -l
@@ -222,6 +231,11 @@ for server in $SERVERS; do
                 out="$WORK/out-$tool"
                 rm -rf "$out"; mkdir -p "$out/small"
                 pre="$tool/sync-$rep"
+                case "$shape" in
+                    big-down) warm "$tool" ;;
+                    by-*) warm "$shape" ;;
+                    small-down) warm "$tool/small" ;;
+                esac
                 # shellcheck disable=SC2046
                 measure "$server" "$tool" "$shape" $(cmd "$tool" "$shape" "$out" "$pre")
                 case "$shape" in
