@@ -11,8 +11,9 @@
 //! candidate runs the real binary for a fresh job each time: ID token verified against a JWKS
 //! file, policy, kinit, chown, state and an fsynced audit record. Next to it, the same prepare
 //! without a devstage (no grant) and with the network wall's `nft` stubbed, so the time beyond
-//! kinit splits into the grant, the network wall and the rest. The runner binary is built on
-//! its own first, as the package builds it (`support/runner_binary.rs`).
+//! kinit splits into the grant, the network wall and the rest; `p3-executor --version` is the
+//! executor's start-up alone. The runner binary is built on its own first, as the package
+//! builds it (`support/runner_binary.rs`).
 
 use p3_testkit::kdc;
 
@@ -232,6 +233,20 @@ fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
             "p3-executor prepare",
             PrepareBench::new(s, jobs, 70_000, "", true),
         ),
+        // The executor's own start-up, doing nothing else: part of every prepare, beside
+        // nothing.
+        Candidate {
+            name: "p3-executor --version",
+            run: Box::new(|_: &Setup| {
+                let out = Command::new(runner_binary::executor())
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .status()
+                    .expect("p3-executor --version");
+                assert!(out.success());
+            }),
+            after: None,
+        },
         Candidate {
             name: "kerberos::obtain",
             run: Box::new(move |s: &Setup| {
@@ -329,17 +344,23 @@ fn main() {
             }
         );
     }
-    // Where prepare's time beyond kinit goes (differences of medians: indicative only).
-    let (full, bare, no_nft, obtain) = (
+    // Where prepare's time beyond kinit goes (differences of medians: indicative only). The
+    // ticket is obtained beside the walls (the nft transaction), so prepare with a grant takes
+    // about the start-up, the work before and after, and the longer of the two.
+    let (full, bare, no_nft, obtain, start) = (
         medians["p3-executor prepare"],
         medians["prepare, no devstage"],
         medians["prepare, nft = true"],
         medians["kerberos::obtain"],
+        medians["p3-executor --version"],
     );
     println!(
-        "the grant adds {} to prepare ({} of it kerberos::obtain); prepare without a grant takes {}; the network wall's nft process adds about {}",
-        ms(full.saturating_sub(bare)),
+        "prepare with a grant: {} beyond kerberos::obtain ({}, beside the walls), of which the executor's start-up {}; \
+         the grant adds {} to prepare without one ({}); the network wall's nft process adds about {}",
+        ms(full.saturating_sub(obtain)),
         ms(obtain),
+        ms(start),
+        ms(full.saturating_sub(bare)),
         ms(bare),
         ms(full.saturating_sub(no_nft)),
     );
