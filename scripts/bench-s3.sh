@@ -236,6 +236,12 @@ for server in $SERVERS; do
                     by-*) warm "$shape" ;;
                     small-down) warm "$tool/small" ;;
                 esac
+                # The memory the last run freed is handed back to the host a second or two
+                # later (virtio_balloon free page reporting), and writing to such pages again
+                # costs a fault in the host: 256 MiB of new page cache took 0.07 s of system
+                # CPU right after a delete and ~1 s three seconds later. Every tool starts
+                # after the same pause, so none writes into the pages the previous one freed.
+                sleep 3
                 # shellcheck disable=SC2046
                 measure "$server" "$tool" "$shape" $(cmd "$tool" "$shape" "$out" "$pre")
                 case "$shape" in
