@@ -148,8 +148,16 @@ fn grant<W>(
         (obtained, walled)
     });
     // A failure to obtain was recorded and withdrawn on its thread; the walls it leaves are
-    // in `state`, for cleanup.
-    let obtained = obtained?;
+    // in `state`, for cleanup. When both failed, the job log names the credential and the
+    // host's log the wall too.
+    let obtained = obtained.inspect_err(|_| {
+        if let Err(e) = &walled {
+            tracing::error!(
+                "job {}: setting up its walls failed as well: {e}",
+                job.job_id()
+            );
+        }
+    })?;
     let walled = match walled {
         Ok(walled) => walled,
         Err(e) => {
