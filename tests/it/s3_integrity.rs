@@ -408,6 +408,20 @@ fn every_check_a_download_can_take_catches_a_flipped_byte() {
     put_with_crc(&srv, "crc32c", &c32c, "crc32c", 0);
     let c64 = write_src("crc64nvme", 6 * MIB + 5, 83);
     put_with_crc(&srv, "crc64nvme", &c64, "crc64nvme", 0);
+    // A composite CRC32C (boto3's multipart upload with ChecksumAlgorithm CRC32C, 5 MiB
+    // parts). moto computes it right only with its crc32c library (scripts/test.sh installs
+    // it); without, it would test the server-is-wrong fallback instead of this path.
+    let crc32c_lib = std::process::Command::new("python3")
+        .args(["-c", "import crc32c"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        crc32c_lib,
+        "moto needs python's crc32c library for a correct composite CRC32C: pip install crc32c \
+         (scripts/test.sh installs it)"
+    );
+    let c32c_multi = write_src("crc32c-multi", 11 * MIB + 3, 87);
+    put_with_crc(&srv, "crc32c-multi", &c32c_multi, "crc32c", 5 * MIB);
     // s5cmd's multipart upload (5 MiB parts here; 50 MiB by default): no checksum, an ETag of
     // part MD5s.
     let s5 = write_src("s5cmd", 12 * MIB + 5, 84);
@@ -427,11 +441,13 @@ fn every_check_a_download_can_take_catches_a_flipped_byte() {
     ]);
 
     // (key, source, --checksum, what the mismatch message names; None: not detected)
-    let cases: [(&str, &Path, &str, Option<&str>); 9] = [
+    let cases: [(&str, &Path, &str, Option<&str>); 11] = [
         ("single", &single, "auto", Some("CRC32 ")),
         ("multi", &multi, "auto", Some("3 part CRC32s")),
         ("multi", &multi, "crc", Some("3 part CRC32s")),
         ("crc32c", &c32c, "auto", Some("CRC32C ")),
+        ("crc32c-multi", &c32c_multi, "auto", Some("3 part CRC32Cs")),
+        ("crc32c-multi", &c32c_multi, "crc", Some("3 part CRC32Cs")),
         ("crc64nvme", &c64, "auto", Some("CRC64NVME ")),
         (
             "s5cmd",
