@@ -523,9 +523,10 @@ fn every_check_a_download_can_take_catches_a_flipped_byte() {
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&multi).unwrap());
 }
 
-/// A composite CRC32C: moto computes it from the parts with CRC32 unless its optional crc32c
-/// library is installed, so here the server's checksum may be wrong. The ETag then decides
-/// (read back once, with a warning), and a flipped byte is still caught by it.
+/// A composite CRC32C that the ETag contradicts is the server's error (as moto's without its
+/// crc32c library): a proxy gives the object's `x-amz-checksum-crc32c` a wrong value. The ETag
+/// (the MD5 of the part MD5s) then decides: the object is read back once, arrives intact, and
+/// a warning names the server. `--checksum crc` never falls back to the MD5: it fails.
 #[test]
 fn a_composite_crc_the_etag_contradicts_is_the_servers_error() {
     let srv = S3Server::start_moto();
@@ -537,13 +538,29 @@ fn a_composite_crc_the_etag_contradicts_is_the_servers_error() {
     put_with_crc(&srv, "c32c-multi", &src, "crc32c", 5 * MIB);
     let uri = "s3://paths-bkt/c32c-multi";
     let out = dir.path().join("out");
+    // Straight from the server, whose CRC32C is right: no warning.
     let r = ok(srv.p3(&["s3", "cp", uri, p(&out), "--part-size", "5MiB"]));
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    assert_eq!(std::fs::read(&out).unwrap(), body);
+    let wrong = CorruptingProxy::rewriting(port_of(&srv), "x-amz-checksum-crc32c", "AAAAAA==-3");
+    let r = ok(srv.p3(&[
+        "s3",
+        "cp",
+        uri,
+        p(&out),
+        "--part-size",
+        "5MiB",
+        "--endpoint-url",
+        &wrong.endpoint(),
+    ]));
+    assert!(wrong.corrupted() > 0, "the proxy rewrote no checksum");
     assert!(
-        r.stderr.is_empty() || r.stderr.contains("the server's checksum is wrong"),
+        r.stderr.contains("the server's checksum is wrong"),
         "{}",
         r.stderr
     );
     assert_eq!(std::fs::read(&out).unwrap(), body);
+    // The right checksum and a byte flipped on the way: caught, downloaded again.
     let proxy = CorruptingProxy::start(port_of(&srv), 1);
     let r = ok(srv.p3(&[
         "s3",
@@ -558,11 +575,17 @@ fn a_composite_crc_the_etag_contradicts_is_the_servers_error() {
     assert_eq!(proxy.corrupted(), 1);
     assert!(r.stderr.contains("downloading again"), "{}", r.stderr);
     assert_eq!(std::fs::read(&out).unwrap(), body);
-    // --checksum crc never falls back to the MD5: a wrong server CRC fails the download.
-    if !r.stderr.contains("the server's checksum is wrong") {
-        return;
-    }
-    let r = run(srv.p3(&["s3", "cp", uri, p(&out), "--checksum", "crc"]));
+    // --checksum crc with the wrong server CRC: no fallback, the download fails.
+    let r = run(srv.p3(&[
+        "s3",
+        "cp",
+        uri,
+        p(&out),
+        "--checksum",
+        "crc",
+        "--endpoint-url",
+        &wrong.endpoint(),
+    ]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("after 3 downloads"), "{}", r.stderr);
 }

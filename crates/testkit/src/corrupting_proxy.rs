@@ -6,6 +6,9 @@
 //! srv.p3(&["s3", "cp", "s3://b/k", "out", "--endpoint-url", &proxy.endpoint()]);
 //! assert_eq!(proxy.corrupted(), 1);
 //! ```
+//! [`CorruptingProxy::rewriting`] instead leaves the bodies alone and gives one response header
+//! another value (a server's checksum that is wrong).
+//!
 //! Each request is forwarded with `Connection: close`, so every response ends with its
 //! connection and needs no parsing of its framing. The request line and headers are otherwise
 //! passed through untouched (SigV4 signatures stay valid: `Connection` is never signed).
@@ -27,6 +30,18 @@ impl CorruptingProxy {
     /// (in the middle) of the body of the first `budget` successful GET responses that have
     /// a body (`usize::MAX`: all of them).
     pub fn start(upstream: u16, budget: usize) -> Self {
+        Self::spawn(upstream, budget, None)
+    }
+
+    /// Forward to `127.0.0.1:upstream` without touching any body, replacing the value of the
+    /// response header `name` (case-insensitive) with `value` in every response that has it;
+    /// [`Self::corrupted`] counts the responses changed.
+    pub fn rewriting(upstream: u16, name: &str, value: &str) -> Self {
+        Self::spawn(upstream, 0, Some((name.to_string(), value.to_string())))
+    }
+
+    fn spawn(upstream: u16, budget: usize, rewrite: Option<(String, String)>) -> Self {
+        let rewrite = Arc::new(rewrite);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let port = listener.local_addr().expect("local address").port();
         let corrupted = Arc::new(AtomicUsize::new(0));
@@ -39,10 +54,10 @@ impl CorruptingProxy {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (c, budget) = (c.clone(), budget.clone());
+                let (c, budget, rewrite) = (c.clone(), budget.clone(), rewrite.clone());
                 std::thread::spawn(move || {
                     // A broken connection is the client's or the server's business.
-                    let _ = relay(conn, upstream, &budget, &c);
+                    let _ = relay(conn, upstream, &budget, &c, rewrite.as_ref().as_ref());
                 });
             }
         });
@@ -106,6 +121,7 @@ fn relay(
     upstream: u16,
     budget: &AtomicUsize,
     corrupted: &AtomicUsize,
+    rewrite: Option<&(String, String)>,
 ) -> std::io::Result<()> {
     let mut from_client = BufReader::new(client.try_clone()?);
     let mut to_client = client;
@@ -123,7 +139,20 @@ fn relay(
     std::io::copy(&mut (&mut from_client).take(body_len), &mut to_server)?;
 
     let mut from_server = BufReader::new(server);
-    let response = read_head(&mut from_server)?;
+    let mut response = read_head(&mut from_server)?;
+    if let Some((name, value)) = rewrite
+        && header(&response, name).is_some()
+    {
+        for line in response.iter_mut().skip(1) {
+            if line
+                .split_once(':')
+                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            {
+                *line = format!("{name}: {value}");
+            }
+        }
+        corrupted.fetch_add(1, Ordering::SeqCst);
+    }
     write_head(&mut to_client, &response)?;
     let status: u16 = response[0]
         .split(' ')
