@@ -218,8 +218,7 @@ fn obtain(
     let s3 = match s3 {
         Some(s3) => match s3.obtain(ctx, win) {
             Ok(issued) => {
-                let mut rec = record::with(s3.describe(ctx.grant), issued.facts.clone());
-                rec.reason = issued.reason.clone();
+                let rec = issued.record(s3.describe(ctx.grant));
                 Some((issued, rec))
             }
             Err(failed) => {

@@ -4,7 +4,7 @@
 use chrono::Utc;
 
 use super::lifetime::Window;
-use super::obtain::{Credential, Ctx, Kerberos, S3};
+use super::obtain::{Credential, Ctx, Issued, Kerberos, S3};
 use super::record;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -32,54 +32,47 @@ pub fn refresh(
         )));
     };
     let win = Window::of(cfg, job, state, Utc::now());
-    let mut changed = false;
-
-    let kerberos = Kerberos { account };
     let ctx = Ctx {
         cfg,
         paths,
         grant: &grant,
     };
-    let ticket = kerberos.refresh(&ctx, &win).map_err(|failed| {
-        record::best_effort(cfg, failed.record(kerberos.describe(&grant)));
-        failed.error
-    })?;
-    if let Some(issued) = ticket {
-        let mut rec = record::with(kerberos.describe(&grant), issued.facts.clone());
-        rec.reason = issued.reason.clone();
-        record::best_effort(cfg, rec);
-        Kerberos::keep(&issued, &mut grant);
-        changed = true;
-    }
-
-    if let (true, Some(s3)) = (grant.s3, &account.s3) {
-        let s3 = S3 {
-            account,
-            s3,
-            job,
-            token: None,
-        };
-        let ctx = Ctx {
-            cfg,
-            paths,
-            grant: &grant,
-        };
-        let fresh = s3.refresh(&ctx, &win).map_err(|failed| {
-            record::best_effort(cfg, failed.record(s3.describe(&grant)));
-            failed.error
-        })?;
-        if let Some(issued) = fresh {
-            let mut rec = record::with(s3.describe(&grant), issued.facts.clone());
-            rec.reason = issued.reason.clone();
-            record::best_effort(cfg, rec);
-            state.env.extend(issued.env.clone());
-            S3::keep(&issued, &mut grant);
-            changed = true;
+    let ticket = refresh_one(&Kerberos { account }, &ctx, &win)?;
+    let s3 = match (grant.s3, &account.s3) {
+        (true, Some(s3)) => {
+            let s3 = S3 {
+                account,
+                s3,
+                job,
+                token: None,
+            };
+            refresh_one(&s3, &ctx, &win)?
         }
+        _ => None,
+    };
+    let changed = ticket.is_some() || s3.is_some();
+    if let Some(issued) = &ticket {
+        Kerberos::keep(issued, &mut grant);
+    }
+    if let Some(issued) = s3 {
+        state.env.extend(issued.env.clone());
+        S3::keep(&issued, &mut grant);
     }
     if changed {
         state.grant = Some(grant);
         state.save(paths)?;
     }
     Ok(())
+}
+
+/// Refresh one kind of credential; the fresh credential, or the failure, is recorded.
+fn refresh_one(kind: &impl Credential, ctx: &Ctx<'_>, win: &Window) -> Result<Option<Issued>> {
+    let fresh = kind.refresh(ctx, win).map_err(|failed| {
+        record::best_effort(ctx.cfg, failed.record(kind.describe(ctx.grant)));
+        failed.error
+    })?;
+    if let Some(issued) = &fresh {
+        record::best_effort(ctx.cfg, issued.record(kind.describe(ctx.grant)));
+    }
+    Ok(fresh)
 }

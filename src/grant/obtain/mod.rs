@@ -43,6 +43,16 @@ pub(super) struct Issued {
     pub facts: Facts,
 }
 
+impl Issued {
+    /// `rec` (the kind's [`Credential::describe`]) turned into the record of this credential:
+    /// its reason and facts.
+    pub fn record(&self, rec: AuditRecord) -> AuditRecord {
+        let mut rec = super::record::with(rec, self.facts.clone());
+        rec.reason = self.reason.clone();
+        rec
+    }
+}
+
 /// A credential that could not be obtained: the record's outcome, reason and facts, and the
 /// job's error.
 pub(super) struct Failed {
