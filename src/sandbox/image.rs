@@ -172,15 +172,9 @@ fn idmapped(dir: RawFd, userns: RawFd, target: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Directories made in the image's layer: as an image's own are.
 fn mkdirs(path: &Path) -> Result<(), String> {
-    if path.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(path)
-        .map_err(|e| format!("sandbox: create {} in the image: {e}", path.display()))
+    super::mounts::make_dirs(path, 0o755)
 }
 
 /// Bind `source` (a path under the old root) at `target` inside the image.

@@ -17,9 +17,6 @@ pub(super) fn mount_op(
     tmpfs_size: &str,
 ) -> Result<(), String> {
     let none: Option<&str> = None;
-    let fail = |what: &str, target: &Path, e: nix::Error| {
-        format!("sandbox: {what} {}: {e}", target.display())
-    };
     let plain = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     match op {
         MountOp::PrivateRoot => mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
@@ -71,7 +68,7 @@ pub(super) fn mount_op(
                 .map_err(|e| fail("bind the private dir on", target, e))
         }
         MountOp::HideDir(target) => {
-            make_dirs(target)?;
+            make_dirs(target, COVER_DIR_MODE)?;
             mount(
                 Some("tmpfs"),
                 target,
@@ -91,34 +88,20 @@ pub(super) fn mount_op(
             none,
         )
         .map_err(|e| fail("hide", target, e)),
-        MountOp::Keep { target, index } => {
-            make_dirs(target)?;
-            let source = format!("/proc/self/fd/{}", keep_fds[*index].as_raw_fd());
-            mount(Some(source.as_str()), target, none, MsFlags::MS_BIND, none)
-                .map_err(|e| fail("bind the job's directory at", target, e))?;
-            mount(
-                none,
-                target,
-                none,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | plain,
-                none,
-            )
-            .map_err(|e| fail("remount nosuid", target, e))
-        }
+        MountOp::Keep { target, index } => bind_fd(
+            keep_fds[*index].as_raw_fd(),
+            target,
+            plain,
+            ("bind the job's directory at", "remount nosuid"),
+        ),
         MountOp::ExecDir(target) => {
             let fd = exec_fd.ok_or("sandbox: the executor's directory was not opened")?;
-            make_dirs(target)?;
-            let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
-            mount(Some(source.as_str()), target, none, MsFlags::MS_BIND, none)
-                .map_err(|e| fail("bind the executor's directory at", target, e))?;
-            mount(
-                none,
+            bind_fd(
+                fd.as_raw_fd(),
                 target,
-                none,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | plain,
-                none,
+                plain | MsFlags::MS_RDONLY,
+                ("bind the executor's directory at", "remount read-only"),
             )
-            .map_err(|e| fail("remount read-only", target, e))
         }
         MountOp::Mqueue => mount(
             Some("mqueue"),
@@ -190,14 +173,47 @@ static MASK_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 /// cannot remove a root-owned file there).
 static PRIVATE_TMP: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
-/// Create a mount point inside a cover we just mounted (root-owned, nothing of the job's yet).
-fn make_dirs(target: &Path) -> Result<(), String> {
+/// A mount step's error: what failed, where, and the kernel's reason.
+fn fail(what: &str, target: &Path, e: nix::Error) -> String {
+    format!("sandbox: {what} {}: {e}", target.display())
+}
+
+/// Bind the directory open as `fd` at `target` (a mount point made in the cover), then
+/// remount it with `flags` (a bind mount takes its flags only from a remount); `what` names
+/// the two steps in errors.
+fn bind_fd(
+    fd: std::os::fd::RawFd,
+    target: &Path,
+    flags: MsFlags,
+    what: (&str, &str),
+) -> Result<(), String> {
+    let none: Option<&str> = None;
+    make_dirs(target, COVER_DIR_MODE)?;
+    let source = format!("/proc/self/fd/{fd}");
+    mount(Some(source.as_str()), target, none, MsFlags::MS_BIND, none)
+        .map_err(|e| fail(what.0, target, e))?;
+    mount(
+        none,
+        target,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        none,
+    )
+    .map_err(|e| fail(what.1, target, e))
+}
+
+/// Mount points made in a cover: root's, traversable, not listable.
+const COVER_DIR_MODE: u32 = 0o711;
+
+/// Create `target` and its missing parents with `mode`, as a mount point inside something the
+/// sandbox just mounted (root-owned, nothing of the job's yet: a cover, the image's layer).
+pub(super) fn make_dirs(target: &Path, mode: u32) -> Result<(), String> {
     if target.is_dir() {
         return Ok(());
     }
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o711)
+        .mode(mode)
         .create(target)
         .map_err(|e| format!("sandbox: create mount point {}: {e}", target.display()))
 }
