@@ -52,6 +52,7 @@ fn get_job(url: &str, token: &str, timeout: Duration) -> Result<Answer, String> 
     let mut header = reqwest::header::HeaderValue::from_str(token)
         .map_err(|_| "job token is not a valid header value".to_string())?;
     header.set_sensitive(true);
+    super::crypto::install();
     let response = reqwest::blocking::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)

@@ -224,6 +224,7 @@ fn fetch(url: &str, timeout: Duration) -> Result<JwkSet, IdentityError> {
         detail,
     };
     tracing::debug!(url, "fetching JWKS");
+    super::crypto::install();
     let client = reqwest::blocking::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)

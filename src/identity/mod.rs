@@ -12,6 +12,7 @@
 //! policy compares (issuer, audience, ids), never the token text.
 
 mod claims;
+mod crypto;
 mod error;
 pub mod gitlab_api;
 pub mod jwks;

@@ -135,6 +135,7 @@ pub fn verify_token_for(
     // configured URL so a config typo does not deny every job.
     validation.set_issuer(&[issuer.to_string(), format!("{issuer}/")]);
 
+    super::crypto::install();
     let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
         .map_err(|e| map_decode_error(e, token, cfg, expected))?;
     let claims = data.claims;

@@ -14,9 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use base64::Engine;
+use ring::rand::SystemRandom;
+use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents};
 use serde_json::{Value, json};
+
+use crate::http_stub::b64url;
 
 /// The issuer the demo and the tests use: what `identity.gitlab_url` must be.
 pub const ISSUER: &str = "https://gitlab.example.com";
@@ -54,7 +57,7 @@ pub fn generate_rsa_pem() -> anyhow::Result<Vec<u8>> {
 /// Signs RS256 tokens with its own RSA key, as GitLab's instance key does.
 pub struct TokenMinter {
     kid: String,
-    key: EncodingKey,
+    key: RsaKeyPair,
     jwk: Value,
 }
 
@@ -67,16 +70,27 @@ impl Default for TokenMinter {
 impl TokenMinter {
     /// A new key with key id `kid`.
     pub fn generate(kid: &str) -> anyhow::Result<Self> {
-        let pem = generate_rsa_pem()?;
-        let key = EncodingKey::from_rsa_pem(&pem).context("parse the generated RSA key")?;
-        let mut jwk =
-            Jwk::from_encoding_key(&key, Algorithm::RS256).context("JWK from the generated key")?;
-        jwk.common.key_id = Some(kid.to_string());
-        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        let pem = String::from_utf8(generate_rsa_pem()?).context("openssl's PEM")?;
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .context("decode the generated PEM")?;
+        let key = RsaKeyPair::from_pkcs8(&der)
+            .map_err(|e| anyhow::anyhow!("parse the generated RSA key: {e}"))?;
+        let public: RsaPublicKeyComponents<Vec<u8>> = key.public().into();
+        // As GitLab publishes it: https://gitlab.example.com/oauth/discovery/keys
+        let jwk = json!({
+            "kty": "RSA",
+            "use": "sig",
+            "alg": "RS256",
+            "kid": kid,
+            "n": b64url(&public.n),
+            "e": b64url(&public.e),
+        });
         Ok(Self {
             kid: kid.to_string(),
             key,
-            jwk: serde_json::to_value(jwk).context("JWK as JSON")?,
+            jwk,
         })
     }
 
@@ -118,11 +132,23 @@ impl TokenMinter {
 
     /// Sign with this key but announce another `kid` in the header (unknown-key tests).
     pub fn mint_with_kid(&self, claims: Value, kid: &str) -> String {
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(kid.to_string());
-        header.typ = Some("JWT".into());
-        // Cannot fail: the key parsed as RSA in `generate` and a JSON value always serializes.
-        jsonwebtoken::encode(&header, &claims, &self.key).expect("sign an RS256 token")
+        let header = json!({"typ": "JWT", "alg": "RS256", "kid": kid});
+        let message = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let mut signature = vec![0; self.key.public().modulus_len()];
+        // Cannot fail: the key parsed as RSA in `generate` and the buffer is the modulus' size.
+        self.key
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                message.as_bytes(),
+                &mut signature,
+            )
+            .expect("sign an RS256 token");
+        format!("{message}.{}", b64url(&signature))
     }
 }
 
