@@ -21,12 +21,14 @@ pub(crate) enum Step {
     Credentials,
     /// The creds dir, the job root and the workspace.
     Trees,
-    /// `uid_pool::release`: the uid scrubbed (`residue.rs`), then free or quarantined.
+    /// `uid_pool::scrub`: what the uid left behind removed (`residue.rs`).
+    Scrub,
+    /// `uid_pool::settle`: the scrubbed uid free, or quarantined when its scrub left residue.
     Uid,
 }
 
 /// The order of teardown. Every step runs even when one before it failed.
-pub(crate) const ORDER: [Step; 7] = [
+pub(crate) const ORDER: [Step; 8] = [
     // First the cgroup: one kill of everything the job started, which no fork can race and
     // no process can leave; then what it used, for the credentials' cleanup record.
     Step::Wall(Wall::Cgroup),
@@ -38,7 +40,10 @@ pub(crate) const ORDER: [Step; 7] = [
     // The job's image layer (everything it wrote in its image).
     Step::Wall(Wall::Image),
     Step::Trees,
-    // Only once its trees are gone: the uid is scrubbed and either freed or quarantined.
+    // Only once its trees are gone: what else the uid owns (IPC objects, keyrings, files in
+    // the scrub dirs), while its network rules may still be going (beside).
+    Step::Scrub,
+    // Then the uid is freed, or quarantined if its scrub left residue.
     Step::Uid,
     // A container job's subordinate range likewise: its processes killed, then free or
     // quarantined (its storage went with the job root above).
@@ -65,6 +70,7 @@ impl Step {
             Step::KillByUid => "processes by uid",
             Step::Credentials => "credentials",
             Step::Trees => "trees",
+            Step::Scrub => "uid scrub",
             Step::Uid => "uid release",
         }
     }
@@ -97,8 +103,9 @@ impl Step {
                     }
                 }
             }
+            Step::Scrub => t.scrubbed = crate::uid_pool::scrub(t.cfg, t.job_id),
             Step::Uid => {
-                if let Err(e) = crate::uid_pool::release(t.cfg, t.job_id) {
+                if let Err(e) = crate::uid_pool::settle(t.cfg, &t.scrubbed) {
                     t.failed("releasing its uid failed: ", e);
                 }
             }
@@ -117,6 +124,7 @@ pub fn teardown(cfg: &Config, job_id: u64, ending: Ending) -> Result<()> {
         job_id,
         state: state.as_ref(),
         usage: Default::default(),
+        scrubbed: Vec::new(),
         first_err: None,
     };
     std::thread::scope(|scope| {
@@ -128,6 +136,7 @@ pub fn teardown(cfg: &Config, job_id: u64, ending: Ending) -> Result<()> {
                     job_id,
                     state: state.as_ref(),
                     usage: Default::default(),
+                    scrubbed: Vec::new(),
                     first_err: None,
                 };
                 let paths = &paths;
@@ -190,6 +199,7 @@ mod tests {
                 "credentials",
                 "image layer",
                 "trees",
+                "uid scrub",
                 "uid release",
                 "subordinate range",
             ]

@@ -208,6 +208,14 @@ fn jobs_gid(cfg: &Config) -> Option<u32> {
 
 /// Scrub `uid` in `pass`; back to the pool if clean, else quarantined. Returns the residue.
 fn release_uid(cfg: &Config, uid: u32, pass: residue::Pass) -> Result<Residue> {
+    let residue = scrub_uid(cfg, uid, pass);
+    settle_uid(cfg, uid, &residue)?;
+    Ok(residue)
+}
+
+/// Remove what `uid` left behind (IPC objects, keyrings, files in the scrub dirs) in `pass`;
+/// the residue says what could not be removed.
+fn scrub_uid(cfg: &Config, uid: u32, pass: residue::Pass) -> Residue {
     let who = residue::Who {
         uid,
         gid: jobs_gid(cfg),
@@ -217,6 +225,11 @@ fn release_uid(cfg: &Config, uid: u32, pass: residue::Pass) -> Result<Residue> {
         // Another owner's tree, not this uid's: logged for the operator, the uid is not held.
         tracing::warn!(uid, "scrub of uid {uid}: {line}");
     }
+    residue
+}
+
+/// A scrubbed `uid` back to the pool if its scrub left nothing, else quarantined.
+fn settle_uid(cfg: &Config, uid: u32, residue: &Residue) -> Result<()> {
     let dir = dir(cfg);
     if residue.is_clean() {
         ensure_dir(&released_dir(cfg), 0o700)?;
@@ -245,17 +258,26 @@ fn release_uid(cfg: &Config, uid: u32, pass: residue::Pass) -> Result<Residue> {
             &format!("{QUARANTINE}{}\n", residue.summary()),
         )?;
     }
-    Ok(residue)
+    Ok(())
 }
 
-/// Release every uid held by `job_id`, each only once proven clean.
-pub fn release(cfg: &Config, job_id: u64) -> Result<()> {
+/// Scrub every uid held by `job_id` (teardown's first half of a release: it may run while
+/// other steps still hold the uid, e.g. its network rules); [`settle`] then frees them.
+pub fn scrub(cfg: &Config, job_id: u64) -> Vec<(u32, Residue)> {
+    leases(cfg)
+        .into_iter()
+        .filter(|&(_, owner)| owner == job_id)
+        .map(|(uid, _)| (uid, scrub_uid(cfg, uid, residue::Pass::Release)))
+        .collect()
+}
+
+/// Release the uids [`scrub`] scrubbed: each back to the pool only if its scrub left
+/// nothing, else quarantined.
+pub fn settle(cfg: &Config, scrubbed: &[(u32, Residue)]) -> Result<()> {
     let mut first = None;
-    for (uid, owner) in leases(cfg) {
-        if owner == job_id {
-            if let Err(e) = release_uid(cfg, uid, residue::Pass::Release) {
-                first.get_or_insert(e);
-            }
+    for (uid, residue) in scrubbed {
+        if let Err(e) = settle_uid(cfg, *uid, residue) {
+            first.get_or_insert(e);
         }
     }
     first.map_or(Ok(()), Err)
@@ -301,6 +323,11 @@ pub fn retry_quarantined(cfg: &Config, time: Duration) -> Vec<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job's release as teardown does it: scrub, then settle.
+    fn release(cfg: &Config, job_id: u64) -> Result<()> {
+        settle(cfg, &scrub(cfg, job_id))
+    }
 
     fn cfg(root: &Path, range: [u32; 2]) -> Config {
         let mut cfg = Config::parse("").unwrap();

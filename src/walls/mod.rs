@@ -99,6 +99,8 @@ pub(crate) struct Teardown<'a> {
     pub state: Option<&'a JobState>,
     /// What the job used (from its cgroup), for the credentials' cleanup record.
     pub usage: BTreeMap<String, serde_json::Value>,
+    /// The job's uids and what their scrub left, for their release (`teardown::Step::Uid`).
+    pub scrubbed: Vec<(u32, crate::residue::Residue)>,
     /// The first failure; every step runs anyway.
     pub first_err: Option<Error>,
 }
