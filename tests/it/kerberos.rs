@@ -646,3 +646,42 @@ fn obtain_capped_caps_the_lifetime_at_the_jobs_deadline() {
         assert_eq!(t.renew_until, None);
     }
 }
+
+#[test]
+fn a_mute_kdc_is_cut_off_by_our_timeout_in_process_too() {
+    // prepare's kinit is libkrb5 in the executor's own process: the timeout holds there too.
+    let kdc = Kdc::start(&["svc_client_dev"]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn); // keep it open, say nothing
+        }
+    });
+    let mute_conf = kdc.dir().join("mute-krb5.conf");
+    kdc::write_krb5_conf(&mute_conf, port);
+    let mut cfg = config(&kdc, &[("d", "svc_client_dev", 3600, 0)], 2);
+    cfg.kerberos.krb5_config = Some(mute_conf);
+    let (_t, creds) = creds_dir();
+    let opts = kerberos::KinitOptions {
+        in_process: true,
+        ..Default::default()
+    };
+
+    let start = Instant::now();
+    let err = kerberos::obtain_with(&cfg.kerberos, account(&cfg, "d"), &creds.join("c"), &opts)
+        .unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(
+        matches!(err, KerberosError::Timeout { secs: 2, .. }),
+        "{err:?}"
+    );
+    assert_error_text(&err, "did not finish within 2 s");
+    assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "timeout fired late: {elapsed:?}"
+    );
+    assert!(files_in(&creds).is_empty());
+}

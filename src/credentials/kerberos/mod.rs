@@ -35,6 +35,7 @@ mod dc_retry;
 mod error;
 mod keytab;
 mod kinit;
+mod libkrb5;
 pub mod realm_conf;
 mod ticket;
 mod tool;
