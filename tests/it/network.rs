@@ -805,3 +805,131 @@ fn two_executors_sharing_a_table_each_keep_their_jobs_policy() {
     assert_eq!(second.cleanup(), 0, "{}", second.log);
     assert_eq!(net.mapped(), (vec![], vec![]));
 }
+
+/// A throwaway table for the library tests, deleted when dropped (also on a panic).
+struct ScratchTable(String);
+
+impl Drop for ScratchTable {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn the_default_nft_applies_and_lists_in_process_through_libnftables() {
+    if !needs_root() {
+        return;
+    }
+    use p3_executor::walls::network::nft::Nft;
+    let nft = Nft::new("nft");
+    // The library path, not a silent fallback to the program.
+    assert!(nft.in_process(), "libnftables.so.1 does not load");
+    let table = ScratchTable(format!("p3_test_libnft_{}", std::process::id()));
+    let tx = serde_json::json!({"nftables": [
+        {"add": {"table": {"family": "inet", "name": table.0}}},
+        {"add": {"chain": {"family": "inet", "table": table.0, "name": "uid_4242"}}},
+    ]});
+    nft.apply(&tx, "make the scratch table").unwrap();
+    // The program sees what the library committed.
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", "inet", &table.0])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listing = nft.list(&table.0).unwrap().expect("the table exists");
+    assert_eq!(listing.chains, [4242]);
+    assert!(!listing.has_map && !listing.has_output);
+    let delete = serde_json::json!({"nftables": [
+        {"delete": {"table": {"family": "inet", "name": table.0}}},
+    ]});
+    nft.apply(&delete, "delete the scratch table").unwrap();
+    assert_eq!(nft.list(&table.0).unwrap(), None);
+}
+
+#[test]
+fn a_failing_transaction_in_process_fails_with_the_programs_error_text() {
+    if !needs_root() {
+        return;
+    }
+    use p3_executor::walls::network::NetworkError;
+    use p3_executor::walls::network::nft::Nft;
+    let nft = Nft::new("nft");
+    assert!(nft.in_process(), "libnftables.so.1 does not load");
+    // Names like no other test's: nft names a similar chain of another table ("did you mean"),
+    // and the other tests' tables come and go meanwhile.
+    let missing = format!("absent_{}_xq", std::process::id());
+    let tx = serde_json::json!({"nftables": [
+        {"delete": {"chain": {"family": "inet", "table": missing, "name": "never_made_qz"}}},
+    ]});
+    let Err(NetworkError::Nft { what, stderr }) = nft.apply(&tx, "remove the job's rules") else {
+        panic!("deleting a chain of a table that does not exist succeeded");
+    };
+    assert_eq!(what, "remove the job's rules");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+    // Word for word what the program prints for the same transaction.
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(tx.to_string().as_bytes()).unwrap();
+    let out = Command::new("nft")
+        .arg("-j")
+        .arg("-f")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(stderr, String::from_utf8_lossy(&out.stderr).trim());
+}
+
+/// Not a check: prints how long a plain job's transaction takes through libnftables and
+/// through the `nft` process (`cargo test --test it -- --ignored --nocapture
+/// network::time_a_jobs_transaction`).
+#[test]
+#[ignore]
+fn time_a_jobs_transaction_in_process_and_as_the_program() {
+    if !needs_root() {
+        return;
+    }
+    use p3_executor::walls::network::nft::Nft;
+    use p3_executor::walls::network::{config::NetworkConfig, policy, render};
+    use std::time::Instant;
+    let table = ScratchTable(format!("p3_test_libnft_{}", std::process::id()));
+    let (lib, program) = (Nft::new("nft"), Nft::new("/usr/sbin/nft"));
+    assert!(lib.in_process() && !program.in_process());
+    let ranges = [[uid_base(), uid_base() + 9]];
+    let started = Instant::now();
+    lib.apply(&render::base(&table.0, &ranges, true), "create the table")
+        .unwrap();
+    println!("first call (dlopen included): {:?}", started.elapsed());
+    let cfg: NetworkConfig = toml::from_str("").unwrap();
+    let always = policy::Always {
+        resolvers: vec![],
+        gitlab: None,
+    };
+    let plain = policy::for_job(&cfg, None, &always);
+    let (rules, _) = policy::pin(&plain, |_| Err("no names".into())).unwrap();
+    // A fresh uid each time, as at prepare, removed as cleanup does (timed apart).
+    let job = |i: u32| render::JobKey {
+        uid: ranges[0][0] + i % 10,
+        subids: None,
+    };
+    for (name, nft) in [("libnftables", &lib), ("nft process", &program)] {
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for i in 0..30 {
+            let tx = render::add_job(&table.0, 1, &job(i), plain.mode, &rules, true);
+            let t = Instant::now();
+            nft.apply(&tx, "add the job's rules").unwrap();
+            add.push(t.elapsed());
+            let t = Instant::now();
+            nft.remove_job(&table.0, &job(i)).unwrap();
+            remove.push(t.elapsed());
+        }
+        for (what, times) in [("add", &mut add), ("remove", &mut remove)] {
+            times.sort();
+            println!(
+                "{name}, {what} a job: median {:?}, min {:?}, max {:?} (30 runs)",
+                times[15], times[0], times[29]
+            );
+        }
+    }
+}

@@ -20,6 +20,14 @@ pub enum NetworkError {
         /// nft's own message.
         stderr: String,
     },
+    /// libnftables loaded but could not run a command (its own failures are [`Self::Nft`]).
+    #[error("nftables (libnftables): cannot {what}: {reason}")]
+    Library {
+        /// What was being done.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// nft could not be run or ran past its bound.
     #[error("nftables: {0}")]
     Command(#[from] p3_contract::command::CommandError),

@@ -16,6 +16,7 @@
 
 pub mod config;
 pub(crate) mod error;
+pub(crate) mod libnftables;
 pub mod nft;
 pub mod policy;
 pub mod render;

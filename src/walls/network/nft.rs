@@ -1,14 +1,20 @@
-//! Talking to nftables: the `nft` tool with JSON input (`nft -j -f`), one atomic transaction
-//! per change, and `nft -j list table` to read the table back. The only I/O of the network
-//! wall besides name lookups.
+//! Talking to nftables: one atomic JSON transaction per change (what `nft -j -f` commits), and
+//! the table read back as `nft -j list table` prints it. The only I/O of the network wall
+//! besides name lookups.
 //!
-//! Why the tool and not netlink from Rust: the kernel's work for one job's transaction is
-//! ~0.1 ms either way, and what costs is a process start; the tool is what operators already
-//! use to read the same table (`nft list table inet p3_executor`), its JSON schema is
-//! documented and stable (libnftables-json(5)), a rendered value can never inject syntax
-//! (comments and log prefixes are JSON strings, not parsed text), and the Rust netlink crates
-//! for nftables are either bindings to libnftnl (a C library to link into the binary the
-//! runner starts for every stage) or young, thinly maintained pure-Rust ports.
+//! With `[network] nft` the default (`nft`), both go through libnftables in-process
+//! ([`super::libnftables`]) when the library loads: the program is a front end to it, and a
+//! process start was most of the cost (~5 ms of prepare against ~2 ms). Any other program an
+//! operator names (a path, a wrapper) runs as a process, as does `nft` on a host without the
+//! library: the same transaction through a memfd, bounded by [`TIMEOUT`].
+//!
+//! Why nftables' own tool and library and not netlink from Rust: the kernel's work for one
+//! job's transaction is ~0.1 ms either way; the tool is what operators already use to read the
+//! same table (`nft list table inet p3_executor`), its JSON schema is documented and stable
+//! (libnftables-json(5)), a rendered value can never inject syntax (comments and log prefixes
+//! are JSON strings, not parsed text), and the Rust netlink crates for nftables are either
+//! bindings to libnftnl (a C library to link into the binary the runner starts for every
+//! stage) or young, thinly maintained pure-Rust ports.
 
 use std::io::{Seek, Write};
 use std::os::fd::AsRawFd;
@@ -18,7 +24,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::error::NetworkError;
+use super::libnftables::{self, Libnftables};
 use super::render::{self, JobKey};
+
+/// `[network] nft`'s default: the program whose library may run in-process instead.
+const DEFAULT_PROGRAM: &str = "nft";
 
 /// Bound on one nft run (it takes milliseconds; a hung netlink socket must not hang a job).
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,13 +105,31 @@ impl Nft {
         }
     }
 
-    /// Is the program there at all?
+    /// Is nftables there at all: the program, or the library that stands in for it
+    /// (the nftables package installs both)?
     pub fn installed(&self) -> bool {
-        which::which(&self.program).is_ok()
+        self.library().is_some() || which::which(&self.program).is_ok()
+    }
+
+    /// Do transactions and listings run in-process (libnftables), not as the program?
+    pub fn in_process(&self) -> bool {
+        self.library().is_some()
+    }
+
+    /// libnftables, when the program is the default, we are root, and the library loads
+    /// (loaded here, on the first call that needs it). Not for other users: refused, the
+    /// library prints its hint ("you must be root") on our stderr, not into its error text,
+    /// and the program's whole message is what `check` shows them.
+    fn library(&self) -> Option<&'static Libnftables> {
+        if self.program == DEFAULT_PROGRAM && nix::unistd::geteuid().is_root() {
+            libnftables::load()
+        } else {
+            None
+        }
     }
 
     fn run(&self, args: &[&str], what: &str) -> Result<Vec<u8>, NetworkError> {
-        if !self.installed() {
+        if which::which(&self.program).is_err() {
             return Err(NetworkError::NftMissing {
                 program: self.program.clone(),
             });
@@ -118,14 +146,18 @@ impl Nft {
         Ok(out.stdout)
     }
 
-    /// Apply one transaction (all of it or nothing: nft commits a file as one batch).
+    /// Apply one transaction (all of it or nothing: nft commits it as one batch).
     pub fn apply(&self, tx: &Value, what: &str) -> Result<(), NetworkError> {
-        // The JSON goes through a memfd nft opens by path: the bounded runner closes stdin, and
-        // a file on disk would be a leftover when we are killed.
-        let mut file = memfd()?;
         // One write: serde_json writes token by token, and an unbuffered file took a syscall
         // per quote and colon (thousands per job at prepare).
         let json = serde_json::to_vec(tx).expect("JSON values serialize");
+        if let Some(lib) = self.library() {
+            let json = String::from_utf8(json).expect("serde_json writes UTF-8");
+            return lib.run(&json, what).map(drop);
+        }
+        // The JSON goes through a memfd nft opens by path: the bounded runner closes stdin, and
+        // a file on disk would be a leftover when we are killed.
+        let mut file = memfd()?;
         file.write_all(&json)
             .and_then(|()| file.rewind())
             .map_err(|e| NetworkError::Io {
@@ -139,7 +171,14 @@ impl Nft {
 
     /// The table's contents; None when there is no such table.
     pub fn list(&self, table: &str) -> Result<Option<Listing>, NetworkError> {
-        match self.run(&["-j", "list", "table", "inet", table], "list the table") {
+        let what = "list the table";
+        let listed = match self.library() {
+            Some(lib) => lib
+                .run(&format!("list table inet {table}"), what)
+                .map(String::into_bytes),
+            None => self.run(&["-j", "list", "table", "inet", table], what),
+        };
+        match listed {
             Ok(stdout) => {
                 let json: Value =
                     serde_json::from_slice(&stdout).map_err(|e| NetworkError::Nft {
@@ -202,5 +241,17 @@ mod tests {
         let empty = json!({"nftables": [{"map": {"name": "job_uids"}}]});
         assert!(parse_listing(&empty).unwrap().elements.is_empty());
         assert!(parse_listing(&json!({})).is_err());
+    }
+
+    #[test]
+    fn only_the_default_program_may_run_in_process() {
+        // The library stands in for the config's default only: a program an operator or a
+        // test names runs as itself.
+        let empty: super::super::config::NetworkConfig = toml::from_str("").unwrap();
+        assert_eq!(empty.nft, DEFAULT_PROGRAM);
+        for other in ["/usr/sbin/nft", "/bin/true", "/nonexistent/nft"] {
+            assert!(!Nft::new(other).in_process(), "{other}");
+        }
+        assert!(!Nft::new("/nonexistent/nft").installed());
     }
 }
