@@ -72,6 +72,8 @@ pub(crate) struct Setup<'a> {
     state: &'a mut JobState,
     /// Printed after the banner.
     warnings: Vec<String>,
+    /// The job's cgroup, recorded, still to make.
+    cgroup: Option<cgroup::JobCgroup>,
 }
 
 /// What a stage's walls come to, made in the supervisor before anything of the script runs.
@@ -126,10 +128,14 @@ impl Wall {
         }
     }
 
-    /// prepare: make this wall for the job.
+    /// prepare: make this wall for the job. The job's cgroup is only planned (recorded) here;
+    /// [`setup`] makes it beside the walls after it.
     fn setup(self, s: &mut Setup<'_>) -> Result<()> {
         match self {
-            Wall::Cgroup => cgroup::prepare(s.cfg, s.job, s.state),
+            Wall::Cgroup => {
+                s.cgroup = cgroup::plan(s.cfg, s.job, s.state)?;
+                Ok(())
+            }
             Wall::Image => {
                 let devstage = s.state.grant.as_ref().map(|g| g.devstage.clone());
                 crate::images::resolve(s.cfg, s.job, s.paths, devstage.as_deref())?;
@@ -236,6 +242,10 @@ impl Wall {
 
 /// prepare: set up every wall in order, stopping at the first failure (what was made is in
 /// `state`, for teardown). Returns the warnings to print after the banner.
+///
+/// The job's cgroup is made (its directories, its limits: about a millisecond of writes to
+/// cgroupfs) on a thread of its own while the walls after it go up, none of which needs it; it
+/// is recorded before, and joined before prepare goes on, so nothing of the job runs without it.
 pub(crate) fn setup(
     cfg: &Config,
     job: &JobContext,
@@ -248,10 +258,29 @@ pub(crate) fn setup(
         paths,
         state,
         warnings: Vec::new(),
+        cgroup: None,
     };
-    for wall in WALLS {
-        wall.setup(&mut s)?;
-    }
+    std::thread::scope(|scope| {
+        let mut making = None;
+        let mut walled = Ok(());
+        for wall in WALLS {
+            walled = wall.setup(&mut s);
+            if let Some(cgroup) = s.cgroup.take() {
+                making = Some(scope.spawn(move || cgroup.create()));
+            }
+            if walled.is_err() {
+                break;
+            }
+        }
+        let made = match making {
+            Some(making) => making
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Ok(()),
+        };
+        // The first failure in wall order: the cgroup's comes first.
+        made.map_err(Error::from).and(walled)
+    })?;
     Ok(s.warnings)
 }
 

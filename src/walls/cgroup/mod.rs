@@ -148,11 +148,16 @@ pub fn wanted(cfg: &Config, state: &JobState) -> bool {
     state.ids.switch_user && cfg.limits.cgroups == CgroupSetting::Auto
 }
 
-/// prepare: resolve the job's limits, record them and where its cgroup goes in `state` (before
-/// making it, so cleanup finds even a half-made one), and make it.
-pub fn prepare(cfg: &Config, job: &JobContext, state: &mut JobState) -> crate::error::Result<()> {
+/// prepare, first half: resolve the job's limits and record them and where its cgroup goes in
+/// `state` and in gc's marker, before it is made, so cleanup finds even a half-made one. The
+/// cgroup to make ([`JobCgroup::create`]); None when jobs get none.
+pub fn plan(
+    cfg: &Config,
+    job: &JobContext,
+    state: &mut JobState,
+) -> crate::error::Result<Option<JobCgroup>> {
     if !wanted(cfg, state) {
-        return Ok(());
+        return Ok(None);
     }
     let devstage = state.grant.as_ref().map(|g| g.devstage.clone());
     let limits = limits_for(cfg, job, devstage.as_deref()).map_err(crate::error::Error::Denied)?;
@@ -161,8 +166,7 @@ pub fn prepare(cfg: &Config, job: &JobContext, state: &mut JobState) -> crate::e
     let cgroup = JobCgroup { placement, limits };
     state.cgroup = Some(cgroup.clone());
     write_marker(cfg, state.job_id, &cgroup.placement)?;
-    cgroup.create()?;
-    Ok(())
+    Ok(Some(cgroup))
 }
 
 impl JobCgroup {
