@@ -110,8 +110,9 @@ fn setup() -> Setup {
     };
     // As in production with metrics on: cleanup also updates the textfile (incrementally).
     let text = format!(
-        "state_root = \"{0}/state\"\nbuilds_root = \"{0}/builds\"\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = \"{0}/audit.jsonl\"\n[metrics]\ntextfile = \"{0}/p3_executor.prom\"\n",
-        root.display()
+        "state_root = \"{0}/state\"\nbuilds_root = \"{0}/builds\"\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = \"{0}/audit.jsonl\"\n[metrics]\ntextfile = \"{0}/p3_executor.prom\"\n[network]\ntable = \"{1}\"\n",
+        root.display(),
+        bench_table()
     );
     fs::write(&config, &text).unwrap();
     let config_unsandboxed = root.join("config-unsandboxed.toml");
@@ -197,6 +198,11 @@ fn bash(s: &Setup, args: &[&Path]) -> Command {
         .env("JOB", "4242")
         .env("BUILD_FAILURE_EXIT_CODE", "1");
     cmd
+}
+
+/// The nftables table of this run's jobs: its own, not the host's, removed at the end.
+fn bench_table() -> String {
+    format!("p3_bench_{}", std::process::id())
 }
 
 fn main() {
@@ -313,4 +319,9 @@ fn main() {
     println!(
         "note: `run` includes bash executing the (empty) job script; its floor is the bash executor's run."
     );
+    // Each job's cleanup removed its chain; the table the first prepare made goes too.
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", &bench_table()])
+        .stderr(Stdio::null())
+        .status();
 }
