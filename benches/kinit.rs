@@ -1,7 +1,6 @@
 //! Credential setup cost against a throwaway MIT KDC: a bare `kinit -kt` next to
-//! `credentials::kerberos::obtain` (kinit + reading the ticket back + chown + rename) and the
-//! same with libkrb5 in-process (what prepare runs), measured interleaved in the same run so
-//! all see the same machine load.
+//! `credentials::kerberos::obtain` (kinit + reading the ticket back + chown + rename), measured
+//! interleaved in the same run so both see the same machine load.
 //!
 //! ```text
 //! cargo bench --bench kinit --profile dev            # debug build: no 10-minute release build
@@ -260,25 +259,6 @@ fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
                     owner,
                 )
                 .expect("obtain");
-            }),
-            after: None,
-        },
-        // What prepare runs: the same, with libkrb5 in this process instead of a kinit.
-        Candidate {
-            name: "obtain, in-process",
-            run: Box::new(move |s: &Setup| {
-                let opts = kerberos::KinitOptions {
-                    owner,
-                    in_process: true,
-                    ..Default::default()
-                };
-                kerberos::obtain_with(
-                    &s.cfg.kerberos,
-                    &s.cfg.accounts["bench"],
-                    &s.dir.path().join("krb5cc"),
-                    &opts,
-                )
-                .expect("obtain in-process");
             }),
             after: None,
         },

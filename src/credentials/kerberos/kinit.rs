@@ -17,8 +17,7 @@ use p3_contract::env;
 use super::ccache::{Ticket, read_ticket};
 use super::error::{DcAnswer, KerberosError, io_err};
 use super::keytab::keytab_kvnos;
-use super::libkrb5;
-use super::tool::{KRB5_TRACE, parse_kdc_trace, run_tool_with, timeout, without_trace};
+use super::tool::{KRB5_TRACE, parse_kdc_trace, run_tool_with, without_trace};
 use crate::command::Output;
 use crate::config::{Account, KerberosConfig};
 
@@ -113,10 +112,6 @@ pub struct KinitOptions<'a> {
     pub krb5_config: Option<&'a Path>,
     /// Run kinit with `KRB5_TRACE` to learn which KDC answered ([`Obtained::kdc`]).
     pub trace: bool,
-    /// Do kinit's work in this process with libkrb5 (prepare: no process to start) when the
-    /// program is the default `kinit` and no trace is wanted; else, or when the library cannot
-    /// be loaded, run the program.
-    pub in_process: bool,
 }
 
 /// A ticket, and which KDC it came from when kinit was traced.
@@ -259,20 +254,6 @@ pub(super) fn no_renew_krb5_config(
     Ok(list)
 }
 
-/// The program name `[kerberos] kinit` has by default: only then may libkrb5 stand in for it
-/// (a configured program, such as a wrapper or a test's fake, always runs).
-const DEFAULT_KINIT: &str = "kinit";
-
-/// What the kinit program would have returned: its exit code and stderr.
-fn exited(code: i32, stderr: String) -> Output {
-    use std::os::unix::process::ExitStatusExt;
-    Output {
-        status: std::process::ExitStatus::from_raw(code << 8),
-        stdout: Vec::new(),
-        stderr: stderr.into_bytes(),
-    }
-}
-
 /// kinit into `tmp`, read the ticket back, hand it to the owner and rename it over `ccache`.
 pub(super) fn obtain_into(
     kcfg: &KerberosConfig,
@@ -311,42 +292,14 @@ pub(super) fn obtain_into(
     if opts.trace {
         envs.push((KRB5_TRACE, "/dev/stderr".into()));
     }
-    let what = format!("for {}", account.principal);
-    let in_process = (opts.in_process && !opts.trace && kcfg.kinit == DEFAULT_KINIT).then(|| {
-        let profile = match envs.first() {
-            Some((_, list)) => list.clone(),
-            None => base.clone(),
-        };
-        libkrb5::kinit(
-            libkrb5::Request {
-                profile,
-                keytab: account.keytab.clone(),
-                principal: account.principal.clone(),
-                cache: tmp.to_path_buf(),
-                lifetime,
-                renewable: (account.renewable_lifetime_secs > 0)
-                    .then_some(account.renewable_lifetime_secs),
-            },
-            timeout(kcfg),
-        )
-    });
-    let out = match in_process {
-        Some(Ok(())) => exited(0, String::new()),
-        Some(Err(libkrb5::Failure::Kinit(said))) => exited(1, said),
-        Some(Err(libkrb5::Failure::Timeout)) => {
-            return Err(KerberosError::Timeout {
-                tool: "kinit".into(),
-                what,
-                secs: kcfg.timeout_secs.max(1),
-            });
-        }
-        unavailable => {
-            if let Some(Err(libkrb5::Failure::Unavailable(why))) = unavailable {
-                tracing::debug!("libkrb5 unavailable ({why}): running kinit");
-            }
-            run_tool_with(kcfg, &kcfg.kinit, "kinit", args, &what, envs)?
-        }
-    };
+    let out = run_tool_with(
+        kcfg,
+        &kcfg.kinit,
+        "kinit",
+        args,
+        &format!("for {}", account.principal),
+        envs,
+    )?;
     if !out.status.success() {
         let answered = if opts.trace {
             parse_kdc_trace(&String::from_utf8_lossy(&out.stderr)).answered

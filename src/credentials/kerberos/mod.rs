@@ -35,7 +35,6 @@ mod dc_retry;
 mod error;
 mod keytab;
 mod kinit;
-mod libkrb5;
 pub mod realm_conf;
 mod ticket;
 mod tool;

@@ -58,7 +58,7 @@ fn tool_command(kcfg: &KerberosConfig, program: &Path) -> Command {
 }
 
 /// The configured bound, at least 1 s.
-pub(super) fn timeout(kcfg: &KerberosConfig) -> Duration {
+fn timeout(kcfg: &KerberosConfig) -> Duration {
     Duration::from_secs(kcfg.timeout_secs.max(1))
 }
 

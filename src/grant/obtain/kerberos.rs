@@ -32,9 +32,7 @@ impl Credential for Kerberos<'_> {
     fn obtain(&self, ctx: &Ctx<'_>, win: &Window) -> Result<Issued, Failed> {
         let g = ctx.grant;
         let started = std::time::Instant::now();
-        // prepare: libkrb5 in this process, no kinit to start (the program when it is not
-        // the default or the library is missing).
-        let obtained = self.kinit(ctx, win, true, |opts| {
+        let obtained = self.kinit(ctx, win, |opts| {
             kerberos::obtain_with(&ctx.cfg.kerberos, self.account, &g.ccache, opts)
         });
         let kinit_ms = elapsed_ms(started);
@@ -79,9 +77,7 @@ impl Credential for Kerberos<'_> {
             return Ok(None);
         }
         let started = std::time::Instant::now();
-        // A stage: the kinit program, whose timeout kills it; a call into the library that
-        // timed out would stay blocked in the supervisor for the rest of the stage.
-        let refreshed = self.kinit(ctx, win, false, |opts| {
+        let refreshed = self.kinit(ctx, win, |opts| {
             let kcfg = &ctx.cfg.kerberos;
             kerberos::refresh_with(kcfg, self.account, &g.ccache, threshold, win.now, opts)
         });
@@ -117,12 +113,11 @@ impl Credential for Kerberos<'_> {
 impl Kerberos<'_> {
     /// Run `kinit` with the job's options: an account with its own realm gets a krb5.conf of
     /// its own in the creds dir, and kinit runs with it (traced, to record the DC that
-    /// answered); returns that krb5.conf too. `in_process`: see [`kerberos::KinitOptions`].
+    /// answered); returns that krb5.conf too.
     fn kinit<T>(
         &self,
         ctx: &Ctx<'_>,
         win: &Window,
-        in_process: bool,
         run: impl FnOnce(&kerberos::KinitOptions<'_>) -> Result<T, KerberosError>,
     ) -> Result<(T, Option<PathBuf>), KerberosError> {
         let job_conf = job_krb5_conf(ctx.cfg, self.account, ctx.paths)?;
@@ -131,7 +126,6 @@ impl Kerberos<'_> {
             max_life: win.max_life,
             krb5_config: job_conf.as_deref(),
             trace: job_conf.is_some(),
-            in_process,
         };
         run(&opts).map(|o| (o, job_conf))
     }
