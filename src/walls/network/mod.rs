@@ -12,7 +12,8 @@
 //! - `check` ([`findings`]): nft works, the table is in place, no job uid unmapped or stale.
 //!
 //! Pure parts are apart from the I/O: [`target`] (config entries), [`config`] (`[network]`),
-//! [`policy`] (rules in order, pinning, hash), [`render`] (the nft JSON); [`nft`] runs `nft`.
+//! [`policy`] (rules in order, pinning, hash), [`render`] (the nft JSON); [`nft`] applies it
+//! (libnftables in-process, or the `nft` program).
 
 pub mod config;
 pub(crate) mod error;
