@@ -817,15 +817,20 @@ impl Drop for ScratchTable {
     }
 }
 
+/// The default `nft`, which must run in-process (libnftables), not silently fall back to the
+/// program; None when not root (the library is for root only).
+fn in_process_nft() -> Option<p3_executor::walls::network::nft::Nft> {
+    if !needs_root() {
+        return None;
+    }
+    let nft = p3_executor::walls::network::nft::Nft::new("nft");
+    assert!(nft.in_process(), "libnftables.so.1 does not load");
+    Some(nft)
+}
+
 #[test]
 fn the_default_nft_applies_and_lists_in_process_through_libnftables() {
-    if !needs_root() {
-        return;
-    }
-    use p3_executor::walls::network::nft::Nft;
-    let nft = Nft::new("nft");
-    // The library path, not a silent fallback to the program.
-    assert!(nft.in_process(), "libnftables.so.1 does not load");
+    let Some(nft) = in_process_nft() else { return };
     let table = ScratchTable(format!("p3_test_libnft_{}", std::process::id()));
     let tx = serde_json::json!({"nftables": [
         {"add": {"table": {"family": "inet", "name": table.0}}},
@@ -850,13 +855,8 @@ fn the_default_nft_applies_and_lists_in_process_through_libnftables() {
 
 #[test]
 fn a_failing_transaction_in_process_fails_with_the_programs_error_text() {
-    if !needs_root() {
-        return;
-    }
     use p3_executor::walls::network::NetworkError;
-    use p3_executor::walls::network::nft::Nft;
-    let nft = Nft::new("nft");
-    assert!(nft.in_process(), "libnftables.so.1 does not load");
+    let Some(nft) = in_process_nft() else { return };
     // Names like no other test's: nft names a similar chain of another table ("did you mean"),
     // and the other tests' tables come and go meanwhile.
     let missing = format!("absent_{}_xq", std::process::id());
