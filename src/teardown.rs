@@ -119,26 +119,12 @@ impl Step {
 pub fn teardown(cfg: &Config, job_id: u64, ending: Ending) -> Result<()> {
     let paths = JobPaths::new(cfg, job_id);
     let state = JobState::load(&paths).ok();
-    let mut t = Teardown {
-        cfg,
-        job_id,
-        state: state.as_ref(),
-        usage: Default::default(),
-        scrubbed: Vec::new(),
-        first_err: None,
-    };
+    let mut t = Teardown::new(cfg, job_id, state.as_ref());
     std::thread::scope(|scope| {
         let mut beside: Vec<_> = BESIDE
             .iter()
             .map(|&(step, before)| {
-                let mut own = Teardown {
-                    cfg,
-                    job_id,
-                    state: state.as_ref(),
-                    usage: Default::default(),
-                    scrubbed: Vec::new(),
-                    first_err: None,
-                };
+                let mut own = Teardown::new(cfg, job_id, state.as_ref());
                 let paths = &paths;
                 let running = scope.spawn(move || {
                     tracing::debug!(job_id, step = step.name(), "teardown");

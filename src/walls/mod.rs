@@ -107,7 +107,19 @@ pub(crate) struct Teardown<'a> {
     pub first_err: Option<Error>,
 }
 
-impl Teardown<'_> {
+impl<'a> Teardown<'a> {
+    /// A fresh teardown of `job_id` (its saved `state`, when there is one).
+    pub(crate) fn new(cfg: &'a Config, job_id: u64, state: Option<&'a JobState>) -> Self {
+        Teardown {
+            cfg,
+            job_id,
+            state,
+            usage: BTreeMap::new(),
+            scrubbed: Vec::new(),
+            first_err: None,
+        }
+    }
+
     /// Log a failed step and keep the first error.
     pub(crate) fn failed(&mut self, what: &str, e: Error) {
         tracing::error!("job {}: {what}{e}", self.job_id);
