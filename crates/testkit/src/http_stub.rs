@@ -23,21 +23,13 @@ use serde_json::{Value, json};
 /// A token with an `alg` of `none` and no signature: must always be rejected.
 pub fn unsigned_token(claims: &Value, kid: &str) -> String {
     let header = json!({"alg": "none", "typ": "JWT", "kid": kid});
-    format!(
-        "{}.{}.",
-        b64url(header.to_string().as_bytes()),
-        b64url(claims.to_string().as_bytes())
-    )
+    format!("{}.", signing_input(&header, claims))
 }
 
 /// A token signed with HS256 using `secret` (e.g. the public key's modulus: key confusion).
 pub fn hs256_token(claims: &Value, kid: &str, secret: &[u8]) -> String {
     let header = json!({"typ": "JWT", "alg": "HS256", "kid": kid});
-    let message = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(claims.to_string().as_bytes())
-    );
+    let message = signing_input(&header, claims);
     let tag = ring::hmac::sign(
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
         message.as_bytes(),
@@ -45,20 +37,19 @@ pub fn hs256_token(claims: &Value, kid: &str, secret: &[u8]) -> String {
     format!("{message}.{}", b64url(tag.as_ref()))
 }
 
-/// Unpadded base64url, enough for hand-made tokens.
+/// Unpadded base64url, as JWTs and JWKs encode their parts.
 pub fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What a JWT's signature covers: `base64url(header).base64url(claims)`.
+pub fn signing_input(header: &Value, claims: &Value) -> String {
+    format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    )
 }
 
 /// A JOB_RESPONSE_FILE-shaped payload for job `job_id` with the given variables (in order:

@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair, RsaPublicKeyComponents};
 use serde_json::{Value, json};
 
-use crate::http_stub::b64url;
+use crate::http_stub::{b64url, signing_input};
 
 /// The issuer the demo and the tests use: what `identity.gitlab_url` must be.
 pub const ISSUER: &str = "https://gitlab.example.com";
@@ -32,9 +31,10 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A freshly generated 2048-bit RSA key (PKCS#8 PEM), made with the `openssl` CLI so that no
-/// key-generation crate is needed for what only the demo and the tests do.
-pub fn generate_rsa_pem() -> anyhow::Result<Vec<u8>> {
+/// A freshly generated 2048-bit RSA key (PKCS#1 DER: what OpenSSL 3 `genpkey -outform DER`
+/// writes for RSA), made with the `openssl` CLI so that no key-generation crate is needed for
+/// what only the demo and the tests do.
+pub fn generate_rsa_der() -> anyhow::Result<Vec<u8>> {
     let out = Command::new("openssl")
         .args([
             "genpkey",
@@ -42,6 +42,8 @@ pub fn generate_rsa_pem() -> anyhow::Result<Vec<u8>> {
             "RSA",
             "-pkeyopt",
             "rsa_keygen_bits:2048",
+            "-outform",
+            "DER",
         ])
         .output()
         .context("run openssl genpkey (apt-get install -y openssl)")?;
@@ -70,12 +72,7 @@ impl Default for TokenMinter {
 impl TokenMinter {
     /// A new key with key id `kid`.
     pub fn generate(kid: &str) -> anyhow::Result<Self> {
-        let pem = String::from_utf8(generate_rsa_pem()?).context("openssl's PEM")?;
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .context("decode the generated PEM")?;
-        let key = RsaKeyPair::from_pkcs8(&der)
+        let key = RsaKeyPair::from_der(&generate_rsa_der()?)
             .map_err(|e| anyhow::anyhow!("parse the generated RSA key: {e}"))?;
         let public: RsaPublicKeyComponents<Vec<u8>> = key.public().into();
         // As GitLab publishes it: https://gitlab.example.com/oauth/discovery/keys
@@ -133,11 +130,7 @@ impl TokenMinter {
     /// Sign with this key but announce another `kid` in the header (unknown-key tests).
     pub fn mint_with_kid(&self, claims: Value, kid: &str) -> String {
         let header = json!({"typ": "JWT", "alg": "RS256", "kid": kid});
-        let message = format!(
-            "{}.{}",
-            b64url(header.to_string().as_bytes()),
-            b64url(claims.to_string().as_bytes())
-        );
+        let message = signing_input(&header, &claims);
         let mut signature = vec![0; self.key.public().modulus_len()];
         // Cannot fail: the key parsed as RSA in `generate` and the buffer is the modulus' size.
         self.key
