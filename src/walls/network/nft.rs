@@ -150,15 +150,14 @@ impl Nft {
     pub fn apply(&self, tx: &Value, what: &str) -> Result<(), NetworkError> {
         // One write: serde_json writes token by token, and an unbuffered file took a syscall
         // per quote and colon (thousands per job at prepare).
-        let json = serde_json::to_vec(tx).expect("JSON values serialize");
+        let json = serde_json::to_string(tx).expect("JSON values serialize");
         if let Some(lib) = self.library() {
-            let json = String::from_utf8(json).expect("serde_json writes UTF-8");
             return lib.run(&json, what).map(drop);
         }
         // The JSON goes through a memfd nft opens by path: the bounded runner closes stdin, and
         // a file on disk would be a leftover when we are killed.
         let mut file = memfd()?;
-        file.write_all(&json)
+        file.write_all(json.as_bytes())
             .and_then(|()| file.rewind())
             .map_err(|e| NetworkError::Io {
                 what: "write the nft transaction".into(),
