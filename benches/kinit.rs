@@ -17,6 +17,8 @@
 
 use p3_testkit::kdc;
 
+#[path = "support/nft_table.rs"]
+mod nft_table;
 #[path = "support/runner_binary.rs"]
 mod runner_binary;
 
@@ -131,7 +133,7 @@ impl PrepareBench {
             &config,
             format!(
                 "state_root = {state:?}\nbuilds_root = {builds:?}\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = {audit:?}\n[identity]\ngitlab_url = {ISSUER:?}\njwks_file = {jwks:?}\n[kerberos]\nkrb5_config = {krb5:?}\n[accounts.bench]\nprincipal = {principal:?}\nkeytab = {keytab:?}\n[devstages.client_dev]\ndeploy_account = \"bench\"\nprojects = [\"data-ml/*\"]\n[network]\ntable = {table:?}\n{extra}",
-                table = bench_table(),
+                table = nft_table::name(),
                 state = root.path().join("state"),
                 builds = root.path().join("builds"),
                 audit = root.path().join("audit.jsonl"),
@@ -265,11 +267,6 @@ fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
     ]
 }
 
-/// The nftables table of this run's jobs: its own, not the host's, removed at the end.
-fn bench_table() -> String {
-    format!("p3_bench_{}", std::process::id())
-}
-
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -284,6 +281,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
+    let _table = nft_table::Removed;
     // `cargo bench` passes `--bench`; there are no options of our own.
     let runs: usize = std::env::var("P3_BENCH_RUNS")
         .ok()
@@ -371,9 +369,4 @@ fn main() {
         ms(bare),
         ms(full.saturating_sub(no_nft)),
     );
-    // Each job's cleanup removed its chain; the table the first prepare made goes too.
-    let _ = Command::new("nft")
-        .args(["delete", "table", "inet", &bench_table()])
-        .stderr(Stdio::null())
-        .status();
 }

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/nft_table.rs"]
+mod nft_table;
 #[path = "support/runner_binary.rs"]
 mod runner_binary;
 use runner_binary::executor;
@@ -112,7 +114,7 @@ fn setup() -> Setup {
     let text = format!(
         "state_root = \"{0}/state\"\nbuilds_root = \"{0}/builds\"\n{isolation}[log]\nlevel = \"warn\"\n[audit]\npath = \"{0}/audit.jsonl\"\n[metrics]\ntextfile = \"{0}/p3_executor.prom\"\n[network]\ntable = \"{1}\"\n",
         root.display(),
-        bench_table()
+        nft_table::name()
     );
     fs::write(&config, &text).unwrap();
     let config_unsandboxed = root.join("config-unsandboxed.toml");
@@ -200,12 +202,8 @@ fn bash(s: &Setup, args: &[&Path]) -> Command {
     cmd
 }
 
-/// The nftables table of this run's jobs: its own, not the host's, removed at the end.
-fn bench_table() -> String {
-    format!("p3_bench_{}", std::process::id())
-}
-
 fn main() {
+    let _table = nft_table::Removed;
     let s = setup();
     // Built (on its own, as packaged) before anything is timed.
     let exe = executor();
@@ -319,9 +317,4 @@ fn main() {
     println!(
         "note: `run` includes bash executing the (empty) job script; its floor is the bash executor's run."
     );
-    // Each job's cleanup removed its chain; the table the first prepare made goes too.
-    let _ = Command::new("nft")
-        .args(["delete", "table", "inet", &bench_table()])
-        .stderr(Stdio::null())
-        .status();
 }
