@@ -1,11 +1,13 @@
 //! Running host tools (kinit, credential_process, buildah, the P3 client) with an argv, a
 //! timeout and captured output. Never through a shell.
 
-use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::pidfd::PidFd;
 
@@ -75,63 +77,140 @@ pub fn run_bounded_until(
         program: program.clone(),
         source,
     })?;
-    // Drain both pipes on threads so a chatty tool cannot block on a full pipe.
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    // A read error ends a drain with what it read: the exit status decides, the output only
-    // explains.
-    let out_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = out.read_to_end(&mut b);
-        b
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = err.read_to_end(&mut b);
-        b
-    });
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // Both pipes and the exit are waited for in one poll on this thread: no reader threads to
+    // start, and no thread to wake when a tool like kinit (~5 ms) exits.
+    let mut pipes = [
+        Pipe::new(child.stdout.take().expect("piped")),
+        Pipe::new(child.stderr.take().expect("piped")),
+    ];
+    // None where unavailable (old kernel, seccomp): the wait then polls the pipes in short
+    // sleeps. The child is not reaped yet, so the pid is still ours.
+    let pidfd = PidFd::open(pgid).ok();
     let mut deadline = Instant::now() + timeout;
     let mut stopping = false;
     let mut sleep = Duration::from_millis(1);
-    // Wake up the moment the child exits: tools like kinit take ~5 ms, and sleep-polling
-    // alone adds up to half of that again (measured by benches/kinit.rs).
-    // None where unavailable (old kernel, seccomp): sleep-polling then. The child is not
-    // reaped yet, so the pid is still ours.
-    let pidfd = PidFd::open(nix::unistd::Pid::from_raw(child.id() as i32)).ok();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-                // Unchecked: ESRCH (the group is already gone) is its only failure here, and
-                // the wait below reaps the child either way; the timeout is what is reported.
-                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-                let _ = child.wait();
-                return Err(CommandError::Timeout { program, timeout });
+    let mut status = None;
+    loop {
+        if status.is_none() {
+            match child.try_wait() {
+                Ok(exited) => status = exited,
+                Err(source) => return Err(CommandError::Spawn { program, source }),
             }
-            Ok(None) if stop.load(Ordering::SeqCst) && !stopping => {
-                stopping = true;
-                let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-                // Unchecked: ESRCH (already exited) is its only failure; the loop reaps it.
-                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
-                deadline = deadline.min(Instant::now() + STOP_GRACE);
-            }
-            // A signal handler may set `stop` while we sleep: poll in short steps then.
-            Ok(None) => match &pidfd {
-                Some(fd) => fd.wait_exit(deadline.min(Instant::now() + Duration::from_millis(100))),
-                None => {
-                    std::thread::sleep(sleep);
-                    sleep = (sleep * 2).min(Duration::from_millis(20));
-                }
-            },
-            Err(source) => return Err(CommandError::Spawn { program, source }),
         }
-    };
-    Ok(Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    })
+        let open = pipes.iter().any(Pipe::is_open);
+        if let (Some(status), false) = (status, open) {
+            let [out, err] = pipes;
+            return Ok(Output {
+                status,
+                stdout: out.buf,
+                stderr: err.buf,
+            });
+        }
+        if Instant::now() >= deadline {
+            // Unchecked: ESRCH (the group is already gone) is its only failure here.
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            return match status {
+                // The tool exited but something it started still holds its output open:
+                // that is ended, and the tool's own status decides.
+                Some(status) => {
+                    let [out, err] = pipes;
+                    Ok(Output {
+                        status,
+                        stdout: out.buf,
+                        stderr: err.buf,
+                    })
+                }
+                None => {
+                    let _ = child.wait();
+                    Err(CommandError::Timeout { program, timeout })
+                }
+            };
+        }
+        if stop.load(Ordering::SeqCst) && !stopping {
+            stopping = true;
+            // Unchecked: ESRCH (already exited) is its only failure; the loop reaps it.
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
+            deadline = deadline.min(Instant::now() + STOP_GRACE);
+        }
+        // A signal handler may set `stop` while we wait: wait in steps of at most 100 ms.
+        let mut step = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
+        let exit_fd = match (&pidfd, status) {
+            (Some(fd), None) => Some(fd.as_fd()),
+            (None, None) => {
+                step = step.min(sleep);
+                sleep = (sleep * 2).min(Duration::from_millis(20));
+                None
+            }
+            (_, Some(_)) => None,
+        };
+        wait_readable(&mut pipes, exit_fd, step);
+    }
+}
+
+/// One of the child's output pipes and what was read from it; closed at end of file.
+struct Pipe {
+    fd: Option<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+impl Pipe {
+    fn new(fd: impl Into<OwnedFd>) -> Self {
+        Pipe {
+            fd: Some(fd.into()),
+            buf: Vec::new(),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// Read what is there (poll said so: this does not block). A read error ends the pipe
+    /// with what it read: the exit status decides, the output only explains.
+    fn drain(&mut self) {
+        let Some(fd) = &self.fd else { return };
+        let mut chunk = [0u8; 16 * 1024];
+        match nix::unistd::read(fd, &mut chunk) {
+            Ok(0) => self.fd = None,
+            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+            Err(_) => self.fd = None,
+        }
+    }
+}
+
+/// Wait up to `step` for output on the open pipes or for the exit (`exit_fd`, a pidfd), and
+/// read what arrived. An interrupted or failed poll returns early: the caller loops.
+fn wait_readable(pipes: &mut [Pipe; 2], exit_fd: Option<BorrowedFd<'_>>, step: Duration) {
+    let ms = i32::try_from(step.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+    let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(3);
+    let mut which = Vec::with_capacity(2);
+    for (i, pipe) in pipes.iter().enumerate() {
+        if let Some(fd) = &pipe.fd {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            which.push(i);
+        }
+    }
+    if let Some(fd) = exit_fd {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+    }
+    if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+        return;
+    }
+    let ready: Vec<usize> = which
+        .iter()
+        .zip(&fds)
+        .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+        .map(|(i, _)| *i)
+        .collect();
+    drop(fds);
+    for i in ready {
+        pipes[i].drain();
+    }
 }
 
 #[cfg(test)]
@@ -172,6 +251,43 @@ mod tests {
         let out = run_bounded_until(cmd, Duration::from_secs(30), &stop).unwrap();
         assert_eq!(out.status.code(), Some(143));
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn both_pipes_are_read_in_full_while_the_tool_runs() {
+        // More than a pipe holds (64 KiB) on each, interleaved: the tool would block on a full
+        // pipe if either were left unread until it exits.
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "i=0; while [ $i -lt 3000 ]; do echo out-line-$i-padding-padding-padding; \
+             echo err-line-$i-padding-padding-padding >&2; i=$((i+1)); done",
+        ]);
+        let out = run_bounded(cmd, Duration::from_secs(20)).unwrap();
+        assert!(out.status.success());
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stdout.lines().count(), 3000);
+        assert_eq!(stderr.lines().count(), 3000);
+        assert!(stdout.ends_with("out-line-2999-padding-padding-padding\n"));
+        assert!(stderr.starts_with("err-line-0-"));
+    }
+
+    #[test]
+    fn a_tool_that_exits_is_not_held_up_by_what_it_left_running() {
+        // The tool exits at once; a background process it started keeps its stdout open.
+        // The wait ends at the bound, that process (in the tool's group) is killed, and the
+        // tool's own status and output are returned.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo started; sleep 30 & exit 0"]);
+        let start = Instant::now();
+        let out = run_bounded(cmd, Duration::from_millis(300)).unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "waited for the sleep"
+        );
+        assert!(out.status.success());
+        assert_eq!(out.stdout, b"started\n");
     }
 
     #[test]

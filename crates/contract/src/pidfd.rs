@@ -3,9 +3,7 @@
 //! one, and a bounded command waits on one for its child to exit.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Instant;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -31,19 +29,6 @@ impl PidFd {
             let _ = rustix::process::pidfd_send_signal(&self.0, sig);
         }
     }
-
-    /// Block until the process exits (the pidfd becomes readable) or `deadline` passes. An
-    /// interrupted or failed poll just returns early: the callers loop, re-checking the child
-    /// and the deadline.
-    pub(crate) fn wait_exit(&self, deadline: Instant) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        // Round up so a caller never spins on a sub-millisecond remainder.
-        let ms = i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
-        // Ignored: see above (EINTR or an error returns to the caller's loop).
-        let _ = poll(&mut fds, timeout);
-    }
 }
 
 impl AsFd for PidFd {
@@ -55,7 +40,19 @@ impl AsFd for PidFd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::time::{Duration, Instant};
+
+    /// Wait until the process exits (the pidfd becomes readable) or `deadline` passes.
+    fn wait_exit(fd: &PidFd, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
+    }
 
     #[test]
     fn waits_for_exit_and_signals_through_the_fd() {
@@ -65,13 +62,13 @@ mod tests {
             .unwrap();
         let fd = PidFd::open(Pid::from_raw(child.id() as i32)).unwrap();
         let start = Instant::now();
-        fd.wait_exit(start + Duration::from_millis(100));
+        wait_exit(&fd, start + Duration::from_millis(100));
         assert!(
             start.elapsed() >= Duration::from_millis(90),
             "still running"
         );
         fd.signal(Signal::SIGKILL);
-        fd.wait_exit(Instant::now() + Duration::from_secs(10));
+        wait_exit(&fd, Instant::now() + Duration::from_secs(10));
         assert!(start.elapsed() < Duration::from_secs(5));
         assert!(child.wait().unwrap().code().is_none());
         // Exited and reaped: signalling is harmless.
