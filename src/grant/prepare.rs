@@ -28,12 +28,12 @@ use crate::workspace::{GrantState, JobPaths, JobState};
 ///
 /// Updates `state` (env, grant, walls); the caller saves it afterwards, on success and on
 /// failure.
-pub fn prepare<W>(
+pub fn prepare<W: Send>(
     cfg: &Config,
     job: &JobContext,
     paths: &JobPaths,
     state: &mut JobState,
-    walls: impl FnOnce(&mut JobState) -> Result<W>,
+    walls: impl FnOnce(&mut JobState) -> Result<W> + Send,
 ) -> Result<W> {
     inject::steps_file(cfg, paths, state)?;
     let Some(requested) = decide::requested(cfg, job) else {
@@ -77,12 +77,12 @@ struct Obtained {
     s3: Option<(Issued, AuditRecord)>,
 }
 
-fn grant<W>(
+fn grant<W: Send>(
     j: &Job<'_>,
     state: &mut JobState,
     granted: Granted,
     web_token: Option<JobToken>,
-    walls: impl FnOnce(&mut JobState) -> Result<W>,
+    walls: impl FnOnce(&mut JobState) -> Result<W> + Send,
 ) -> Result<W> {
     let Job {
         cfg,
@@ -139,10 +139,12 @@ fn grant<W>(
         job,
         token: web_token,
     });
+    // The credentials on this thread, so kinit starts at once; the walls on the new one, which
+    // finish first, so joining them does not wait for a sleeping thread to be woken.
     let (obtained, walled) = std::thread::scope(|scope| {
-        let obtaining = scope.spawn(|| obtain(&ctx, &win, account, s3.as_ref(), &granted, rec));
-        let walled = walls(state);
-        let obtained = obtaining
+        let walling = scope.spawn(|| walls(state));
+        let obtained = obtain(&ctx, &win, account, s3.as_ref(), &granted, rec);
+        let walled = walling
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (obtained, walled)
