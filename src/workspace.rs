@@ -208,10 +208,9 @@ pub fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
     }
 }
 
-/// Create the workspace and the job root for a job running as `ids`.
-///
-/// Idempotent: a prepare retried by the runner starts from a fresh job root.
-pub fn create(cfg: &Config, paths: &JobPaths, ids: JobIdentityIds) -> Result<()> {
+/// Create a job's root-owned directories: its workspace (the state), its credentials dir,
+/// and the roots above them and above its job root ([`create_job_root`]). Idempotent.
+pub fn create(cfg: &Config, paths: &JobPaths) -> Result<()> {
     // Traversable so jobs reach their own credentials dir; nothing in it is listable.
     ensure_dir(&cfg.state_root, 0o711)?;
     ensure_dir(&cfg.state_root.join("jobs"), 0o700)?;
@@ -219,7 +218,13 @@ pub fn create(cfg: &Config, paths: &JobPaths, ids: JobIdentityIds) -> Result<()>
     ensure_dir(&paths.creds, 0o711)?;
     // Jobs must traverse builds_root to reach their own root, but not list it.
     ensure_dir(&cfg.builds_root, 0o711)?;
-    ensure_dir(&paths.workspace, 0o700)?;
+    ensure_dir(&paths.workspace, 0o700)
+}
+
+/// Create the job root for a job running as `ids`, under the roots [`create`] made. A prepare
+/// retried by the runner starts from a fresh one. Nothing the credentials need is in it, so
+/// prepare makes it while they are obtained.
+pub fn create_job_root(paths: &JobPaths, ids: JobIdentityIds) -> Result<()> {
     remove_tree(&paths.job_root)?;
     // Build the job root as root first, hand it over last: no window in which the job owns a
     // directory root is still writing into.
@@ -328,9 +333,11 @@ mod tests {
             private_uid: false,
             switch_user: false,
         };
-        create(&cfg, &paths, ids).unwrap();
+        create(&cfg, &paths).unwrap();
+        create_job_root(&paths, ids).unwrap();
         fs::write(paths.builds_dir.join("leftover"), "x").unwrap();
-        create(&cfg, &paths, ids).unwrap();
+        create(&cfg, &paths).unwrap();
+        create_job_root(&paths, ids).unwrap();
         assert!(!paths.builds_dir.join("leftover").exists());
         let mode = fs::metadata(&paths.workspace).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);

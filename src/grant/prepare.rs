@@ -167,7 +167,7 @@ fn grant<W: Send>(
             let mut rec = obtained.rec;
             rec.decision = Outcome::Failed;
             rec.reason = format!(
-                "the job's walls could not be set up, so the credentials obtained were destroyed before the job could use them: {e}"
+                "the job's root or its walls could not be set up, so the credentials obtained were destroyed before the job could use them: {e}"
             );
             record::best_effort(cfg, rec);
             return Err(e);

@@ -64,7 +64,7 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     let job_id = job.job_id();
     let paths = JobPaths::new(cfg, job_id);
     let (ids, user) = resolve_ids(cfg, job_id)?;
-    workspace::create(cfg, &paths, ids)?;
+    workspace::create(cfg, &paths)?;
     let now = Utc::now();
     let mut state = JobState {
         job_id,
@@ -79,9 +79,11 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     // Save before obtaining credentials so a failure half-way still leaves cleanup what it
     // needs to find and destroy them.
     state.save(&paths)?;
-    // The walls once the devstage is decided (it may decide them), in their order
-    // (`walls::WALLS`), while the grant's credentials are obtained.
+    // The job root, then the walls (some live in it), once the devstage is decided (it may
+    // decide them), in their order (`walls::WALLS`), while the grant's credentials are
+    // obtained: the credentials need neither.
     let walled = crate::grant::prepare(cfg, job, &paths, &mut state, |state| {
+        workspace::create_job_root(&paths, ids)?;
         crate::walls::setup(cfg, job, &paths, state)
     });
     state.save(&paths)?;
