@@ -43,7 +43,11 @@ pub fn resolve_ids(cfg: &Config, job_id: u64) -> Result<(JobIdentityIds, String)
             cfg.job_user
         )));
     }
-    let private = crate::uid_pool::lease(cfg, job_id)?;
+    // A stale job may hold the last free uid: sweep, then try once more.
+    let private = crate::uid_pool::lease(cfg, job_id).or_else(|_| {
+        sweep(cfg);
+        crate::uid_pool::lease(cfg, job_id)
+    })?;
     Ok((
         JobIdentityIds {
             uid: private.unwrap_or(user.uid.as_raw()),
@@ -55,12 +59,17 @@ pub fn resolve_ids(cfg: &Config, job_id: u64) -> Result<(JobIdentityIds, String)
     ))
 }
 
-/// `p3-executor prepare`.
-pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
-    // Jobs whose cleanup never ran (runner crash, SIGKILL) are swept here too.
+/// Tear down the jobs whose cleanup never ran (runner crash, SIGKILL), opportunistically: it
+/// runs beside the credentials being obtained (or before the uid lease when that finds no
+/// free uid), and a failure only warns. The gc timer sweeps too.
+fn sweep(cfg: &Config) {
     if let Err(e) = crate::gc::sweep_stale(cfg) {
         tracing::warn!("opportunistic gc failed: {e}");
     }
+}
+
+/// `p3-executor prepare`.
+pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     let job_id = job.job_id();
     let paths = JobPaths::new(cfg, job_id);
     let (ids, user) = resolve_ids(cfg, job_id)?;
@@ -83,6 +92,7 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     // decide them), in their order (`walls::WALLS`), while the grant's credentials are
     // obtained: the credentials need neither.
     let walled = crate::grant::prepare(cfg, job, &paths, &mut state, |state| {
+        sweep(cfg);
         workspace::create_job_root(&paths, ids)?;
         crate::walls::setup(cfg, job, &paths, state)
     });

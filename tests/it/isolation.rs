@@ -759,6 +759,46 @@ fn future_timestamps_on_the_jobs_own_dirs_do_not_stop_gc() {
     assert!(!host.root().join(format!("builds/{id}")).exists());
 }
 
+/// The last free uid held by a job whose runner died: the next prepare finds no free uid,
+/// sweeps the stale job (as gc would) and leases the uid it freed; while that job is not yet
+/// stale, the next prepare is refused, naming the range.
+#[test]
+fn prepare_sweeps_a_stale_job_holding_the_last_uid_and_leases_it() {
+    if !needs_root() {
+        return;
+    }
+    let uid = uid_base();
+    let host = host_with_uids(uid, uid);
+    let (_dead, dead_uid) = prepared(&host, 863);
+    assert_eq!(dead_uid, uid);
+    // Its runner dies here: no cleanup. Not stale yet, so the next job gets no uid.
+    let mut early = host.job(864, "");
+    assert_eq!(early.config(), 0, "{}", early.log);
+    assert_eq!(early.prepare(), 2, "{}", early.log);
+    assert!(
+        early.log.contains("every uid in job_uid_range"),
+        "{}",
+        early.log
+    );
+    assert_eq!(early.cleanup(), 0, "{}", early.log);
+    // A day later by every root-owned clock.
+    let aged = Command::new("find")
+        .arg(host.root().join("state"))
+        .args(["-exec", "touch", "-h", "-d", "2000-01-01", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    let (mut next, next_uid) = prepared(&host, 865);
+    assert_eq!(next_uid, uid, "{}", next.log);
+    assert!(
+        !host.root().join("state/jobs/863").exists(),
+        "the stale job was not swept"
+    );
+    assert_eq!(run_body(&mut next, "id -u"), 0, "{}", next.log);
+    assert!(next.log.contains(&uid.to_string()), "{}", next.log);
+    assert_eq!(next.cleanup(), 0, "{}", next.log);
+}
+
 /// Attack 9: a 20 MiB JOB_RESPONSE_FILE (a valid payload with one huge variable) is refused
 /// as a system failure naming the file and the limit, before anything is created.
 #[test]
