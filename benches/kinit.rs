@@ -5,7 +5,12 @@
 //! ```text
 //! cargo bench --bench kinit --profile dev            # debug build: no 10-minute release build
 //! P3_BENCH_RUNS=200 cargo bench --bench kinit        # release profile, more runs
+//! TMPDIR=/dev/shm cargo bench --bench kinit          # the jobs' directories on tmpfs
 //! ```
+//!
+//! The jobs' state and builds roots go where `TMPDIR` says. On a disk whose metadata operations
+//! slow down under the benchmark's own churn (ext4 with `discard` on a VM here) the figures then
+//! measure the disk as much as the executor; tmpfs leaves it out (and makes fsyncs free).
 //!
 //! Target (issue 23): prepare with a grant within 1.6x of a bare kinit. The `p3-executor prepare`
 //! candidate runs the real binary for a fresh job each time: ID token verified against a JWKS

@@ -14,7 +14,8 @@
 //! moves with the toolchain, not with this crate.
 //!
 //! The runner binary measured is built on its own first, as the package builds it
-//! (`support/runner_binary.rs`); `P3_BENCH_EXECUTOR` measures another build instead.
+//! (`support/runner_binary.rs`); `P3_BENCH_EXECUTOR` measures another build instead. The jobs'
+//! directories go where `TMPDIR` says (`TMPDIR=/dev/shm` keeps a slow disk out of the figures).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
