@@ -736,12 +736,7 @@ fn future_timestamps_on_the_jobs_own_dirs_do_not_stop_gc() {
     assert_eq!(run_body(&mut job, touch), 0, "{}", job.log);
     assert!(job.log.contains(" 2099 "), "{}", job.log);
     // The runner dies here: no cleanup. Everything under the state root is root's.
-    let aged = Command::new("find")
-        .arg(host.root().join("state"))
-        .args(["-exec", "touch", "-h", "-d", "2000-01-01", "{}", "+"])
-        .status()
-        .unwrap();
-    assert!(aged.success());
+    age_state(&host);
 
     let out = host.exec(&["gc", "--max-age-secs", "3600"]);
     let text = format!(
@@ -757,6 +752,16 @@ fn future_timestamps_on_the_jobs_own_dirs_do_not_stop_gc() {
     );
     assert!(!host.root().join(format!("state/jobs/{id}")).exists());
     assert!(!host.root().join(format!("builds/{id}")).exists());
+}
+
+/// Date everything under the host's state root (root's clocks of its jobs) back to 2000.
+fn age_state(host: &Host) {
+    let aged = Command::new("find")
+        .arg(host.root().join("state"))
+        .args(["-exec", "touch", "-h", "-d", "2000-01-01", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(aged.success());
 }
 
 /// The last free uid held by a job whose runner died: the next prepare finds no free uid,
@@ -782,12 +787,7 @@ fn prepare_sweeps_a_stale_job_holding_the_last_uid_and_leases_it() {
     );
     assert_eq!(early.cleanup(), 0, "{}", early.log);
     // A day later by every root-owned clock.
-    let aged = Command::new("find")
-        .arg(host.root().join("state"))
-        .args(["-exec", "touch", "-h", "-d", "2000-01-01", "{}", "+"])
-        .status()
-        .unwrap();
-    assert!(aged.success());
+    age_state(&host);
     let (mut next, next_uid) = prepared(&host, 865);
     assert_eq!(next_uid, uid, "{}", next.log);
     assert!(
