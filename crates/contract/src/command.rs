@@ -60,6 +60,11 @@ pub fn run_bounded(cmd: Command, timeout: Duration) -> Result<Output, CommandErr
 /// How long a command told to stop (SIGTERM to its process group) gets before SIGKILL.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long output is still read after the tool exited, while something it started holds its
+/// pipes open; then that is killed (it is in the tool's process group) and the tool's status
+/// returned.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
 /// [`run_bounded`], and when `stop` becomes true (a signal handler set it) the command's
 /// process group gets SIGTERM, then SIGKILL after [`STOP_GRACE`]: the caller was asked to
 /// stop, and its command with it.
@@ -97,6 +102,9 @@ pub fn run_bounded_until(
                 Ok(exited) => status = exited,
                 Err(source) => return Err(CommandError::Spawn { program, source }),
             }
+            if status.is_some() {
+                deadline = deadline.min(Instant::now() + EXIT_GRACE);
+            }
         }
         let open = pipes.iter().any(Pipe::is_open);
         if let (Some(status), false) = (status, open) {
@@ -111,8 +119,8 @@ pub fn run_bounded_until(
             // Unchecked: ESRCH (the group is already gone) is its only failure here.
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
             return match status {
-                // The tool exited but something it started still holds its output open:
-                // that is ended, and the tool's own status decides.
+                // The tool exited but something it started still holds its output open
+                // (EXIT_GRACE later): that is ended, and the tool's own status decides.
                 Some(status) => {
                     let [out, err] = pipes;
                     Ok(Output {
@@ -172,7 +180,7 @@ impl Pipe {
     /// with what it read: the exit status decides, the output only explains.
     fn drain(&mut self) {
         let Some(fd) = &self.fd else { return };
-        let mut chunk = [0u8; 16 * 1024];
+        let mut chunk = [0u8; 64 * 1024];
         match nix::unistd::read(fd, &mut chunk) {
             Ok(0) => self.fd = None,
             Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
@@ -275,19 +283,33 @@ mod tests {
 
     #[test]
     fn a_tool_that_exits_is_not_held_up_by_what_it_left_running() {
-        // The tool exits at once; a background process it started keeps its stdout open.
-        // The wait ends at the bound, that process (in the tool's group) is killed, and the
-        // tool's own status and output are returned.
+        // The tool exits at once; a background process it started keeps its stdout open and
+        // writes once more soon after. Output is read for EXIT_GRACE after the exit, then that
+        // process (in the tool's group) is killed, and the tool's own status and output are
+        // returned, well before the 60 s bound.
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo started; sleep 30 & exit 0"]);
+        cmd.args([
+            "-c",
+            "echo started; (sleep 0.2; echo late; exec sleep 30) & echo $! >&2; exit 3",
+        ]);
         let start = Instant::now();
-        let out = run_bounded(cmd, Duration::from_millis(300)).unwrap();
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "waited for the sleep"
-        );
-        assert!(out.status.success());
-        assert_eq!(out.stdout, b"started\n");
+        let out = run_bounded(cmd, Duration::from_secs(60)).unwrap();
+        let took = start.elapsed();
+        assert!(took >= EXIT_GRACE, "stopped reading at once: {took:?}");
+        assert!(took < EXIT_GRACE * 4, "waited for the sleep: {took:?}");
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"started\nlate\n");
+        let left: i32 = out.stderr_text().parse().unwrap();
+        // SIGKILLed as part of the group: gone (or a zombie of init's) shortly after.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::path::Path::new(&format!("/proc/{left}/cmdline")).exists()
+            && std::fs::read(format!("/proc/{left}/cmdline")).is_ok_and(|c| !c.is_empty())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cmdline = std::fs::read(format!("/proc/{left}/cmdline")).unwrap_or_default();
+        assert!(cmdline.is_empty(), "the sleep it left still runs");
     }
 
     #[test]
