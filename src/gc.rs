@@ -92,7 +92,12 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
             }
         }
     }
-    let swept = sweep_jobs(cfg, max_age_secs.unwrap_or(cfg.gc_max_age_secs), dry_run)?;
+    let swept = sweep_jobs(
+        cfg,
+        max_age_secs.unwrap_or(cfg.gc_max_age_secs),
+        dry_run,
+        None,
+    )?;
     if !dry_run {
         // Job cgroups whose job this host no longer knows (a teardown that could not remove
         // one); after the jobs above, so their own cgroups went with them.
@@ -141,16 +146,21 @@ fn remove_stray_temp_files(cfg: &Config) {
     }
 }
 
-/// The part of gc every `prepare` runs: only the stale jobs. Retrying quarantined uids (a walk
-/// of the world-writable dirs each) and the metrics are the timer's job, off the job's path.
-pub fn sweep_stale(cfg: &Config) -> Result<Vec<Swept>> {
-    sweep_jobs(cfg, cfg.gc_max_age_secs, false)
+/// The part of gc every `prepare` runs: only the stale jobs, never `preparing` (the caller's
+/// own job, which prepare has begun to make: with a short `gc_max_age_secs` its clocks could
+/// already read as idle). Retrying quarantined uids (a walk of the world-writable dirs each)
+/// and the metrics are the timer's job, off the job's path.
+pub fn sweep_stale(cfg: &Config, preparing: u64) -> Result<Vec<Swept>> {
+    sweep_jobs(cfg, cfg.gc_max_age_secs, false, Some(preparing))
 }
 
-fn sweep_jobs(cfg: &Config, max_age: u64, dry_run: bool) -> Result<Vec<Swept>> {
+fn sweep_jobs(cfg: &Config, max_age: u64, dry_run: bool, spare: Option<u64>) -> Result<Vec<Swept>> {
     let mut swept = Vec::new();
     let leases = crate::uid_pool::leases(cfg);
     for job_id in workspace::known_jobs(cfg, &leases) {
+        if Some(job_id) == spare {
+            continue;
+        }
         let paths = JobPaths::new(cfg, job_id);
         let idle = idle_secs(cfg, &paths, &leases);
         if idle < max_age {

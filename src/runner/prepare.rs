@@ -45,7 +45,7 @@ pub fn resolve_ids(cfg: &Config, job_id: u64) -> Result<(JobIdentityIds, String)
     }
     // A stale job may hold the last free uid: sweep, then try once more.
     let private = crate::uid_pool::lease(cfg, job_id).or_else(|_| {
-        sweep(cfg);
+        sweep(cfg, job_id);
         crate::uid_pool::lease(cfg, job_id)
     })?;
     Ok((
@@ -61,9 +61,10 @@ pub fn resolve_ids(cfg: &Config, job_id: u64) -> Result<(JobIdentityIds, String)
 
 /// Tear down the jobs whose cleanup never ran (runner crash, SIGKILL), opportunistically: it
 /// runs beside the credentials being obtained (or before the uid lease when that finds no
-/// free uid), and a failure only warns. The gc timer sweeps too.
-fn sweep(cfg: &Config) {
-    if let Err(e) = crate::gc::sweep_stale(cfg) {
+/// free uid), and a failure only warns; never `job_id`, the job being prepared. The gc timer
+/// sweeps too.
+fn sweep(cfg: &Config, job_id: u64) {
+    if let Err(e) = crate::gc::sweep_stale(cfg, job_id) {
         tracing::warn!("opportunistic gc failed: {e}");
     }
 }
@@ -92,7 +93,7 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     // decide them), in their order (`walls::WALLS`), while the grant's credentials are
     // obtained: the credentials need neither.
     let walled = crate::grant::prepare(cfg, job, &paths, &mut state, |state| {
-        sweep(cfg);
+        sweep(cfg, job_id);
         workspace::create_job_root(&paths, ids)?;
         crate::walls::setup(cfg, job, &paths, state)
     });

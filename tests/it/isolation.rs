@@ -799,6 +799,27 @@ fn prepare_sweeps_a_stale_job_holding_the_last_uid_and_leases_it() {
     assert_eq!(next.cleanup(), 0, "{}", next.log);
 }
 
+/// With `gc_max_age_secs = 0` every job reads as idle at once: prepare's sweep then tears
+/// down a job whose runner died, and never the job it is preparing.
+#[test]
+fn prepare_never_sweeps_its_own_job_however_short_the_gc_age() {
+    if !needs_root() {
+        return;
+    }
+    let lo = uid_base();
+    let host = host_with_uids_and(lo, lo + 1, "gc_max_age_secs = 0\n");
+    let (_dead, _) = prepared(&host, 866);
+    // Its runner dies here: no cleanup.
+    let (mut next, _) = prepared(&host, 867);
+    assert!(
+        !host.root().join("state/jobs/866").exists(),
+        "the dead job was not swept"
+    );
+    assert!(host.root().join("state/jobs/867").exists(), "{}", next.log);
+    assert_eq!(run_body(&mut next, "id -u"), 0, "{}", next.log);
+    assert_eq!(next.cleanup(), 0, "{}", next.log);
+}
+
 /// Attack 9: a 20 MiB JOB_RESPONSE_FILE (a valid payload with one huge variable) is refused
 /// as a system failure naming the file and the limit, before anything is created.
 #[test]
