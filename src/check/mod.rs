@@ -13,6 +13,7 @@ mod audit;
 mod cgroups;
 mod containers;
 pub mod finding;
+mod gc;
 pub mod kerberos;
 pub mod network;
 mod paths;
@@ -61,6 +62,7 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
         users::not_root(&mut out);
     }
     audit::audit_chain(cfg, &mut out);
+    gc::max_age(cfg, &mut out);
     out.extend(kerberos::check(cfg));
     out
 }
