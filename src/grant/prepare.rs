@@ -149,7 +149,7 @@ fn grant<W: Send>(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (obtained, walled)
     });
-    // A failure to obtain was recorded and withdrawn on its thread; the walls it leaves are
+    // A failure to obtain was recorded and withdrawn by `obtain`; the walls it leaves are
     // in `state`, for cleanup. When both failed, the job log names the credential and the
     // host's log the wall too.
     let obtained = obtained.inspect_err(|_| {
