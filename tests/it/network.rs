@@ -806,17 +806,6 @@ fn two_executors_sharing_a_table_each_keep_their_jobs_policy() {
     assert_eq!(net.mapped(), (vec![], vec![]));
 }
 
-/// A throwaway table for the library tests, deleted when dropped (also on a panic).
-struct ScratchTable(String);
-
-impl Drop for ScratchTable {
-    fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.0])
-            .output();
-    }
-}
-
 /// The default `nft`, which must run in-process (libnftables), not silently fall back to the
 /// program; None when not root (the library is for root only).
 fn in_process_nft() -> Option<p3_executor::walls::network::nft::Nft> {
@@ -831,26 +820,28 @@ fn in_process_nft() -> Option<p3_executor::walls::network::nft::Nft> {
 #[test]
 fn the_default_nft_applies_and_lists_in_process_through_libnftables() {
     let Some(nft) = in_process_nft() else { return };
-    let table = ScratchTable(format!("p3_test_libnft_{}", std::process::id()));
+    // The test's own table, deleted when dropped (also on a panic).
+    let net = Net::new();
+    let table = &net.table;
     let tx = serde_json::json!({"nftables": [
-        {"add": {"table": {"family": "inet", "name": table.0}}},
-        {"add": {"chain": {"family": "inet", "table": table.0, "name": "uid_4242"}}},
+        {"add": {"table": {"family": "inet", "name": table}}},
+        {"add": {"chain": {"family": "inet", "table": table, "name": "uid_4242"}}},
     ]});
     nft.apply(&tx, "make the scratch table").unwrap();
     // The program sees what the library committed.
     let out = Command::new("nft")
-        .args(["-j", "list", "table", "inet", &table.0])
+        .args(["-j", "list", "table", "inet", table])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let listing = nft.list(&table.0).unwrap().expect("the table exists");
+    let listing = nft.list(table).unwrap().expect("the table exists");
     assert_eq!(listing.chains, [4242]);
     assert!(!listing.has_map && !listing.has_output);
     let delete = serde_json::json!({"nftables": [
-        {"delete": {"table": {"family": "inet", "name": table.0}}},
+        {"delete": {"table": {"family": "inet", "name": table}}},
     ]});
     nft.apply(&delete, "delete the scratch table").unwrap();
-    assert_eq!(nft.list(&table.0).unwrap(), None);
+    assert_eq!(nft.list(table).unwrap(), None);
 }
 
 #[test]
@@ -893,12 +884,14 @@ fn time_a_jobs_transaction_in_process_and_as_the_program() {
     use p3_executor::walls::network::nft::Nft;
     use p3_executor::walls::network::{config::NetworkConfig, policy, render};
     use std::time::Instant;
-    let table = ScratchTable(format!("p3_test_libnft_{}", std::process::id()));
+    // The test's own table, deleted when dropped (also on a panic).
+    let net = Net::new();
+    let table = &net.table;
     let (lib, program) = (Nft::new("nft"), Nft::new("/usr/sbin/nft"));
     assert!(lib.in_process() && !program.in_process());
     let ranges = [[uid_base(), uid_base() + 9]];
     let started = Instant::now();
-    lib.apply(&render::base(&table.0, &ranges, true), "create the table")
+    lib.apply(&render::base(table, &ranges, true), "create the table")
         .unwrap();
     println!("first call (dlopen included): {:?}", started.elapsed());
     let cfg: NetworkConfig = toml::from_str("").unwrap();
@@ -916,12 +909,12 @@ fn time_a_jobs_transaction_in_process_and_as_the_program() {
     for (name, nft) in [("libnftables", &lib), ("nft process", &program)] {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for i in 0..30 {
-            let tx = render::add_job(&table.0, 1, &job(i), plain.mode, &rules, true);
+            let tx = render::add_job(table, 1, &job(i), plain.mode, &rules, true);
             let t = Instant::now();
             nft.apply(&tx, "add the job's rules").unwrap();
             add.push(t.elapsed());
             let t = Instant::now();
-            nft.remove_job(&table.0, &job(i)).unwrap();
+            nft.remove_job(table, &job(i)).unwrap();
             remove.push(t.elapsed());
         }
         for (what, times) in [("add", &mut add), ("remove", &mut remove)] {
