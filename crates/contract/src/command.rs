@@ -107,33 +107,29 @@ pub fn run_bounded_until(
             }
         }
         let open = pipes.iter().any(Pipe::is_open);
-        if let (Some(status), false) = (status, open) {
-            let [out, err] = pipes;
-            return Ok(Output {
-                status,
-                stdout: out.buf,
-                stderr: err.buf,
-            });
-        }
-        if Instant::now() >= deadline {
-            // Unchecked: ESRCH (the group is already gone) is its only failure here.
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-            return match status {
-                // The tool exited but something it started still holds its output open
-                // (EXIT_GRACE later): that is ended, and the tool's own status decides.
-                Some(status) => {
-                    let [out, err] = pipes;
-                    Ok(Output {
-                        status,
-                        stdout: out.buf,
-                        stderr: err.buf,
-                    })
+        let expired = Instant::now() >= deadline;
+        // Unchecked: ESRCH (the group is already gone) is its only failure.
+        let kill_group = || nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        match status {
+            // The tool's own status decides, with its output read to the end, or to the end of
+            // EXIT_GRACE, when what it left still holding its output is ended.
+            Some(status) if !open || expired => {
+                if open {
+                    let _ = kill_group();
                 }
-                None => {
-                    let _ = child.wait();
-                    Err(CommandError::Timeout { program, timeout })
-                }
-            };
+                let [out, err] = pipes;
+                return Ok(Output {
+                    status,
+                    stdout: out.buf,
+                    stderr: err.buf,
+                });
+            }
+            None if expired => {
+                let _ = kill_group();
+                let _ = child.wait();
+                return Err(CommandError::Timeout { program, timeout });
+            }
+            _ => {}
         }
         if stop.load(Ordering::SeqCst) && !stopping {
             stopping = true;
