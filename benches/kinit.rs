@@ -80,6 +80,27 @@ fn setup() -> Setup {
 
 /// The baseline: exactly the kinit `obtain` runs, started directly.
 fn bare_kinit(s: &Setup) {
+    kinit_with(s, s.kdc.krb5_conf().into_os_string());
+}
+
+/// The bare kinit with the profile a job's kinit gets once the KDC was seen not to offer SPAKE
+/// (`kerberos.spake = "auto"`) in front of krb5.conf: the floor of a granted prepare's kinit.
+fn bare_kinit_without_spake(s: &Setup) {
+    let profile = s.dir.path().join("no-spake.conf");
+    if !profile.exists() {
+        std::fs::write(
+            &profile,
+            "[plugins]\n clpreauth = {\n  disable = spake\n }\n",
+        )
+        .unwrap();
+    }
+    let mut list = profile.into_os_string();
+    list.push(":");
+    list.push(s.kdc.krb5_conf());
+    kinit_with(s, list);
+}
+
+fn kinit_with(s: &Setup, krb5_config: std::ffi::OsString) {
     let a = &s.cfg.accounts["bench"];
     let cache: PathBuf = s.dir.path().join("bare");
     let mut kinit = Command::new("kinit");
@@ -95,7 +116,7 @@ fn bare_kinit(s: &Setup) {
         .arg("-c")
         .arg(format!("FILE:{}", cache.display()))
         .arg(&a.principal)
-        .env("KRB5_CONFIG", s.kdc.krb5_conf())
+        .env("KRB5_CONFIG", krb5_config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -242,6 +263,11 @@ fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
             "p3-executor prepare",
             PrepareBench::new(s, jobs, 70_000, "", true),
         ),
+        Candidate {
+            name: "bare kinit, SPAKE module left out",
+            run: Box::new(bare_kinit_without_spake),
+            after: None,
+        },
         // The executor's own start-up, doing nothing else: part of every prepare, beside
         // nothing.
         Candidate {

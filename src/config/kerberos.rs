@@ -41,6 +41,24 @@ pub struct KerberosConfig {
     /// as its last export.
     #[serde(default = "default_keytab_max_age_days")]
     pub keytab_max_age_days: u64,
+    /// Whether a job's kinit loads MIT's SPAKE pre-authentication module: `auto` leaves it out
+    /// for a principal whose KDC was seen not to offer SPAKE (see
+    /// `credentials/kerberos/preauth.rs`), `always` never leaves it out.
+    #[serde(default)]
+    pub spake: Spake,
+}
+
+/// `kerberos.spake`: when a kinit loads MIT's SPAKE client module (`spake.so` and OpenSSL's
+/// libcrypto, about a third of a kinit's time), which only a KDC that offers SPAKE uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spake {
+    /// Learned per principal from the KDC's own answers: left out once the KDC answered that
+    /// principal without offering SPAKE, back as soon as it offers it.
+    #[default]
+    Auto,
+    /// Every kinit loads it, as MIT's default does.
+    Always,
 }
 
 fn default_keytab_max_age_days() -> u64 {
@@ -77,6 +95,7 @@ impl Default for KerberosConfig {
             renew_threshold_secs: default_renew_threshold(),
             lifetime_margin_secs: default_lifetime_margin(),
             keytab_max_age_days: default_keytab_max_age_days(),
+            spake: Spake::default(),
         }
     }
 }

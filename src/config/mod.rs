@@ -31,7 +31,7 @@ pub use accounts::Account;
 pub use audit::{AuditConfig, AuditStamp, SyslogConfig, host_id};
 pub use devstages::{Devstage, RefType};
 pub use identity::IdentityConfig;
-pub use kerberos::KerberosConfig;
+pub use kerberos::{KerberosConfig, Spake};
 pub use object_lock::{ObjectLockConfig, ObjectLockMode};
 pub use problem::Problem;
 pub use realm::{AccountKerberos, AccountKerberosFile, Dcs, parse_kdc};

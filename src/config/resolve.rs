@@ -212,7 +212,7 @@ mod tests {
             (
                 "[kerberos]\ntimeout = 3\n",
                 &[
-                    "line 2: kerberos.timeout: unknown field `timeout`, expected one of `kinit`, `kdestroy`, `klist`, `krb5_config`, `timeout_secs`, `renew_threshold_secs`, `lifetime_margin_secs`, `keytab_max_age_days`",
+                    "line 2: kerberos.timeout: unknown field `timeout`, expected one of `kinit`, `kdestroy`, `klist`, `krb5_config`, `timeout_secs`, `renew_threshold_secs`, `lifetime_margin_secs`, `keytab_max_age_days`, `spake`",
                 ],
             ),
             (

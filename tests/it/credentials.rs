@@ -340,16 +340,30 @@ fn job_cannot_read_keytabs_or_other_jobs_caches() {
     assert_eq!(holder.prepare(), 0, "{}", holder.log);
     let other_cache = env.host.root().join("state/creds/520/krb5cc");
     assert!(other_cache.exists());
+    // The kinit learned that the KDC offers no SPAKE to this principal: one root-only record.
+    let memory = env.host.root().join("state/kerberos-preauth");
+    let records: Vec<_> = std::fs::read_dir(&memory)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!((mode(&memory), mode(&records[0])), (0o700, 0o600));
     let probe = format!(
-        "for f in {keytab} {other}; do if cat $f >/dev/null 2>&1; then echo LEAK:$f; else echo denied:$f; fi; done\nif ls {creds} >/dev/null 2>&1; then echo LEAK:list; fi\nklist >/dev/null && echo own-cache-ok",
+        "for f in {keytab} {other} {record}; do if cat $f >/dev/null 2>&1; then echo LEAK:$f; else echo denied:$f; fi; done\nif ls {creds} >/dev/null 2>&1; then echo LEAK:list; fi\nif ls {memory} >/dev/null 2>&1; then echo LEAK:memory; fi\nklist >/dev/null && echo own-cache-ok",
         keytab = keytab.display(),
         other = other_cache.display(),
+        record = records[0].display(),
         creds = env.host.root().join("state/creds").display(),
+        memory = memory.display(),
     );
     let mut job = env.job(521, "feature/y", "branch", false, "client_dev", &probe);
     assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);
     assert!(!job.log.contains("LEAK"), "{}", job.log);
-    assert_eq!(job.log.matches("denied:").count(), 2, "{}", job.log);
+    assert_eq!(job.log.matches("denied:").count(), 3, "{}", job.log);
     assert!(job.log.contains("own-cache-ok"), "{}", job.log);
     holder.cleanup();
     assert!(!other_cache.exists());

@@ -646,3 +646,127 @@ fn obtain_capped_caps_the_lifetime_at_the_jobs_deadline() {
         assert_eq!(t.renew_until, None);
     }
 }
+
+/// A `kinit` that runs the real one and appends what it got to `log`: a `=== kinit` line, the
+/// profile put in front of krb5.conf (if any), kinit's stderr (with the trace) and its status.
+fn logging_kinit(dir: &Path, log: &Path) -> PathBuf {
+    let real = kdc::find_tool("kinit").expect("kinit");
+    let script = dir.join("kinit");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nerr=$(mktemp)\n{real:?} \"$@\" 2>\"$err\"; rc=$?\n{{ echo '=== kinit'; first=\"${{KRB5_CONFIG%%:*}}\"; [ \"$first\" != \"$KRB5_CONFIG\" ] && cat \"$first\"; cat \"$err\"; echo \"exit $rc\"; }} >> {log:?}\ncat \"$err\" >&2; rm -f \"$err\"; exit $rc\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// The kinits logged since the last call, each as (SPAKE module left out, SPAKE used, success).
+fn kinits_since(log: &Path, seen: &mut usize) -> Vec<(bool, bool, bool)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<(bool, bool, bool)> = text
+        .split("=== kinit\n")
+        .skip(1)
+        .map(|k| {
+            (
+                k.contains("disable = spake"),
+                k.contains("Sending SPAKE response"),
+                k.contains("exit 0"),
+            )
+        })
+        .collect();
+    let new = all[*seen..].to_vec();
+    *seen = all.len();
+    new
+}
+
+#[test]
+fn kinit_leaves_the_spake_module_out_while_the_kdc_does_not_offer_it() {
+    let mut kdc = Kdc::start(&["svc_client_dev"]);
+    // SPAKE is offered only to principals that must pre-authenticate.
+    kdc.kadmin(&format!(
+        "modprinc +requires_preauth {}",
+        kdc.principal("svc_client_dev")
+    ));
+    let mut cfg = config(&kdc, &[("dev", "svc_client_dev", 3600, 0)], 10);
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("kinits.log");
+    cfg.kerberos.kinit = logging_kinit(scratch.path(), &log).display().to_string();
+    let memory = scratch.path().join("state").join("kerberos-preauth");
+    let (_t, creds) = creds_dir();
+    let ccache = creds.join("krb5cc");
+    let opts = kerberos::KinitOptions {
+        preauth_memory: Some(&memory),
+        ..Default::default()
+    };
+    let obtain = |cfg: &Config| {
+        kerberos::obtain_with(&cfg.kerberos, account(cfg, "dev"), &ccache, &opts)
+            .map(|o| o.ticket.principal)
+    };
+    let records = || {
+        std::fs::read_dir(&memory)
+            .map(|d| d.count())
+            .unwrap_or_default()
+    };
+    let mut seen = 0;
+    let (out, used, ok) = (true, true, true);
+    let (loaded, unused, failed) = (false, false, false);
+
+    // A KDC that does not offer SPAKE: the first kinit loads the module and learns, the next
+    // leaves it out.
+    assert_eq!(obtain(&cfg).unwrap(), kdc.principal("svc_client_dev"));
+    assert_eq!(kinits_since(&log, &mut seen), [(loaded, unused, ok)]);
+    assert_eq!(records(), 1);
+    obtain(&cfg).unwrap();
+    assert_eq!(kinits_since(&log, &mut seen), [(out, unused, ok)]);
+    // `spake = "always"` loads it whatever was learned, and learns nothing.
+    cfg.kerberos.spake = p3_executor::config::Spake::Always;
+    obtain(&cfg).unwrap();
+    assert_eq!(kinits_since(&log, &mut seen), [(loaded, unused, ok)]);
+    assert_eq!(records(), 1);
+    cfg.kerberos.spake = p3_executor::config::Spake::Auto;
+
+    // The KDC now offers SPAKE: the kinit without the module still succeeds (encrypted
+    // timestamp), sees the offer, and the next one loads the module and uses SPAKE.
+    kdc.offer_spake(true).unwrap();
+    obtain(&cfg).unwrap();
+    assert_eq!(records(), 0);
+    obtain(&cfg).unwrap();
+    assert_eq!(
+        kinits_since(&log, &mut seen),
+        [(out, unused, ok), (loaded, used, ok)]
+    );
+
+    // Learned again once the KDC stops offering it. Then the operator hardens krb5.conf with
+    // `disable_encrypted_timestamp` (MIT's advice where the KDCs offer SPAKE) and the KDC
+    // offers SPAKE: the kinit without the module has no mechanism left and fails, and the same
+    // obtain runs kinit again with the module, which succeeds.
+    let host_conf = scratch.path().join("krb5.conf");
+    cfg.kerberos.krb5_config = Some(host_conf.clone());
+    kdc.offer_spake(false).unwrap();
+    std::fs::copy(kdc.krb5_conf(), &host_conf).unwrap();
+    obtain(&cfg).unwrap();
+    obtain(&cfg).unwrap();
+    assert_eq!(
+        kinits_since(&log, &mut seen),
+        [(loaded, unused, ok), (out, unused, ok)]
+    );
+    kdc.offer_spake(true).unwrap();
+    let text = std::fs::read_to_string(kdc.krb5_conf()).unwrap();
+    let text = text.replacen(
+        "  kdc = ",
+        "  disable_encrypted_timestamp = true\n  kdc = ",
+        1,
+    );
+    std::fs::write(&host_conf, text).unwrap();
+    assert_eq!(obtain(&cfg).unwrap(), kdc.principal("svc_client_dev"));
+    assert_eq!(
+        kinits_since(&log, &mut seen),
+        [(out, unused, failed), (loaded, used, ok)]
+    );
+    assert_eq!(records(), 0);
+    // No profile or temporary cache is left beside the job's cache.
+    assert_eq!(files_in(&creds), vec!["krb5cc"]);
+}

@@ -12,7 +12,7 @@
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
 
-pub use crate::realm::{REALM, Realm, free_port};
+pub use crate::realm::{REALM, Realm, find_tool, free_port};
 
 /// A running throwaway KDC (see [`Realm`]); every fallible call panics with its error.
 pub struct Kdc(Realm);

@@ -43,6 +43,8 @@ pub struct Realm {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// The KDC offers SPAKE pre-authentication.
+    spake: bool,
 }
 
 /// Find an MIT tool on PATH or in the sbin directories (which are not on a non-root PATH by
@@ -119,6 +121,7 @@ impl Realm {
             dir,
             port: 0,
             child: None,
+            spake: false,
         };
         realm.write_kdc_conf_and_db()?;
         let r = realm.name.clone();
@@ -143,6 +146,16 @@ impl Realm {
             ),
         )
         .context("write kdc.conf")?;
+        // The KDC reads the groups it offers from its krb5.conf; clients keep the plain one.
+        std::fs::write(
+            self.kdc_krb5_conf(),
+            if self.spake {
+                "[libdefaults]\n spake_preauth_groups = edwards25519\n"
+            } else {
+                ""
+            },
+        )
+        .context("write the KDC's krb5.conf")?;
         write_krb5_conf_for(&self.krb5_conf(), realm, port)?;
         if !self.dir.path().join("principal").exists() {
             let password = format!("p3-{}-{}", std::process::id(), port);
@@ -238,6 +251,10 @@ impl Realm {
             let mut cmd = Command::new(tool("krb5kdc")?);
             cmd.arg("-n").stdout(Stdio::null()).stderr(Stdio::piped());
             self.env(&mut cmd);
+            let mut profile = self.kdc_krb5_conf().into_os_string();
+            profile.push(":");
+            profile.push(self.krb5_conf());
+            cmd.env(env::KRB5_CONFIG, profile);
             let mut child = cmd
                 .spawn()
                 .with_context(|| format!("krb5kdc ({INSTALL_HINT})"))?;
@@ -284,11 +301,23 @@ impl Realm {
         self.start_kdc()
     }
 
+    /// Restart the KDC offering SPAKE pre-authentication (group edwards25519), beside
+    /// encrypted timestamps, to principals that require pre-authentication; or, with `false`,
+    /// not offering it (as a KDC starts).
+    pub fn offer_spake(&mut self, offer: bool) -> anyhow::Result<()> {
+        self.spake = offer;
+        self.restart()
+    }
+
     /// Stop the KDC but leave the realm's directory on disk (`demo --keep`); returns its path.
     pub fn keep(mut self) -> PathBuf {
         self.stop();
         self.dir.disable_cleanup(true);
         self.dir.path().to_path_buf()
+    }
+
+    fn kdc_krb5_conf(&self) -> PathBuf {
+        self.dir.path().join("kdc-krb5.conf")
     }
 
     /// The realm name.

@@ -17,9 +17,10 @@ use p3_contract::env;
 use super::ccache::{Ticket, read_ticket};
 use super::error::{DcAnswer, KerberosError, io_err};
 use super::keytab::keytab_kvnos;
-use super::tool::{KRB5_TRACE, parse_kdc_trace, run_tool_with, without_trace};
+use super::preauth::{self, Memory};
+use super::tool::{KRB5_TRACE, KdcTrace, parse_kdc_trace, run_tool_with, without_trace};
 use crate::command::Output;
-use crate::config::{Account, KerberosConfig};
+use crate::config::{Account, KerberosConfig, Spake};
 
 /// Classify a failed kinit by its (precise, stable) stderr text, trace lines left out;
 /// `krb5_config` is the file whose KDC entries it used, `answered` the DC that answered (from
@@ -112,6 +113,10 @@ pub struct KinitOptions<'a> {
     pub krb5_config: Option<&'a Path>,
     /// Run kinit with `KRB5_TRACE` to learn which KDC answered ([`Obtained::kdc`]).
     pub trace: bool,
+    /// Where the executor remembers what KDCs offered its principals (`kerberos.spake =
+    /// "auto"`, [`super::preauth`]); None: nothing is learned and every kinit loads the SPAKE
+    /// module.
+    pub preauth_memory: Option<&'a Path>,
 }
 
 /// A ticket, and which KDC it came from when kinit was traced.
@@ -128,7 +133,10 @@ pub struct Obtained {
     pub rejected: Vec<DcAnswer>,
 }
 
-/// One kinit (MIT's own failover over the DCs of the krb5.conf it reads).
+/// One kinit (MIT's own failover over the DCs of the krb5.conf it reads). With
+/// `kerberos.spake = "auto"` and a memory to learn in, the kinit is traced, loads the SPAKE
+/// module only when the KDC may offer it, and runs once more with it when the KDC turns out to
+/// offer it to a kinit that failed without it ([`super::preauth`]).
 pub(super) fn obtain_once(
     kcfg: &KerberosConfig,
     account: &Account,
@@ -146,29 +154,84 @@ pub(super) fn obtain_once(
         }
         None => kcfg,
     };
-    let tmp = temp_sibling(ccache)?;
-    let no_renew = (account.renewable_lifetime_secs == 0).then(|| {
+    let memory = opts
+        .preauth_memory
+        .filter(|_| kcfg.spake == Spake::Auto)
+        .map(|dir| {
+            let realm_conf = match &account.kerberos {
+                Some(own) => OsString::from(&own.realm),
+                None => base_krb5_config(kcfg, None),
+            };
+            Memory::new(dir, &account.principal, &realm_conf.to_string_lossy())
+        });
+    let mut skip_spake = memory.as_ref().is_some_and(Memory::spake_unoffered);
+    loop {
+        let how = How {
+            no_renew: account.renewable_lifetime_secs == 0,
+            skip_spake,
+            traced: opts.trace || memory.is_some(),
+        };
+        let (result, offered) = attempt(kcfg, account, ccache, how, opts);
+        if let (Some(memory), Some(offered)) = (&memory, offered)
+            && (result.is_ok() || offered)
+        {
+            memory.learn(offered);
+        }
+        if skip_spake && result.is_err() && offered == Some(true) {
+            skip_spake = false;
+            continue;
+        }
+        return result;
+    }
+}
+
+/// How one kinit runs.
+#[derive(Debug, Clone, Copy)]
+struct How {
+    /// Ask for a ticket that is not renewable (the account did not opt in).
+    no_renew: bool,
+    /// Leave the SPAKE client module out.
+    skip_spake: bool,
+    /// Run with `KRB5_TRACE`.
+    traced: bool,
+}
+
+/// One kinit into a fresh temporary cache (with its profile when `how` needs one), its
+/// temporary files removed; and whether the KDC offered SPAKE (traced kinits only).
+fn attempt(
+    kcfg: &KerberosConfig,
+    account: &Account,
+    ccache: &Path,
+    how: How,
+    opts: &KinitOptions<'_>,
+) -> (Result<Obtained, KerberosError>, Option<bool>) {
+    let tmp = match temp_sibling(ccache) {
+        Ok(tmp) => tmp,
+        Err(e) => return (Err(e), None),
+    };
+    let profile = (how.no_renew || how.skip_spake).then(|| {
         let mut name = tmp.clone().into_os_string();
         name.push(".krb5.conf");
         PathBuf::from(name)
     });
     let lifetime = requested_lifetime(account.ticket_lifetime_secs, opts.max_life);
-    let result = obtain_into(
+    let (result, offered) = obtain_into(
         kcfg,
         account,
         ccache,
         &tmp,
-        no_renew.as_deref(),
+        profile.as_deref(),
+        how,
         lifetime,
         opts,
     );
-    if let Some(conf) = &no_renew {
+    if let Some(conf) = &profile {
         remove_temp(conf);
     }
     if result.is_err() {
         remove_temp(&tmp);
     }
-    result
+    (result, offered)
 }
 
 /// Remove a temporary file of ours (a cache or profile next to the job's cache). Missing is
@@ -195,21 +258,29 @@ pub fn requested_lifetime(account_secs: u64, max_life: Option<Duration>) -> Opti
     }
 }
 
-/// The profile that makes kinit ask for a non-renewable ticket: `renew_lifetime = 0` in
-/// `[libdefaults]` and, when the principal names its realm, in that realm's subsection (which
-/// MIT consults before the global relation). A realm that is not a plain profile word is left
-/// out: the read-back check still refuses a renewable ticket.
-pub(super) fn no_renew_profile(principal: &str) -> String {
-    let mut text = String::from(
-        "# Written by p3-executor for one kinit: this account's tickets are not renewable.\n[libdefaults]\n renew_lifetime = 0\n",
-    );
-    if let Some((_, realm)) = principal.rsplit_once('@')
-        && !realm.is_empty()
-        && realm
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    {
-        text.push_str(&format!(" {realm} = {{\n  renew_lifetime = 0\n }}\n"));
+/// The profile put in front of krb5.conf for one kinit. `no_renew` makes kinit ask for a
+/// non-renewable ticket: `renew_lifetime = 0` in `[libdefaults]` and, when the principal names
+/// its realm, in that realm's subsection (which MIT consults before the global relation); a
+/// realm that is not a plain profile word is left out (the read-back check still refuses a
+/// renewable ticket). `skip_spake` leaves the SPAKE client module out ([`super::preauth`]).
+pub(super) fn kinit_profile(principal: &str, no_renew: bool, skip_spake: bool) -> String {
+    let mut text = String::from("# Written by p3-executor for one kinit.\n");
+    if no_renew {
+        text.push_str(
+            "# This account's tickets are not renewable.\n[libdefaults]\n renew_lifetime = 0\n",
+        );
+        if let Some((_, realm)) = principal.rsplit_once('@')
+            && !realm.is_empty()
+            && realm
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            text.push_str(&format!(" {realm} = {{\n  renew_lifetime = 0\n }}\n"));
+        }
+    }
+    if skip_spake {
+        text.push_str("# The KDC was last seen not offering SPAKE to this principal.\n");
+        text.push_str(preauth::PROFILE);
     }
     text
 }
@@ -223,11 +294,12 @@ pub(super) fn base_krb5_config(kcfg: &KerberosConfig, job_conf: Option<&Path>) -
     }
 }
 
-/// `KRB5_CONFIG` for a kinit that must not ask for a renewable ticket: `first` (written here,
-/// root-only, created exclusively) in front of `base`, the profile kinit would otherwise read.
-pub(super) fn no_renew_krb5_config(
+/// `KRB5_CONFIG` for a kinit with a profile of its own: `first` (written here, root-only,
+/// created exclusively, holding `text`) in front of `base`, the profile kinit would otherwise
+/// read.
+pub(super) fn profile_krb5_config(
     base: OsString,
-    account: &Account,
+    text: &str,
     first: &Path,
 ) -> Result<OsString, KerberosError> {
     if first.as_os_str().as_encoded_bytes().contains(&b':') {
@@ -246,7 +318,7 @@ pub(super) fn no_renew_krb5_config(
         .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(first)
         .map_err(io_err(format!("create {}", first.display())))?;
-    std::io::Write::write_all(&mut file, no_renew_profile(&account.principal).as_bytes())
+    std::io::Write::write_all(&mut file, text.as_bytes())
         .map_err(io_err(format!("write {}", first.display())))?;
     let mut list = first.as_os_str().to_os_string();
     list.push(":");
@@ -254,16 +326,56 @@ pub(super) fn no_renew_krb5_config(
     Ok(list)
 }
 
-/// kinit into `tmp`, read the ticket back, hand it to the owner and rename it over `ccache`.
-pub(super) fn obtain_into(
+/// kinit into `tmp`, read the ticket back, hand it to the owner and rename it over `ccache`;
+/// and whether the KDC offered SPAKE, when the kinit was traced.
+#[allow(clippy::too_many_arguments)]
+fn obtain_into(
     kcfg: &KerberosConfig,
     account: &Account,
     ccache: &Path,
     tmp: &Path,
-    no_renew: Option<&Path>,
+    profile: Option<&Path>,
+    how: How,
     lifetime: Option<u64>,
     opts: &KinitOptions<'_>,
-) -> Result<Obtained, KerberosError> {
+) -> (Result<Obtained, KerberosError>, Option<bool>) {
+    let base = base_krb5_config(kcfg, opts.krb5_config);
+    let out = match run_kinit(kcfg, account, tmp, (profile, how), lifetime, &base, opts) {
+        Ok(out) => out,
+        Err(e) => return (Err(e), None),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let offered = how
+        .traced
+        .then(|| preauth::spake_offered(&stderr))
+        .flatten();
+    // Which KDC answered is reported only when the caller asked for it.
+    let trace = if opts.trace {
+        parse_kdc_trace(&stderr)
+    } else {
+        KdcTrace::default()
+    };
+    if !out.status.success() {
+        let krb5_config = base.to_string_lossy().into_owned();
+        return (
+            Err(kinit_error(account, krb5_config, &out, trace.answered)),
+            offered,
+        );
+    }
+    (hand_over(account, ccache, tmp, how, opts, trace), offered)
+}
+
+/// Run kinit into `tmp`: its arguments, and its environment (the profile in front of `base`,
+/// the trace).
+fn run_kinit(
+    kcfg: &KerberosConfig,
+    account: &Account,
+    tmp: &Path,
+    (profile, how): (Option<&Path>, How),
+    lifetime: Option<u64>,
+    base: &OsString,
+    opts: &KinitOptions<'_>,
+) -> Result<Output, KerberosError> {
     let mut args: Vec<OsString> = vec!["-kt".into(), account.keytab.clone().into()];
     if let Some(secs) = lifetime {
         args.extend(["-l".into(), format!("{secs}s").into()]);
@@ -279,48 +391,43 @@ pub(super) fn obtain_into(
         cache_name(tmp),
         account.principal.clone().into(),
     ]);
-    let base = base_krb5_config(kcfg, opts.krb5_config);
     let mut envs = Vec::new();
-    match no_renew {
-        Some(first) => envs.push((
-            env::KRB5_CONFIG,
-            no_renew_krb5_config(base.clone(), account, first)?,
-        )),
+    match profile {
+        Some(first) => {
+            let text = kinit_profile(&account.principal, how.no_renew, how.skip_spake);
+            envs.push((
+                env::KRB5_CONFIG,
+                profile_krb5_config(base.clone(), &text, first)?,
+            ))
+        }
         None if opts.krb5_config.is_some() => envs.push((env::KRB5_CONFIG, base.clone())),
         None => {}
     }
-    if opts.trace {
+    if how.traced {
         envs.push((KRB5_TRACE, "/dev/stderr".into()));
     }
-    let out = run_tool_with(
+    run_tool_with(
         kcfg,
         &kcfg.kinit,
         "kinit",
         args,
         &format!("for {}", account.principal),
         envs,
-    )?;
-    if !out.status.success() {
-        let answered = if opts.trace {
-            parse_kdc_trace(&String::from_utf8_lossy(&out.stderr)).answered
-        } else {
-            None
-        };
-        return Err(kinit_error(
-            account,
-            base.to_string_lossy().into_owned(),
-            &out,
-            answered,
-        ));
-    }
-    let trace = if opts.trace {
-        parse_kdc_trace(&String::from_utf8_lossy(&out.stderr))
-    } else {
-        Default::default()
-    };
-    // Read back what the KDC actually granted (it may cap lifetimes) before the job can touch it.
+    )
+}
+
+/// After a kinit succeeded: read back what the KDC actually granted (it may cap lifetimes)
+/// before the job can touch it, then hand the cache to its owner and rename it into place.
+fn hand_over(
+    account: &Account,
+    ccache: &Path,
+    tmp: &Path,
+    how: How,
+    opts: &KinitOptions<'_>,
+    trace: KdcTrace,
+) -> Result<Obtained, KerberosError> {
     let ticket = read_ticket(tmp)?;
-    if no_renew.is_some() && ticket.renew_until.is_some() {
+    if how.no_renew && ticket.renew_until.is_some() {
         return Err(KerberosError::UnwantedRenewable {
             principal: account.principal.clone(),
         });
@@ -378,16 +485,24 @@ mod tests {
     }
 
     #[test]
-    fn no_renew_profile_covers_the_principals_realm() {
-        let p = no_renew_profile("svc@P3.TEST");
+    fn kinit_profile_covers_the_principals_realm_and_the_spake_module() {
+        let p = kinit_profile("svc@P3.TEST", true, false);
         assert!(
             p.contains(
                 "[libdefaults]\n renew_lifetime = 0\n P3.TEST = {\n  renew_lifetime = 0\n }\n"
             ),
             "{p}"
         );
-        assert!(!no_renew_profile("svc").contains('{'));
+        assert!(!p.contains("[plugins]"));
+        assert!(!kinit_profile("svc", true, false).contains('{'));
         // A realm that is not a plain profile word is left to the read-back check.
-        assert!(!no_renew_profile("svc@EVIL}\n[x]").contains("EVIL"));
+        assert!(!kinit_profile("svc@EVIL}\n[x]", true, false).contains("EVIL"));
+        // A renewable account's kinit gets only the plugin lines.
+        let p = kinit_profile("svc@P3.TEST", false, true);
+        assert!(!p.contains("renew_lifetime"), "{p}");
+        assert!(
+            p.contains("[plugins]\n clpreauth = {\n  disable = spake\n }\n"),
+            "{p}"
+        );
     }
 }

@@ -12,6 +12,8 @@
 //!   once the job is over.
 //! - `kinit.rs`: one kinit into a temporary cache (the non-renewable profile, the read-back,
 //!   the hand-over to the job's uid, kinit's stderr classified) and [`KinitOptions`].
+//! - `preauth.rs`: whether a kinit loads MIT's SPAKE module (`kerberos.spake`), learned per
+//!   principal from the KDC's answers in the kinits' traces, remembered under the state root.
 //! - `dc_retry.rs`: after a DC rejected the key, each later DC of the account's list on its own
 //!   (key rotation not yet replicated everywhere).
 //! - `ccache.rs`: [`read_ticket`], the pure parser of MIT FILE caches (v3/v4), rather than
@@ -35,6 +37,7 @@ mod dc_retry;
 mod error;
 mod keytab;
 mod kinit;
+mod preauth;
 pub mod realm_conf;
 mod ticket;
 mod tool;
@@ -47,6 +50,7 @@ pub use keytab::{
     keytab_with_kvno, parse_keytab, read_keytab,
 };
 pub use kinit::{KinitOptions, Obtained, requested_lifetime};
+pub use preauth::memory_dir as preauth_memory_dir;
 pub use ticket::{
     destroy, krb5ccname, obtain, obtain_capped, obtain_with, refresh_if_needed, refresh_with,
 };

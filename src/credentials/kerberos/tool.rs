@@ -111,7 +111,7 @@ pub struct KdcTrace {
 }
 
 /// The message of a trace line (`[pid] seconds.micros: message`), or None for other stderr.
-fn trace_message(line: &str) -> Option<&str> {
+pub(super) fn trace_message(line: &str) -> Option<&str> {
     let rest = line.strip_prefix('[')?;
     let (pid, rest) = rest.split_once("] ")?;
     let (stamp, message) = rest.split_once(": ")?;
