@@ -16,7 +16,9 @@
 //! candidate runs the real binary for a fresh job each time: ID token verified against a JWKS
 //! file, policy, kinit, chown, state and an fsynced audit record. Next to it, the same prepare
 //! without a devstage (no grant) and with the network wall's `nft` stubbed, so the time beyond
-//! kinit splits into the grant, the network wall and the rest; `p3-executor --version` is the
+//! kinit splits into the grant, the network wall and the rest. `bare kinit, no SPAKE` is the kinit
+//! a granted job gets once its KDC was seen not to offer SPAKE (`kerberos.spake = "auto"`: the
+//! module, and the OpenSSL it loads, left out); `p3-executor --version` is the
 //! executor's start-up alone. The runner binary is built on its own first, as the package
 //! builds it (`support/runner_binary.rs`).
 
@@ -264,7 +266,7 @@ fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
             PrepareBench::new(s, jobs, 70_000, "", true),
         ),
         Candidate {
-            name: "bare kinit, SPAKE module left out",
+            name: "bare kinit, no SPAKE",
             run: Box::new(bare_kinit_without_spake),
             after: None,
         },

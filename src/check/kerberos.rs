@@ -445,8 +445,8 @@ fn probe_key_versions(cfg: &Config, name: &str, account: &Account) -> Vec<Findin
                     max_life: Some(Duration::from_secs(60)),
                     krb5_config: Some(&conf),
                     trace: true,
-                    // check's probes load every module, as a plain kinit would.
-                    preauth_memory: None,
+                    // check's probes load every module, as a plain kinit would, and keep no file.
+                    kinit_dir: None,
                 };
                 let r = obtain_with(&cfg.kerberos, &probe_account, &ccache, &opts);
                 let _ = destroy(&cfg.kerberos, &ccache);
@@ -525,8 +525,8 @@ fn probe_account(cfg: &Config, name: &str, account: &Account) -> Finding {
         max_life: Some(Duration::from_secs(60)),
         krb5_config: job_conf.as_deref(),
         trace: true,
-        // check's probes load every module, as a plain kinit would.
-        preauth_memory: None,
+        // check's probes load every module, as a plain kinit would, and keep no file.
+        kinit_dir: None,
     };
     let start = Instant::now();
     let result = obtain_with(&cfg.kerberos, account, &ccache, &opts);

@@ -340,9 +340,10 @@ fn job_cannot_read_keytabs_or_other_jobs_caches() {
     assert_eq!(holder.prepare(), 0, "{}", holder.log);
     let other_cache = env.host.root().join("state/creds/520/krb5cc");
     assert!(other_cache.exists());
-    // The kinit learned that the KDC offers no SPAKE to this principal: one root-only record.
-    let memory = env.host.root().join("state/kerberos-preauth");
-    let records: Vec<_> = std::fs::read_dir(&memory)
+    // The kinit learned that the KDC offers no SPAKE to this principal: one root-only record
+    // in the root-only kinit dir, beside the profile kept for the next kinits.
+    let kinit_dir = env.host.root().join("state/kinit");
+    let records: Vec<_> = std::fs::read_dir(kinit_dir.join("no-spake"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
@@ -351,14 +352,14 @@ fn job_cannot_read_keytabs_or_other_jobs_caches() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
             & 0o777
     };
-    assert_eq!((mode(&memory), mode(&records[0])), (0o700, 0o600));
+    assert_eq!((mode(&kinit_dir), mode(&records[0])), (0o700, 0o600));
     let probe = format!(
         "for f in {keytab} {other} {record}; do if cat $f >/dev/null 2>&1; then echo LEAK:$f; else echo denied:$f; fi; done\nif ls {creds} >/dev/null 2>&1; then echo LEAK:list; fi\nif ls {memory} >/dev/null 2>&1; then echo LEAK:memory; fi\nklist >/dev/null && echo own-cache-ok",
         keytab = keytab.display(),
         other = other_cache.display(),
         record = records[0].display(),
         creds = env.host.root().join("state/creds").display(),
-        memory = memory.display(),
+        memory = kinit_dir.display(),
     );
     let mut job = env.job(521, "feature/y", "branch", false, "client_dev", &probe);
     assert_eq!(job.run_all(), JobResult::Success, "{}", job.log);

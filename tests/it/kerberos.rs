@@ -694,11 +694,11 @@ fn kinit_leaves_the_spake_module_out_while_the_kdc_does_not_offer_it() {
     let scratch = tempfile::tempdir().unwrap();
     let log = scratch.path().join("kinits.log");
     cfg.kerberos.kinit = logging_kinit(scratch.path(), &log).display().to_string();
-    let memory = scratch.path().join("state").join("kerberos-preauth");
+    let kinit_dir = scratch.path().join("state").join("kinit");
     let (_t, creds) = creds_dir();
     let ccache = creds.join("krb5cc");
     let opts = kerberos::KinitOptions {
-        preauth_memory: Some(&memory),
+        kinit_dir: Some(&kinit_dir),
         ..Default::default()
     };
     let obtain = |cfg: &Config| {
@@ -706,7 +706,7 @@ fn kinit_leaves_the_spake_module_out_while_the_kdc_does_not_offer_it() {
             .map(|o| o.ticket.principal)
     };
     let records = || {
-        std::fs::read_dir(&memory)
+        std::fs::read_dir(kinit_dir.join("no-spake"))
             .map(|d| d.count())
             .unwrap_or_default()
     };
@@ -767,6 +767,13 @@ fn kinit_leaves_the_spake_module_out_while_the_kdc_does_not_offer_it() {
         [(out, unused, failed), (loaded, used, ok)]
     );
     assert_eq!(records(), 0);
-    // No profile or temporary cache is left beside the job's cache.
+    // No profile or temporary cache is left beside the job's cache: the profiles are kept in
+    // the kinit dir, one per text (not renewable; and without the module), root-only.
     assert_eq!(files_in(&creds), vec!["krb5cc"]);
+    let profiles = kinit_dir.join("profiles");
+    assert_eq!(files_in(&profiles).len(), 2, "{:?}", files_in(&profiles));
+    for p in files_in(&profiles) {
+        let mode = std::fs::metadata(profiles.join(p)).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

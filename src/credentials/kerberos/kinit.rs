@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,12 +13,14 @@ use std::time::Duration;
 use chrono::Utc;
 use nix::fcntl::OFlag;
 use p3_contract::env;
+use sha2::{Digest, Sha256};
 
 use super::ccache::{Ticket, read_ticket};
 use super::error::{DcAnswer, KerberosError, io_err};
 use super::keytab::keytab_kvnos;
 use super::preauth::{self, Memory};
 use super::tool::{KRB5_TRACE, KdcTrace, parse_kdc_trace, run_tool_with, without_trace};
+use crate::atomic_file;
 use crate::command::Output;
 use crate::config::{Account, KerberosConfig, Spake};
 
@@ -113,10 +115,11 @@ pub struct KinitOptions<'a> {
     pub krb5_config: Option<&'a Path>,
     /// Run kinit with `KRB5_TRACE` to learn which KDC answered ([`Obtained::kdc`]).
     pub trace: bool,
-    /// Where the executor remembers what KDCs offered its principals (`kerberos.spake =
-    /// "auto"`, [`super::preauth`]); None: nothing is learned and every kinit loads the SPAKE
-    /// module.
-    pub preauth_memory: Option<&'a Path>,
+    /// Where kinit's root-only files outlive a job ([`super::kinit_dir`]): the profiles put in
+    /// front of krb5.conf, and what KDCs offered its principals (`kerberos.spake = "auto"`,
+    /// [`super::preauth`]). None: each kinit writes its profile next to the cache and removes
+    /// it, nothing is learned and every kinit loads the SPAKE module.
+    pub kinit_dir: Option<&'a Path>,
 }
 
 /// A ticket, and which KDC it came from when kinit was traced.
@@ -155,7 +158,7 @@ pub(super) fn obtain_once(
         None => kcfg,
     };
     let memory = opts
-        .preauth_memory
+        .kinit_dir
         .filter(|_| kcfg.spake == Spake::Auto)
         .map(|dir| {
             let realm_conf = match &account.kerberos {
@@ -209,29 +212,79 @@ fn attempt(
         Ok(tmp) => tmp,
         Err(e) => return (Err(e), None),
     };
-    let profile = (how.no_renew || how.skip_spake).then(|| {
-        let mut name = tmp.clone().into_os_string();
-        name.push(".krb5.conf");
-        PathBuf::from(name)
-    });
+    let profile = match (how.no_renew || how.skip_spake)
+        .then(|| kinit_profile(&account.principal, how.no_renew, how.skip_spake))
+        .map(|text| write_profile(opts.kinit_dir, &tmp, &text))
+        .transpose()
+    {
+        Ok(profile) => profile,
+        Err(e) => return (Err(e), None),
+    };
     let lifetime = requested_lifetime(account.ticket_lifetime_secs, opts.max_life);
     let (result, offered) = obtain_into(
         kcfg,
         account,
         ccache,
         &tmp,
-        profile.as_deref(),
+        profile.as_ref().map(|p| p.path.as_path()),
         how,
         lifetime,
         opts,
     );
-    if let Some(conf) = &profile {
-        remove_temp(conf);
+    if let Some(Profile { path, kept: false }) = &profile {
+        remove_temp(path);
     }
     if result.is_err() {
         remove_temp(&tmp);
     }
     (result, offered)
+}
+
+/// The profile a kinit reads in front of krb5.conf.
+struct Profile {
+    path: PathBuf,
+    /// Kept for later kinits (else removed after this one).
+    kept: bool,
+}
+
+/// Put `text` where kinit can read it, root-only: in `kinit_dir` under a name from its
+/// contents, written by the first kinit that needs it and read by every later one (a job's
+/// kinit then creates and removes no file for it), else next to the temporary cache `tmp`,
+/// for this kinit only.
+fn write_profile(
+    kinit_dir: Option<&Path>,
+    tmp: &Path,
+    text: &str,
+) -> Result<Profile, KerberosError> {
+    let Some(dir) = kinit_dir else {
+        let mut name = tmp.as_os_str().to_os_string();
+        name.push(".krb5.conf");
+        let path = PathBuf::from(name);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(OFlag::O_NOFOLLOW.bits())
+            .open(&path)
+            .map_err(io_err(format!("create {}", path.display())))?;
+        std::io::Write::write_all(&mut file, text.as_bytes())
+            .map_err(io_err(format!("write {}", path.display())))?;
+        return Ok(Profile { path, kept: false });
+    };
+    let dir = dir.join("profiles");
+    let name = format!("{}.conf", &hex::encode(Sha256::digest(text))[..32]);
+    let path = dir.join(&name);
+    if !path.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err(format!("create {}", dir.display())))?;
+        // Two kinits may race to write it: both write the same bytes, one name wins.
+        atomic_file::create_new(&dir, &name, text.as_bytes())
+            .map_err(io_err(format!("write {}", path.display())))?;
+    }
+    Ok(Profile { path, kept: true })
 }
 
 /// Remove a temporary file of ours (a cache or profile next to the job's cache). Missing is
@@ -294,14 +347,9 @@ pub(super) fn base_krb5_config(kcfg: &KerberosConfig, job_conf: Option<&Path>) -
     }
 }
 
-/// `KRB5_CONFIG` for a kinit with a profile of its own: `first` (written here, root-only,
-/// created exclusively, holding `text`) in front of `base`, the profile kinit would otherwise
-/// read.
-pub(super) fn profile_krb5_config(
-    base: OsString,
-    text: &str,
-    first: &Path,
-) -> Result<OsString, KerberosError> {
+/// `KRB5_CONFIG` for a kinit with a profile of its own: `first` in front of `base`, the
+/// profile kinit would otherwise read.
+fn profile_krb5_config(base: OsString, first: &Path) -> Result<OsString, KerberosError> {
     if first.as_os_str().as_encoded_bytes().contains(&b':') {
         return Err(KerberosError::Io {
             context: format!("profile {}", first.display()),
@@ -311,15 +359,6 @@ pub(super) fn profile_krb5_config(
             ),
         });
     }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(OFlag::O_NOFOLLOW.bits())
-        .open(first)
-        .map_err(io_err(format!("create {}", first.display())))?;
-    std::io::Write::write_all(&mut file, text.as_bytes())
-        .map_err(io_err(format!("write {}", first.display())))?;
     let mut list = first.as_os_str().to_os_string();
     list.push(":");
     list.push(base);
@@ -393,13 +432,7 @@ fn run_kinit(
     ]);
     let mut envs = Vec::new();
     match profile {
-        Some(first) => {
-            let text = kinit_profile(&account.principal, how.no_renew, how.skip_spake);
-            envs.push((
-                env::KRB5_CONFIG,
-                profile_krb5_config(base.clone(), &text, first)?,
-            ))
-        }
+        Some(first) => envs.push((env::KRB5_CONFIG, profile_krb5_config(base.clone(), first)?)),
         None if opts.krb5_config.is_some() => envs.push((env::KRB5_CONFIG, base.clone())),
         None => {}
     }

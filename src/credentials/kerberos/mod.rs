@@ -10,10 +10,11 @@
 //!   ticket lives at most until the job's deadline plus a margin ([`requested_lifetime`]) and is
 //!   not renewable unless the account opts in, so a copy taken out of the job is worth little
 //!   once the job is over.
-//! - `kinit.rs`: one kinit into a temporary cache (the non-renewable profile, the read-back,
+//! - `kinit.rs`: one kinit into a temporary cache (the profile in front of krb5.conf, kept in
+//!   [`kinit_dir`] for the next kinits; the read-back,
 //!   the hand-over to the job's uid, kinit's stderr classified) and [`KinitOptions`].
 //! - `preauth.rs`: whether a kinit loads MIT's SPAKE module (`kerberos.spake`), learned per
-//!   principal from the KDC's answers in the kinits' traces, remembered under the state root.
+//!   principal from the KDC's answers in the kinits' traces, remembered in [`kinit_dir`].
 //! - `dc_retry.rs`: after a DC rejected the key, each later DC of the account's list on its own
 //!   (key rotation not yet replicated everywhere).
 //! - `ccache.rs`: [`read_ticket`], the pure parser of MIT FILE caches (v3/v4), rather than
@@ -50,7 +51,12 @@ pub use keytab::{
     keytab_with_kvno, parse_keytab, read_keytab,
 };
 pub use kinit::{KinitOptions, Obtained, requested_lifetime};
-pub use preauth::memory_dir as preauth_memory_dir;
+
+/// Where kinit's root-only files that outlive a job live under the state root: the profiles
+/// put in front of krb5.conf (`profiles/`) and what KDCs offered (`no-spake/`).
+pub fn kinit_dir(state_root: &std::path::Path) -> std::path::PathBuf {
+    state_root.join("kinit")
+}
 pub use ticket::{
     destroy, krb5ccname, obtain, obtain_capped, obtain_with, refresh_if_needed, refresh_with,
 };

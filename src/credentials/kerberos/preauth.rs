@@ -14,8 +14,8 @@
 //! the next kinit loads the module again, and a kinit that failed without it (a KDC that
 //! requires SPAKE) is retried with it straight away.
 //!
-//! The records are root-only files in a root-only directory under the state root (one per
-//! principal and realm configuration, named by a hash); a job cannot reach them, and nothing a
+//! The records are root-only files in a root-only directory under the state root
+//! (`<state_root>/kinit/no-spake/`, one per principal and realm configuration, named by a hash); a job cannot reach them, and nothing a
 //! job controls goes into them. Pure parts: [`spake_offered`] (the trace), [`PROFILE`] (the
 //! profile lines); [`Memory`] is the I/O.
 
@@ -33,11 +33,6 @@ const PA_SPAKE: &str = "(151)";
 /// multi-valued relation: MIT adds it to whatever the krb5.conf behind it disables.
 pub(super) const PROFILE: &str = "[plugins]\n clpreauth = {\n  disable = spake\n }\n";
 
-/// The directory of the records, under the state root.
-pub fn memory_dir(state_root: &Path) -> PathBuf {
-    state_root.join("kerberos-preauth")
-}
-
 /// Did the KDC offer SPAKE, by a traced kinit's stderr? None when no pre-authentication list
 /// was processed (no KDC answered), so there is nothing to learn.
 pub(super) fn spake_offered(stderr: &str) -> Option<bool> {
@@ -54,19 +49,19 @@ pub(super) fn spake_offered(stderr: &str) -> Option<bool> {
 /// The records of one principal (and realm configuration) in the executor's memory of what
 /// KDCs offer.
 pub(super) struct Memory {
-    /// `<dir>/<hash>.no-spake`: present when the KDC was last seen not offering SPAKE.
+    /// `<kinit_dir>/no-spake/<hash>`: present when the KDC was last seen not offering SPAKE.
     no_spake: PathBuf,
     principal: String,
 }
 
 impl Memory {
-    /// The records of `principal` under `dir`. `realm_conf` names where its KDCs come from
+    /// The records of `principal` under `kinit_dir`. `realm_conf` names where its KDCs come from
     /// (the account's own realm, or the krb5.conf kinit reads): a principal without a realm
     /// may mean another account under another configuration.
-    pub(super) fn new(dir: &Path, principal: &str, realm_conf: &str) -> Memory {
+    pub(super) fn new(kinit_dir: &Path, principal: &str, realm_conf: &str) -> Memory {
         let key = hex::encode(Sha256::digest(format!("{principal}\n{realm_conf}")));
         Memory {
-            no_spake: dir.join(format!("{}.no-spake", &key[..32])),
+            no_spake: kinit_dir.join("no-spake").join(&key[..32]),
             principal: principal.to_string(),
         }
     }
@@ -169,9 +164,10 @@ mod tests {
     #[test]
     fn memory_is_per_principal_and_realm_configuration_and_follows_the_kdc() {
         let dir = tempfile::tempdir().unwrap();
-        let records = dir.path().join("kerberos-preauth");
-        let a = Memory::new(&records, "svc@A.TEST", "/etc/krb5.conf");
-        let b = Memory::new(&records, "svc@A.TEST", "B.TEST");
+        let kinit_dir = dir.path().join("kinit");
+        let records = kinit_dir.join("no-spake");
+        let a = Memory::new(&kinit_dir, "svc@A.TEST", "/etc/krb5.conf");
+        let b = Memory::new(&kinit_dir, "svc@A.TEST", "B.TEST");
         assert!(!a.spake_unoffered());
         a.learn(false);
         assert!(a.spake_unoffered() && !b.spake_unoffered());

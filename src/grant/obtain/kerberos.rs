@@ -121,13 +121,13 @@ impl Kerberos<'_> {
         run: impl FnOnce(&kerberos::KinitOptions<'_>) -> Result<T, KerberosError>,
     ) -> Result<(T, Option<PathBuf>), KerberosError> {
         let job_conf = job_krb5_conf(ctx.cfg, self.account, ctx.paths)?;
-        let memory = kerberos::preauth_memory_dir(&ctx.cfg.state_root);
+        let kinit_dir = kerberos::kinit_dir(&ctx.cfg.state_root);
         let opts = kerberos::KinitOptions {
             owner: win.owner,
             max_life: win.max_life,
             krb5_config: job_conf.as_deref(),
             trace: job_conf.is_some(),
-            preauth_memory: Some(&memory),
+            kinit_dir: Some(&kinit_dir),
         };
         run(&opts).map(|o| (o, job_conf))
     }
