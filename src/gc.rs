@@ -127,11 +127,12 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
 /// root-owned dirs (the job dirs go whole with their job): removed once clearly abandoned.
 fn remove_stray_temp_files(cfg: &Config) {
     const ABANDONED: Duration = Duration::from_secs(600);
-    let no_spake = crate::credentials::kerberos::kinit_dir(&cfg.state_root).join("no-spake");
+    let kinit = crate::credentials::kerberos::kinit_dir(&cfg.state_root);
     for dir in [
         cfg.state_root.clone(),
         cfg.state_root.join("uids"),
-        no_spake,
+        kinit.join("no-spake"),
+        kinit.join("profiles"),
     ] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;

@@ -280,8 +280,14 @@ fn write_profile(
             .mode(0o700)
             .create(&dir)
             .map_err(io_err(format!("create {}", dir.display())))?;
-        // Two kinits may race to write it: both write the same bytes, one name wins.
-        atomic_file::create_new(&dir, &name, text.as_bytes())
+        // Durable: a profile left empty by a host crash would make every later kinit ask for
+        // a renewable ticket (refused by the read-back, so the grants would fail). Two kinits
+        // racing to write it rename the same bytes into place.
+        let opts = atomic_file::Options {
+            durable: true,
+            ..atomic_file::Options::PRIVATE
+        };
+        atomic_file::write(&path, text.as_bytes(), opts)
             .map_err(io_err(format!("write {}", path.display())))?;
     }
     Ok(Profile { path, kept: true })
@@ -311,13 +317,13 @@ pub fn requested_lifetime(account_secs: u64, max_life: Option<Duration>) -> Opti
     }
 }
 
-/// The profile put in front of krb5.conf for one kinit. `no_renew` makes kinit ask for a
+/// The profile put in front of krb5.conf for a kinit. `no_renew` makes kinit ask for a
 /// non-renewable ticket: `renew_lifetime = 0` in `[libdefaults]` and, when the principal names
 /// its realm, in that realm's subsection (which MIT consults before the global relation); a
 /// realm that is not a plain profile word is left out (the read-back check still refuses a
 /// renewable ticket). `skip_spake` leaves the SPAKE client module out ([`super::preauth`]).
 pub(super) fn kinit_profile(principal: &str, no_renew: bool, skip_spake: bool) -> String {
-    let mut text = String::from("# Written by p3-executor for one kinit.\n");
+    let mut text = String::from("# Written by p3-executor: its kinits read it before krb5.conf.\n");
     if no_renew {
         text.push_str(
             "# This account's tickets are not renewable.\n[libdefaults]\n renew_lifetime = 0\n",
@@ -332,7 +338,7 @@ pub(super) fn kinit_profile(principal: &str, no_renew: bool, skip_spake: bool) -
         }
     }
     if skip_spake {
-        text.push_str("# The KDC was last seen not offering SPAKE to this principal.\n");
+        text.push_str("# Leave the SPAKE module out: the KDC was last seen not offering it.\n");
         text.push_str(preauth::PROFILE);
     }
     text
