@@ -694,7 +694,8 @@ fn kinit_leaves_the_spake_module_out_while_the_kdc_does_not_offer_it() {
     let scratch = tempfile::tempdir().unwrap();
     let log = scratch.path().join("kinits.log");
     cfg.kerberos.kinit = logging_kinit(scratch.path(), &log).display().to_string();
-    let kinit_dir = scratch.path().join("state").join("kinit");
+    cfg.state_root = scratch.path().join("state");
+    let kinit_dir = p3_executor::credentials::kerberos::kinit_dir(&cfg.state_root);
     let (_t, creds) = creds_dir();
     let ccache = creds.join("krb5cc");
     let opts = kerberos::KinitOptions {
@@ -721,6 +722,23 @@ fn kinit_leaves_the_spake_module_out_while_the_kdc_does_not_offer_it() {
     assert_eq!(records(), 1);
     obtain(&cfg).unwrap();
     assert_eq!(kinits_since(&log, &mut seen), [(out, unused, ok)]);
+    // `check` says so.
+    let spake_lines = |cfg: &Config| -> Vec<String> {
+        p3_executor::check::kerberos::check(cfg)
+            .into_iter()
+            .map(|f| f.problem)
+            .filter(|p| p.contains("SPAKE"))
+            .collect()
+    };
+    let lines = spake_lines(&cfg);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "accounts.dev: kinits for {} leave the SPAKE module out: the KDC did not offer SPAKE on ",
+            kdc.principal("svc_client_dev")
+        )),
+        "{lines:?}"
+    );
     // `spake = "always"` loads it whatever was learned, and learns nothing.
     cfg.kerberos.spake = p3_executor::config::Spake::Always;
     obtain(&cfg).unwrap();
@@ -733,6 +751,7 @@ fn kinit_leaves_the_spake_module_out_while_the_kdc_does_not_offer_it() {
     kdc.offer_spake(true).unwrap();
     obtain(&cfg).unwrap();
     assert_eq!(records(), 0);
+    assert_eq!(spake_lines(&cfg), Vec::<String>::new());
     obtain(&cfg).unwrap();
     assert_eq!(
         kinits_since(&log, &mut seen),

@@ -157,16 +157,7 @@ pub(super) fn obtain_once(
         }
         None => kcfg,
     };
-    let memory = opts
-        .kinit_dir
-        .filter(|_| kcfg.spake == Spake::Auto)
-        .map(|dir| {
-            let realm_conf = match &account.kerberos {
-                Some(own) => OsString::from(&own.realm),
-                None => base_krb5_config(kcfg, None),
-            };
-            Memory::new(dir, &account.principal, &realm_conf.to_string_lossy())
-        });
+    let memory = opts.kinit_dir.and_then(|dir| memory(kcfg, account, dir));
     let mut skip_spake = memory.as_ref().is_some_and(Memory::spake_unoffered);
     loop {
         let how = How {
@@ -186,6 +177,34 @@ pub(super) fn obtain_once(
         }
         return result;
     }
+}
+
+/// What the executor remembers about the KDC of `account` in `kinit_dir`; None when
+/// `kerberos.spake = "always"` (nothing is learned).
+fn memory(kcfg: &KerberosConfig, account: &Account, kinit_dir: &Path) -> Option<Memory> {
+    if kcfg.spake != Spake::Auto {
+        return None;
+    }
+    // Where the account's KDCs come from: its own realm, or the krb5.conf kinit reads.
+    let realm_conf = match &account.kerberos {
+        Some(own) => OsString::from(&own.realm),
+        None => base_krb5_config(kcfg, None),
+    };
+    Some(Memory::new(
+        kinit_dir,
+        &account.principal,
+        &realm_conf.to_string_lossy(),
+    ))
+}
+
+/// Since when `account`'s kinits leave the SPAKE module out (its KDC was last seen not
+/// offering SPAKE then), for `check`; None when they load it.
+pub fn spake_left_out(
+    kcfg: &KerberosConfig,
+    account: &Account,
+    kinit_dir: &Path,
+) -> Option<std::time::SystemTime> {
+    memory(kcfg, account, kinit_dir)?.learned_at()
 }
 
 /// How one kinit runs.

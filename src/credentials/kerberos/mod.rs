@@ -50,7 +50,7 @@ pub use keytab::{
     KeytabEntry, enctype_name, keytab_fingerprint, keytab_kvnos, keytab_principals,
     keytab_with_kvno, parse_keytab, read_keytab,
 };
-pub use kinit::{KinitOptions, Obtained, requested_lifetime};
+pub use kinit::{KinitOptions, Obtained, requested_lifetime, spake_left_out};
 
 /// Where kinit's root-only files that outlive a job live under the state root: the profiles
 /// put in front of krb5.conf (`profiles/`) and what KDCs offered (`no-spake/`).

@@ -71,6 +71,11 @@ impl Memory {
         self.no_spake.exists()
     }
 
+    /// When the KDC was first seen not offering SPAKE, if that is what is remembered.
+    pub(super) fn learned_at(&self) -> Option<std::time::SystemTime> {
+        std::fs::metadata(&self.no_spake).ok()?.modified().ok()
+    }
+
     /// Remember what the KDC offered. A failure to remember costs only speed (the module stays
     /// loaded, or the next kinit learns again), so it is logged, not returned.
     pub(super) fn learn(&self, offered: bool) {
