@@ -385,21 +385,25 @@ fn main() {
     // Where prepare's time beyond kinit goes (differences of medians: indicative only). The
     // ticket is obtained beside the walls (the nft transaction), so prepare with a grant takes
     // about the start-up, the work before and after, and the longer of the two.
-    let (full, bare, no_nft, obtain, start) = (
+    let (full, bare, no_nft, obtain, start, no_spake) = (
         medians["p3-executor prepare"],
         medians["prepare, no devstage"],
         medians["prepare, nft = true"],
         medians["kerberos::obtain"],
         medians["p3-executor --version"],
+        medians["bare kinit, no SPAKE"],
     );
     println!(
         "prepare with a grant: {} beyond kerberos::obtain ({}, beside the walls), of which the executor's start-up {}; \
-         the grant adds {} to prepare without one ({}); the network wall's transaction adds about {} over `nft = /bin/true`",
+         the grant adds {} to prepare without one ({}); the network wall's transaction adds about {} over `nft = /bin/true`; \
+         the job's own kinit (no SPAKE once learned) is {:.2}x bare kinit, so prepare with a grant is {:.2}x that kinit",
         ms(full.saturating_sub(obtain)),
         ms(obtain),
         ms(start),
         ms(full.saturating_sub(bare)),
         ms(bare),
         ms(full.saturating_sub(no_nft)),
+        no_spake.as_secs_f64() / base_median.as_secs_f64(),
+        full.as_secs_f64() / no_spake.as_secs_f64(),
     );
 }
