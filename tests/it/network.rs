@@ -876,7 +876,7 @@ fn a_failing_transaction_in_process_fails_with_the_programs_error_text() {
 /// through the `nft` process (`cargo test --test it -- --ignored --nocapture
 /// network::time_a_jobs_transaction`).
 #[test]
-#[ignore]
+#[ignore = "a measurement, not a test"]
 fn time_a_jobs_transaction_in_process_and_as_the_program() {
     if !needs_root() {
         return;
