@@ -166,7 +166,10 @@ pub(super) fn obtain_once(
             traced: opts.trace || memory.is_some(),
         };
         let (result, offered) = attempt(kcfg, account, ccache, how, opts);
+        // `skip_spake` is what is remembered (the record, read once above): learn only what
+        // differs from it, from a success or from an offer.
         if let (Some(memory), Some(offered)) = (&memory, offered)
+            && offered == skip_spake
             && (result.is_ok() || offered)
         {
             memory.learn(offered);

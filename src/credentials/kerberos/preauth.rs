@@ -77,13 +77,10 @@ impl Memory {
         std::fs::metadata(&self.no_spake).ok()?.modified().ok()
     }
 
-    /// Remember what the KDC offered. A failure to remember costs only speed (the module stays
-    /// loaded, or the next kinit learns again), so it is logged, not returned.
+    /// Remember what the KDC offered (the caller calls it when that differs from what is
+    /// remembered). A failure to remember costs only speed (the module stays loaded, or the
+    /// next kinit learns again), so it is logged, not returned.
     pub(super) fn learn(&self, offered: bool) {
-        // Already remembered as it is.
-        if offered != self.spake_unoffered() {
-            return;
-        }
         let result = if offered {
             tracing::info!(principal = %self.principal, "the KDC offers SPAKE: kinits load its module again");
             std::fs::remove_file(&self.no_spake).or_else(|e| match e.kind() {
@@ -182,7 +179,10 @@ mod tests {
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
             0o700
         );
+        // Learning it again (a racing kinit) changes nothing; nor does forgetting twice.
         a.learn(false);
+        assert!(a.spake_unoffered());
+        a.learn(true);
         a.learn(true);
         assert!(!a.spake_unoffered());
         assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
