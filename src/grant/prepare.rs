@@ -21,9 +21,10 @@ use crate::workspace::{GrantState, JobPaths, JobState};
 /// devstage is decided (they may depend on it). Without a request the job runs plain and only
 /// the walls are set up; a denied job gets no walls.
 ///
-/// Obtaining and the walls run side by side, the walls on a thread of their own: both
-/// mostly wait on another process (kinit and the KDC; the `nft` transaction), so prepare takes
-/// about the longer of the two rather than their sum. Nothing reaches the job before both
+/// Obtaining and the walls run side by side, the walls on a thread of their own: obtaining
+/// mostly waits on kinit and the KDC, the walls on the kernel (the network wall's nft
+/// transaction, in-process, the cgroup, the job root), so prepare takes about the longer of
+/// the two rather than their sum. Nothing reaches the job before both
 /// have succeeded and the grant is recorded.
 ///
 /// Updates `state` (env, grant, walls); the caller saves it afterwards, on success and on
