@@ -168,7 +168,8 @@ pub(super) fn with(mut rec: AuditRecord, facts: Facts) -> AuditRecord {
     rec
 }
 
-/// The network policy the grant comes with: its name and the hash of its rules as configured.
+/// The network policy the grant comes with: its name and the hash of its rules as configured,
+/// and, where the wall applied it, the job's uid and the chain its packets go through.
 /// `applied` is what the network wall put in place for the job (its policy and hash, computed
 /// once, from the rules it applied); without a wall (isolation off, no nft and nothing
 /// enforced) the policy the devstage is configured with.
@@ -181,10 +182,19 @@ pub(super) fn network(cfg: &Config, devstage: &str, applied: Option<&JobNetwork>
             (policy.name, sha256)
         }
     };
-    Facts::from([
+    let mut facts = Facts::from([
         ("network_policy".into(), Value::String(name)),
         ("network_sha256".into(), Value::String(sha256)),
-    ])
+    ]);
+    // The kernel log's refusals name the policy and the socket's uid (its chain is shared by
+    // the policy's jobs): these two lead from such a line to this job.
+    if let Some(n) = applied {
+        facts.insert("job_uid".into(), Value::from(n.key.uid));
+        if let Some(chain) = &n.chain {
+            facts.insert("network_chain".into(), Value::String(chain.clone()));
+        }
+    }
+    facts
 }
 
 /// The record of a job's credentials destroyed (`word`: cleanup or gc), with `usage` (the

@@ -146,7 +146,9 @@ fn print_banner(cfg: &Config, state: &JobState) {
             if n.rules.len() == 1 { "" } else { "s" },
             &n.sha256[..12],
             n.table,
-            crate::walls::network::render::chain_name(n.key.uid),
+            n.chain
+                .clone()
+                .unwrap_or_else(|| crate::walls::network::render::chain_name(n.key.uid)),
         );
     }
     match &state.grant {

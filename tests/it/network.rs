@@ -50,7 +50,8 @@ impl Net {
             .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
-    /// The uids mapped (single-uid keys of job_uids) and the job chains.
+    /// The uids mapped (single-uid keys of job_uids) and the chains besides the two base
+    /// ones (the policies' chains).
     fn mapped(&self) -> (Vec<u64>, Vec<String>) {
         let listing = self.listing().expect("the table exists");
         let mut uids = Vec::new();
@@ -62,7 +63,7 @@ impl Net {
                 }
             }
             if let Some(name) = item["chain"]["name"].as_str() {
-                if name.starts_with("uid_") {
+                if name != "output" && name != "jobs" {
                     chains.push(name.to_string());
                 }
             }
@@ -82,6 +83,15 @@ impl Drop for Net {
             .args(["delete", "table", "inet", &self.table])
             .output();
     }
+}
+
+/// The chain a job's banner names (`see \`nft list chain inet <table> <chain>\``).
+fn chain_of(log: &str) -> String {
+    let (_, rest) = log
+        .split_once("see `nft list chain inet ")
+        .unwrap_or_else(|| panic!("no chain in the banner: {log}"));
+    let line = rest.split('`').next().unwrap();
+    line.split_whitespace().nth(1).unwrap().to_string()
 }
 
 /// A process group killed when dropped (also on a panic), and reaped.
@@ -236,22 +246,52 @@ fn a_plain_job_cannot_reach_the_metadata_stand_in_but_root_and_other_uids_can() 
         connects_as(65534, meta, meta_port),
         "nobody is outside the range"
     );
-    // The operator's view: the rule that refused it, with its key and a counter that moved.
-    let chain = Command::new("nft")
-        .args(["list", "chain", "inet", &net.table, &format!("uid_{uid}")])
-        .output()
-        .unwrap();
-    let chain = String::from_utf8_lossy(&chain.stdout);
+    // The operator's view: the job's uid jumps to its policy's chain, which holds the rule
+    // that refused it, with a counter that moved.
+    let name = chain_of(&job.log);
+    assert!(name.starts_with("policy_"), "{name}");
+    assert_eq!(net.mapped(), (vec![u64::from(uid)], vec![name.clone()]));
+    let list = |name: &str| {
+        let out = Command::new("nft")
+            .args(["list", "chain", "inet", &net.table, name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let chain = list(&name);
     assert!(chain.contains("comment \"network.deny[0]"), "{chain}");
     assert!(
         !chain.contains("counter packets 0 bytes 0 meta l4proto tcp"),
         "{chain}"
     );
+    // A second job with the same policy gets the same chain, as it was: only its uid is added
+    // (the counter is not reset by a refill).
+    let (mut second, second_uid) = prepared(&host, 2102);
+    assert_eq!(chain_of(&second.log), name);
+    assert_eq!(list(&name), chain, "the chain is untouched");
+    assert_eq!(
+        net.mapped(),
+        (
+            vec![u64::from(uid), u64::from(second_uid)],
+            vec![name.clone()]
+        )
+    );
+    assert_eq!(run_body(&mut second, &body), 0, "{}", second.log);
+    assert!(refused(&second.log, meta, meta_port), "{}", second.log);
+    assert!(ok(&second.log, other, other_port), "{}", second.log);
     assert_eq!(job.cleanup(), 0, "{}", job.log);
+    assert_eq!(second.cleanup(), 0, "{}", second.log);
+    assert_eq!(
+        net.mapped(),
+        (vec![], vec![name]),
+        "cleanup removes the jobs' elements; the policy's chain stays for the next job"
+    );
+    let gc = host.exec(&["gc", "--max-age-secs", "0"]);
+    assert!(gc.status.success(), "{}", crate::common::text(&gc));
     assert_eq!(
         net.mapped(),
         (vec![], vec![]),
-        "cleanup removes the job's element and chain"
+        "gc removes a chain no job jumps to"
     );
 }
 
@@ -429,15 +469,16 @@ fn allowlist_devstages_reach_only_their_own_and_still_clone_and_resolve() {
             "{name} resolves: {log}"
         );
     }
-    // The grant's audit record names the policy and the hash of its rules.
+    // The grant's audit record names the policy and the hash of its rules, and the job's uid
+    // and chain, which a refusal in the kernel log names (`UID=`, the policy in the prefix).
     let grants: Vec<Value> = s
         .audit()
         .into_iter()
         .filter(|r| r["event"] == "grant")
         .collect();
-    for (job, policy) in [
-        (2111, "devstages.client_dev"),
-        (2112, "devstages.client_prod"),
+    for (job, policy, log) in [
+        (2111, "devstages.client_dev", &dev.log),
+        (2112, "devstages.client_prod", &prod.log),
     ] {
         let rec = grants
             .iter()
@@ -449,6 +490,8 @@ fn allowlist_devstages_reach_only_their_own_and_still_clone_and_resolve() {
             64,
             "{rec}"
         );
+        assert_eq!(rec["extra"]["job_uid"], uid_of(&s.host, job), "{rec}");
+        assert_eq!(rec["extra"]["network_chain"], chain_of(log), "{rec}");
     }
     // policy explain shows the rules a client_dev job would get.
     let claims = s.host.root().join("claims.json");
@@ -483,7 +526,7 @@ fn allowlist_devstages_reach_only_their_own_and_still_clone_and_resolve() {
     assert!(text.contains("identity.gitlab_url"), "{text}");
     assert_eq!(dev.cleanup(), 0, "{}", dev.log);
     assert_eq!(prod.cleanup(), 0, "{}", prod.log);
-    assert_eq!(net.mapped(), (vec![], vec![]));
+    assert_eq!(net.mapped().0, Vec::<u64>::new());
 }
 
 #[test]
@@ -505,17 +548,15 @@ fn cleanup_and_gc_after_sigkill_remove_the_element_and_a_reused_uid_inherits_not
     let host = host_with_uids_and(uid, uid, &config(&format!("\"{target}:{port}\"")));
     let body = format!("{PROBE}\nprobe {target} {port}\n");
 
-    // Job 1 may reach the target; its cleanup removes its element and chain.
+    // Job 1 may reach the target; its cleanup removes its element.
     let (mut first, got) = prepared(&host, 2121);
     assert_eq!(got, uid);
-    assert_eq!(
-        net.mapped(),
-        (vec![u64::from(uid)], vec![format!("uid_{uid}")])
-    );
+    let allowing = chain_of(&first.log);
+    assert_eq!(net.mapped(), (vec![u64::from(uid)], vec![allowing.clone()]));
     assert_eq!(run_body(&mut first, &body), 0, "{}", first.log);
     assert!(ok(&first.log, target, port), "{}", first.log);
     assert_eq!(first.cleanup(), 0, "{}", first.log);
-    assert_eq!(net.mapped(), (vec![], vec![]));
+    assert_eq!(net.mapped(), (vec![], vec![allowing.clone()]));
     // Between jobs the uid has no element: the strictest policy, even for a process that
     // outlived its job.
     let strict = Command::new("setpriv")
@@ -538,6 +579,11 @@ fn cleanup_and_gc_after_sigkill_remove_the_element_and_a_reused_uid_inherits_not
     .unwrap();
     let (mut second, got) = prepared(&host, 2122);
     assert_eq!(got, uid);
+    assert_ne!(
+        chain_of(&second.log),
+        allowing,
+        "other rules, another chain"
+    );
     let script = second.write_script("build_script", &format!("{body}\necho READY\nsleep 60\n"));
     let mut run = second
         .command(&["run", script.to_str().unwrap(), "build_script"])
@@ -574,6 +620,67 @@ fn cleanup_and_gc_after_sigkill_remove_the_element_and_a_reused_uid_inherits_not
         (vec![], vec![]),
         "gc removed the element and chain"
     );
+}
+
+/// A previous holder of the uid left its element behind (its cleanup never reached nft): the
+/// next job's elements cannot be added beside it, so prepare replaces it, and the job gets its
+/// own policy, not the one left behind.
+#[test]
+fn a_uid_whose_element_was_left_behind_gets_its_own_policy() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let target = net.ip(172);
+    let port = listener(target);
+    let uid = uid_base();
+    let host = host_with_uids_and(
+        uid,
+        uid,
+        &format!(
+            "[network]\ntable = \"{}\"\nmode = \"allowlist\"\ndeny = []\nresolvers = []\n[network.plain]\nallow = [\"{target}:{port}\"]\n",
+            net.table
+        ),
+    );
+    // The table, as the package's postinst makes it.
+    let fixed = String::from_utf8_lossy(&host.exec(&["check", "--fix"]).stdout).into_owned();
+    assert!(fixed.contains("network: fixed"), "{fixed}");
+    // What a crashed job of another policy leaves: its chain (here one that accepts
+    // everything) and the uid's element jumping to it.
+    net.nft(&format!(
+        "add chain inet {} policy_left_behind {{ accept; }}",
+        net.table
+    ));
+    net.nft(&format!(
+        "add element inet {} job_uids {{ {uid} : jump policy_left_behind }}",
+        net.table
+    ));
+    let (mut job, got) = prepared(&host, 2141);
+    assert_eq!(got, uid);
+    let own = chain_of(&job.log);
+    assert_ne!(own, "policy_left_behind");
+    let (mapped, mut chains) = net.mapped();
+    chains.sort();
+    assert_eq!(mapped, [u64::from(uid)]);
+    assert_eq!(chains, [own.clone(), "policy_left_behind".to_string()]);
+    let listing = net.listing().unwrap().to_string();
+    assert!(
+        listing.contains(&format!("[{uid},{{\"jump\":{{\"target\":\"{own}\"}}}}]")),
+        "{listing}"
+    );
+    let other = net.ip(173);
+    let other_port = listener(other);
+    let body = format!("{PROBE}\nprobe {target} {port}\nprobe {other} {other_port}\n");
+    assert_eq!(run_body(&mut job, &body), 0, "{}", job.log);
+    assert!(ok(&job.log, target, port), "{}", job.log);
+    assert!(
+        refused(&job.log, other, other_port),
+        "the allowlist holds, not the accept left behind: {}",
+        job.log
+    );
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+    assert!(host.exec(&["gc"]).status.success());
+    assert_eq!(net.mapped(), (vec![], vec![]));
 }
 
 #[test]
@@ -637,7 +744,9 @@ fn fifty_concurrent_jobs_with_mixed_devstages_each_get_exactly_their_policy() {
     uids.sort_unstable();
     uids.dedup();
     assert!(uids.len() > 1, "jobs ran under their own uids: {uids:?}");
-    assert_eq!(net.mapped(), (vec![], vec![]), "the table ends empty");
+    let (mapped, chains) = net.mapped();
+    assert_eq!(mapped, Vec::<u64>::new(), "no job uid is left mapped");
+    assert_eq!(chains.len(), 3, "one chain per policy: {chains:?}");
 }
 
 #[test]
@@ -803,7 +912,7 @@ fn two_executors_sharing_a_table_each_keep_their_jobs_policy() {
     );
     assert_eq!(first.cleanup(), 0, "{}", first.log);
     assert_eq!(second.cleanup(), 0, "{}", second.log);
-    assert_eq!(net.mapped(), (vec![], vec![]));
+    assert_eq!(net.mapped().0, Vec::<u64>::new());
 }
 
 /// The default `nft`, which must run in-process (libnftables), not silently fall back to the
@@ -835,7 +944,7 @@ fn the_default_nft_applies_and_lists_in_process_through_libnftables() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let listing = nft.list(table).unwrap().expect("the table exists");
-    assert_eq!(listing.chains, [4242]);
+    assert_eq!(listing.chains, ["uid_4242"]);
     assert!(!listing.has_map && !listing.has_output);
     let delete = serde_json::json!({"nftables": [
         {"delete": {"table": {"family": "inet", "name": table}}},
@@ -906,15 +1015,16 @@ fn time_a_jobs_transaction_in_process_and_as_the_program() {
         uid: ranges[0][0] + i % 10,
         subids: None,
     };
+    let chain = render::policy_chain(table, &plain.name, plain.mode, &rules, true);
     for (name, nft) in [("libnftables", &lib), ("nft process", &program)] {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for i in 0..30 {
-            let tx = render::add_job(table, 1, &job(i), plain.mode, &rules, true);
+            let tx = render::add_job(table, &ranges, &job(i), &chain, &[]);
             let t = Instant::now();
             nft.apply(&tx, "add the job's rules").unwrap();
             add.push(t.elapsed());
             let t = Instant::now();
-            nft.remove_job(table, &job(i)).unwrap();
+            nft.remove_job(table, &job(i), &chain.name).unwrap();
             remove.push(t.elapsed());
         }
         for (what, times) in [("add", &mut add), ("remove", &mut remove)] {

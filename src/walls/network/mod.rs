@@ -18,6 +18,7 @@
 pub mod config;
 pub(crate) mod error;
 pub(crate) mod libnftables;
+mod netlink;
 pub mod nft;
 pub mod policy;
 pub mod render;
@@ -113,27 +114,22 @@ pub fn ensure_table(cfg: &Config) -> Result<(), NetworkError> {
 
 /// prepare: apply the job's policy. Returns warnings for the job log (an allowed name that did
 /// not resolve). Fails (a system failure) when the policy cannot be applied.
+///
+/// Fast path: the policy's chain is already in the table (another job had the same rules), so
+/// only the job's elements are added, over netlink ([`netlink`]). Otherwise, or when the
+/// kernel refuses that batch, one transaction through nftables makes the chain too.
 pub fn prepare(cfg: &Config, state: &mut JobState) -> Result<Vec<String>, NetworkError> {
     if !state.ids.switch_user {
         // Not root: no uid of our own to hang rules on (and no isolation at all).
         return Ok(Vec::new());
     }
     let nft = Nft::new(&cfg.network.nft);
-    if !nft.installed() {
-        return if enforced(cfg) {
-            Err(NetworkError::NftMissing {
-                program: cfg.network.nft.clone(),
-            })
-        } else {
-            Ok(Vec::new())
-        };
-    }
-    if !state.ids.private_uid {
-        return if enforced(cfg) {
-            Err(NetworkError::SharedUid)
-        } else {
-            Ok(Vec::new())
-        };
+    // The fast path needs neither the program nor the library, only the table.
+    let fast = state.ids.private_uid && nft.netlink_allowed();
+    if !fast {
+        if let Some(skip) = unenforceable(cfg, &nft, state) {
+            return skip;
+        }
     }
     let devstage = state.grant.as_ref().map(|g| g.devstage.clone());
     let policy = policy_for(cfg, devstage.as_deref());
@@ -143,100 +139,210 @@ pub fn prepare(cfg: &Config, state: &mut JobState) -> Result<Vec<String>, Networ
         subids: crate::subid_pool::leased(cfg, state.job_id).map(|r| [r.first, r.last()]),
     };
     let table = cfg.network.table.clone();
-    let mut tx = render::add_job(
-        &table,
-        state.job_id,
-        &key,
-        policy.mode,
-        &rules,
-        cfg.network.log,
-    );
-    if let Some(cmds) = tx["nftables"].as_array_mut() {
-        cmds.insert(0, render::ranges_element(&table, &job_ranges(cfg)));
-    }
-    state.network = Some(JobNetwork {
+    let chain = render::policy_chain(&table, &policy.name, policy.mode, &rules, cfg.network.log);
+    let network = JobNetwork {
         table: table.clone(),
         key,
         policy: policy.name.clone(),
         sha256: policy.sha256(),
         mode: policy.mode,
         rules,
-    });
+        chain: Some(chain.name.clone()),
+    };
     let _lock = lock(cfg)?;
-    if nft.apply(&tx, "add the job's rules").is_err() {
-        // First use (no table yet), or a table an operator removed: make it, then once more.
-        ensure_table(cfg)?;
-        nft.apply(&tx, "add the job's rules")?;
+    if !(fast && add_elements(cfg, &key, &chain.name)) {
+        if fast {
+            if let Some(skip) = unenforceable(cfg, &nft, state) {
+                return skip;
+            }
+        }
+        add_job(cfg, &nft, &key, &chain)?;
     }
+    state.network = Some(network);
     Ok(warnings)
 }
 
-/// cleanup and gc: remove the job's chain and elements. `state` is the job's (None when
-/// prepare never saved one: the uid comes from its lease). Idempotent.
+/// Why no policy can be applied here, if none can: no nftables (an error only when a policy
+/// has rules), or a job sharing the job user's uid.
+fn unenforceable(
+    cfg: &Config,
+    nft: &Nft,
+    state: &JobState,
+) -> Option<Result<Vec<String>, NetworkError>> {
+    if !nft.installed() {
+        return Some(if enforced(cfg) {
+            Err(NetworkError::NftMissing {
+                program: cfg.network.nft.clone(),
+            })
+        } else {
+            Ok(Vec::new())
+        });
+    }
+    if !state.ids.private_uid {
+        return Some(if enforced(cfg) {
+            Err(NetworkError::SharedUid)
+        } else {
+            Ok(Vec::new())
+        });
+    }
+    None
+}
+
+/// The fast path: the job's uid (and subordinate range) → its policy's chain, and the
+/// executor's job ranges, in one netlink batch. False when the kernel refused it (no table or
+/// chain yet, an element already there): nothing changed then.
+fn add_elements(cfg: &Config, key: &JobKey, chain: &str) -> bool {
+    let mut job = vec![[key.uid, key.uid]];
+    job.extend(key.subids);
+    let adds = [
+        netlink::Elements {
+            set: render::RANGES,
+            ranges: job_ranges(cfg),
+            jump: None,
+        },
+        netlink::Elements {
+            set: render::MAP,
+            ranges: job,
+            jump: Some(chain),
+        },
+    ];
+    netlink::add(&cfg.network.table, &adds)
+        .inspect_err(|e| tracing::debug!("job elements over netlink: {e}; through nftables"))
+        .is_ok()
+}
+
+/// The slow path: the policy's chain and the job's elements in one nftables transaction. On
+/// first use (no table yet, or one an operator removed) the table is made first; elements a
+/// previous holder of the uid left (its cleanup never ran) are replaced.
+fn add_job(
+    cfg: &Config,
+    nft: &Nft,
+    key: &JobKey,
+    chain: &render::PolicyChain,
+) -> Result<(), NetworkError> {
+    let table = &cfg.network.table;
+    let tx = |replace: &[serde_json::Value]| {
+        render::add_job(table, &job_ranges(cfg), key, chain, replace)
+    };
+    if nft.apply(&tx(&[]), "add the job's rules").is_ok() {
+        return Ok(());
+    }
+    ensure_table(cfg)?;
+    let replace = match nft.list(table)? {
+        Some(listing) => listing.keys_of(key.uid, key.subids),
+        None => Vec::new(),
+    };
+    nft.apply(&tx(&replace), "add the job's rules")
+}
+
+/// cleanup and gc: remove the job's map elements (and its own chain, made by an executor
+/// before policy chains). `state` is the job's (None when prepare never saved one: the uid
+/// comes from its lease). Idempotent.
 pub fn release(cfg: &Config, job_id: u64, state: Option<&JobState>) -> Result<(), NetworkError> {
     let nft = Nft::new(&cfg.network.nft);
-    let (table, key) = match state {
+    let (table, key, chain) = match state {
         Some(JobState {
             network: Some(n), ..
-        }) => (n.table.clone(), n.key),
+        }) => (
+            n.table.clone(),
+            n.key,
+            Some(
+                n.chain
+                    .clone()
+                    .unwrap_or_else(|| render::chain_name(n.key.uid)),
+            ),
+        ),
         Some(s) if s.ids.private_uid => (
             cfg.network.table.clone(),
             JobKey {
                 uid: s.ids.uid,
                 subids: None,
             },
+            None,
         ),
         Some(_) => return Ok(()),
         None => match crate::uid_pool::leased_uid(cfg, job_id) {
-            Some(uid) => (cfg.network.table.clone(), JobKey { uid, subids: None }),
+            Some(uid) => (
+                cfg.network.table.clone(),
+                JobKey { uid, subids: None },
+                None,
+            ),
             None => return Ok(()),
         },
     };
     if !nft.installed() {
         return Ok(());
     }
-    match nft.remove_job(&table, &key) {
-        Ok(()) => Ok(()),
-        // No table (never made on this host, or purged): nothing to remove.
-        Err(e) => match nft.list(&table) {
-            Ok(None) => Ok(()),
-            _ => Err(e),
-        },
+    if let Some(chain) = &chain {
+        if nft.remove_job(&table, &key, chain).is_ok() {
+            return Ok(());
+        }
     }
+    // Not known or not as recorded: remove what the table holds for the job's keys.
+    let Some(listing) = nft.list(&table)? else {
+        // No table (never made on this host, or purged): nothing to remove.
+        return Ok(());
+    };
+    let keys = listing.keys_of(key.uid, key.subids);
+    let own = render::chain_name(key.uid);
+    let chains: Vec<String> = listing
+        .chains
+        .iter()
+        .filter(|c| **c == own)
+        .cloned()
+        .collect();
+    if keys.is_empty() && chains.is_empty() {
+        return Ok(());
+    }
+    nft.apply(
+        &render::remove_stale(&table, &keys, &chains),
+        "remove the job's rules",
+    )
 }
 
-/// What gc and check see in the table: elements and chains of uids no job holds.
+/// What gc and check see in the table: elements of uids no job holds, and chains no element
+/// jumps to.
 #[derive(Debug, Default)]
 pub struct Stale {
     /// Map keys (as nft writes them) to remove.
     pub keys: Vec<serde_json::Value>,
-    /// Job chains to remove (no live element jumps to them).
-    pub chains: Vec<u32>,
+    /// Chains to remove: policy chains no element jumps to once the stale keys are gone, and
+    /// job chains of executors before policy chains whose uid no job holds.
+    pub chains: Vec<String>,
 }
 
-/// The stale part of `listing` given the leases: an element is stale when its uid is not
-/// leased, or (a range) is not the subordinate range of the job holding the uid. Pure.
-pub fn stale(
-    listing: &nft::Listing,
-    leased: &dyn Fn(u32) -> bool,
-    subids_of: &dyn Fn(u32) -> Option<[u32; 2]>,
-) -> Stale {
+/// Whose elements and chains a [`stale`] may remove, and which are live.
+pub struct Holders<'a> {
+    /// Is the uid in this executor's job ranges (another executor sharing the table keeps
+    /// its own)?
+    pub mine: &'a dyn Fn(u32) -> bool,
+    /// Is the uid leased to a job?
+    pub leased: &'a dyn Fn(u32) -> bool,
+    /// Is the range the subordinate range of a job whose uid is leased?
+    pub range_held: &'a dyn Fn([u32; 2]) -> bool,
+}
+
+/// The stale part of `listing`: an element of ours is stale when its uid is not leased, or
+/// (a range) is not a live job's subordinate range. Pure.
+pub fn stale(listing: &nft::Listing, h: &Holders<'_>) -> Stale {
     let mut out = Stale::default();
+    // Chains some element still jumps to, whoever's (policy chains are shared).
     let mut live = BTreeSet::new();
-    for (key, uid) in &listing.elements {
-        let fresh = leased(*uid)
-            && match nft::Listing::key_uid(key) {
-                Some(k) => k == *uid,
-                None => {
-                    let range = key["range"]
-                        .as_array()
-                        .map(|r| r.iter().filter_map(|v| v.as_u64()).collect::<Vec<_>>());
-                    let want = subids_of(*uid).map(|[a, b]| vec![u64::from(a), u64::from(b)]);
-                    range.is_some() && range == want
+    for (key, target) in &listing.elements {
+        let uid = nft::Listing::key_uid(key);
+        let range = nft::Listing::key_range(key);
+        let first = uid.or(range.map(|[a, _]| a));
+        let fresh = !first.is_some_and(|u| (h.mine)(u))
+            || match (uid, range) {
+                // A job chain of an executor before policy chains is its own uid's.
+                (Some(u), _) => {
+                    (h.leased)(u) && render::chain_uid(target).is_none_or(|owner| owner == u)
                 }
+                (None, Some(r)) => (h.range_held)(r),
+                (None, None) => true,
             };
         if fresh {
-            live.insert(*uid);
+            live.insert(target.as_str());
         } else {
             out.keys.push(key.clone());
         }
@@ -244,43 +350,38 @@ pub fn stale(
     out.chains = listing
         .chains
         .iter()
-        .copied()
-        .filter(|uid| !live.contains(uid) && !leased(*uid))
+        .filter(|c| !live.contains(c.as_str()))
+        .filter(|c| match render::chain_uid(c) {
+            Some(uid) => (h.mine)(uid) && !(h.leased)(uid),
+            None => c.starts_with(render::POLICY_PREFIX),
+        })
+        .cloned()
         .collect();
     out
 }
 
 fn stale_now(cfg: &Config, listing: &nft::Listing) -> Stale {
-    // Only this config's uids: another executor sharing the table keeps its jobs' rules.
     let ranges = job_ranges(cfg);
     let mine = |uid: u32| ranges.iter().any(|[a, b]| (*a..=*b).contains(&uid));
-    let listing = &nft::Listing {
-        elements: listing
-            .elements
-            .iter()
-            .filter(|(_, uid)| mine(*uid))
-            .cloned()
-            .collect(),
-        chains: listing
-            .chains
-            .iter()
-            .copied()
-            .filter(|u| mine(*u))
-            .collect(),
-        ..listing.clone()
-    };
     let leases = crate::uid_pool::leases(cfg);
-    let job_of = |uid: u32| leases.iter().find(|(u, _)| *u == uid).map(|(_, j)| *j);
-    stale(listing, &|uid| job_of(uid).is_some(), &|uid| {
-        job_of(uid)
-            .and_then(|job| crate::subid_pool::leased(cfg, job))
-            .map(|r| [r.first, r.last()])
-    })
+    let held: Vec<[u32; 2]> = leases
+        .iter()
+        .filter_map(|(_, job)| crate::subid_pool::leased(cfg, *job))
+        .map(|r| [r.first, r.last()])
+        .collect();
+    stale(
+        listing,
+        &Holders {
+            mine: &mine,
+            leased: &|uid| leases.iter().any(|(u, _)| *u == uid),
+            range_held: &|r| held.contains(&r),
+        },
+    )
 }
 
-/// gc: remove the elements and chains of uids no job holds (a job killed before its cleanup
-/// whose teardown could not reach nft, or a crash between lease release and removal). Returns
-/// what it removed, for the log.
+/// gc: remove the elements of uids no job holds (a job killed before its cleanup whose
+/// teardown could not reach nft, or a crash between lease release and removal) and the chains
+/// no element jumps to. Returns what it removed, for the log.
 pub fn sweep(cfg: &Config) -> Result<Vec<String>, NetworkError> {
     let nft = Nft::new(&cfg.network.nft);
     if !nft.installed() {
@@ -295,20 +396,15 @@ pub fn sweep(cfg: &Config) -> Result<Vec<String>, NetworkError> {
     if stale.keys.is_empty() && stale.chains.is_empty() {
         return Ok(Vec::new());
     }
-    let chains: Vec<String> = stale
-        .chains
-        .iter()
-        .map(|u| render::chain_name(*u))
-        .collect();
     nft.apply(
-        &render::remove_stale(&cfg.network.table, &stale.keys, &chains),
+        &render::remove_stale(&cfg.network.table, &stale.keys, &stale.chains),
         "remove stale job rules",
     )?;
     Ok(stale
         .keys
         .iter()
         .map(|k| format!("element {k}"))
-        .chain(chains.into_iter().map(|c| format!("chain {c}")))
+        .chain(stale.chains.iter().map(|c| format!("chain {c}")))
         .collect())
 }
 
@@ -354,7 +450,7 @@ pub fn probe(cfg: &Config) -> Probe {
         .iter()
         .map(|k| format!("element {k}"))
         .collect();
-    stale.extend(stale_part.chains.iter().map(|u| format!("chain uid_{u}")));
+    stale.extend(stale_part.chains.iter().map(|c| format!("chain {c}")));
     let unmapped = crate::uid_pool::leases(cfg)
         .into_iter()
         .filter(|(uid, job)| {
@@ -382,23 +478,53 @@ mod tests {
 
     #[test]
     fn stale_elements_are_those_of_unleased_uids_or_foreign_ranges() {
+        let e = |k: serde_json::Value, c: &str| (k, c.to_string());
         let listing = nft::Listing {
             has_map: true,
             has_output: true,
             elements: vec![
-                (json!(1), 1),
-                (json!({"range": [100, 199]}), 1),
-                (json!(2), 2),
-                (json!({"range": [200, 299]}), 3),
-                (json!(3), 3),
+                e(json!(1), "policy_a"),
+                e(json!({"range": [100, 199]}), "policy_a"),
+                e(json!(2), "policy_b"),
+                e(json!({"range": [200, 299]}), "policy_b"),
+                e(json!(3), "policy_c"),
+                // Another executor's job (uid outside our ranges) keeps policy_d alive.
+                e(json!(9001), "policy_d"),
+                // A job chain of an executor before policy chains: its own uid's.
+                e(json!(5), "uid_5"),
+                e(json!(6), "uid_5"),
             ],
-            chains: vec![1, 2, 3, 4],
+            chains: [
+                "policy_a",
+                "policy_b",
+                "policy_c",
+                "policy_d",
+                "policy_e",
+                "uid_4",
+                "uid_5",
+                "uid_6",
+                "uid_9002",
+                "operators_own",
+            ]
+            .map(String::from)
+            .to_vec(),
         };
-        // uid 1 and 3 are leased; 1's job holds range 100-199, 3's job none now.
-        let leased = |u: u32| u == 1 || u == 3;
-        let subids = |u: u32| (u == 1).then_some([100, 199]);
-        let s = stale(&listing, &leased, &subids);
-        assert_eq!(s.keys, [json!(2), json!({"range": [200, 299]})]);
-        assert_eq!(s.chains, [2, 4]);
+        // uids 1, 3, 5, 6 are leased; 1's job holds range 100-199.
+        let s = stale(
+            &listing,
+            &Holders {
+                mine: &|u| u < 9000,
+                leased: &|u| [1, 3, 5, 6].contains(&u),
+                range_held: &|r| r == [100, 199],
+            },
+        );
+        assert_eq!(
+            s.keys,
+            [json!(2), json!({"range": [200, 299]}), json!(6)],
+            "unleased, a range no job holds, and a leased uid jumping to another uid's chain"
+        );
+        // policy_b lost its elements, policy_e had none; uid_4 is no one's; uid_6 is leased
+        // (its job may be preparing); foreign and unknown chains stay.
+        assert_eq!(s.chains, ["policy_b", "policy_e", "uid_4"]);
     }
 }

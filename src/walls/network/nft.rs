@@ -8,13 +8,15 @@
 //! operator names (a path, a wrapper) runs as a process, as does `nft` on a host without the
 //! library: the same transaction through a memfd, bounded by [`TIMEOUT`].
 //!
-//! Why nftables' own tool and library and not netlink from Rust: the kernel's work for one
-//! job's transaction is ~0.1 ms either way; the tool is what operators already use to read the
-//! same table (`nft list table inet p3_executor`), its JSON schema is documented and stable
-//! (libnftables-json(5)), a rendered value can never inject syntax (comments and log prefixes
-//! are JSON strings, not parsed text), and the Rust netlink crates for nftables are either
-//! bindings to libnftnl (a C library to link into the binary the runner starts for every
-//! stage) or young, thinly maintained pure-Rust ports.
+//! Why nftables' own tool and library and not netlink from Rust, for every rule: the tool is
+//! what operators already use to read the same table (`nft list table inet p3_executor`), its
+//! JSON schema is documented and stable (libnftables-json(5)), a rendered value can never
+//! inject syntax (comments and log prefixes are JSON strings, not parsed text), and the Rust
+//! netlink crates for nftables are either bindings to libnftnl (a C library to link into the
+//! binary the runner starts for every stage) or young, thinly maintained pure-Rust ports. The
+//! one exception is prepare's fast path, [`super::netlink`]: a job's map elements when its
+//! policy's chain is already there, two set elements and a jump, where the library's load,
+//! context and cache cost ~4 ms against the kernel's ~0.1.
 
 use std::io::{Seek, Write};
 use std::os::fd::AsRawFd;
@@ -46,11 +48,12 @@ pub struct Listing {
     pub has_map: bool,
     /// The output base chain exists.
     pub has_output: bool,
-    /// Map elements: the key as nft writes it (a uid, or `{"range": [a, b]}`), and the uid
-    /// whose chain it jumps to.
-    pub elements: Vec<(Value, u32)>,
-    /// The uids of the job chains (`uid_<uid>`).
-    pub chains: Vec<u32>,
+    /// Map elements: the key as nft writes it (a uid, or `{"range": [a, b]}`), and the chain
+    /// it jumps to.
+    pub elements: Vec<(Value, String)>,
+    /// The chains besides `output` and `jobs`: policy chains, and job chains of executors
+    /// before them (`uid_<uid>`).
+    pub chains: Vec<String>,
 }
 
 impl Listing {
@@ -59,11 +62,32 @@ impl Listing {
         key.as_u64().and_then(|k| u32::try_from(k).ok())
     }
 
-    /// The keys in the map for `key`'s uid or subordinate range.
+    /// `[first, last]` of a map key that is a range (None for a single uid).
+    pub fn key_range(key: &Value) -> Option<[u32; 2]> {
+        let r = key["range"].as_array()?;
+        let id = |v: &Value| v.as_u64().and_then(|k| u32::try_from(k).ok());
+        match r.as_slice() {
+            [a, b] => Some([id(a)?, id(b)?]),
+            _ => None,
+        }
+    }
+
+    /// Is `uid` a key of the map?
     pub fn mapped(&self, uid: u32) -> bool {
         self.elements
             .iter()
             .any(|(k, _)| Self::key_uid(k) == Some(uid))
+    }
+
+    /// The keys in the map that are `uid` or the range `subids`.
+    pub fn keys_of(&self, uid: u32, subids: Option<[u32; 2]>) -> Vec<Value> {
+        self.elements
+            .iter()
+            .filter(|(k, _)| {
+                Self::key_uid(k) == Some(uid) || (subids.is_some() && Self::key_range(k) == subids)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 }
 
@@ -80,17 +104,16 @@ pub fn parse_listing(json: &Value) -> Result<Listing, String> {
                 for e in map["elem"].as_array().into_iter().flatten() {
                     let target = e[1]["jump"]["target"]
                         .as_str()
-                        .and_then(render::chain_uid)
-                        .ok_or_else(|| format!("map element {e} does not jump to a job chain"))?;
-                    out.elements.push((e[0].clone(), target));
+                        .ok_or_else(|| format!("map element {e} does not jump to a chain"))?;
+                    out.elements.push((e[0].clone(), target.to_string()));
                 }
             }
         } else if let Some(chain) = item.get("chain") {
             let name = chain["name"].as_str().unwrap_or_default();
             if name == render::OUTPUT && chain["hook"] == "output" {
                 out.has_output = true;
-            } else if let Some(uid) = render::chain_uid(name) {
-                out.chains.push(uid);
+            } else if name != render::OUTPUT && name != render::JOBS {
+                out.chains.push(name.to_string());
             }
         }
     }
@@ -114,6 +137,13 @@ impl Nft {
     /// Do transactions and listings run in-process (libnftables), not as the program?
     pub fn in_process(&self) -> bool {
         self.library().is_some()
+    }
+
+    /// May prepare add a job's elements over netlink itself ([`super::netlink`])? Only where
+    /// the library would stand in for the program: the default program, as root. Loads
+    /// nothing.
+    pub fn netlink_allowed(&self) -> bool {
+        self.program == DEFAULT_PROGRAM && nix::unistd::geteuid().is_root()
     }
 
     /// libnftables, when the program is the default, we are root, and the library loads
@@ -196,9 +226,13 @@ impl Nft {
         }
     }
 
-    /// Remove the job keyed `key` from `table` (idempotent).
-    pub fn remove_job(&self, table: &str, key: &JobKey) -> Result<(), NetworkError> {
-        self.apply(&render::remove_job(table, key), "remove the job's rules")
+    /// Remove the map elements of the job keyed `key`, which jump to `chain`, from `table`
+    /// (idempotent).
+    pub fn remove_job(&self, table: &str, key: &JobKey, chain: &str) -> Result<(), NetworkError> {
+        self.apply(
+            &render::remove_job(table, key, chain),
+            "remove the job's rules",
+        )
     }
 }
 
@@ -222,20 +256,32 @@ mod tests {
             {"metainfo": {"version": "1.0.6"}},
             {"table": {"family": "inet", "name": "t"}},
             {"map": {"name": "job_uids", "elem": [
-                [200001, {"jump": {"target": "uid_200001"}}],
-                [{"range": [300000, 365535]}, {"jump": {"target": "uid_200001"}}]
+                [200001, {"jump": {"target": "policy_ab"}}],
+                [{"range": [300000, 365535]}, {"jump": {"target": "policy_ab"}}],
+                [200002, {"jump": {"target": "uid_200002"}}]
             ]}},
             {"chain": {"name": "output", "hook": "output"}},
-            {"chain": {"name": "uid_200001"}},
+            {"chain": {"name": "jobs"}},
+            {"chain": {"name": "policy_ab"}},
             {"chain": {"name": "uid_200009"}},
             {"rule": {"chain": "output"}}
         ]});
         let l = parse_listing(&out).unwrap();
         assert!(l.has_map && l.has_output);
-        assert_eq!(l.chains, [200_001, 200_009]);
-        assert_eq!(l.elements.len(), 2);
-        assert!(l.mapped(200_001) && !l.mapped(200_009) && !l.mapped(300_000));
-        assert_eq!(l.elements[1].1, 200_001);
+        assert_eq!(l.chains, ["policy_ab", "uid_200009"]);
+        assert_eq!(l.elements.len(), 3);
+        assert!(l.mapped(200_001) && l.mapped(200_002) && !l.mapped(200_009));
+        assert!(!l.mapped(300_000));
+        assert_eq!(l.elements[1].1, "policy_ab");
+        assert_eq!(
+            Listing::key_range(&l.elements[1].0),
+            Some([300_000, 365_535])
+        );
+        assert_eq!(
+            l.keys_of(200_001, Some([300_000, 365_535])),
+            [json!(200001), json!({"range": [300000, 365535]})]
+        );
+        assert_eq!(l.keys_of(200_001, None), [json!(200001)]);
         // A map without elements has no "elem" key.
         let empty = json!({"nftables": [{"map": {"name": "job_uids"}}]});
         assert!(parse_listing(&empty).unwrap().elements.is_empty());

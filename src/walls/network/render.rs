@@ -5,27 +5,31 @@
 //!
 //! ```text
 //! table inet p3_executor {
-//!     map job_uids { type uid : verdict; flags interval; }      # uid (or subid range) → jump uid_<uid>
+//!     map job_uids { type uid : verdict; flags interval; }      # uid (or subid range) → jump policy_<digest>
 //!     set job_ranges { type uid; flags interval; auto-merge; } # every config's job ranges, added
 //!     chain output {
 //!         type filter hook output priority filter; policy accept;
 //!         meta skuid @job_ranges goto jobs                              # a job's uid; the rest
 //!     }                                                               # (no socket too) untouched
 //!     chain jobs {
-//!         meta skuid vmap @job_uids                                     # a job's: its own chain
+//!         meta skuid vmap @job_uids                                     # a job's: its policy's chain
 //!         ... refuse                                                    # no job holds it: strictest
 //!     }
-//!     chain uid_200001 { <the job's rules in order>; <its mode's verdict> }
+//!     chain policy_3f9a…  { <a policy's rules in order>; <its mode's verdict> }
 //! }
 //! ```
 //!
-//! A job adds (prepare) or removes (cleanup) its own chain and its map elements in one
-//! transaction; nothing else in the ruleset changes. Every per-job transaction is idempotent:
-//! the add flushes the uid's chain before filling it (so a uid never keeps a previous job's
-//! allowance), and the removal adds what it deletes first (so removing what is already gone is
-//! not an error).
+//! A policy's chain is named by a digest of its rules and shared by every job with those
+//! rules; a job adds (prepare) or removes (cleanup) only its map elements, nothing else in the
+//! ruleset changes. The first job of a policy makes its chain in the same transaction as its
+//! elements ([`add_job`], idempotent: the chain is flushed before it is filled, with the same
+//! rules); later jobs add their elements alone. The removal adds what it deletes first (so
+//! removing what is already gone is not an error); gc removes policy chains no element jumps
+//! to. Executors before policy chains gave each job a chain of its own (`uid_<uid>`); their
+//! jobs' cleanup removes it.
 
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use super::config::Mode;
 use super::policy::{Action, Pinned};
@@ -158,7 +162,8 @@ fn refuse(
             Some(format!("log: {comment}")),
             with(vec![
                 json!({"limit": {"rate": 10, "per": "second"}}),
-                json!({"log": {"prefix": cut(&prefix), "level": "info"}}),
+                // The socket's uid on the line: a policy's chain is shared by its jobs.
+                json!({"log": {"prefix": cut(&prefix), "level": "info", "flags": ["skuid"]}}),
             ]),
         ));
     }
@@ -246,15 +251,6 @@ pub fn base(table: &str, job_ranges: &[[u32; 2]], log: bool) -> Value {
     json!({"nftables": cmds})
 }
 
-fn elements(key: &JobKey) -> Value {
-    let jump = json!({"jump": {"target": chain_name(key.uid)}});
-    let mut elem = vec![json!([key.uid, jump])];
-    if let Some([a, b]) = key.subids {
-        elem.push(json!([range(a, b), jump]));
-    }
-    Value::Array(elem)
-}
-
 /// The command adding `job_ranges` to the table's set of job ranges (idempotent). In base and
 /// in every job's transaction: a second executor sharing the table (made by the first) must
 /// still get its ranges into the set, or its jobs' sockets would bypass every policy.
@@ -267,24 +263,34 @@ pub fn ranges_element(table: &str, job_ranges: &[[u32; 2]]) -> Value {
     )
 }
 
-/// The transaction that gives the job `job_id` running as `key` its rules: its chain (flushed
-/// first: whatever a previous holder of the uid had is gone in the same transaction) and its
-/// map elements. Every chain ends in a verdict: open accepts, allowlist refuses.
-pub fn add_job(
+/// The prefix of a policy chain's name; the rest is a digest of what the chain holds.
+pub const POLICY_PREFIX: &str = "policy_";
+
+/// A policy's chain, shared by every job with the same rules: its name is a digest of its
+/// rules, so a change of the config or of a name's addresses makes a new chain, and a job's
+/// own transaction is only its map elements when the chain is already there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyChain {
+    /// `policy_<96-bit digest, hex>`.
+    pub name: String,
+    /// The rules, in order (`add rule` commands).
+    rules: Vec<Value>,
+}
+
+/// The chain of `policy` (`plain` or `devstages.<name>`): its rules in order, then its mode's
+/// verdict (open accepts, allowlist refuses). Refusals are logged with the policy and the
+/// rule's source in the prefix and the socket's uid on the line.
+pub fn policy_chain(
     table: &str,
-    job_id: u64,
-    key: &JobKey,
+    policy: &str,
     mode: Mode,
     rules: &[Pinned],
     log: bool,
-) -> Value {
-    let chain = chain_name(key.uid);
-    let on_chain = json!({"family": "inet", "table": table, "name": chain});
-    let mut cmds = vec![
-        cmd("add", "chain", on_chain.clone()),
-        cmd("flush", "chain", on_chain),
-    ];
-    let prefix = |source: &str| log.then(|| format!("p3-executor job {job_id} {source}: "));
+) -> PolicyChain {
+    // Rendered for no table and chain, digested, then placed.
+    let (t, c) = ("", "");
+    let prefix = |source: &str| log.then(|| format!("p3-executor {policy} {source}: "));
+    let mut cmds = Vec::new();
     for r in rules {
         for v4 in [true, false] {
             let Some(dst) = daddr(&r.nets, v4) else {
@@ -298,53 +304,102 @@ pub fn add_job(
             match r.action {
                 Action::Accept => {
                     matching.extend([json!({"counter": null}), json!({"accept": null})]);
-                    cmds.push(rule(table, &chain, Some(comment), matching));
+                    cmds.push(rule(t, c, Some(comment), matching));
                 }
-                Action::Reject => cmds.extend(refuse(
-                    table,
-                    &chain,
-                    &matching,
-                    &comment,
-                    prefix(&r.source),
-                )),
+                Action::Reject => {
+                    cmds.extend(refuse(t, c, &matching, &comment, prefix(&r.source)));
+                }
             }
         }
     }
     match mode {
         Mode::Open => cmds.push(rule(
-            table,
-            &chain,
+            t,
+            c,
             Some("mode = open: everything else".into()),
             vec![json!({"counter": null}), json!({"accept": null})],
         )),
         Mode::Allowlist => cmds.extend(refuse(
-            table,
-            &chain,
+            t,
+            c,
             &[],
             "mode = allowlist: not allowed",
             prefix("allowlist"),
         )),
     }
+    let digest = sha2::Sha256::digest(Value::Array(cmds.clone()).to_string().as_bytes());
+    let name = format!("{POLICY_PREFIX}{}", &hex::encode(digest)[..24]);
+    for cmd in &mut cmds {
+        let body = &mut cmd["add"]["rule"];
+        body["table"] = json!(table);
+        body["chain"] = json!(name);
+    }
+    PolicyChain { name, rules: cmds }
+}
+
+/// A job's map elements: its uid (and subordinate range) → jump to `chain`.
+fn job_elements(table: &str, key: &JobKey, chain: &str) -> Value {
+    let jump = json!({"jump": {"target": chain}});
+    let mut elem = vec![json!([key.uid, jump])];
+    if let Some([a, b]) = key.subids {
+        elem.push(json!([range(a, b), jump]));
+    }
+    json!({"family": "inet", "table": table, "name": MAP, "elem": elem})
+}
+
+/// The transaction that gives the job running as `key` its policy: the executor's job uid
+/// ranges into the set, the policy's chain (made, or flushed and filled again with the same
+/// rules), `replace` (elements already there for the job's keys: a previous holder's, which
+/// the add would conflict with) deleted, and the job's map elements. prepare's slow path;
+/// the fast path adds the elements alone ([`super::netlink`]).
+pub fn add_job(
+    table: &str,
+    job_ranges: &[[u32; 2]],
+    key: &JobKey,
+    policy: &PolicyChain,
+    replace: &[Value],
+) -> Value {
+    let on_chain = json!({"family": "inet", "table": table, "name": policy.name});
+    let mut cmds = vec![
+        ranges_element(table, job_ranges),
+        cmd("add", "chain", on_chain.clone()),
+        cmd("flush", "chain", on_chain),
+    ];
+    cmds.extend(policy.rules.iter().cloned());
+    if !replace.is_empty() {
+        cmds.push(cmd(
+            "delete",
+            "element",
+            json!({"family": "inet", "table": table, "name": MAP, "elem": replace}),
+        ));
+    }
     cmds.push(cmd(
         "add",
         "element",
-        json!({"family": "inet", "table": table, "name": MAP, "elem": elements(key)}),
+        job_elements(table, key, &policy.name),
     ));
     json!({"nftables": cmds})
 }
 
-/// The transaction that takes a job's rules away: its map elements and its chain. Adding them
-/// first makes the removal of what is already gone succeed, in one atomic step.
-pub fn remove_job(table: &str, key: &JobKey) -> Value {
-    let on_chain = json!({"family": "inet", "table": table, "name": chain_name(key.uid)});
-    let on_map = json!({"family": "inet", "table": table, "name": MAP, "elem": elements(key)});
-    json!({"nftables": [
-        cmd("add", "chain", on_chain.clone()),
-        cmd("add", "element", on_map.clone()),
-        cmd("delete", "element", on_map),
-        cmd("flush", "chain", on_chain.clone()),
-        cmd("delete", "chain", on_chain),
-    ]})
+/// The transaction that takes a job's map elements away; they jump to `chain`. Adding them
+/// first makes the removal of what is already gone succeed, in one atomic step. A policy's
+/// chain stays for its other jobs (gc removes it once none jumps to it); a job chain of an
+/// executor before policy chains (`uid_<uid>`) goes with its elements.
+pub fn remove_job(table: &str, key: &JobKey, chain: &str) -> Value {
+    let on_chain = json!({"family": "inet", "table": table, "name": chain});
+    let elements = job_elements(table, key, chain);
+    let mut cmds = Vec::new();
+    let own = chain_uid(chain) == Some(key.uid);
+    if own {
+        cmds.push(cmd("add", "chain", on_chain.clone()));
+    }
+    cmds.push(cmd("add", "element", elements.clone()));
+    cmds.push(cmd("delete", "element", elements));
+    if own {
+        cmds.push(cmd("flush", "chain", on_chain.clone()));
+        cmds.push(cmd("delete", "chain", on_chain));
+    }
+    json!({"nftables": cmds})
 }
 
 /// The transaction that removes map elements (stale keys found by gc or check) without their
@@ -410,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn a_job_chain_is_flushed_filled_and_mapped_in_one_transaction() {
+    fn a_policy_chain_is_made_flushed_filled_and_mapped_in_one_transaction() {
         let key = JobKey {
             uid: 200_001,
             subids: Some([300_000, 365_535]),
@@ -429,12 +484,17 @@ mod tests {
                 "devstages.dev.network.allow[0]",
             ),
         ];
-        let tx = add_job("t", 42, &key, Mode::Allowlist, &rules, true);
+        let chain = policy_chain("t", "devstages.dev", Mode::Allowlist, &rules, true);
+        assert!(chain.name.starts_with("policy_") && chain.name.len() == 7 + 24);
+        let tx = add_job("t", &[[200_000, 265_535]], &key, &chain, &[]);
+        let named = format!("add chain {}", chain.name);
+        let flushed = format!("flush chain {}", chain.name);
         assert_eq!(
             outline(&tx),
             [
-                "add chain uid_200001",
-                "flush chain uid_200001",
+                "add element job_ranges",
+                &named,
+                &flushed,
                 // v4 then v6 of the refusal: log, TCP reset, drop.
                 "add rule log: network.deny[0] 169.254.169.254,fd00:ec2::254",
                 "add rule network.deny[0] 169.254.169.254,fd00:ec2::254",
@@ -450,23 +510,26 @@ mod tests {
             ]
         );
         let cmds = tx["nftables"].as_array().unwrap();
+        assert_eq!(cmds[3]["add"]["rule"]["table"], "t");
+        assert_eq!(cmds[3]["add"]["rule"]["chain"], json!(chain.name));
         assert_eq!(
-            cmds[2]["add"]["rule"]["expr"][0],
+            cmds[3]["add"]["rule"]["expr"][0],
             json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "169.254.169.254"}})
         );
         assert_eq!(
-            cmds[5]["add"]["rule"]["expr"][0]["match"]["left"]["payload"]["protocol"],
+            cmds[6]["add"]["rule"]["expr"][0]["match"]["left"]["payload"]["protocol"],
             "ip6"
         );
+        // Shared by the policy's jobs: the policy in the prefix, the socket's uid on the line.
         assert_eq!(
-            cmds[2]["add"]["rule"]["expr"][2]["log"]["prefix"],
-            "p3-executor job 42 network.deny[0]: "
+            cmds[3]["add"]["rule"]["expr"][2]["log"],
+            json!({"prefix": "p3-executor devstages.dev network.deny[0]: ", "level": "info", "flags": ["skuid"]})
         );
         assert_eq!(
-            cmds[3]["add"]["rule"]["expr"][3],
+            cmds[4]["add"]["rule"]["expr"][3],
             json!({"reject": {"type": "tcp reset"}})
         );
-        let allow = &cmds[8]["add"]["rule"]["expr"];
+        let allow = &cmds[9]["add"]["rule"]["expr"];
         assert_eq!(
             allow[0]["match"]["right"],
             json!({"prefix": {"addr": "10.20.0.0", "len": 16}})
@@ -474,12 +537,39 @@ mod tests {
         assert_eq!(allow[1]["match"]["right"], json!({"set": ["tcp", "udp"]}));
         assert_eq!(allow[2]["match"]["right"], json!(443));
         assert_eq!(allow[4], json!({"accept": null}));
+        let jump = json!({"jump": {"target": chain.name}});
         assert_eq!(
-            cmds[12]["add"]["element"]["elem"],
-            json!([
-                [200001, {"jump": {"target": "uid_200001"}}],
-                [{"range": [300000, 365535]}, {"jump": {"target": "uid_200001"}}]
-            ])
+            cmds[13]["add"]["element"]["elem"],
+            json!([[200001, jump], [{"range": [300000, 365535]}, jump]])
+        );
+    }
+
+    #[test]
+    fn the_chain_name_follows_the_rules_and_nothing_else() {
+        let deny = |addr: &str| [pinned(Action::Reject, &[addr], None, "network.deny[0]")];
+        let name =
+            |rules: &[Pinned], mode, log, policy| policy_chain("t", policy, mode, rules, log).name;
+        let a = name(&deny("10.0.0.1"), Mode::Open, true, "plain");
+        assert_eq!(a, name(&deny("10.0.0.1"), Mode::Open, true, "plain"));
+        assert_eq!(
+            a,
+            policy_chain("other_table", "plain", Mode::Open, &deny("10.0.0.1"), true).name,
+            "the table is not part of the rules"
+        );
+        // A name that resolved to another address, the mode, logging, the policy's name in
+        // the log prefix: each makes another chain.
+        for other in [
+            name(&deny("10.0.0.2"), Mode::Open, true, "plain"),
+            name(&deny("10.0.0.1"), Mode::Allowlist, true, "plain"),
+            name(&deny("10.0.0.1"), Mode::Open, false, "plain"),
+            name(&deny("10.0.0.1"), Mode::Open, true, "devstages.dev"),
+        ] {
+            assert_ne!(a, other);
+        }
+        // Without logging the policy's name is nowhere in the rules.
+        assert_eq!(
+            name(&deny("10.0.0.1"), Mode::Open, false, "plain"),
+            name(&deny("10.0.0.1"), Mode::Open, false, "devstages.dev")
         );
     }
 
@@ -495,24 +585,27 @@ mod tests {
             Some((1, 1024)),
             "network.plain.deny[0]",
         )];
-        let tx = add_job("t", 1, &key, Mode::Open, &rules, false);
+        let chain = policy_chain("t", "plain", Mode::Open, &rules, false);
+        let tx = add_job("t", &[[7, 7]], &key, &chain, &[json!(7)]);
         let cmds = tx["nftables"].as_array().unwrap();
-        assert_eq!(cmds.len(), 2 + 2 + 1 + 1);
+        assert_eq!(cmds.len(), 3 + 2 + 1 + 2);
         assert_eq!(
-            cmds[2]["add"]["rule"]["expr"][0]["match"]["right"],
+            cmds[3]["add"]["rule"]["expr"][0]["match"]["right"],
             json!({"set": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"prefix": {"addr": "10.1.0.0", "len": 16}}]})
         );
         assert_eq!(
-            cmds[2]["add"]["rule"]["expr"][2]["match"]["right"],
+            cmds[3]["add"]["rule"]["expr"][2]["match"]["right"],
             json!({"range": [1, 1024]})
         );
         assert_eq!(
-            cmds[4]["add"]["rule"]["expr"],
+            cmds[5]["add"]["rule"]["expr"],
             json!([{"counter": null}, {"accept": null}])
         );
+        // A previous holder's element is deleted before the job's is added.
+        assert_eq!(cmds[6]["delete"]["element"]["elem"], json!([7]));
         assert_eq!(
-            cmds[5]["add"]["element"]["elem"],
-            json!([[7, {"jump": {"target": "uid_7"}}]])
+            cmds[7]["add"]["element"]["elem"],
+            json!([[7, {"jump": {"target": chain.name}}]])
         );
     }
 
@@ -522,8 +615,14 @@ mod tests {
             uid: 200_002,
             subids: None,
         };
+        // A policy chain stays for its other jobs.
         assert_eq!(
-            outline(&remove_job("t", &key)),
+            outline(&remove_job("t", &key, "policy_ab")),
+            ["add element job_uids", "delete element job_uids"]
+        );
+        // A job chain of an executor before policy chains goes with its elements.
+        assert_eq!(
+            outline(&remove_job("t", &key, "uid_200002")),
             [
                 "add chain uid_200002",
                 "add element job_uids",

@@ -23,4 +23,8 @@ pub struct JobNetwork {
     pub mode: Mode,
     /// The rules with their pinned addresses.
     pub rules: Vec<Pinned>,
+    /// The policy's chain its map elements jump to (None: prepared by an executor before
+    /// policy chains, whose jobs had their own chain, `uid_<uid>`).
+    #[serde(default)]
+    pub chain: Option<String>,
 }
