@@ -15,7 +15,7 @@
 //! Target (issue 23): prepare with a grant within 1.6x of a bare kinit. The `p3-executor prepare`
 //! candidate runs the real binary for a fresh job each time: ID token verified against a JWKS
 //! file, policy, kinit, chown, state and an fsynced audit record. Next to it, the same prepare
-//! without a devstage (no grant) and with the network wall's `nft` stubbed, so the time beyond
+//! without a devstage (no grant) and without the network wall, so the time beyond
 //! kinit splits into the grant, the network wall and the rest. `bare kinit, no SPAKE` is the kinit
 //! a granted job gets once its KDC was seen not to offer SPAKE (`kerberos.spake = "auto"`: the
 //! module, and the OpenSSL it loads, left out); `p3-executor --version` is the
@@ -254,12 +254,18 @@ fn candidates(s: &Setup, runs: usize) -> Vec<Candidate> {
             "prepare, no devstage",
             PrepareBench::new(s, jobs, 60_000, "", false),
         ),
-        // With the network wall's `nft` replaced by /bin/true (started as a process, doing
-        // nothing): against the full prepare, what the wall's transaction costs (libnftables
-        // in-process, loaded at first use, and the kernel's commit).
+        // Without the network wall (no nft, and no rule that would need it): against the full
+        // prepare, what the wall costs (the job's elements over netlink once its policy's chain
+        // is there).
         prepare_candidate(
-            "prepare, nft = true",
-            PrepareBench::new(s, jobs, 80_000, "nft = \"/bin/true\"\n", true),
+            "prepare, no network wall",
+            PrepareBench::new(
+                s,
+                jobs,
+                80_000,
+                "nft = \"/nonexistent/nft\"\ndeny = []\n",
+                true,
+            ),
         ),
         prepare_candidate(
             "p3-executor prepare",
@@ -383,19 +389,19 @@ fn main() {
         );
     }
     // Where prepare's time beyond kinit goes (differences of medians: indicative only). The
-    // ticket is obtained beside the walls (the nft transaction), so prepare with a grant takes
+    // ticket is obtained beside the walls (the network wall), so prepare with a grant takes
     // about the start-up, the work before and after, and the longer of the two.
     let (full, bare, no_nft, obtain, start, no_spake) = (
         medians["p3-executor prepare"],
         medians["prepare, no devstage"],
-        medians["prepare, nft = true"],
+        medians["prepare, no network wall"],
         medians["kerberos::obtain"],
         medians["p3-executor --version"],
         medians["bare kinit, no SPAKE"],
     );
     println!(
         "prepare with a grant: {} beyond kerberos::obtain ({}, beside the walls), of which the executor's start-up {}; \
-         the grant adds {} to prepare without one ({}); the network wall's transaction adds about {} over `nft = /bin/true`; \
+         the grant adds {} to prepare without one ({}); the network wall adds about {}; \
          the job's own kinit (no SPAKE once learned) is {:.2}x bare kinit, so prepare with a grant is {:.2}x that kinit",
         ms(full.saturating_sub(obtain)),
         ms(obtain),
