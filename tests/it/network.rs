@@ -1015,7 +1015,7 @@ fn time_a_jobs_transaction_in_process_and_as_the_program() {
         uid: ranges[0][0] + i % 10,
         subids: None,
     };
-    let chain = render::policy_chain(table, &plain.name, plain.mode, &rules, true);
+    let chain = render::PolicyChain::new(&plain.name, plain.mode, &rules, true);
     for (name, nft) in [("libnftables", &lib), ("nft process", &program)] {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for i in 0..30 {

@@ -138,17 +138,7 @@ pub fn prepare(cfg: &Config, state: &mut JobState) -> Result<Vec<String>, Networ
         uid: state.ids.uid,
         subids: crate::subid_pool::leased(cfg, state.job_id).map(|r| [r.first, r.last()]),
     };
-    let table = cfg.network.table.clone();
-    let chain = render::policy_chain(&table, &policy.name, policy.mode, &rules, cfg.network.log);
-    let network = JobNetwork {
-        table: table.clone(),
-        key,
-        policy: policy.name.clone(),
-        sha256: policy.sha256(),
-        mode: policy.mode,
-        rules,
-        chain: Some(chain.name.clone()),
-    };
+    let chain = render::PolicyChain::new(&policy.name, policy.mode, &rules, cfg.network.log);
     let _lock = lock(cfg)?;
     if !(fast && add_elements(cfg, &key, &chain.name)) {
         if fast {
@@ -158,6 +148,16 @@ pub fn prepare(cfg: &Config, state: &mut JobState) -> Result<Vec<String>, Networ
         }
         add_job(cfg, &nft, &key, &chain)?;
     }
+    let chain = chain.name;
+    let network = JobNetwork {
+        table: cfg.network.table.clone(),
+        key,
+        policy: policy.name.clone(),
+        sha256: policy.sha256(),
+        mode: policy.mode,
+        rules,
+        chain: Some(chain),
+    };
     state.network = Some(network);
     Ok(warnings)
 }
@@ -218,7 +218,7 @@ fn add_job(
     cfg: &Config,
     nft: &Nft,
     key: &JobKey,
-    chain: &render::PolicyChain,
+    chain: &render::PolicyChain<'_>,
 ) -> Result<(), NetworkError> {
     let table = &cfg.network.table;
     let tx = |replace: &[serde_json::Value]| {

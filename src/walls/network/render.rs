@@ -266,75 +266,94 @@ pub fn ranges_element(table: &str, job_ranges: &[[u32; 2]]) -> Value {
 /// The prefix of a policy chain's name; the rest is a digest of what the chain holds.
 pub const POLICY_PREFIX: &str = "policy_";
 
-/// A policy's chain, shared by every job with the same rules: its name is a digest of its
-/// rules, so a change of the config or of a name's addresses makes a new chain, and a job's
-/// own transaction is only its map elements when the chain is already there.
+/// The version of how [`PolicyChain::rules`] renders a policy, part of every chain's name: a
+/// change of the rendering (a fixed rule, a new match) must make new chains on hosts that
+/// still hold chains rendered the old way. The unit test
+/// `the_rendering_is_pinned_to_its_version` fails when the rendering changes, until this is
+/// bumped and its digest updated.
+pub const RENDER_VERSION: u32 = 1;
+
+/// A policy's chain, shared by every job with the same rules: its name is a digest of what it
+/// is rendered from (the rendering's version, the policy's name, mode, logging and pinned
+/// rules), so a change of the config or of a name's addresses makes a new chain, and a job's
+/// own transaction is only its map elements when the chain is already there. The rules are
+/// rendered only when the chain has to be made (half a millisecond of a prepare otherwise).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PolicyChain {
+pub struct PolicyChain<'a> {
     /// `policy_<96-bit digest, hex>`.
     pub name: String,
-    /// The rules, in order (`add rule` commands).
-    rules: Vec<Value>,
+    policy: &'a str,
+    mode: Mode,
+    rules: &'a [Pinned],
+    log: bool,
 }
 
-/// The chain of `policy` (`plain` or `devstages.<name>`): its rules in order, then its mode's
-/// verdict (open accepts, allowlist refuses). Refusals are logged with the policy and the
-/// rule's source in the prefix and the socket's uid on the line.
-pub fn policy_chain(
-    table: &str,
-    policy: &str,
-    mode: Mode,
-    rules: &[Pinned],
-    log: bool,
-) -> PolicyChain {
-    // Rendered for no table and chain, digested, then placed.
-    let (t, c) = ("", "");
-    let prefix = |source: &str| log.then(|| format!("p3-executor {policy} {source}: "));
-    let mut cmds = Vec::new();
-    for r in rules {
-        for v4 in [true, false] {
-            let Some(dst) = daddr(&r.nets, v4) else {
-                continue;
-            };
-            let mut matching = vec![dst];
-            if let Some(p) = r.ports {
-                matching.extend(ports_match(p));
-            }
-            let comment = format!("{} {}", r.source, r.target);
-            match r.action {
-                Action::Accept => {
-                    matching.extend([json!({"counter": null}), json!({"accept": null})]);
-                    cmds.push(rule(t, c, Some(comment), matching));
+impl<'a> PolicyChain<'a> {
+    /// The chain of `policy` (`plain` or `devstages.<name>`) with `rules`, in `mode`.
+    pub fn new(policy: &'a str, mode: Mode, rules: &'a [Pinned], log: bool) -> Self {
+        let what = serde_json::to_vec(&(RENDER_VERSION, policy, mode, log, rules))
+            .expect("policies serialize");
+        let name = format!(
+            "{POLICY_PREFIX}{}",
+            &hex::encode(sha2::Sha256::digest(&what))[..24]
+        );
+        PolicyChain {
+            name,
+            policy,
+            mode,
+            rules,
+            log,
+        }
+    }
+
+    /// The chain's rules in `table`, in order (`add rule` commands): the policy's rules, then
+    /// its mode's verdict (open accepts, allowlist refuses). Refusals are logged with the
+    /// policy and the rule's source in the prefix and the socket's uid on the line.
+    pub fn rules(&self, table: &str) -> Vec<Value> {
+        let (t, c) = (table, self.name.as_str());
+        let prefix = |source: &str| {
+            self.log
+                .then(|| format!("p3-executor {} {source}: ", self.policy))
+        };
+        let mut cmds = Vec::new();
+        for r in self.rules {
+            for v4 in [true, false] {
+                let Some(dst) = daddr(&r.nets, v4) else {
+                    continue;
+                };
+                let mut matching = vec![dst];
+                if let Some(p) = r.ports {
+                    matching.extend(ports_match(p));
                 }
-                Action::Reject => {
-                    cmds.extend(refuse(t, c, &matching, &comment, prefix(&r.source)));
+                let comment = format!("{} {}", r.source, r.target);
+                match r.action {
+                    Action::Accept => {
+                        matching.extend([json!({"counter": null}), json!({"accept": null})]);
+                        cmds.push(rule(t, c, Some(comment), matching));
+                    }
+                    Action::Reject => {
+                        cmds.extend(refuse(t, c, &matching, &comment, prefix(&r.source)));
+                    }
                 }
             }
         }
+        match self.mode {
+            Mode::Open => cmds.push(rule(
+                t,
+                c,
+                Some("mode = open: everything else".into()),
+                vec![json!({"counter": null}), json!({"accept": null})],
+            )),
+            Mode::Allowlist => cmds.extend(refuse(
+                t,
+                c,
+                &[],
+                "mode = allowlist: not allowed",
+                prefix("allowlist"),
+            )),
+        }
+        cmds
     }
-    match mode {
-        Mode::Open => cmds.push(rule(
-            t,
-            c,
-            Some("mode = open: everything else".into()),
-            vec![json!({"counter": null}), json!({"accept": null})],
-        )),
-        Mode::Allowlist => cmds.extend(refuse(
-            t,
-            c,
-            &[],
-            "mode = allowlist: not allowed",
-            prefix("allowlist"),
-        )),
-    }
-    let digest = sha2::Sha256::digest(Value::Array(cmds.clone()).to_string().as_bytes());
-    let name = format!("{POLICY_PREFIX}{}", &hex::encode(digest)[..24]);
-    for cmd in &mut cmds {
-        let body = &mut cmd["add"]["rule"];
-        body["table"] = json!(table);
-        body["chain"] = json!(name);
-    }
-    PolicyChain { name, rules: cmds }
 }
 
 /// A job's map elements: its uid (and subordinate range) → jump to `chain`.
@@ -356,7 +375,7 @@ pub fn add_job(
     table: &str,
     job_ranges: &[[u32; 2]],
     key: &JobKey,
-    policy: &PolicyChain,
+    policy: &PolicyChain<'_>,
     replace: &[Value],
 ) -> Value {
     let on_chain = json!({"family": "inet", "table": table, "name": policy.name});
@@ -365,7 +384,7 @@ pub fn add_job(
         cmd("add", "chain", on_chain.clone()),
         cmd("flush", "chain", on_chain),
     ];
-    cmds.extend(policy.rules.iter().cloned());
+    cmds.extend(policy.rules(table));
     if !replace.is_empty() {
         cmds.push(cmd(
             "delete",
@@ -484,7 +503,7 @@ mod tests {
                 "devstages.dev.network.allow[0]",
             ),
         ];
-        let chain = policy_chain("t", "devstages.dev", Mode::Allowlist, &rules, true);
+        let chain = PolicyChain::new("devstages.dev", Mode::Allowlist, &rules, true);
         assert!(chain.name.starts_with("policy_") && chain.name.len() == 7 + 24);
         let tx = add_job("t", &[[200_000, 265_535]], &key, &chain, &[]);
         let named = format!("add chain {}", chain.name);
@@ -548,16 +567,11 @@ mod tests {
     fn the_chain_name_follows_the_rules_and_nothing_else() {
         let deny = |addr: &str| [pinned(Action::Reject, &[addr], None, "network.deny[0]")];
         let name =
-            |rules: &[Pinned], mode, log, policy| policy_chain("t", policy, mode, rules, log).name;
+            |rules: &[Pinned], mode, log, policy| PolicyChain::new(policy, mode, rules, log).name;
         let a = name(&deny("10.0.0.1"), Mode::Open, true, "plain");
         assert_eq!(a, name(&deny("10.0.0.1"), Mode::Open, true, "plain"));
-        assert_eq!(
-            a,
-            policy_chain("other_table", "plain", Mode::Open, &deny("10.0.0.1"), true).name,
-            "the table is not part of the rules"
-        );
-        // A name that resolved to another address, the mode, logging, the policy's name in
-        // the log prefix: each makes another chain.
+        // A name that resolved to another address, the mode, logging, the policy's name (in
+        // the log prefix): each makes another chain.
         for other in [
             name(&deny("10.0.0.2"), Mode::Open, true, "plain"),
             name(&deny("10.0.0.1"), Mode::Allowlist, true, "plain"),
@@ -566,10 +580,47 @@ mod tests {
         ] {
             assert_ne!(a, other);
         }
-        // Without logging the policy's name is nowhere in the rules.
+    }
+
+    /// A chain is reused by name, so rules rendered differently under the same name would
+    /// leave hosts with chains rendered the old way. This digest of a rendering that uses every
+    /// kind of rule fails when the rendering changes: then bump [`RENDER_VERSION`] (which
+    /// renames every chain) and record the new digest here, with it.
+    #[test]
+    fn the_rendering_is_pinned_to_its_version() {
+        let rules = [
+            pinned(
+                Action::Reject,
+                &["169.254.169.254", "fd00:ec2::254"],
+                None,
+                "network.deny[0]",
+            ),
+            pinned(
+                Action::Accept,
+                &["10.20.0.0/16", "10.21.0.1"],
+                Some((443, 450)),
+                "devstages.dev.network.allow[0]",
+            ),
+            pinned(Action::Reject, &["10.30.0.0/16"], Some((22, 22)), "x"),
+        ];
+        let mut rendered = Vec::new();
+        for (mode, log) in [(Mode::Allowlist, true), (Mode::Open, false)] {
+            rendered.extend(PolicyChain::new("devstages.dev", mode, &rules, log).rules("t"));
+        }
+        // The chain's name is in every rule; the digest is of the rest.
+        for r in &mut rendered {
+            r["add"]["rule"]["chain"] = json!("");
+        }
+        let digest = hex::encode(sha2::Sha256::digest(
+            Value::Array(rendered).to_string().as_bytes(),
+        ));
         assert_eq!(
-            name(&deny("10.0.0.1"), Mode::Open, false, "plain"),
-            name(&deny("10.0.0.1"), Mode::Open, false, "devstages.dev")
+            (RENDER_VERSION, digest.as_str()),
+            (
+                1,
+                "8a7eda3b2478340234b2bd17ee066282d5839037f463475bfd310ccb5bad835e"
+            ),
+            "the rules render differently: bump RENDER_VERSION and record both here"
         );
     }
 
@@ -585,7 +636,7 @@ mod tests {
             Some((1, 1024)),
             "network.plain.deny[0]",
         )];
-        let chain = policy_chain("t", "plain", Mode::Open, &rules, false);
+        let chain = PolicyChain::new("plain", Mode::Open, &rules, false);
         let tx = add_job("t", &[[7, 7]], &key, &chain, &[json!(7)]);
         let cmds = tx["nftables"].as_array().unwrap();
         assert_eq!(cmds.len(), 3 + 2 + 1 + 2);
