@@ -655,7 +655,7 @@ fn a_uid_whose_element_was_left_behind_gets_its_own_policy() {
         "add element inet {} job_uids {{ {uid} : jump policy_left_behind }}",
         net.table
     ));
-    let (mut job, got) = prepared(&host, 2141);
+    let (mut job, got) = prepared(&host, 2151);
     assert_eq!(got, uid);
     let own = chain_of(&job.log);
     assert_ne!(own, "policy_left_behind");

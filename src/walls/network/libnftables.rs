@@ -116,7 +116,7 @@ impl Libnftables {
         let _one = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         // The library exits the process when it cannot open its netlink socket (the program
         // exits 3); a socket of our own first turns that into an error.
-        netlink_socket().map_err(|e| NetworkError::Library {
+        super::netlink::netfilter_socket().map_err(|e| NetworkError::Library {
             what: what.to_string(),
             reason: format!("cannot open a netfilter netlink socket: {e}"),
         })?;
@@ -160,22 +160,4 @@ unsafe fn text(p: *const c_char) -> String {
     }
     // SAFETY: the caller's promise.
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-/// Open and close a netfilter netlink socket, as the library's context does.
-fn netlink_socket() -> std::io::Result<()> {
-    // SAFETY: socket(2) with constant arguments; the descriptor is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nothing else owns; dropping it closes it.
-    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    Ok(())
 }

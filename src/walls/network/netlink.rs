@@ -211,7 +211,9 @@ fn message(
     Ok(())
 }
 
-fn socket() -> io::Result<OwnedFd> {
+/// A netfilter netlink socket (also how [`super::libnftables`] learns beforehand whether the
+/// library's own would open).
+pub(super) fn netfilter_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket(2) with constant arguments; the descriptor is owned right away.
     let fd = unsafe {
         libc::socket(
@@ -224,7 +226,12 @@ fn socket() -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A netfilter netlink socket whose reads give up after [`ANSWER_TIMEOUT`].
+fn socket() -> io::Result<OwnedFd> {
+    let sock = netfilter_socket()?;
     let tv = libc::timeval {
         tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t,
         tv_usec: 0,
