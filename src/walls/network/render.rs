@@ -263,7 +263,7 @@ pub fn ranges_element(table: &str, job_ranges: &[[u32; 2]]) -> Value {
     )
 }
 
-/// The prefix of a policy chain's name; the rest is a digest of what the chain holds.
+/// The prefix of a policy chain's name; the rest is a digest of what it is rendered from.
 pub const POLICY_PREFIX: &str = "policy_";
 
 /// The version of how [`PolicyChain::rules`] renders a policy, part of every chain's name: a
