@@ -116,7 +116,7 @@ pub fn ensure_table(cfg: &Config) -> Result<(), NetworkError> {
 /// not resolve). Fails (a system failure) when the policy cannot be applied.
 ///
 /// Fast path: the policy's chain is already in the table (another job had the same rules), so
-/// only the job's elements are added, over netlink ([`netlink`]). Otherwise, or when the
+/// only the job's elements are added, over netlink (`netlink.rs`). Otherwise, or when the
 /// kernel refuses that batch, one transaction through nftables makes the chain too.
 pub fn prepare(cfg: &Config, state: &mut JobState) -> Result<Vec<String>, NetworkError> {
     if !state.ids.switch_user {

@@ -14,7 +14,7 @@
 //! inject syntax (comments and log prefixes are JSON strings, not parsed text), and the Rust
 //! netlink crates for nftables are either bindings to libnftnl (a C library to link into the
 //! binary the runner starts for every stage) or young, thinly maintained pure-Rust ports. The
-//! one exception is prepare's fast path, [`super::netlink`]: a job's map elements when its
+//! one exception is prepare's fast path, `netlink.rs`: a job's map elements when its
 //! policy's chain is already there, two set elements and a jump, where the library's load,
 //! context and cache cost ~4 ms against the kernel's ~0.1.
 
@@ -139,7 +139,7 @@ impl Nft {
         self.library().is_some()
     }
 
-    /// May prepare add a job's elements over netlink itself ([`super::netlink`])? Only where
+    /// May prepare add a job's elements over netlink itself (`netlink.rs`)? Only where
     /// the library would stand in for the program: the default program, as root. Loads
     /// nothing.
     pub fn netlink_allowed(&self) -> bool {

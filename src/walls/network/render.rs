@@ -370,7 +370,7 @@ fn job_elements(table: &str, key: &JobKey, chain: &str) -> Value {
 /// ranges into the set, the policy's chain (made, or flushed and filled again with the same
 /// rules), `replace` (elements already there for the job's keys: a previous holder's, which
 /// the add would conflict with) deleted, and the job's map elements. prepare's slow path;
-/// the fast path adds the elements alone ([`super::netlink`]).
+/// the fast path adds the elements alone (`netlink.rs`).
 pub fn add_job(
     table: &str,
     job_ranges: &[[u32; 2]],
