@@ -683,6 +683,53 @@ fn a_uid_whose_element_was_left_behind_gets_its_own_policy() {
     assert_eq!(net.mapped(), (vec![], vec![]));
 }
 
+/// A job prepared by an executor before policy chains (its own chain `uid_<uid>`, no `chain`
+/// in its state.json) and cleaned up by this one, as across a package upgrade: its element
+/// and its chain go, and nothing else.
+#[test]
+fn cleanup_of_a_job_prepared_before_policy_chains_removes_its_own_chain() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let lo = uid_base();
+    let host = host_with_uids_and(
+        lo,
+        lo + 9,
+        &format!("[network]\ntable = \"{}\"\n", net.table),
+    );
+    let (mut job, uid) = prepared(&host, 2161);
+    let shared = chain_of(&job.log);
+    // What the old executor would have left: the uid jumping to a chain of its own.
+    let own = format!("uid_{uid}");
+    net.nft(&format!("add chain inet {} {own} {{ accept; }}", net.table));
+    net.nft(&format!(
+        "delete element inet {} job_uids {{ {uid} }}",
+        net.table
+    ));
+    net.nft(&format!(
+        "add element inet {} job_uids {{ {uid} : jump {own} }}",
+        net.table
+    ));
+    let path = host.root().join("state/jobs/2161/state.json");
+    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    state["network"]
+        .as_object_mut()
+        .expect("the job's network in its state")
+        .remove("chain");
+    std::fs::write(&path, state.to_string()).unwrap();
+    let (mapped, mut chains) = net.mapped();
+    chains.sort();
+    assert_eq!(mapped, [u64::from(uid)]);
+    assert_eq!(chains, [shared.clone(), own]);
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+    assert_eq!(
+        net.mapped(),
+        (vec![], vec![shared]),
+        "the old job's element and chain are gone; the policy's chain waits for gc"
+    );
+}
+
 #[test]
 fn fifty_concurrent_jobs_with_mixed_devstages_each_get_exactly_their_policy() {
     if !needs_root() {
