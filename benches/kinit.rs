@@ -394,7 +394,7 @@ fn main() {
     // Where prepare's time beyond kinit goes (differences of medians: indicative only). The
     // ticket is obtained beside the walls (the network wall), so prepare with a grant takes
     // about the start-up, the work before and after, and the longer of the two.
-    let (full, bare, no_nft, obtain, start, no_spake) = (
+    let (full, bare, no_wall, obtain, start, no_spake) = (
         medians["p3-executor prepare"],
         medians["prepare, no devstage"],
         medians["prepare, no network wall"],
@@ -411,7 +411,7 @@ fn main() {
         ms(start),
         ms(full.saturating_sub(bare)),
         ms(bare),
-        ms(full.saturating_sub(no_nft)),
+        ms(full.saturating_sub(no_wall)),
         no_spake.as_secs_f64() / base_median.as_secs_f64(),
         full.as_secs_f64() / no_spake.as_secs_f64(),
     );

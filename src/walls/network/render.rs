@@ -464,6 +464,16 @@ mod tests {
         }
     }
 
+    /// `[network] deny`'s metadata addresses, v4 and v6: a refusal rendered in both families.
+    fn metadata_denied() -> Pinned {
+        pinned(
+            Action::Reject,
+            &["169.254.169.254", "fd00:ec2::254"],
+            None,
+            "network.deny[0]",
+        )
+    }
+
     /// The verbs and kinds of a transaction, in order, and each rule's comment.
     fn outline(v: &Value) -> Vec<String> {
         v["nftables"]
@@ -490,12 +500,7 @@ mod tests {
             subids: Some([300_000, 365_535]),
         };
         let rules = [
-            pinned(
-                Action::Reject,
-                &["169.254.169.254", "fd00:ec2::254"],
-                None,
-                "network.deny[0]",
-            ),
+            metadata_denied(),
             pinned(
                 Action::Accept,
                 &["10.20.0.0/16"],
@@ -589,12 +594,7 @@ mod tests {
     #[test]
     fn the_rendering_is_pinned_to_its_version() {
         let rules = [
-            pinned(
-                Action::Reject,
-                &["169.254.169.254", "fd00:ec2::254"],
-                None,
-                "network.deny[0]",
-            ),
+            metadata_denied(),
             pinned(
                 Action::Accept,
                 &["10.20.0.0/16", "10.21.0.1"],
