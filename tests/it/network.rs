@@ -94,6 +94,15 @@ fn chain_of(log: &str) -> String {
     line.split_whitespace().nth(1).unwrap().to_string()
 }
 
+/// A host of ten job uids from `lo` with the default network policy in `net`'s table.
+fn defaults_host(net: &Net, lo: u32) -> Host {
+    host_with_uids_and(
+        lo,
+        lo + 9,
+        &format!("[network]\ntable = \"{}\"\n", net.table),
+    )
+}
+
 /// A process group killed when dropped (also on a panic), and reaped.
 struct Daemon(std::process::Child);
 
@@ -693,11 +702,7 @@ fn cleanup_of_a_job_prepared_before_policy_chains_removes_its_own_chain() {
     }
     let net = Net::new();
     let lo = uid_base();
-    let host = host_with_uids_and(
-        lo,
-        lo + 9,
-        &format!("[network]\ntable = \"{}\"\n", net.table),
-    );
+    let host = defaults_host(&net, lo);
     let (mut job, uid) = prepared(&host, 2161);
     let shared = chain_of(&job.log);
     // What the old executor would have left: the uid jumping to a chain of its own.
@@ -803,11 +808,7 @@ fn check_names_a_missing_table_a_stale_element_and_a_host_without_nft() {
     }
     let net = Net::new();
     let lo = uid_base();
-    let host = host_with_uids_and(
-        lo,
-        lo + 9,
-        &format!("[network]\ntable = \"{}\"\n", net.table),
-    );
+    let host = defaults_host(&net, lo);
     let check = |host: &Host, args: &[&str]| {
         let mut all = vec!["check"];
         all.extend(args);
