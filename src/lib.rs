@@ -19,6 +19,7 @@ pub mod images;
 pub mod job;
 pub(crate) mod limits;
 pub mod metrics;
+pub(crate) mod pattern_match;
 pub mod policy;
 pub(crate) mod process;
 pub(crate) mod residue;

@@ -10,12 +10,11 @@
 //! character [`crate::terminal::is_unsafe`] names (tested there), so a message is one line
 //! that cannot carry a newline or an escape sequence into the job log or the audit `reason`.
 
-use globset::GlobBuilder;
-use regex::Regex;
 use serde::Serialize;
 
 use crate::config::{Config, Devstage, RefType};
 use crate::identity::Identity;
+use crate::pattern_match;
 
 /// The outcome of a credential request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -147,13 +146,10 @@ pub fn evaluate(id: &Identity, name: &str, stage: &Devstage) -> Vec<RuleCheck> {
     let mut out = Vec::new();
 
     // `*` must not cross `/`: `client/*` must not admit `client/forks/evil`.
-    let project_ok = stage.projects.iter().any(|pattern| {
-        GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-            .map(|g| g.compile_matcher().is_match(&id.project_path))
-            .unwrap_or(false)
-    });
+    let project_ok = stage
+        .projects
+        .iter()
+        .any(|pattern| pattern_match::glob(pattern, &id.project_path).unwrap_or(false));
     out.push(check(
         "projects",
         format!("{:?}", id.project_path),
@@ -203,7 +199,7 @@ pub fn evaluate(id: &Identity, name: &str, stage: &Devstage) -> Vec<RuleCheck> {
         RefType::Branch => ("branch_pattern", stage.branch_pattern.as_ref()),
         RefType::Tag => ("tag_pattern", stage.tag_pattern.as_ref()),
     };
-    let failure = pattern.and_then(|p| match full_match(p, &id.ref_name) {
+    let failure = pattern.and_then(|p| match pattern_match::full_regex(p, &id.ref_name) {
         Ok(true) => None,
         Ok(false) => Some(format!("{kind} {:?} does not match {p}", id.ref_name)),
         Err(e) => Some(format!("invalid regex {p}: {e}")),
@@ -267,12 +263,6 @@ fn check_stage(id: &Identity, name: &str, stage: &Devstage) -> Result<(), Decisi
         }),
         None => Ok(()),
     }
-}
-
-/// The whole name must match, even if the pattern forgets `^`/`$`: a prod tag pattern `v\d+`
-/// must not admit `not-v1`.
-fn full_match(pattern: &str, text: &str) -> Result<bool, regex::Error> {
-    Ok(Regex::new(&format!("^(?:{pattern})$"))?.is_match(text))
 }
 
 #[cfg(test)]
