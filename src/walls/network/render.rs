@@ -21,9 +21,9 @@
 //!
 //! A policy's chain is named by a digest of its rules (and of [`RENDER_VERSION`]) and shared
 //! by every job with those rules; a job adds (prepare) or removes (cleanup) only its map
-//! elements, nothing else in the ruleset changes. The first job of a policy makes its chain in the same transaction as its
-//! elements ([`add_job`], idempotent: the chain is flushed before it is filled, with the same
-//! rules); later jobs add their elements alone. The removal adds what it deletes first (so
+//! elements, nothing else in the ruleset changes. The first job of a policy makes its chain in
+//! the same transaction as its elements ([`add_job`], idempotent: the chain is flushed before
+//! it is filled, with the same rules); later jobs add their elements alone. The removal adds what it deletes first (so
 //! removing what is already gone is not an error); gc removes policy chains no element jumps
 //! to. Executors before policy chains gave each job a chain of its own (`uid_<uid>`); their
 //! jobs' cleanup removes it.
