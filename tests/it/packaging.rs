@@ -499,8 +499,12 @@ fn the_deb_installs_upgrades_under_a_running_job_removes_and_purges() {
 
     // --- lintian: no error or warning (overrides are in packaging/debian/lintian-overrides,
     // each with its reason; not --show-overrides, which makes lintian 2.116 fail on them). ---
+    // Its own TMPDIR, removed with the test: lintian leaves a cache file there
+    // (`mldbm-elf-*`), which the suite's shared TMPDIR would keep run after run.
+    let lintian_tmp = tempfile::tempdir().unwrap();
     let lintian = run(Command::new("lintian")
         .args(["--fail-on", "error,warning", "--display-info", "--pedantic"])
+        .env("TMPDIR", lintian_tmp.path())
         .arg(&v1));
     eprintln!(
         "lintian:\n{}{}",
