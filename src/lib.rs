@@ -17,6 +17,7 @@ pub(crate) mod grant;
 pub mod identity;
 pub mod images;
 pub mod job;
+pub(crate) mod job_owner;
 pub(crate) mod limits;
 pub mod metrics;
 pub(crate) mod pattern_match;

@@ -73,8 +73,11 @@ fn sweep(cfg: &Config, job_id: u64) {
 pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     let job_id = job.job_id();
     let paths = JobPaths::new(cfg, job_id);
-    let (ids, user) = resolve_ids(cfg, job_id)?;
     workspace::create(cfg, &paths)?;
+    // Before anything else is taken or touched: the job id may be another GitLab instance's
+    // job's too (`job_owner`).
+    crate::job_owner::claim(&paths, job)?;
+    let (ids, user) = resolve_ids(cfg, job_id)?;
     let now = Utc::now();
     let mut state = JobState {
         job_id,

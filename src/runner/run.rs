@@ -48,6 +48,7 @@ pub fn execute(
 ) -> Result<ScriptOutcome> {
     let paths = JobPaths::new(cfg, job.job_id());
     paths.check_announced()?;
+    crate::job_owner::require(&paths, job)?;
     let mut state = JobState::load(&paths)?;
     let _active = crate::workspace::hold_active(&paths)?;
     match std::fs::metadata(script) {

@@ -214,6 +214,53 @@ fn prepare_retry_starts_from_a_fresh_job_root() {
 }
 
 #[test]
+fn a_job_with_the_same_id_from_another_gitlab_is_refused_and_leaves_the_first_alone() {
+    let host = new_host("");
+    let mut first = host.job(131, "echo first-ran");
+    first.config();
+    assert_eq!(first.prepare(), 0, "{}", first.log);
+    assert_eq!(first.run_stage("get_sources"), 0, "{}", first.log);
+    let state = state_of(&host, 131);
+    let marker = host.root().join("builds/131/home/marker");
+    std::fs::write(&marker, "the first job's").unwrap();
+    // Another GitLab instance's job 131: another job token, the same id.
+    let mut other = host
+        .job(131, "echo other-ran")
+        .token("glcbt-another-instance-token");
+    assert_eq!(other.config(), 0, "{}", other.log);
+    assert_eq!(other.prepare(), 2, "a system failure: {}", other.log);
+    assert!(
+        other
+            .log
+            .contains("job id 131 is in use on this host by another job"),
+        "{}",
+        other.log
+    );
+    assert!(
+        !other.log.contains("glcbt-"),
+        "a token in the log: {}",
+        other.log
+    );
+    assert_eq!(other.run_stage("get_sources"), 2, "{}", other.log);
+    assert_eq!(other.cleanup(), 0, "{}", other.log);
+    // The first job's state (its uid, its walls), its files and its run are untouched.
+    assert_eq!(state_of(&host, 131), state);
+    assert!(
+        marker.exists(),
+        "the other job's calls removed the first's root"
+    );
+    assert_eq!(first.run_stage("build_script"), 0, "{}", first.log);
+    assert!(first.log.contains("first-ran") && !first.log.contains("other-ran"));
+    assert_eq!(first.cleanup(), 0, "{}", first.log);
+    assert!(!host.root().join("state/jobs/131").exists());
+    assert!(!host.root().join("builds/131").exists());
+    // Once the first job is gone, the id is free for the other.
+    other.log.clear();
+    assert_eq!(other.prepare(), 0, "{}", other.log);
+    assert_eq!(other.cleanup(), 0, "{}", other.log);
+}
+
+#[test]
 fn cancelled_job_leaves_no_process_behind() {
     if !is_root() {
         eprintln!("skipped: needs root for a private job uid");

@@ -265,6 +265,9 @@ pub struct Job {
     pub artifacts: Vec<String>,
     /// What the stand-in collected of `artifacts`: path → content.
     pub collected: BTreeMap<String, String>,
+    /// The payload's job token (`glcbt-secret-token-<id>` unless set: the same job, retried,
+    /// carries the same one).
+    pub token: String,
 }
 
 impl Job {
@@ -297,7 +300,15 @@ impl Job {
             image: None,
             artifacts: Vec::new(),
             collected: BTreeMap::new(),
+            token: format!("glcbt-secret-token-{id}"),
         }
+    }
+
+    /// Give the payload another job token: a different job with the same id (as another
+    /// GitLab instance would send).
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = token.into();
+        self
     }
 
     /// Run the job in `name` (`image:` in .gitlab-ci.yml; the payload's `image`).
@@ -346,7 +357,7 @@ impl Job {
                     .collect();
                 let mut payload = json!({
                     "id": self.id,
-                    "token": format!("glcbt-secret-token-{}", self.id),
+                    "token": self.token,
                     "job_info": {"name": "job", "stage": "test", "project_id": 7, "project_name": "project"},
                     "git_info": {"repo_url": format!("file://{}", self.repo.display()), "ref": "main",
                                  "sha": self.sha, "ref_type": "branch"},
