@@ -198,6 +198,25 @@ fn policy_table_end_to_end() {
     // unknown devstage → denied with the list of known ones
     let mut j = env.job(511, "main", "branch", true, "client_qa", SHOW);
     assert_denied(&env, &mut j, "client_dev, client_prod, client_uat");
+    // a 100 KiB request (the runner also passes every variable in the environment, where the
+    // kernel allows 128 KiB) → denied; its record keeps a bounded part of it
+    let mut j = env.job(514, "main", "branch", true, &"x".repeat(100 << 10), SHOW);
+    assert_denied(&env, &mut j, "client_dev, client_prod, client_uat");
+    let record = env
+        .audit()
+        .into_iter()
+        .find(|r| r["job_id"] == 514)
+        .unwrap();
+    let size = record.to_string().len();
+    assert!(size < 8 << 10, "a deny record of {size} bytes");
+    assert!(
+        record["devstage"]
+            .as_str()
+            .unwrap()
+            .ends_with("(102400 bytes, cut)"),
+        "{}",
+        record["devstage"]
+    );
     // a request without a token → denied with what to add to .gitlab-ci.yml
     let mut j = env.host.job(512, SHOW).var("P3_DEVSTAGE", "client_dev");
     assert_denied(&env, &mut j, "id_tokens:");
