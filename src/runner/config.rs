@@ -16,7 +16,7 @@ pub struct ConfigOutput {
     pub cache_dir: String,
     /// Always false: no two jobs share a builds dir.
     pub builds_dir_is_shared: bool,
-    /// Shown as "Running on ... via <hostname>".
+    /// Shown as "Running on ... via `<hostname>`".
     pub hostname: String,
     /// Driver name and version for the job log.
     pub driver: Driver,

@@ -36,7 +36,7 @@ pub fn obtain(
 }
 
 /// Obtain a ticket for `account` from its keytab into the file cache `ccache`, living at most
-/// `max_life` (the job's deadline plus margin; see [`requested_lifetime`]).
+/// `max_life` (the job's deadline plus margin; see [`requested_lifetime`](super::requested_lifetime)).
 ///
 /// kinit writes a temporary cache next to `ccache`, which is then handed to `owner`
 /// (uid, gid) with mode 0600 and renamed over `ccache`: a refresh never leaves the job without

@@ -2,8 +2,8 @@
 //! `<base>/p3-executor/job-<id>` with a memory, pids and CPU limit, so no job can take the host
 //! down, and cleanup kills the job by its cgroup, which no process of the job can leave.
 //!
-//! - prepare ([`prepare`]): resolve the limits ([`limits`], pure), make the cgroup, record both
-//!   in `state.json`;
+//! - prepare ([`plan`], then [`JobCgroup::create`]): resolve the limits ([`limits`], pure),
+//!   record them and where the cgroup goes in `state.json`, make it;
 //! - run ([`JobCgroup::enter`]): the stage's supervisor moves itself in before it starts the
 //!   script, so the script and everything it starts inherit it; after the script, a failed stage
 //!   during which the OOM killer struck or a fork was refused is a build failure naming the limit

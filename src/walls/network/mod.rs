@@ -9,7 +9,7 @@
 //! - run: nothing to enter; the rules follow the socket's owner, which the uid switch decides;
 //! - cleanup and gc ([`release`]): one transaction removes them, before the uid goes back to
 //!   the pool; `gc` also removes the elements of uids no job holds ([`sweep`]);
-//! - `check` ([`findings`]): nft works, the table is in place, no job uid unmapped or stale.
+//! - `check` (`check/network.rs`): nft works, the table is in place, no job uid unmapped or stale.
 //!
 //! Pure parts are apart from the I/O: [`target`] (config entries), [`config`] (`[network]`),
 //! [`policy`] (rules in order, pinning, hash), [`render`] (the nft JSON); [`nft`] applies it

@@ -17,7 +17,7 @@ pub struct JobNetwork {
     pub key: JobKey,
     /// `plain` or `devstages.<name>`.
     pub policy: String,
-    /// [`Policy::sha256`].
+    /// [`Policy::sha256`](super::policy::Policy::sha256).
     pub sha256: String,
     /// `open` or `allowlist`.
     pub mode: Mode,
