@@ -283,7 +283,7 @@ impl JobState {
 }
 
 /// Job ids that have a workspace, a job root, a credentials dir or a uid lease (`leases`, as
-/// read by [`leases`]: the caller reads them once per sweep) on this host.
+/// read by [`leases`](crate::uid_pool::leases): the caller reads them once per sweep) on this host.
 pub fn known_jobs(cfg: &Config, leases: &[(u32, u64)]) -> Vec<u64> {
     let mut ids: Vec<u64> = [
         cfg.state_root.join("jobs"),

@@ -27,9 +27,9 @@
 //! - `record.rs`: [`AuditRecord`] and its kinds, the canonical hash, [`continues`] (pure);
 //! - `error.rs`: [`AuditError`];
 //! - `tail.rs`: how the log ends (a good record, a torn append, damage), read backwards;
-//! - `verify.rs`: walking the whole chain ([`verify`]);
+//! - `verify.rs`: walking the whole chain ([`verify`](fn@verify));
 //! - `syslog.rs`: the sink that sends every record to the local syslog socket;
-//! - `append.rs`: [`append`] (tail, recovery, write, fsync), then the sinks;
+//! - `append.rs`: [`append`](fn@append) (tail, recovery, write, fsync), then the sinks;
 //! - `query.rs`: [`Filter`], [`parse_since`] and [`show`] (the table or the JSON lines);
 //! - `cli.rs`: the `audit` subcommands ([`AuditCommand`]) and [`run`];
 //! - `shipped.rs`: how far the log has been shipped to `[audit.s3]` (the watermark and the lag);

@@ -75,10 +75,10 @@ fn enum_name<T: Serialize>(v: &T) -> String {
 /// still records what is known; only verified claims belong in them (never job variables).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
-    /// Position in the chain, from 1; set by [`append`](super::append).
+    /// Position in the chain, from 1; set by [`append`](fn@super::append).
     #[serde(default)]
     pub seq: u64,
-    /// When the record was appended (RFC 3339, UTC); set by [`append`](super::append).
+    /// When the record was appended (RFC 3339, UTC); set by [`append`](fn@super::append).
     pub time: DateTime<Utc>,
     /// Runner host that made the decision.
     pub host: String,
@@ -145,17 +145,17 @@ pub struct AuditRecord {
     /// For a `recovered` record: what was removed from the end of the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
-    /// Hash of the previous record ([`GENESIS`] for the first); set by [`append`](super::append).
+    /// Hash of the previous record ([`GENESIS`] for the first); set by [`append`](fn@super::append).
     #[serde(default)]
     pub prev: String,
-    /// SHA-256 of this record's canonical JSON without `hash`; set by [`append`](super::append).
+    /// SHA-256 of this record's canonical JSON without `hash`; set by [`append`](fn@super::append).
     #[serde(default)]
     pub hash: String,
 }
 
 impl AuditRecord {
     /// A record for `event` with `decision` and `reason`, stamped with this host and now;
-    /// fill in the known identity fields, then [`append`](super::append) it.
+    /// fill in the known identity fields, then [`append`](fn@super::append) it.
     pub fn new(event: AuditEvent, decision: Decision, reason: impl Into<String>) -> Self {
         Self {
             seq: 0,
