@@ -1,9 +1,9 @@
 //! `demo`: the product's point, end to end, on this machine and without GitLab.
 //!
 //! With MIT Kerberos installed, the demo starts a throwaway realm ([`realm`]) holding two system
-//! accounts, makes an RSA key standing in for GitLab's instance key ([`tokens`], published as a
+//! accounts, makes an RSA key standing in for GitLab's instance key ([`tokens`](crate::tokens), published as a
 //! JWKS *file*), writes an embedded config (the example config's policy), and drives three jobs
-//! through the local runner stand-in ([`driver`]): a release tag granted `client_prod`, a feature
+//! through the local runner stand-in ([`driver`](crate::driver)): a release tag granted `client_prod`, a feature
 //! branch forging protected-tag variables (denied before any stage runs), and a plain job. It then
 //! shows the audit log and verifies its hash chain. Without the KDC tools it runs the plain job
 //! only and says how to get the rest.

@@ -50,7 +50,7 @@ pub struct ChangeArgs {
     pub(crate) common: P3Args,
     /// Succeed, doing nothing, when p3.toml declares jobs but none for this devstage. Without
     /// it that is an error: a deploy job that deploys nothing must not pass. A p3.toml with
-    /// no [[job]] at all is an error even with this flag.
+    /// no `[[job]]` at all is an error even with this flag.
     #[arg(long)]
     pub(crate) allow_empty: bool,
 }
