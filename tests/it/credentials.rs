@@ -288,6 +288,54 @@ fn with_s3(env: &Env, s3_extra: &str) -> s3srv::S3Server {
 }
 
 #[test]
+fn another_gitlabs_job_with_the_same_id_gets_nothing_and_leaves_the_granted_job_its_ticket() {
+    let env = env();
+    let dev = env.kdc.principal("svc_client_dev");
+    let mut first = env.job(531, "feature/x", "branch", false, "client_dev", SHOW);
+    assert_eq!(first.config(), 0, "{}", first.log);
+    assert_eq!(first.prepare(), 0, "{}", first.log);
+    let ccache = env.host.root().join("state/creds/531/krb5cc");
+    assert!(ccache.exists(), "no ticket: {}", first.log);
+    // Job 531 of another GitLab instance, with its own (validly signed) ID token asking for
+    // the same devstage: another job token.
+    let mut other = env
+        .job(531, "feature/x", "branch", false, "client_dev", SHOW)
+        .token("glcbt-another-instance-token");
+    assert_eq!(other.config(), 0, "{}", other.log);
+    assert_eq!(other.prepare(), 2, "{}", other.log);
+    assert_eq!(other.run_stage("build_script"), 2, "{}", other.log);
+    assert!(!other.log.contains("Default principal"), "{}", other.log);
+    assert_eq!(other.cleanup(), 0, "{}", other.log);
+    // Nothing was granted, denied or revoked for it: the first job's records only.
+    assert_eq!(
+        env.audit_for(531),
+        vec![("grant".to_string(), "granted".to_string())]
+    );
+    // The first job keeps its ticket and uses it; its own cleanup destroys it.
+    assert!(
+        ccache.exists(),
+        "the other job's cleanup destroyed the ticket"
+    );
+    assert_eq!(first.run_stage("get_sources"), 0, "{}", first.log);
+    assert_eq!(first.run_stage("build_script"), 0, "{}", first.log);
+    assert!(
+        first.log.contains(&format!("Default principal: {dev}")),
+        "{}",
+        first.log
+    );
+    assert_eq!(first.cleanup(), 0, "{}", first.log);
+    assert!(!ccache.exists());
+    assert_eq!(
+        env.audit_for(531),
+        vec![
+            ("grant".to_string(), "granted".to_string()),
+            ("cleanup".to_string(), "succeeded".to_string())
+        ]
+    );
+    env.verify_audit();
+}
+
+#[test]
 fn granted_job_uses_s3_with_no_credentials_of_its_own() {
     let env = env();
     let srv = with_s3(&env, "");
