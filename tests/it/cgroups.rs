@@ -270,6 +270,42 @@ fn a_job_past_its_memory_limit_is_oom_killed_and_cleanup_leaves_nothing() {
 }
 
 #[test]
+fn two_configs_jobs_with_the_same_id_get_cgroups_of_their_own() {
+    if !needs_root() {
+        return;
+    }
+    // Runners of two GitLab instances, each with a config of its own (its own state root),
+    // under the same parent cgroup: both send a job 551.
+    let (a, b) = (host(""), host(""));
+    let mut first = prepared(a.job(551, "true"));
+    let mut second = prepared(b.job(551, "true"));
+    let (dirs_a, dirs_b) = (cgroup_dirs(&a, 551), cgroup_dirs(&b, 551));
+    for (da, db) in dirs_a.iter().zip(&dirs_b) {
+        assert_ne!(da, db, "one cgroup for two jobs");
+        assert_eq!(da.parent(), db.parent(), "the same parent");
+    }
+    // The first job runs; the second one's cleanup ends its own cgroup and leaves the first.
+    let mut running = spawn_body(
+        &mut first,
+        "echo started-551
+sleep 30
+echo survived-551",
+    );
+    running.wait_for("started-551");
+    assert_eq!(second.cleanup(), 0, "{}", second.log);
+    assert!(dirs_b.iter().all(|d| !d.exists()), "{dirs_b:?}");
+    assert!(dirs_a.iter().all(|d| d.exists()), "{dirs_a:?}");
+    let uid = uid_of(&a, 551);
+    assert!(
+        !processes_of(uid).is_empty(),
+        "the first job's stage was killed"
+    );
+    assert_eq!(first.cleanup(), 0, "{}", first.log);
+    let _ = running.finish(&mut first);
+    assert!(dirs_a.iter().all(|d| !d.exists()), "{dirs_a:?}");
+}
+
+#[test]
 fn gc_ends_orphaned_job_cgroups() {
     if !needs_root() {
         return;

@@ -187,7 +187,7 @@ pub struct HostLimitsConfig {
     /// `auto` (default) or `off`.
     #[serde(default)]
     pub cgroups: CgroupSetting,
-    /// The cgroup under which `p3-executor/job-<id>` is made (a path inside the cgroup
+    /// The cgroup under which `p3-executor/job-<id>-<tag>` is made (a path inside the cgroup
     /// hierarchy, e.g. `/system.slice/gitlab-runner.service`). Default: the cgroup of the
     /// executor process itself (on cgroup v2, its parent when it sits in our `p3-runner` leaf).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,7 @@
 //! A cgroup per job, with limits: every process of a job, in every stage, runs in
-//! `<base>/p3-executor/job-<id>` with a memory, pids and CPU limit, so no job can take the host
-//! down, and cleanup kills the job by its cgroup, which no process of the job can leave.
+//! `<base>/p3-executor/job-<id>-<tag>` with a memory, pids and CPU limit, so no job can take the
+//! host down, and cleanup kills the job by its cgroup, which no process of the job can leave.
+//! The tag names the config's state root ([`Placement::name`]).
 //!
 //! - prepare ([`plan`], then [`JobCgroup::create`]): resolve the limits ([`limits`], pure),
 //!   record them and where the cgroup goes in `state.json`, make it;
@@ -69,7 +70,7 @@ impl Placement {
     /// Where the job's cgroup of `job_id` goes on this host for this config (no I/O but the
     /// layout's, which the caller read).
     pub fn for_job(cfg: &Config, layout: &Layout, job_id: u64) -> Self {
-        let name = format!("job-{job_id}");
+        let name = Self::name(cfg, job_id);
         let parent = cfg.limits.cgroup_parent.as_deref();
         match layout {
             Layout::V2 { mount, own } => {
@@ -88,6 +89,18 @@ impl Placement {
                     .collect(),
             },
         }
+    }
+
+    /// The name of the cgroup of `job_id`: `job-<id>-<tag>`, the tag the first 8 hex digits of
+    /// the SHA-256 of `state_root`. Job ids are unique only within one GitLab instance, and
+    /// configs with state roots of their own (runners of several instances on one host) share
+    /// the parent cgroup: without the tag, one config's cleanup of its job 131 would kill the
+    /// other's. Within one config, a job id has one owner (`job_owner`).
+    pub fn name(cfg: &Config, job_id: u64) -> String {
+        use sha2::{Digest, Sha256};
+        use std::os::unix::ffi::OsStrExt;
+        let tag = Sha256::digest(cfg.state_root.as_os_str().as_bytes());
+        format!("job-{job_id}-{}", &hex::encode(tag)[..8])
     }
 
     /// The distinct directories of the job's cgroup.
@@ -407,5 +420,24 @@ pub fn probe(cfg: &Config) -> Probe {
         mode: layout.name(),
         parent,
         problem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_cgroup_is_named_by_its_id_and_its_configs_state_root() {
+        let cfg = |root: &str| Config::parse(&format!("state_root = \"{root}\"\n")).unwrap();
+        let (a, b) = (
+            cfg("/var/lib/p3-executor"),
+            cfg("/var/lib/p3-executor-staging"),
+        );
+        let name = Placement::name(&a, 131);
+        assert_eq!(name, Placement::name(&a, 131), "stable");
+        assert!(name.starts_with("job-131-") && name.len() == "job-131-".len() + 8);
+        assert_ne!(name, Placement::name(&b, 131), "one per config");
+        assert_ne!(name, Placement::name(&a, 132), "one per job");
     }
 }

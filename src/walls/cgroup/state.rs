@@ -13,12 +13,12 @@ use super::limits::Limits;
 pub enum Placement {
     /// One directory in the unified hierarchy.
     V2 {
-        /// `<base>/p3-executor/job-<id>`.
+        /// `<base>/p3-executor/job-<id>-<tag>`.
         dir: PathBuf,
     },
     /// One directory per v1 hierarchy.
     V1 {
-        /// `(controller, <base>/p3-executor/job-<id>)`.
+        /// `(controller, <base>/p3-executor/job-<id>-<tag>)`.
         dirs: Vec<(String, PathBuf)>,
     },
 }

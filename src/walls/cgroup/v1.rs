@@ -1,6 +1,6 @@
 //! The cgroup v1 file protocol: one directory per hierarchy (`memory`, `pids`, `cpu`,
 //! `cpuacct`, `freezer`; `cpu,cpuacct` co-mounted share one), each
-//! `<base>/p3-executor/job-<id>`. The same limits as v2, in v1's files.
+//! `<base>/p3-executor/job-<id>-<tag>`. The same limits as v2, in v1's files.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The cgroup v2 file protocol (unified hierarchy), on directories only: every function takes
 //! the directories it works on, so the tests drive it against a tree that mimics cgroupfs.
 //!
-//! Layout: `<base>/p3-executor/job-<id>`. `base` is the delegated cgroup (the runner's own,
+//! Layout: `<base>/p3-executor/job-<id>-<tag>`. `base` is the delegated cgroup (the runner's own,
 //! with `Delegate=yes`, or `[limits] cgroup_parent`). v2 lets a cgroup hand controllers to its
 //! children only while it holds no process itself, so when the runner sits in `base`, its
 //! processes are first moved into the leaf `<base>/p3-runner` (what systemd's
