@@ -213,7 +213,7 @@ fn policy_table_end_to_end() {
         record["devstage"]
             .as_str()
             .unwrap()
-            .ends_with("(102400 bytes, cut)"),
+            .ends_with("… (101376 more characters)"),
         "{}",
         record["devstage"]
     );

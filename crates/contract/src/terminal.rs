@@ -69,13 +69,14 @@ pub fn escape(s: &str) -> Cow<'_, str> {
 /// so a row stays one line however long a job made its fields.
 pub const MAX_CELL_CHARS: usize = 16 * 1024;
 
-/// `cell`, cut to [`MAX_CELL_CHARS`] with a note of how much was left out.
-fn clip(cell: String) -> String {
-    match cell.char_indices().nth(MAX_CELL_CHARS) {
-        None => cell,
+/// `text`, cut to `max_chars` characters with a note of how much was left out: a table cell
+/// (at [`MAX_CELL_CHARS`]), or a job's own text in an audit record.
+pub fn clip(text: String, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        None => text,
         Some((at, _)) => {
-            let more = cell[at..].chars().count();
-            format!("{}… ({more} more characters)", &cell[..at])
+            let more = text[at..].chars().count();
+            format!("{}… ({more} more characters)", &text[..at])
         }
     }
 }
@@ -93,7 +94,10 @@ pub fn table<const N: usize>(
     t.load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(header)
-        .add_rows(rows.into_iter().map(|row| row.map(clip)));
+        .add_rows(
+            rows.into_iter()
+                .map(|row| row.map(|cell| clip(cell, MAX_CELL_CHARS))),
+        );
     for column in t.column_iter_mut() {
         column.set_padding((0, 2));
     }
