@@ -107,18 +107,11 @@ mod tests {
     }
 
     fn paths(dir: &std::path::Path, id: u64) -> JobPaths {
-        let workspace = dir.join(id.to_string());
-        std::fs::create_dir_all(&workspace).unwrap();
-        JobPaths {
-            job_id: id,
-            workspace,
-            job_root: dir.join("root"),
-            builds_dir: dir.join("builds"),
-            cache_dir: dir.join("cache"),
-            home: dir.join("home"),
-            tmp: dir.join("tmp"),
-            creds: dir.join("creds"),
-        }
+        let cfg =
+            crate::config::Config::parse(&format!("state_root = \"{}\"\n", dir.display())).unwrap();
+        let paths = JobPaths::new(&cfg, id);
+        std::fs::create_dir_all(&paths.workspace).unwrap();
+        paths
     }
 
     #[test]
