@@ -31,6 +31,7 @@ pub(crate) mod residue;
 pub mod runner;
 pub mod sandbox;
 pub mod siblings;
+pub mod side_by_side;
 pub(crate) mod subid_pool;
 pub(crate) mod teardown;
 pub(crate) mod uid_pool;

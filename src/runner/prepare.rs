@@ -72,6 +72,11 @@ fn sweep(cfg: &Config, job_id: u64) {
 /// `p3-executor prepare`.
 pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     let job_id = job.job_id();
+    // Before anything is taken: no other config on this host may hand out this config's
+    // uids, directories or network chains (`side_by_side`). Only root hands any out.
+    if nix::unistd::getuid().is_root() {
+        crate::side_by_side::claim(cfg)?;
+    }
     let paths = JobPaths::new(cfg, job_id);
     workspace::create(cfg, &paths)?;
     // Before anything else is taken or touched: the job id may be another GitLab instance's

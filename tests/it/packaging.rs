@@ -728,6 +728,10 @@ fn the_deb_installs_upgrades_under_a_running_job_removes_and_purges() {
         "purge kept the state"
     );
     assert!(
+        !Path::new("/run/p3-executor").exists(),
+        "purge kept the registry of configs"
+    );
+    assert!(
         Path::new("/var/log/p3-executor/audit.jsonl").exists(),
         "purge took the audit log"
     );

@@ -260,6 +260,77 @@ fn a_job_with_the_same_id_from_another_gitlab_is_refused_and_leaves_the_first_al
     assert_eq!(other.cleanup(), 0, "{}", other.log);
 }
 
+/// Configs side by side (runners of two GitLab instances) whose job uids overlap: the second
+/// config's job is refused before anything is taken, the first config's running job runs on,
+/// and neither config starts a job until the two are apart.
+#[test]
+fn a_second_config_sharing_job_uids_is_refused_until_the_two_are_apart() {
+    if !is_root() {
+        eprintln!("skipped: needs root for private job uids");
+        return;
+    }
+    let lo = p3_testkit::driver::uid_base();
+    let first_host = crate::isolation::host_with_uids(lo, lo + 9);
+    let mut first = first_host.job(141, "echo first-ran");
+    first.config();
+    assert_eq!(first.prepare(), 0, "{}", first.log);
+    assert_eq!(first.run_stage("get_sources"), 0, "{}", first.log);
+    // Another instance's config, copied with the same job uids.
+    let second_host = crate::isolation::host_with_uids(lo, lo + 9);
+    let mut other = second_host.job(142, "echo other-ran");
+    other.config();
+    assert_eq!(other.prepare(), 2, "a system failure: {}", other.log);
+    let shared = format!("ids {lo}-{} (job_uid_range of both)", lo + 9);
+    assert!(
+        other.log.contains(&first_host.config.display().to_string()) && other.log.contains(&shared),
+        "{}",
+        other.log
+    );
+    // Nothing was taken for it: no workspace, no uid.
+    let leases = second_host.root().join("state/uids");
+    assert!(!second_host.root().join("state/jobs/142").exists());
+    assert!(std::fs::read_dir(&leases).map_or(true, |d| d.count() == 0));
+    assert_ne!(other.run_stage("build_script"), 0, "{}", other.log);
+    assert!(!other.log.contains("other-ran"), "{}", other.log);
+    assert_eq!(other.cleanup(), 0, "{}", other.log);
+    // The first config's running job runs on.
+    assert_eq!(first.run_stage("build_script"), 0, "{}", first.log);
+    assert!(first.log.contains("first-ran"), "{}", first.log);
+    // Its next job is refused too: the configs must be apart before either runs one.
+    let mut next = first_host.job(143, "echo next-ran");
+    next.config();
+    assert_eq!(next.prepare(), 2, "{}", next.log);
+    assert!(
+        next.log.contains(&second_host.config.display().to_string()),
+        "{}",
+        next.log
+    );
+    // `check` names the clash and its fix.
+    let check = crate::common::text(&second_host.exec(&["check"]));
+    assert!(
+        check.contains("error: another executor config in use on this host: ")
+            && check.contains(&first_host.config.display().to_string())
+            && check.contains("disjoint job_uid_range"),
+        "{check}"
+    );
+    // The second config's operator gives it uids of its own: both run jobs again.
+    let apart = p3_testkit::driver::uid_base();
+    let text = std::fs::read_to_string(&second_host.config)
+        .unwrap()
+        .replace(
+            &format!("job_uid_range = [{lo}, {}]", lo + 9),
+            &format!("job_uid_range = [{apart}, {}]", apart + 9),
+        );
+    std::fs::write(&second_host.config, text).unwrap();
+    next.log.clear();
+    assert_eq!(next.run_all(), JobResult::Success, "{}", next.log);
+    assert!(next.log.contains("next-ran"), "{}", next.log);
+    other.log.clear();
+    assert_eq!(other.run_all(), JobResult::Success, "{}", other.log);
+    assert!(other.log.contains("other-ran"), "{}", other.log);
+    assert_eq!(first.cleanup(), 0, "{}", first.log);
+}
+
 #[test]
 fn cancelled_job_leaves_no_process_behind() {
     if !is_root() {

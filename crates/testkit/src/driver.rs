@@ -57,6 +57,9 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.drop_network_table();
+        // Its entry in the host's registry of configs, which would otherwise go only when the
+        // next prepare finds its config file gone.
+        let _ = fs::remove_file(p3_executor::side_by_side::entry(&self.root().join("state")));
     }
 }
 
@@ -113,6 +116,11 @@ impl Host {
             uid_lo + 999,
             root.join("audit/audit.jsonl").display(),
         );
+        if !extra.contains("job_subid_range") {
+            // Before the first table (`extra` may open one): top-level keys come first.
+            let [lo, hi] = subid_window_of(uid_lo);
+            text.insert_str(0, &format!("job_subid_range = [{lo}, {hi}]\n"));
+        }
         if let Some(table) = &network_table {
             text.push_str(&format!("\n[network]\ntable = \"{table}\"\n"));
         }
@@ -221,6 +229,17 @@ pub fn uid_base() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100;
     1_000_000 + (std::process::id() % 997) * 100_000 + n * 1000
+}
+
+/// The subordinate ids (one job's 65,536) of the test host whose uids start at `uid_lo`
+/// ([`uid_base`]): hosts alive at once are configs side by side, which may share no id
+/// (`side_by_side`). Above every test uid window and the container tests' own windows
+/// (below 2.3G).
+pub fn subid_window_of(uid_lo: u32) -> [u32; 2] {
+    const RANGE: u32 = 65_536;
+    let slot = (uid_lo.saturating_sub(1_000_000) / 1000) % 25_000;
+    let first = 2_400_000_000 + slot * RANGE;
+    [first, first + RANGE - 1]
 }
 
 /// One job as the runner sees it.
