@@ -101,8 +101,9 @@ fn claim_in(dir: &Path, cfg: &Config) -> Result<()> {
         message.push_str(&format!("  - {}\n", c.describe()));
     }
     message.push_str(
-        "A job of one could be given an id or a directory that a job of the other holds, and with it that job's files, processes and credentials, so no job runs \
-         until they are apart. Fix: ",
+        "A job of one could be given an id or a directory that a job of the other holds, and \
+         with it that job's files, processes and credentials, so no job runs until they are \
+         apart. Fix: ",
     );
     message.push_str(&clashes[0].fix());
     Err(Error::Config { path, message })
@@ -111,15 +112,21 @@ fn claim_in(dir: &Path, cfg: &Config) -> Result<()> {
 /// check: the configs in use (read only) and the other `*.toml` configs beside
 /// `config_path` that clash with `cfg`, one [`Clash`] per config.
 pub fn clashes(cfg: &Config, config_path: &Path) -> Vec<Clash> {
+    clashes_in(Path::new(REGISTRY), cfg, config_path)
+}
+
+fn clashes_in(registry: &Path, cfg: &Config, config_path: &Path) -> Vec<Clash> {
     let ours = Claims::of(cfg);
-    let mut found = registered(Path::new(REGISTRY), None, &ours, false);
+    let mut found = registered(registry, None, &ours, false);
     let beside = config_path.parent().and_then(|d| fs::read_dir(d).ok());
     for e in beside.into_iter().flatten().flatten() {
         let path = e.path();
-        let same = |p: &Path| fs::canonicalize(p).ok() == fs::canonicalize(config_path).ok();
+        let canonical = fs::canonicalize(&path).ok();
+        let is_it = |p: &Path| fs::canonicalize(p).ok() == canonical;
+        // Not this config, nor one the registry already named.
         if path.extension().is_none_or(|x| x != "toml")
-            || same(&path)
-            || found.iter().any(|c| c.config.as_deref().is_some_and(same))
+            || is_it(config_path)
+            || found.iter().any(|c| c.config.as_deref().is_some_and(is_it))
         {
             continue;
         }
@@ -323,15 +330,25 @@ mod tests {
             "concurrent = 4\n[[runners]]\nname = \"x\"\n",
         )
         .unwrap();
-        let found = clashes(&a, &root.path().join("a.toml"));
-        let beside: Vec<_> = found.iter().filter(|c| c.entry.is_none()).collect();
-        assert_eq!(beside.len(), 1, "{found:?}");
-        assert!(beside[0].config.as_deref().unwrap().ends_with("b.toml"));
-        let shared = beside[0].shared.join(", ");
+        let registry = root.path().join("run/configs");
+        let found = clashes_in(&registry, &a, &root.path().join("a.toml"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].entry.is_none());
+        assert!(found[0].config.as_deref().unwrap().ends_with("b.toml"));
+        let shared = found[0].shared.join(", ");
         assert!(
             shared.contains("job_uid_range of both") && shared.contains("job_subid_range of both"),
             "{shared}"
         );
-        assert!(beside[0].fix().contains("delete it"));
+        assert!(found[0].fix().contains("delete it"));
+        // Once b is in use, the registry names it, and only once.
+        let b = Config::load(&root.path().join("b.toml")).unwrap();
+        assert!(
+            claim_in(&registry, &b).is_ok(),
+            "b's first prepare sees no entry of a"
+        );
+        let found = clashes_in(&registry, &a, &root.path().join("a.toml"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].entry.is_some(), "{found:?}");
     }
 }
