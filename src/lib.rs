@@ -18,6 +18,7 @@ pub mod error;
 pub mod explain;
 pub mod gc;
 pub(crate) mod grant;
+pub(crate) mod host_ids;
 pub mod identity;
 pub mod images;
 pub mod job;

@@ -123,8 +123,16 @@ fn read_leases(cfg: &Config) -> Vec<(SubidRange, Lease)> {
         .collect()
 }
 
-/// Lease a range for `job_id` (or return the one it holds).
+/// Lease a range for `job_id` (or return the one it holds): never one holding an id the host
+/// gives an account, a group or a user's subordinate ids (`host_ids`).
 pub fn lease(cfg: &Config, job_id: u64) -> Result<SubidRange> {
+    let mut held = crate::host_ids::uids();
+    held.extend(crate::host_ids::gids());
+    lease_avoiding(cfg, job_id, &held)
+}
+
+/// [`lease`], never a range holding one of the ids `held` holds.
+fn lease_avoiding(cfg: &Config, job_id: u64, held: &[crate::host_ids::Held]) -> Result<SubidRange> {
     let dir = dir(cfg);
     ensure_dir(&cfg.state_root, 0o711)?;
     ensure_dir(&dir, 0o700)?;
@@ -138,6 +146,9 @@ pub fn lease(cfg: &Config, job_id: u64) -> Result<SubidRange> {
     let start = (job_id % slots.len().max(1) as u64) as usize;
     for k in 0..slots.len() {
         let range = slots[(start + k) % slots.len()];
+        if held.iter().any(|h| h.meets([range.first, range.last()])) {
+            continue;
+        }
         let name = range.first.to_string();
         if crate::atomic_file::create_new(&dir, &name, job_id.to_string().as_bytes())
             .map_err(|e| Error::io(format!("lease subids {name} in {}", dir.display()), e))?
@@ -150,9 +161,12 @@ pub fn lease(cfg: &Config, job_id: u64) -> Result<SubidRange> {
         .filter(|(_, l)| matches!(l, Lease::Quarantined(_)))
         .count();
     let [lo, hi] = configured(cfg);
+    let by_host = crate::host_ids::describe(held, [lo, hi])
+        .map(|d| format!(" or holds ids of the host ({d}: never leased, see `p3-executor check`)"))
+        .unwrap_or_default();
     Err(Error::Workspace(format!(
         "every subordinate range in job_subid_range [{lo}, {hi}] is leased ({quarantined} \
-         quarantined); run `p3-executor gc`, or widen the range"
+         quarantined){by_host}; run `p3-executor gc`, or widen the range"
     )))
 }
 
@@ -349,6 +363,21 @@ mod tests {
         release(&cfg, 2).unwrap();
         assert_eq!(lease(&cfg, 4).unwrap(), b);
         assert_eq!(leased(&cfg, 2), None);
+    }
+
+    #[test]
+    fn a_range_holding_a_host_users_subordinate_id_or_group_is_never_leased() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = cfg(tmp.path(), "job_subid_range = [3200000000, 3200196607]\n");
+        // bob's subordinate gids reach into the first range, a group's gid is in the third.
+        let mut held = crate::host_ids::subordinate("bob:3199990000:10001\n");
+        held.extend(crate::host_ids::accounts("odd:x:3200140000:\n"));
+        assert_eq!(lease_avoiding(&cfg, 1, &held).unwrap().first, 3_200_065_536);
+        let err = lease_avoiding(&cfg, 2, &held).unwrap_err().to_string();
+        assert!(
+            err.contains("or holds ids of the host (bob:3199990000:10001, odd (3200140000)"),
+            "{err}"
+        );
     }
 
     #[test]

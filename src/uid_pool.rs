@@ -79,10 +79,21 @@ fn replace(dir: &Path, name: &str, content: &str) -> Result<()> {
 }
 
 /// Lease a private uid for `job_id` (or return the one it holds); None without a range.
+/// Never a uid the host gives an account or a user's subordinate ids (`host_ids`).
 pub fn lease(cfg: &Config, job_id: u64) -> Result<Option<u32>> {
+    lease_avoiding(cfg, job_id, &crate::host_ids::uids())
+}
+
+/// [`lease`], never one of the uids `held` holds.
+fn lease_avoiding(
+    cfg: &Config,
+    job_id: u64,
+    held: &[crate::host_ids::Held],
+) -> Result<Option<u32>> {
     let Some(range) = cfg.private_uid_range() else {
         return Ok(None);
     };
+    let held: Vec<_> = held.iter().filter(|h| h.meets(range)).collect();
     let dir = dir(cfg);
     ensure_dir(&cfg.state_root, 0o711)?;
     ensure_dir(&dir, 0o700)?;
@@ -93,7 +104,9 @@ pub fn lease(cfg: &Config, job_id: u64) -> Result<Option<u32>> {
     let taken: HashSet<u32> = entries.iter().map(|(uid, _)| *uid).collect();
     let released = released_times(cfg);
     let span = u64::from(range[1] - range[0]) + 1;
-    for uid in lease_order(range, &taken, &released, job_id % span) {
+    let free = lease_order(range, &taken, &released, job_id % span)
+        .filter(|uid| !held.iter().any(|h| h.holds(*uid)));
+    for uid in free {
         let name = uid.to_string();
         if crate::atomic_file::create_new(&dir, &name, job_id.to_string().as_bytes())
             .map_err(|e| Error::io(format!("lease uid {name} in {}", dir.display()), e))?
@@ -105,9 +118,19 @@ pub fn lease(cfg: &Config, job_id: u64) -> Result<Option<u32>> {
         .iter()
         .filter(|(_, l)| matches!(l, Lease::Quarantined(_)))
         .count();
+    let by_host = match held.as_slice() {
+        [] => String::new(),
+        held => format!(
+            " or held by the host ({}: never leased, see `p3-executor check`)",
+            held.iter()
+                .map(|h| h.what.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     Err(Error::Workspace(format!(
-        "every uid in job_uid_range [{}, {}] is leased ({quarantined} quarantined); run \
-         `p3-executor gc`, `p3-executor check` for quarantined uids, or widen the range",
+        "every uid in job_uid_range [{}, {}] is leased ({quarantined} quarantined){by_host}; \
+         run `p3-executor gc`, `p3-executor check` for quarantined uids, or widen the range",
         range[0], range[1]
     )))
 }
@@ -392,6 +415,32 @@ mod tests {
             }
             assert!(!e.file_name().to_string_lossy().starts_with(".lease-"));
         }
+    }
+
+    #[test]
+    fn uids_the_host_gives_accounts_or_users_subordinate_ids_are_never_leased() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cfg(dir.path(), [5000, 5003]);
+        let mut held = crate::host_ids::subordinate("bob:4990:12\n");
+        held.extend(crate::host_ids::accounts(
+            "carol:x:5003:5003::/home/carol:/bin/sh\n",
+        ));
+        let a = lease_avoiding(&cfg, 1, &held).unwrap();
+        assert_eq!(
+            a,
+            Some(5002),
+            "5000-5001 are bob's subordinate uids, 5003 is carol's"
+        );
+        let err = lease_avoiding(&cfg, 2, &held).unwrap_err().to_string();
+        assert!(
+            err.contains("leased (0 quarantined) or held by the host (bob:4990:12, carol (5003)"),
+            "{err}"
+        );
+        assert_eq!(
+            lease_avoiding(&cfg, 1, &held).unwrap(),
+            a,
+            "a retry keeps its uid"
+        );
     }
 
     #[test]

@@ -187,20 +187,6 @@ fn store(cfg: &Config, out: &mut Vec<Finding>) {
     }
 }
 
-/// `name:first:count` lines of `/etc/subuid` (or subgid) overlapping `[lo, hi]`.
-fn overlapping(text: &str, lo: u32, hi: u32) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.trim().split(':');
-            let (_name, first, count) = (f.next()?, f.next()?, f.next()?);
-            let first: u64 = first.parse().ok()?;
-            let count: u64 = count.parse().ok()?;
-            let last = (first + count).checked_sub(1)?;
-            (first <= u64::from(hi) && u64::from(lo) <= last).then(|| l.trim().to_string())
-        })
-        .collect()
-}
-
 /// The subordinate range pool: its size, leases, quarantined ranges, and host users' own
 /// subordinate ranges inside it (their rootless containers would share ids with jobs).
 fn pool(cfg: &Config, out: &mut Vec<Finding>) {
@@ -237,21 +223,16 @@ fn pool(cfg: &Config, out: &mut Vec<Finding>) {
             ),
         ));
     }
-    for file in ["/etc/subuid", "/etc/subgid"] {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        let hits = overlapping(&text, lo, hi);
-        if !hits.is_empty() {
-            out.push(finding(
-                Severity::Error,
-                format!(
-                    "{file} gives host users ids inside job_subid_range [{lo}, {hi}]: {}; their \
-                     rootless containers would share ids with jobs",
-                    hits.join(", ")
-                ),
-                format!("move job_subid_range, or those users' ranges in {file}"),
-            ));
-        }
-    }
+    let mut held = crate::host_ids::uids();
+    held.extend(crate::host_ids::gids());
+    super::users::held_ids(
+        "job_subid_range",
+        [lo, hi],
+        &held,
+        "a container job's image ids would be shared with that account, group or user's \
+         containers",
+        out,
+    );
 }
 
 /// `[images] auth_file`: there, a regular root-owned file no one else may read, and JSON with
@@ -333,15 +314,6 @@ fn auth_file(cfg: &Config, out: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_subordinate_ranges_inside_the_pool_are_found() {
-        let text = "alice:100000:65536\nbob:1073741824:65536\ncarol:1090519040:10\n# x\nbad\n";
-        let hits = overlapping(text, 1 << 30, (1 << 30) + 256 * 65_536 - 1);
-        assert_eq!(hits, ["bob:1073741824:65536"]);
-        assert_eq!(overlapping(text, 100_000, 100_000), ["alice:100000:65536"]);
-        assert!(overlapping(text, 165_536, 1_000_000).is_empty());
-    }
 
     fn cfg(root: &Path, extra: &str) -> Config {
         Config::parse(&format!(

@@ -34,27 +34,61 @@ pub(super) fn uid_range(cfg: &Config, out: &mut Vec<Finding>) {
         ));
         return;
     };
-    // A leased uid must belong to no account: its files and processes would be the job's.
-    let taken: Vec<String> = std::fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let uid: u32 = f.nth(1)?.parse().ok()?;
-            (lo..=hi).contains(&uid).then(|| format!("{name} ({uid})"))
-        })
+    held_ids(
+        "job_uid_range",
+        [lo, hi],
+        &crate::host_ids::uids(),
+        "a job would share its uid with that account or user's containers (their files, \
+         processes and credentials)",
+        out,
+    );
+}
+
+/// Ids of `range` (of config `key`) that the host gives accounts, groups or users'
+/// subordinate ids (`held`): the pool never leases them, so this is a warning, or an error
+/// when no id is left. Shared with the subordinate range's check.
+pub(super) fn held_ids(
+    key: &str,
+    [lo, hi]: [u32; 2],
+    held: &[crate::host_ids::Held],
+    why: &str,
+    out: &mut Vec<Finding>,
+) {
+    let Some(list) = crate::host_ids::describe(held, [lo, hi]) else {
+        return;
+    };
+    // Ids of the range no entry holds: the union of the entries' parts in the range, off its size.
+    let mut parts: Vec<[u32; 2]> = held
+        .iter()
+        .filter(|h| h.meets([lo, hi]))
+        .map(|h| [h.range[0].max(lo), h.range[1].min(hi)])
         .collect();
-    if !taken.is_empty() {
-        out.push(finding(
-            Severity::Error,
-            format!(
-                "the private job uid range [{lo}, {hi}] holds accounts: {}",
-                taken.join(", ")
-            ),
-            "set job_uid_range to uids no account uses",
-        ));
+    parts.sort();
+    let (mut covered, mut end) = (0u64, None::<u32>);
+    for [a, b] in parts {
+        let from = end.map_or(a, |e| a.max(e.saturating_add(1)));
+        if end.is_none_or(|e| b > e) {
+            covered += u64::from(b - from) + 1;
+            end = Some(b);
+        }
     }
+    let free = u64::from(hi - lo) + 1 - covered;
+    let (severity, effect) = if free == 0 {
+        (
+            Severity::Error,
+            "no id is left to lease: every job fails at prepare".to_string(),
+        )
+    } else {
+        (
+            Severity::Warning,
+            format!("they are never leased ({free} ids left)"),
+        )
+    };
+    out.push(finding(
+        severity,
+        format!("{key} [{lo}, {hi}] holds ids the host gives others: {list}; {why}; {effect}"),
+        format!("move {key} clear of them, or move those entries"),
+    ));
 }
 
 /// Not root: no isolation at all.
@@ -64,4 +98,45 @@ pub(super) fn not_root(out: &mut Vec<Finding>) {
         "not running as root: isolation is off, jobs run as the executor's own user and can read its config and state",
         "run gitlab-runner (and so p3-executor) as root with job_user set",
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host_ids::{accounts, subordinate};
+
+    #[test]
+    fn ids_the_host_holds_in_a_range_are_a_warning_with_what_is_left_or_an_error_if_nothing_is() {
+        let mut held = subordinate("bob:165536:65536\ncarol:240000:65536\ndup:200000:10\n");
+        held.extend(accounts("dave:x:235000:235000::/:/bin/sh\n"));
+        // A range, and the finding it gets: its severity and a part of its text.
+        type Expected = Option<(Severity, &'static str)>;
+        let cases: &[([u32; 2], Expected)] = &[
+            ([400000, 500000], None),
+            // bob holds 200000-231071 (dup's ten inside counted once), dave 235000, carol
+            // 240000-249999: 50000 - 31072 - 1 - 10000 left.
+            (
+                [200000, 249999],
+                Some((Severity::Warning, "(8927 ids left)")),
+            ),
+            ([200000, 231071], Some((Severity::Error, "no id is left"))),
+            ([235000, 235000], Some((Severity::Error, "dave (235000)"))),
+        ];
+        for (range, want) in cases {
+            let mut out = Vec::new();
+            held_ids("job_uid_range", *range, &held, "why", &mut out);
+            match want {
+                None => assert!(out.is_empty(), "{range:?}: {out:?}"),
+                Some((severity, text)) => {
+                    assert_eq!(out.len(), 1, "{range:?}");
+                    assert_eq!(out[0].severity, *severity, "{range:?}: {}", out[0].problem);
+                    assert!(
+                        out[0].problem.contains(text),
+                        "{range:?}: {}",
+                        out[0].problem
+                    );
+                }
+            }
+        }
+    }
 }

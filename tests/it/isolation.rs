@@ -764,6 +764,79 @@ fn age_state(host: &Host) {
     assert!(aged.success());
 }
 
+/// A line this test adds to a host file (`/etc/subuid`), taken out again when dropped (also on
+/// a panic); the file is removed if the test made it.
+struct HostLine {
+    file: &'static str,
+    line: String,
+    made: bool,
+}
+
+impl HostLine {
+    fn add(file: &'static str, line: String) -> HostLine {
+        let made = !Path::new(file).exists();
+        let mut text = fs::read_to_string(file).unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("{line}\n"));
+        fs::write(file, text).unwrap();
+        HostLine { file, line, made }
+    }
+}
+
+impl Drop for HostLine {
+    fn drop(&mut self) {
+        let text = fs::read_to_string(self.file).unwrap_or_default();
+        let kept: String = text
+            .lines()
+            .filter(|l| *l != self.line)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept.is_empty() && self.made {
+            let _ = fs::remove_file(self.file);
+        } else {
+            let _ = fs::write(self.file, kept);
+        }
+    }
+}
+
+/// A uid that /etc/subuid gives a host user is never a job's: that user's rootless container
+/// could otherwise run as the job's uid and read its files and tickets. The rest of the range
+/// is leased as usual, and `check` says how much of it is left.
+#[test]
+fn uids_in_a_host_users_subordinate_range_are_never_leased() {
+    if !is_root() {
+        eprintln!("skipped: needs root for private job uids");
+        return;
+    }
+    let lo = uid_base();
+    let host = host_with_uids(lo, lo + 2);
+    let line = format!("p3-test-{}:{lo}:2", std::process::id());
+    let _held = HostLine::add("/etc/subuid", line.clone());
+    let (mut job, uid) = prepared(&host, 1711);
+    assert_eq!(uid, lo + 2, "{}", job.log);
+    let mut next = host.job(1712, "true");
+    next.config();
+    assert_eq!(next.prepare(), 2, "{}", next.log);
+    assert!(
+        next.log.contains(&format!(
+            "or held by the host (/etc/subuid: {line}: never leased"
+        )),
+        "{}",
+        next.log
+    );
+    let check = common::text(&host.exec(&["check"]));
+    assert!(
+        check.contains(&format!(
+            "warning: job_uid_range [{lo}, {}] holds ids the host gives others: /etc/subuid: {line}; "
+        , lo + 2)) && check.contains("(1 ids left)"),
+        "{check}"
+    );
+    assert_eq!(next.cleanup(), 0, "{}", next.log);
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+}
+
 /// The last free uid held by a job whose runner died: the next prepare finds no free uid,
 /// sweeps the stale job (as gc would) and leases the uid it freed; while that job is not yet
 /// stale, the next prepare is refused, naming the range.
