@@ -78,6 +78,7 @@ fn wall_findings(wall: Wall, cfg: &Config, out: &mut Vec<Finding>) {
         Wall::Userns => containers::userns_findings(cfg, out),
         Wall::Network => network::network_findings(cfg, out),
         Wall::Keyring => walls::keyring_findings(out),
+        Wall::AbstractSockets => walls::abstract_socket_findings(cfg, out),
         Wall::Seccomp => walls::seccomp_findings(cfg, out),
     }
 }

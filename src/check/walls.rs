@@ -1,9 +1,9 @@
-//! The kernel walls besides namespaces: the seccomp filter and keyrings (cgroup limits have
-//! their own check).
+//! The kernel walls besides namespaces: the seccomp filter, keyrings and the abstract unix
+//! socket scope (cgroup limits have their own check).
 
 use super::finding::{Finding, Severity, finding};
 use crate::config::{Config, Seccomp};
-use crate::walls::{keyring, seccomp};
+use crate::walls::{abstract_sockets, keyring, seccomp};
 
 /// Which seccomp filter is in force, and does this kernel install it?
 pub(super) fn seccomp_findings(cfg: &Config, out: &mut Vec<Finding>) {
@@ -43,6 +43,30 @@ pub(super) fn seccomp_findings(cfg: &Config, out: &mut Vec<Finding>) {
             Severity::Warning,
             "[sandbox] seccomp = \"off\": jobs can create user namespaces, use keyrings, bpf, perf events, userfaultfd and io_uring",
             "remove `seccomp = \"off\"` from [sandbox]; opt single devstages in with seccomp_allow = [\"keyrings\"] or [\"io_uring\"] instead",
+        )),
+    }
+}
+
+/// Do jobs reach only their own abstract unix sockets?
+pub(super) fn abstract_socket_findings(cfg: &Config, out: &mut Vec<Finding>) {
+    let entered = cfg.sandbox.enabled || !matches!(cfg.sandbox.seccomp, Seccomp::Off);
+    match abstract_sockets::probe() {
+        Ok(what) if entered => out.push(finding(Severity::Info, what, "nothing to do")),
+        Ok(_) => out.push(finding(
+            Severity::Warning,
+            "abstract unix sockets: not scoped, because jobs run without no_new_privs (the \
+             sandbox and seccomp are both off): a job can reach every abstract socket of the \
+             host and of other jobs",
+            "turn the sandbox ([sandbox] enabled) or the seccomp filter back on",
+        )),
+        Err(why) => out.push(finding(
+            Severity::Warning,
+            format!(
+                "abstract unix sockets: {why}: jobs share the host's network namespace, so a \
+                 job can reach every abstract socket of the host (daemons listening on one) and \
+                 of other jobs"
+            ),
+            "run a kernel of Linux 6.12 or later with Landlock enabled (lsm=...,landlock)",
         )),
     }
 }

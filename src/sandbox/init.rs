@@ -84,7 +84,8 @@ fn build(
         .map_err(|e| format!("sandbox: PR_SET_PDEATHSIG in the namespace's init: {e}"))?;
     // Nothing of the supervisor's but what init needs: above all not the job's active lock,
     // which would otherwise stay held (and gc keep off the job) until this init is reaped.
-    close_inherited(&[err_pipe, exec.script_fd])?;
+    let scope = exec.walls.abstract_sockets.as_ref().map(|r| r.fd());
+    close_inherited(&[Some(err_pipe), Some(exec.script_fd), scope].map(|fd| fd.unwrap_or(-1)))?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC)
         .map_err(|e| format!("sandbox: unshare mount and IPC namespaces: {e}"))?;
     let keep_fds = keep

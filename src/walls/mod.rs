@@ -12,6 +12,7 @@
 //! Adding a wall: a module here, a variant of [`Wall`] with its line in [`WALLS`] (and in
 //! `teardown::ORDER` if it takes something down), and the arms the compiler then asks for.
 
+pub mod abstract_sockets;
 pub mod cgroup;
 pub(crate) mod child;
 pub mod keyring;
@@ -42,12 +43,14 @@ pub(crate) enum Wall {
     Network,
     /// The job's own session keyring (`keyring.rs`).
     Keyring,
+    /// The job's reach to abstract unix sockets: its own only (`abstract_sockets.rs`).
+    AbstractSockets,
     /// The seccomp filter (`seccomp/`).
     Seccomp,
 }
 
 /// Every wall, in the order prepare sets them up and each stage enters them.
-pub(crate) const WALLS: [Wall; 6] = [
+pub(crate) const WALLS: [Wall; 7] = [
     // After the grant: the granted devstage may set the limits.
     Wall::Cgroup,
     // An image job's image, with or without a devstage (a granted one decides by its policy).
@@ -59,8 +62,9 @@ pub(crate) const WALLS: [Wall; 6] = [
     // is keyed too, and no process of the job exists before prepare ends.
     Wall::Network,
     // Only in the job's process (ChildWalls::apply): the keyring before the filter, which
-    // refuses keyctl.
+    // refuses keyctl; the socket scope after no_new_privs, which it needs.
     Wall::Keyring,
+    Wall::AbstractSockets,
     Wall::Seccomp,
 ];
 
@@ -136,6 +140,7 @@ impl Wall {
             Wall::Userns => "subordinate range",
             Wall::Network => "network rules",
             Wall::Keyring => "keyring",
+            Wall::AbstractSockets => "abstract sockets",
             Wall::Seccomp => "seccomp",
         }
     }
@@ -159,7 +164,7 @@ impl Wall {
                 Ok(())
             }
             // Nothing to make: entered in the job's process only.
-            Wall::Keyring | Wall::Seccomp => Ok(()),
+            Wall::Keyring | Wall::AbstractSockets | Wall::Seccomp => Ok(()),
         }
     }
 
@@ -195,6 +200,13 @@ impl Wall {
             Wall::Network => {}
             // Always joined by the shell (ChildWalls::apply).
             Wall::Keyring => {}
+            // Made here (an fd the shell inherits), entered by the shell; none on a kernel
+            // that cannot scope abstract sockets.
+            Wall::AbstractSockets => {
+                s.child.abstract_sockets = abstract_sockets::for_stage().map_err(|e| {
+                    Error::Spawn(format!("make the job's abstract unix socket scope: {e}"))
+                })?;
+            }
             // Compiled here, installed by the shell: the container profile for a container
             // job in its user namespace.
             Wall::Seccomp => {
@@ -214,8 +226,8 @@ impl Wall {
         match self {
             Wall::Cgroup | Wall::Image | Wall::Userns | Wall::Network => true,
             // The keyrings are emptied with the uid (`residue::scrub` calls
-            // `keyring::clear_uid`); a filter dies with its processes.
-            Wall::Keyring | Wall::Seccomp => false,
+            // `keyring::clear_uid`); a filter and a scope die with their processes.
+            Wall::Keyring | Wall::AbstractSockets | Wall::Seccomp => false,
         }
     }
 
@@ -247,7 +259,7 @@ impl Wall {
                     t.failed("removing its network rules failed: ", e.into());
                 }
             }
-            Wall::Keyring | Wall::Seccomp => {}
+            Wall::Keyring | Wall::AbstractSockets | Wall::Seccomp => {}
         }
     }
 }

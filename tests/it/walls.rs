@@ -213,3 +213,86 @@ fn tmp_var_tmp_and_dev_shm_share_one_budget_and_a_full_tmp_names_the_setting() {
     assert_eq!(code, 1, "{}", job.log);
     assert_eq!(job.cleanup(), 0, "{}", job.log);
 }
+
+/// Whether this kernel scopes abstract unix sockets (Landlock ABI 6, Linux 6.12).
+fn kernel_scopes_abstract_sockets() -> bool {
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only reports.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    if abi < 6 {
+        eprintln!("skipped: Landlock ABI {abi} cannot scope abstract unix sockets (Linux 6.12+)");
+    }
+    abi >= 6
+}
+
+/// A listener on an abstract unix socket (no file, no permissions: the name is the host
+/// network namespace's), answering every connection with `reply`.
+fn abstract_listener(name: &str, reply: &'static [u8]) -> std::thread::JoinHandle<()> {
+    use std::io::Write;
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(reply);
+        }
+    })
+}
+
+/// Jobs share the host's network namespace, and with it its abstract unix sockets, which have
+/// no file and no permissions: any job could talk to a host daemon listening on one (or bind
+/// the name a daemon connects to), and to another job's. The job reaches only the abstract
+/// sockets its own processes made; path sockets and TCP are not touched.
+#[test]
+fn a_job_reaches_only_its_own_abstract_unix_sockets() {
+    if !needs_root() || !kernel_scopes_abstract_sockets() {
+        return;
+    }
+    let name = format!("p3t-abstract-{}-{}", std::process::id(), uid_base());
+    let _listener = abstract_listener(&name, b"host-secret\n");
+    let lo = uid_base();
+    let host = host_with_uids_and(lo, lo + 9, "");
+    let (mut job, _) = prepared(&host, 95);
+    let code = run_body(
+        &mut job,
+        &format!(
+            r#"connect() {{ python3 - "$1" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect("\0" + sys.argv[1])
+    print("CONNECTED", sys.argv[1], s.recv(64).decode().strip())
+except OSError as e:
+    print("refused", sys.argv[1], e.strerror)
+PY
+}}
+connect {name}
+# The job's own abstract sockets work: a listener it starts, then a client of it.
+python3 -c '
+import socket, threading
+l = socket.socket(socket.AF_UNIX); l.bind("\0own-{name}"); l.listen()
+def serve():
+    c, _ = l.accept(); c.sendall(b"own-ok\n")
+threading.Thread(target=serve).start()
+c = socket.socket(socket.AF_UNIX); c.connect("\0own-{name}"); print(c.recv(16).decode().strip())
+'
+"#
+        ),
+    );
+    assert_eq!(code, 0, "{}", job.log);
+    assert!(
+        job.log
+            .contains(&format!("refused {name} Operation not permitted")),
+        "the job reached the host's abstract socket:\n{}",
+        job.log
+    );
+    assert!(!job.log.contains("host-secret"), "{}", job.log);
+    assert!(job.log.contains("own-ok"), "{}", job.log);
+    assert_eq!(job.cleanup(), 0, "{}", job.log);
+}
