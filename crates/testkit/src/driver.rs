@@ -57,6 +57,18 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.drop_network_table();
+        // The job cgroups a failed test left (a passing one's cleanups removed theirs): ended
+        // as gc ends orphans, every one this host recorded.
+        if self
+            .root()
+            .join("state")
+            .join(p3_executor::walls::cgroup::MARKERS)
+            .is_dir()
+        {
+            if let Ok(cfg) = p3_executor::config::Config::load(&self.config) {
+                p3_executor::walls::cgroup::sweep_orphans(&cfg, &[]);
+            }
+        }
         // Its entry in the host's registry of configs, which would otherwise go only when the
         // next prepare finds its config file gone.
         let _ = fs::remove_file(p3_executor::side_by_side::entry(&self.root().join("state")));
