@@ -5,7 +5,9 @@
 //! processes. So the pools never lease one, and `check` names the lines that overlap a range.
 //!
 //! Parsing is pure ([`accounts`], [`subordinate`]); [`uids`] and [`gids`] read the files.
-//! Accounts that only a directory service (LDAP, sssd) knows are not seen here.
+//! Accounts that only a directory service knows (LDAP, sssd, winbind) are not in these files:
+//! the uid pool also asks the user database about the one uid it is about to lease. Groups
+//! and subordinate ids such a service defines are not seen.
 
 /// Ids one host entry holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -104,8 +104,12 @@ fn lease_avoiding(
     let taken: HashSet<u32> = entries.iter().map(|(uid, _)| *uid).collect();
     let released = released_times(cfg);
     let span = u64::from(range[1] - range[0]) + 1;
+    // The files first (cheap, all at once), then the system's user database for the uid about
+    // to be leased, which also knows accounts of a directory service (sssd, winbind map AD
+    // users to uids that may fall in the range): usually one lookup per prepare.
     let free = lease_order(range, &taken, &released, job_id % span)
-        .filter(|uid| !held.iter().any(|h| h.holds(*uid)));
+        .filter(|uid| !held.iter().any(|h| h.holds(*uid)))
+        .filter(|uid| !is_account(*uid));
     for uid in free {
         let name = uid.to_string();
         if crate::atomic_file::create_new(&dir, &name, job_id.to_string().as_bytes())
@@ -133,6 +137,15 @@ fn lease_avoiding(
          run `p3-executor gc`, `p3-executor check` for quarantined uids, or widen the range",
         range[0], range[1]
     )))
+}
+
+/// Does the system's user database (NSS) know an account with this uid? A failed lookup
+/// counts as no: the files' check is the one that must hold.
+fn is_account(uid: u32) -> bool {
+    matches!(
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Ok(Some(_))
+    )
 }
 
 /// What one lease file says.
@@ -440,6 +453,16 @@ mod tests {
             lease_avoiding(&cfg, 1, &held).unwrap(),
             a,
             "a retry keeps its uid"
+        );
+        // Past the files: the user database's answer for the uid about to be leased (root's
+        // uid stands in for an account only a directory service knows).
+        let nss = tempfile::tempdir().unwrap();
+        let err = lease_avoiding(&self::cfg(nss.path(), [0, 0]), 3, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("every uid in job_uid_range [0, 0] is leased"),
+            "{err}"
         );
     }
 
