@@ -66,6 +66,74 @@ pub(crate) fn subordinate(text: &str) -> Vec<Held> {
         .collect()
 }
 
+/// The id ranges sssd maps a directory's users and groups into (`id_provider = ad`, or
+/// `ldap_id_mapping = true`), one per `[domain/NAME]` section of `sssd.conf` `texts` (the main
+/// file, then `conf.d/` in order: a later key wins). The ids a domain's members get are a slice
+/// of the range chosen by a hash of the domain's SID, so any id of it may be a user's.
+pub(crate) fn sssd_id_mapping(texts: &[String]) -> Vec<Held> {
+    use std::collections::BTreeMap;
+    let mut domains: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for text in texts {
+        let mut section: Option<String> = None;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.trim().strip_prefix("domain/").map(str::to_string);
+                continue;
+            }
+            let (Some(domain), Some((key, value))) = (&section, line.split_once('=')) else {
+                continue;
+            };
+            domains
+                .entry(domain.clone())
+                .or_default()
+                .insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+    }
+    domains
+        .into_iter()
+        .filter_map(|(name, keys)| {
+            let get = |k: &str| keys.get(k).map(String::as_str);
+            let mapped = match get("ldap_id_mapping") {
+                Some(v) => v.eq_ignore_ascii_case("true"),
+                None => get("id_provider") == Some("ad"),
+            };
+            let num =
+                |k: &str, default: u64| get(k).and_then(|v| v.parse().ok()).unwrap_or(default);
+            let (min, max) = (
+                num("ldap_idmap_range_min", 200_000),
+                num("ldap_idmap_range_max", 2_000_200_000),
+            );
+            (mapped && min < max && min <= u64::from(u32::MAX)).then(|| Held {
+                what: format!("sssd domain {name} maps its ids into {min}-{}", max - 1),
+                range: [min as u32, (max - 1).min(u64::from(u32::MAX)) as u32],
+            })
+        })
+        .collect()
+}
+
+/// The ranges sssd maps directory ids into on this host (`/etc/sssd/sssd.conf` and
+/// `conf.d/*.conf`, root-only files).
+pub(crate) fn directory_ranges() -> Vec<Held> {
+    let mut texts = vec![read("/etc/sssd/sssd.conf")];
+    let mut snippets: Vec<_> = std::fs::read_dir("/etc/sssd/conf.d")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    snippets.sort();
+    texts.extend(
+        snippets
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default()),
+    );
+    sssd_id_mapping(&texts)
+}
+
 /// Host-held uids: accounts and subordinate uids.
 pub(crate) fn uids() -> Vec<Held> {
     let mut held = accounts(&read("/etc/passwd"));
@@ -142,5 +210,36 @@ mod tests {
         assert_eq!(describe(&held, [300000, 400000]), None);
         assert!(held[1].holds(200000) && !held[1].holds(231072));
         assert!(held[0].meets([165535, 165535]) && !held[0].meets([165536, 200000]));
+    }
+
+    #[test]
+    fn sssd_domains_that_map_ids_are_found_with_their_ranges() {
+        let main = "[sssd]\ndomains = corp.example.com, lab, files\n\n\
+                    [domain/corp.example.com]\nid_provider = ad\n# a comment\n\n\
+                    [domain/lab]\nid_provider = ldap\nldap_id_mapping = True\n\
+                    ldap_idmap_range_min = 3000000000\nldap_idmap_range_max = 3000400000\n\n\
+                    [domain/files]\nid_provider = files\n"
+            .to_string();
+        let held = sssd_id_mapping(std::slice::from_ref(&main));
+        let got: Vec<_> = held.iter().map(|h| (h.what.as_str(), h.range)).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "sssd domain corp.example.com maps its ids into 200000-2000199999",
+                    [200_000, 2_000_199_999]
+                ),
+                (
+                    "sssd domain lab maps its ids into 3000000000-3000399999",
+                    [3_000_000_000, 3_000_399_999]
+                ),
+            ]
+        );
+        // A conf.d snippet read after the main file turns the AD domain's mapping off.
+        let off = "[domain/corp.example.com]\nldap_id_mapping = false\n".to_string();
+        let held = sssd_id_mapping(&[main, off]);
+        assert_eq!(held.len(), 1);
+        assert!(held[0].what.starts_with("sssd domain lab "));
+        assert!(sssd_id_mapping(&[String::new()]).is_empty());
     }
 }

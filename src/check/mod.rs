@@ -59,6 +59,7 @@ pub fn check(cfg: &Config, config_path: &Path) -> Vec<Finding> {
             wall_findings(wall, cfg, &mut out);
         }
         users::uid_range(cfg, &mut out);
+        users::directory_ids(cfg, &mut out);
         side_by_side::others(cfg, config_path, &mut out);
     } else {
         users::not_root(&mut out);

@@ -44,6 +44,50 @@ pub(super) fn uid_range(cfg: &Config, out: &mut Vec<Finding>) {
     );
 }
 
+/// The job and subordinate ranges against the ids a directory service (sssd) maps its users
+/// and groups into: a job uid is looked up before it is leased, a subordinate id is not.
+pub(super) fn directory_ids(cfg: &Config, out: &mut Vec<Finding>) {
+    directory_findings(cfg, &crate::host_ids::directory_ranges(), out);
+}
+
+fn directory_findings(cfg: &Config, mapped: &[crate::host_ids::Held], out: &mut Vec<Finding>) {
+    if let Some([lo, hi]) = cfg.private_uid_range() {
+        if let Some(list) = crate::host_ids::describe(mapped, [lo, hi]) {
+            out.push(finding(
+                Severity::Info,
+                format!(
+                    "job_uid_range [{lo}, {hi}] lies where {list}: each uid is looked up before \
+                     it is leased, and a directory user's is skipped"
+                ),
+                "nothing to do",
+            ));
+        }
+    }
+    let [lo, hi] = crate::subid_pool::configured(cfg);
+    for domain in mapped.iter().filter(|h| h.meets([lo, hi])) {
+        let above = u64::from(domain.range[1]) + 1;
+        let fix = if above + u64::from(hi - lo) <= u64::from(u32::MAX - 1) {
+            format!(
+                "move job_subid_range above the domain's ids (e.g. [{above}, {}]), or narrow \
+                 its ldap_idmap_range_min/max",
+                above + u64::from(hi - lo)
+            )
+        } else {
+            "narrow the domain's ldap_idmap_range_min/max, or move job_subid_range below them"
+                .into()
+        };
+        out.push(finding(
+            Severity::Warning,
+            format!(
+                "job_subid_range [{lo}, {hi}] lies where {}: a directory user or group may have \
+                 an id that is also a container job's image id",
+                domain.what
+            ),
+            fix,
+        ));
+    }
+}
+
 /// Ids of `range` (of config `key`) that the host gives accounts, groups or users'
 /// subordinate ids (`held`): the pool never leases them, so this is a warning, or an error
 /// when no id is left. Shared with the subordinate range's check.
@@ -104,6 +148,40 @@ pub(super) fn not_root(out: &mut Vec<Finding>) {
 mod tests {
     use super::*;
     use crate::host_ids::{accounts, subordinate};
+
+    #[test]
+    fn an_ad_domains_id_mapping_over_the_default_subordinate_range_is_a_warning_with_a_range_above_it()
+     {
+        let ad = crate::host_ids::sssd_id_mapping(&["[domain/corp]\nid_provider = ad\n".into()]);
+        let mut out = Vec::new();
+        directory_findings(&Config::parse("").unwrap(), &ad, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].severity, Severity::Info);
+        assert!(
+            out[0].problem.contains("looked up before it is leased"),
+            "{}",
+            out[0].problem
+        );
+        assert_eq!(out[1].severity, Severity::Warning);
+        assert!(
+            out[1].problem.starts_with("job_subid_range [1073741824, 1090519039] lies where sssd domain corp maps its ids into 200000-2000199999"),
+            "{}",
+            out[1].problem
+        );
+        assert!(
+            out[1].fix.contains("e.g. [2000200000, 2016977215]"),
+            "{}",
+            out[1].fix
+        );
+        // Ranges clear of the mapping: nothing to say.
+        let clear = Config::parse(
+            "job_uid_range = [100000, 165535]\njob_subid_range = [2100000000, 2100065535]\n",
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        directory_findings(&clear, &ad, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
 
     #[test]
     fn ids_the_host_holds_in_a_range_are_a_warning_with_what_is_left_or_an_error_if_nothing_is() {
