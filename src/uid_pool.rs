@@ -93,7 +93,7 @@ fn lease_avoiding(
     let Some(range) = cfg.private_uid_range() else {
         return Ok(None);
     };
-    let held: Vec<_> = held.iter().filter(|h| h.meets(range)).collect();
+    let in_range: Vec<_> = held.iter().filter(|h| h.meets(range)).collect();
     let dir = dir(cfg);
     ensure_dir(&cfg.state_root, 0o711)?;
     ensure_dir(&dir, 0o700)?;
@@ -108,7 +108,7 @@ fn lease_avoiding(
     // to be leased, which also knows accounts of a directory service (sssd, winbind map AD
     // users to uids that may fall in the range): usually one lookup per prepare.
     let free = lease_order(range, &taken, &released, job_id % span)
-        .filter(|uid| !held.iter().any(|h| h.holds(*uid)))
+        .filter(|uid| !in_range.iter().any(|h| h.holds(*uid)))
         .filter(|uid| !is_account(*uid));
     for uid in free {
         let name = uid.to_string();
@@ -122,16 +122,9 @@ fn lease_avoiding(
         .iter()
         .filter(|(_, l)| matches!(l, Lease::Quarantined(_)))
         .count();
-    let by_host = match held.as_slice() {
-        [] => String::new(),
-        held => format!(
-            " or held by the host ({}: never leased, see `p3-executor check`)",
-            held.iter()
-                .map(|h| h.what.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
+    let by_host = crate::host_ids::describe(held, range)
+        .map(|d| format!(" or held by the host ({d}: never leased, see `p3-executor check`)"))
+        .unwrap_or_default();
     Err(Error::Workspace(format!(
         "every uid in job_uid_range [{}, {}] is leased ({quarantined} quarantined){by_host}; \
          run `p3-executor gc`, `p3-executor check` for quarantined uids, or widen the range",

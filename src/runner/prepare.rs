@@ -73,7 +73,7 @@ fn sweep(cfg: &Config, job_id: u64) {
 pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
     let job_id = job.job_id();
     // Before anything is taken: no other config on this host may hand out this config's
-    // uids, directories or network chains (`side_by_side`). Only root hands any out.
+    // uids, subordinate ids or directories (`side_by_side`). Only root hands any out.
     if nix::unistd::getuid().is_root() {
         crate::side_by_side::claim(cfg)?;
     }
