@@ -151,10 +151,18 @@ impl PrepareBench {
         let jwks = root.path().join("jwks.json");
         std::fs::write(&jwks, minter.jwks_json()).unwrap();
         let a = &s.cfg.accounts["bench"];
+        // Candidates' configs live side by side: each gets ids of its own (`side_by_side`).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (uids, subids) = (410_000 + n * 10_000, 3_000_000_000 + n * 65_536);
         let isolation = if nix::unistd::geteuid().is_root() {
-            "job_user = \"nobody\"\njob_uid_range = [410000, 419999]\n"
+            format!(
+                "job_user = \"nobody\"\njob_uid_range = [{uids}, {}]\njob_subid_range = [{subids}, {}]\n",
+                uids + 9_999,
+                subids + 65_535
+            )
         } else {
-            ""
+            String::new()
         };
         let config = root.path().join("config.toml");
         std::fs::write(

@@ -134,6 +134,27 @@ pub(crate) fn directory_ranges() -> Vec<Held> {
     sssd_id_mapping(&texts)
 }
 
+/// Whether the `passwd:` line of `nsswitch.conf` text names a source beyond the local files
+/// (`files`, `compat`) and systemd's (`systemd`: dynamic and home-directory users, far below
+/// any job range): a directory service such as `sss`, `winbind` or `ldap`, whose accounts
+/// only a lookup finds. Without a `passwd:` line glibc uses the files.
+pub(crate) fn passwd_beyond_files(nsswitch: &str) -> bool {
+    nsswitch
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("passwd:"))
+        .is_some_and(|sources| {
+            sources
+                .split_whitespace()
+                .filter(|s| !s.starts_with('['))
+                .any(|s| !matches!(s, "files" | "compat" | "systemd"))
+        })
+}
+
+/// [`passwd_beyond_files`] of this host's `/etc/nsswitch.conf`.
+pub(crate) fn host_passwd_beyond_files() -> bool {
+    passwd_beyond_files(&read("/etc/nsswitch.conf"))
+}
+
 /// Host-held uids: accounts and subordinate uids.
 pub(crate) fn uids() -> Vec<Held> {
     let mut held = accounts(&read("/etc/passwd"));
@@ -210,6 +231,22 @@ mod tests {
         assert_eq!(describe(&held, [300000, 400000]), None);
         assert!(held[1].holds(200000) && !held[1].holds(231072));
         assert!(held[0].meets([165535, 165535]) && !held[0].meets([165536, 200000]));
+    }
+
+    #[test]
+    fn a_directory_service_in_nsswitch_is_told_from_the_local_sources() {
+        let cases = [
+            ("passwd:         files systemd\ngroup: files sss\n", false),
+            ("passwd: compat\n", false),
+            ("# passwd: sss\npasswd: files\n", false),
+            ("", false),
+            ("passwd:         files sss\n", true),
+            ("passwd: files [NOTFOUND=return] winbind\n", true),
+            ("passwd: ldap files\n", true),
+        ];
+        for (text, want) in cases {
+            assert_eq!(passwd_beyond_files(text), want, "{text:?}");
+        }
     }
 
     #[test]
