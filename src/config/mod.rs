@@ -163,6 +163,14 @@ fn default_job_path() -> String {
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
 }
 
+/// The hex SHA-256 of a state root: the one name of a config's deployment on this host
+/// (its job cgroups' tag, its entry among the configs side by side).
+pub fn state_root_digest(state_root: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    hex::encode(Sha256::digest(state_root.as_os_str().as_bytes()))
+}
+
 impl Config {
     /// Read, parse and validate the config at `path`.
     pub fn load(path: &Path) -> Result<Self> {

@@ -219,10 +219,10 @@ pub fn entry(state_root: &Path) -> PathBuf {
 
 /// The name of the entry of the config whose state root is `state_root`.
 fn entry_name(state_root: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    use std::os::unix::ffi::OsStrExt;
-    let digest = Sha256::digest(state_root.as_os_str().as_bytes());
-    format!("{}.json", &hex::encode(digest)[..16])
+    format!(
+        "{}.json",
+        &crate::config::state_root_digest(state_root)[..16]
+    )
 }
 
 fn read(path: &Path) -> Option<Claims> {

@@ -97,10 +97,8 @@ impl Placement {
     /// the parent cgroup: without the tag, one config's cleanup of its job 131 would kill the
     /// other's. Within one config, a job id has one owner (`job_owner`).
     pub fn name(cfg: &Config, job_id: u64) -> String {
-        use sha2::{Digest, Sha256};
-        use std::os::unix::ffi::OsStrExt;
-        let tag = Sha256::digest(cfg.state_root.as_os_str().as_bytes());
-        format!("job-{job_id}-{}", &hex::encode(tag)[..8])
+        let tag = crate::config::state_root_digest(&cfg.state_root);
+        format!("job-{job_id}-{}", &tag[..8])
     }
 
     /// The distinct directories of the job's cgroup.
