@@ -1,7 +1,7 @@
 //! The `p3-executor audit` subcommands: the clap definitions of `show` and `verify`, and
 //! [`run`], which parses their options and prints the result.
 
-use super::query::{Filter, show};
+use super::query::{Filter, ShowFilter, show};
 use super::verify::verify;
 use crate::config::Config;
 use crate::terminal::escape;
@@ -11,15 +11,9 @@ use crate::terminal::escape;
 pub enum AuditCommand {
     /// Print audit records: who got which credential for which job, and why.
     Show {
-        /// Only this GitLab job id.
-        #[arg(long)]
-        job: Option<u64>,
-        /// Only this project path, or a glob (`group/*`).
-        #[arg(long)]
-        project: Option<String>,
-        /// Only records since an RFC 3339 time, a UTC date (2026-11-26), or an age (90m, 12h, 7d).
-        #[arg(long)]
-        since: Option<String>,
+        /// Which records (every filter given must match).
+        #[command(flatten)]
+        filter: Box<ShowFilter>,
         /// Print the stored JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -83,14 +77,8 @@ pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
             "this audit command runs in p3-executor-aws (`p3-executor audit` execs it)".into(),
         )
         .into()),
-        AuditCommand::Show {
-            job,
-            project,
-            since,
-            json,
-            ..
-        } => {
-            let filter = Filter::from_options(job, project.as_deref(), since.as_deref())?;
+        AuditCommand::Show { filter, json, .. } => {
+            let filter = Filter::resolve(&filter)?;
             let stdout = std::io::stdout();
             let n = show(path, &filter, json, &mut stdout.lock())?;
             if !json {

@@ -30,7 +30,7 @@
 //! - `verify.rs`: walking the whole chain ([`verify`](fn@verify));
 //! - `syslog.rs`: the sink that sends every record to the local syslog socket;
 //! - `append.rs`: [`append`](fn@append) (tail, recovery, write, fsync), then the sinks;
-//! - `query.rs`: [`Filter`], [`parse_since`] and [`show`] (the table or the JSON lines);
+//! - `query.rs`: [`ShowFilter`] (the options) resolved into [`Filter`], [`parse_since`] and [`show`] (the table or the JSON lines);
 //! - `cli.rs`: the `audit` subcommands ([`AuditCommand`]) and [`run`];
 //! - `shipped.rs`: how far the log has been shipped to `[audit.s3]` (the watermark and the lag);
 //!   the shipping itself is `p3-executor-aws` (crates/aws/src/fleet/);
@@ -53,6 +53,6 @@ mod verify;
 pub use append::append;
 pub use cli::{AuditCommand, run};
 pub use error::AuditError;
-pub use query::{Filter, parse_since, print, show};
+pub use query::{Filter, ShowFilter, parse_since, print, show};
 pub use record::{AuditEvent, AuditRecord, Decision, GENESIS, Recovery, continues, record_hash};
 pub use verify::{ChainBreak, RecoveryNote, TornTail, Verification, verify};

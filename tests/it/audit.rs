@@ -613,6 +613,62 @@ fn show_filters_by_job_project_and_time() {
     assert_eq!(shown, vec![written[2].clone()]);
 }
 
+/// "Who had `svc_client_uat`, and who was refused prod?" without jq: the filters an auditor
+/// asks with, through the binary, on a log of appended records.
+#[test]
+fn show_answers_who_had_an_account_and_who_was_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let written = five(&log);
+    let jobs = |args: &[&str]| -> Vec<Option<u64>> {
+        let mut all = vec!["audit", "show", "--json"];
+        all.extend(args);
+        let (code, out) = p3(&log, &all);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        out.lines()
+            .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap().job_id)
+            .collect()
+    };
+    let principal = ["--principal", "svc_client_uat@EXAMPLE.COM"];
+    assert_eq!(jobs(&principal), [Some(2)]);
+    assert_eq!(
+        jobs(&["--principal", "svc_client_*@EXAMPLE.COM"]),
+        [Some(1), Some(2)]
+    );
+    assert_eq!(jobs(&["--account", "client_uat"]), [Some(2)]);
+    assert_eq!(jobs(&["--devstage", "client_prod"]), [Some(2), Some(3)]);
+    assert_eq!(
+        jobs(&["--devstage", "client_prod", "--decision", "denied"]),
+        [Some(3)]
+    );
+    assert_eq!(jobs(&["--event", "gc"]), [None]);
+    // Up to the denial, not including it.
+    let until = written[2]
+        .time
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    assert!(written[1].time < written[2].time, "appends are ordered");
+    let before = jobs(&["--until", &until]);
+    assert!(
+        before.contains(&Some(2)) && !before.contains(&Some(3)),
+        "{before:?}"
+    );
+
+    // A filter that cannot mean anything is a usage error naming it, not an empty answer.
+    let conf = dir.path().join("config.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_p3-executor"))
+        .arg("--config")
+        .arg(&conf)
+        .args(["audit", "show", "--decision", "deny"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--decision \"deny\": expected one of granted, denied"),
+        "{stderr}"
+    );
+}
+
 /// A denied job's request variable forges a "granted" row with a newline and sends escape
 /// sequences (clear screen, window title, 8-bit CSI, bidi override). `audit show` must print
 /// every record as exactly one row with all of it visibly escaped, while `--json` and the log

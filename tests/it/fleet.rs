@@ -3,7 +3,7 @@
 //! (and the local log on a host), `audit show --s3` queries them all; shippers killed at any
 //! point are completed by the next; tampering in the bucket or the local log is named.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -247,6 +247,35 @@ fn three_hosts_ship_thirty_jobs_to_one_bucket_and_verify() {
             job.id
         );
     }
+    // "Who was refused, fleet-wide": the same filters as the local log's.
+    let out = ok(
+        &hosts[0],
+        &[
+            "audit",
+            "show",
+            "--s3",
+            "s3://fleet/audit",
+            "--decision",
+            "denied",
+            "--json",
+        ],
+    );
+    let refused: BTreeSet<u64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<AuditRecord>(l)
+                .unwrap()
+                .job_id
+                .unwrap()
+        })
+        .collect();
+    let want: BTreeSet<u64> = jobs
+        .iter()
+        .filter(|(granted, _, _)| !granted)
+        .map(|(_, _, job)| job.id)
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(refused, want);
     // The table names the host of each row.
     let table = ok(
         &hosts[1],

@@ -65,14 +65,12 @@ pub fn run(cfg: &Config, cmd: AuditCommand) -> anyhow::Result<i32> {
             host,
         } => rt.block_on(verify::verify(cfg, &uri, host.as_deref())),
         AuditCommand::Show {
-            job,
-            project,
-            since,
+            filter,
             json,
             s3: Some(uri),
             host,
         } => {
-            let filter = Filter::from_options(job, project.as_deref(), since.as_deref())?;
+            let filter = Filter::resolve(&filter)?;
             let stdout = std::io::stdout();
             let n = rt.block_on(show::show(
                 cfg,
