@@ -43,6 +43,13 @@ pub(super) fn network_findings(cfg: &Config, out: &mut Vec<Finding>) {
             ),
             "p3-executor check --fix restores them (job elements are kept)",
         )),
+        Probe::Earlier => out.push(finding(
+            Severity::Warning,
+            format!(
+                "network: table inet {table} was made by an earlier version: it lacks the job_tags map and job_peers set that keep jobs' loopback listeners apart (the next prepare adds them)"
+            ),
+            "p3-executor check --fix adds them now (job elements are kept)",
+        )),
         Probe::Ready {
             mapped,
             stale,

@@ -50,6 +50,23 @@ impl Net {
             .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
+    /// The tags of the tag map's elements and how many peer pairs there are (jobs apart on
+    /// loopback).
+    fn tags(&self) -> (Vec<u64>, usize) {
+        let listing = self.listing().expect("the table exists");
+        let mut tags = Vec::new();
+        let mut peers = 0;
+        for item in listing["nftables"].as_array().unwrap() {
+            if item["map"]["name"] == "job_tags" {
+                let elem = item["map"]["elem"].as_array().cloned().unwrap_or_default();
+                tags.extend(elem.iter().filter_map(|e| e[1].as_u64()));
+            } else if item["set"]["name"] == "job_peers" {
+                peers = item["set"]["elem"].as_array().map_or(0, Vec::len);
+            }
+        }
+        (tags, peers)
+    }
+
     /// The uids mapped (single-uid keys of job_uids) and the chains besides the two base
     /// ones (the policies' chains).
     fn mapped(&self) -> (Vec<u64>, Vec<String>) {
@@ -629,6 +646,7 @@ fn cleanup_and_gc_after_sigkill_remove_the_element_and_a_reused_uid_inherits_not
         (vec![], vec![]),
         "gc removed the element and chain"
     );
+    assert_eq!(net.tags(), (vec![], 0), "gc removed the tag and its pair");
 }
 
 /// A previous holder of the uid left its element behind (its cleanup never reached nft): the
@@ -1048,7 +1066,11 @@ fn time_a_jobs_transaction_in_process_and_as_the_program() {
     assert!(lib.in_process() && !program.in_process());
     let ranges = [[uid_base(), uid_base() + 9]];
     let started = Instant::now();
-    lib.apply(&render::base(table, &ranges, true), "create the table")
+    let switches = render::Switches {
+        log: true,
+        loopback_apart: true,
+    };
+    lib.apply(&render::base(table, &ranges, switches), "create the table")
         .unwrap();
     println!("first call (dlopen included): {:?}", started.elapsed());
     let cfg: NetworkConfig = toml::from_str("").unwrap();
@@ -1067,7 +1089,7 @@ fn time_a_jobs_transaction_in_process_and_as_the_program() {
     for (name, nft) in [("libnftables", &lib), ("nft process", &program)] {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for i in 0..30 {
-            let tx = render::add_job(table, &ranges, &job(i), &chain, &[]);
+            let tx = render::add_job(table, &ranges, &job(i), &chain, &Default::default());
             let t = Instant::now();
             nft.apply(&tx, "add the job's rules").unwrap();
             add.push(t.elapsed());
@@ -1083,4 +1105,149 @@ fn time_a_jobs_transaction_in_process_and_as_the_program() {
             );
         }
     }
+}
+
+/// A greeting server on `ip:port` run as `uid` (what a service a job's script starts is, seen
+/// from the network), ready when this returns.
+fn listener_as(uid: u32, ip: Ipv4Addr, port: u16) -> Daemon {
+    let server = format!(
+        "import socket\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('{ip}', {port})); s.listen(16)\n\
+         while True:\n    c, _ = s.accept(); c.sendall(b'hello\\n'); c.close()\n"
+    );
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
+        "--clear-groups",
+        // Not a PATH lookup: root's PATH may name a python the uid cannot run.
+        "/usr/bin/python3",
+        "-c",
+        &server,
+    ])
+    .process_group(0);
+    let daemon = Daemon(cmd.spawn().unwrap());
+    for _ in 0..100 {
+        let probe = Command::new("ss")
+            .args(["-Htln", &format!("src {ip}:{port}")])
+            .output()
+            .unwrap();
+        if !probe.stdout.is_empty() {
+            return daemon;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the listener as uid {uid} never listened on {ip}:{port}");
+}
+
+/// Jobs share the host's network namespace, not their listeners: a port job A listens on (a
+/// server running as A's uid) answers A's own connections only. Job B's connect is refused
+/// (a reset, within a second or two, not a hang), as is the host's; B still reaches the
+/// host's own listener, and A's tag leaves the table with A's cleanup.
+#[test]
+fn a_jobs_listener_answers_its_own_job_only() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let host = defaults_host(&net, uid_base());
+    let (mut a, ua) = prepared(&host, 620);
+    let (mut b, ub) = prepared(&host, 621);
+    assert_ne!(ua, ub);
+    let ip = net.ip(20);
+    let port = listener_port_free(ip);
+    let _a_service = listener_as(ua, ip, port);
+    let host_ip = net.ip(21);
+    let host_port = listener(host_ip);
+
+    assert_eq!(
+        run_body(&mut a, &format!("{PROBE}\nprobe {ip} {port}")),
+        0,
+        "{}",
+        a.log
+    );
+    assert!(
+        ok(&a.log, ip, port),
+        "A reaches its own listener:\n{}",
+        a.log
+    );
+
+    let started = std::time::Instant::now();
+    assert_eq!(
+        run_body(
+            &mut b,
+            &format!("{PROBE}\nprobe {ip} {port}\nprobe {host_ip} {host_port}")
+        ),
+        0,
+        "{}",
+        b.log
+    );
+    assert!(
+        refused(&b.log, ip, port),
+        "job B reached job A's listener:\n{}",
+        b.log
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the refusal waited for a timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(ok(&b.log, host_ip, host_port), "{}", b.log);
+    assert!(
+        !connects_as(0, ip, port),
+        "the host reached job A's listener"
+    );
+    // A's own connection still works after B's was refused (B's crossed, not A's).
+    assert!(connects_as(ua, ip, port));
+
+    let (tags, peers) = net.tags();
+    assert!(tags.contains(&u64::from(ua)) && tags.contains(&u64::from(ub)));
+    assert_eq!(peers, tags.len());
+    assert_eq!(a.cleanup(), 0, "{}", a.log);
+    assert_eq!(b.cleanup(), 0, "{}", b.log);
+    assert_eq!(net.tags(), (vec![], 0), "a tag outlived its job");
+}
+
+/// `[network] loopback_apart = false` leaves the host's loopback as it was (for hosts that
+/// must not load connection tracking): job B reaches job A's listener, and the table's output
+/// chain holds no `ct` expression.
+#[test]
+fn loopback_apart_off_leaves_listeners_shared_and_conntrack_unused() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let lo = uid_base();
+    let host = host_with_uids_and(
+        lo,
+        lo + 9,
+        &format!(
+            "[network]\ntable = \"{}\"\nloopback_apart = false\n",
+            net.table
+        ),
+    );
+    let (mut a, ua) = prepared(&host, 630);
+    let (mut b, _) = prepared(&host, 631);
+    let ip = net.ip(30);
+    let port = listener_port_free(ip);
+    let _a_service = listener_as(ua, ip, port);
+    assert_eq!(
+        run_body(&mut b, &format!("{PROBE}\nprobe {ip} {port}")),
+        0,
+        "{}",
+        b.log
+    );
+    assert!(ok(&b.log, ip, port), "{}", b.log);
+    let chain = Command::new("nft")
+        .args(["list", "chain", "inet", &net.table, "output"])
+        .output()
+        .unwrap();
+    let chain = String::from_utf8_lossy(&chain.stdout);
+    assert!(
+        chain.contains("goto jobs") && !chain.contains(" ct "),
+        "{chain}"
+    );
+    assert_eq!(a.cleanup(), 0, "{}", a.log);
+    assert_eq!(b.cleanup(), 0, "{}", b.log);
 }

@@ -74,6 +74,11 @@ pub struct NetworkConfig {
     /// Log refused connections to the kernel log (rate-limited, prefix `p3-executor job <id>`).
     #[serde(default = "default_true")]
     pub log: bool,
+    /// Keep jobs apart on loopback: a port a job listens on answers its own job only, not
+    /// another job or the host (`render.rs`). Needs the kernel's connection tracking, which
+    /// the table then loads for the whole host; `false` leaves both off.
+    #[serde(default = "default_true")]
+    pub loopback_apart: bool,
 }
 
 impl Default for NetworkConfig {
@@ -86,6 +91,7 @@ impl Default for NetworkConfig {
             resolvers: None,
             nft: default_nft(),
             log: true,
+            loopback_apart: true,
         }
     }
 }

@@ -108,7 +108,11 @@ fn job_ranges(cfg: &Config) -> Vec<[u32; 2]> {
 /// Make the table, or bring its base in line with the config; every job's chain and element
 /// stays. Idempotent; run on first use, by `check --fix` and by the package's postinst.
 pub fn ensure_table(cfg: &Config) -> Result<(), NetworkError> {
-    let tx = render::base(&cfg.network.table, &job_ranges(cfg), cfg.network.log);
+    let switches = render::Switches {
+        log: cfg.network.log,
+        loopback_apart: cfg.network.loopback_apart,
+    };
+    let tx = render::base(&cfg.network.table, &job_ranges(cfg), switches);
     Nft::new(&cfg.network.nft).apply(&tx, "create the table")
 }
 
@@ -194,16 +198,27 @@ fn unenforceable(
 fn add_elements(cfg: &Config, key: &JobKey, chain: &str) -> bool {
     let mut job = vec![[key.uid, key.uid]];
     job.extend(key.subids);
+    let tag = render::tag_of(key);
     let adds = [
         netlink::Elements {
             set: render::RANGES,
             ranges: job_ranges(cfg),
-            jump: None,
+            data: netlink::Data::None,
         },
         netlink::Elements {
             set: render::MAP,
+            ranges: job.clone(),
+            data: netlink::Data::Jump(chain),
+        },
+        netlink::Elements {
+            set: render::TAGS,
+            ranges: job.clone(),
+            data: netlink::Data::Mark(tag),
+        },
+        netlink::Elements {
+            set: render::PEERS,
             ranges: job,
-            jump: Some(chain),
+            data: netlink::Data::Pair(tag),
         },
     ];
     netlink::add(&cfg.network.table, &adds)
@@ -221,16 +236,18 @@ fn add_job(
     chain: &render::PolicyChain<'_>,
 ) -> Result<(), NetworkError> {
     let table = &cfg.network.table;
-    let tx = |replace: &[serde_json::Value]| {
-        render::add_job(table, &job_ranges(cfg), key, chain, replace)
-    };
-    if nft.apply(&tx(&[]), "add the job's rules").is_ok() {
+    let tx =
+        |replace: &render::Elements| render::add_job(table, &job_ranges(cfg), key, chain, replace);
+    if nft
+        .apply(&tx(&render::Elements::default()), "add the job's rules")
+        .is_ok()
+    {
         return Ok(());
     }
     ensure_table(cfg)?;
     let replace = match nft.list(table)? {
-        Some(listing) => listing.keys_of(key.uid, key.subids),
-        None => Vec::new(),
+        Some(listing) => listing.elements_of(key.uid, key.subids),
+        None => render::Elements::default(),
     };
     nft.apply(&tx(&replace), "add the job's rules")
 }
@@ -283,7 +300,7 @@ pub fn release(cfg: &Config, job_id: u64, state: Option<&JobState>) -> Result<()
         // No table (never made on this host, or purged): nothing to remove.
         return Ok(());
     };
-    let keys = listing.keys_of(key.uid, key.subids);
+    let elements = listing.elements_of(key.uid, key.subids);
     let own = render::chain_name(key.uid);
     let chains: Vec<String> = listing
         .chains
@@ -291,11 +308,11 @@ pub fn release(cfg: &Config, job_id: u64, state: Option<&JobState>) -> Result<()
         .filter(|c| **c == own)
         .cloned()
         .collect();
-    if keys.is_empty() && chains.is_empty() {
+    if elements.is_empty() && chains.is_empty() {
         return Ok(());
     }
     nft.apply(
-        &render::remove_stale(&table, &keys, &chains),
+        &render::remove_stale(&table, &elements, &chains),
         "remove the job's rules",
     )
 }
@@ -306,6 +323,8 @@ pub fn release(cfg: &Config, job_id: u64, state: Option<&JobState>) -> Result<()
 pub struct Stale {
     /// Map keys (as nft writes them) to remove.
     pub keys: Vec<serde_json::Value>,
+    /// Tag-map keys and peer pairs to remove: those of the same uids and ranges.
+    pub tagged: render::Elements,
     /// Chains to remove: policy chains no element jumps to once the stale keys are gone, and
     /// job chains of executors before policy chains whose uid no job holds.
     pub chains: Vec<String>,
@@ -328,25 +347,30 @@ pub fn stale(listing: &nft::Listing, h: &Holders<'_>) -> Stale {
     let mut out = Stale::default();
     // Chains some element still jumps to, whoever's (policy chains are shared).
     let mut live = BTreeSet::new();
-    for (key, target) in &listing.elements {
-        let uid = nft::Listing::key_uid(key);
-        let range = nft::Listing::key_range(key);
-        let first = uid.or(range.map(|[a, _]| a));
-        let fresh = !first.is_some_and(|u| (h.mine)(u))
-            || match (uid, range) {
-                // A job chain of an executor before policy chains is its own uid's.
-                (Some(u), _) => {
-                    (h.leased)(u) && render::chain_uid(target).is_none_or(|owner| owner == u)
-                }
+    let ours = |key: &serde_json::Value| {
+        let first = nft::Listing::key_uid(key).or(nft::Listing::key_range(key).map(|[a, _]| a));
+        first.is_some_and(|u| (h.mine)(u))
+    };
+    // A key is live when it is not ours, or its uid is leased, or its range a live job's.
+    let held = |key: &serde_json::Value| {
+        !ours(key)
+            || match (nft::Listing::key_uid(key), nft::Listing::key_range(key)) {
+                (Some(u), _) => (h.leased)(u),
                 (None, Some(r)) => (h.range_held)(r),
                 (None, None) => true,
-            };
-        if fresh {
+            }
+    };
+    for (key, target) in &listing.elements {
+        // A job chain of an executor before policy chains is its own uid's.
+        let own_chain = nft::Listing::key_uid(key)
+            .is_none_or(|u| render::chain_uid(target).is_none_or(|owner| owner == u));
+        if held(key) && (own_chain || !ours(key)) {
             live.insert(target.as_str());
         } else {
             out.keys.push(key.clone());
         }
     }
+    out.tagged = listing.elements_where(Vec::new(), |k| !held(k));
     out.chains = listing
         .chains
         .iter()
@@ -393,11 +417,15 @@ pub fn sweep(cfg: &Config) -> Result<Vec<String>, NetworkError> {
         return Ok(Vec::new());
     };
     let stale = stale_now(cfg, &listing);
-    if stale.keys.is_empty() && stale.chains.is_empty() {
+    let elements = render::Elements {
+        map: stale.keys.clone(),
+        ..stale.tagged.clone()
+    };
+    if elements.is_empty() && stale.chains.is_empty() {
         return Ok(Vec::new());
     }
     nft.apply(
-        &render::remove_stale(&cfg.network.table, &stale.keys, &stale.chains),
+        &render::remove_stale(&cfg.network.table, &elements, &stale.chains),
         "remove stale job rules",
     )?;
     Ok(stale
@@ -419,6 +447,9 @@ pub enum Probe {
     NoTable,
     /// The table lacks its map or its output chain.
     Incomplete,
+    /// The table was made by an executor before jobs were kept apart on loopback: it lacks
+    /// the tag map and the peer set (the next prepare adds them).
+    Earlier,
     /// The table is in place.
     Ready {
         /// Jobs mapped.
@@ -444,12 +475,16 @@ pub fn probe(cfg: &Config) -> Probe {
     if !listing.has_map || !listing.has_output {
         return Probe::Incomplete;
     }
+    if !listing.has_apart {
+        return Probe::Earlier;
+    }
     let stale_part = stale_now(cfg, &listing);
     let mut stale: Vec<String> = stale_part
         .keys
         .iter()
         .map(|k| format!("element {k}"))
         .collect();
+    stale.extend(stale_part.tagged.tags.iter().map(|k| format!("tag {k}")));
     stale.extend(stale_part.chains.iter().map(|c| format!("chain {c}")));
     let unmapped = crate::uid_pool::leases(cfg)
         .into_iter()
@@ -482,6 +517,15 @@ mod tests {
         let listing = nft::Listing {
             has_map: true,
             has_output: true,
+            has_apart: true,
+            // Tags follow the map's keys: 2 and its range are stale, and so are their peers.
+            tags: vec![
+                (json!(1), 1),
+                (json!({"range": [100, 199]}), 1),
+                (json!(2), 2),
+                (json!({"range": [200, 299]}), 2),
+                (json!(9001), 9001),
+            ],
             elements: vec![
                 e(json!(1), "policy_a"),
                 e(json!({"range": [100, 199]}), "policy_a"),
@@ -523,6 +567,15 @@ mod tests {
             [json!(2), json!({"range": [200, 299]}), json!(6)],
             "unleased, a range no job holds, and a leased uid jumping to another uid's chain"
         );
+        assert_eq!(s.tagged.tags, [json!(2), json!({"range": [200, 299]})]);
+        assert_eq!(
+            s.tagged.peers,
+            [
+                json!({"concat": [{"range": [2, 2]}, 2]}),
+                json!({"concat": [{"range": [200, 299]}, 2]})
+            ]
+        );
+        assert!(s.tagged.map.is_empty());
         // policy_b lost its elements, policy_e had none; uid_4 is no one's; uid_6 is leased
         // (its job may be preparing); foreign and unknown chains stay.
         assert_eq!(s.chains, ["policy_b", "policy_e", "uid_4"]);

@@ -42,6 +42,7 @@ const SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const SET_ELEM_KEY: u16 = 1;
 const SET_ELEM_DATA: u16 = 2;
 const SET_ELEM_FLAGS: u16 = 3;
+const SET_ELEM_KEY_END: u16 = 10;
 const DATA_VALUE: u16 = 1;
 const DATA_VERDICT: u16 = 2;
 const VERDICT_CODE: u16 = 1;
@@ -61,8 +62,22 @@ pub(crate) struct Elements<'a> {
     pub set: &'a str,
     /// `[first, last]` uid intervals.
     pub ranges: Vec<[u32; 2]>,
-    /// For a verdict map: the chain every element jumps to.
-    pub jump: Option<&'a str>,
+    /// What each interval carries.
+    pub data: Data<'a>,
+}
+
+/// What an element carries besides its uid interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Data<'a> {
+    /// Nothing: a set of uids.
+    None,
+    /// A verdict map's: jump to this chain.
+    Jump(&'a str),
+    /// A mark map's: this mark.
+    Mark(u32),
+    /// A `uid . mark` set's second component (a concatenation: the kernel's pipapo set, whose
+    /// element holds its first and last key).
+    Pair(u32),
 }
 
 /// Add `adds` to the inet table `table` in one batch: all or nothing.
@@ -103,16 +118,31 @@ pub(crate) fn encode(table: &str, adds: &[Elements<'_>]) -> io::Result<Vec<u8>> 
                     let end = last
                         .checked_add(1)
                         .ok_or_else(|| invalid("uid 4294967295"))?;
+                    if let Data::Pair(mark) = add.data {
+                        // One element, its last key inclusive.
+                        nested(b, next(), |b| {
+                            pair(b, SET_ELEM_KEY, first, mark);
+                            pair(b, SET_ELEM_KEY_END, last, mark);
+                            Ok(())
+                        })?;
+                        continue;
+                    }
                     nested(b, next(), |b| {
                         key(b, first);
-                        if let Some(chain) = add.jump {
-                            nested(b, SET_ELEM_DATA, |b| {
+                        match add.data {
+                            Data::Jump(chain) => nested(b, SET_ELEM_DATA, |b| {
                                 nested(b, DATA_VERDICT, |b| {
                                     attr(b, VERDICT_CODE, &JUMP.to_be_bytes());
                                     attr(b, VERDICT_CHAIN, &c_string(chain)?);
                                     Ok(())
                                 })
-                            })?;
+                            })?,
+                            // A mark is data, in the host's byte order (keys are big-endian).
+                            Data::Mark(mark) => nested(b, SET_ELEM_DATA, |b| {
+                                attr(b, DATA_VALUE, &mark.to_ne_bytes());
+                                Ok(())
+                            })?,
+                            Data::None | Data::Pair(_) => {}
                         }
                         Ok(())
                     })?;
@@ -150,6 +180,17 @@ fn c_string(s: &str) -> io::Result<Vec<u8>> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
     Ok(v)
+}
+
+/// A `uid . mark` key (each a 4-byte register, big-endian as in an interval set).
+fn pair(b: &mut Vec<u8>, kind: u16, uid: u32, mark: u32) {
+    // Infallible: the closure never fails.
+    let _ = nested(b, kind, |b| {
+        let mut value = uid.to_be_bytes().to_vec();
+        value.extend_from_slice(&mark.to_be_bytes());
+        attr(b, DATA_VALUE, &value);
+        Ok(())
+    });
 }
 
 fn key(b: &mut Vec<u8>, uid: u32) {
@@ -330,7 +371,7 @@ mod tests {
             &[Elements {
                 set: "job_uids",
                 ranges: vec![[200_005, 200_005], [300_000, 365_535]],
-                jump: Some("uid_200001"),
+                data: Data::Jump("uid_200001"),
             }],
         )
         .unwrap();
@@ -368,6 +409,51 @@ mod tests {
         assert_eq!(&end[8..12], &2u32.to_ne_bytes());
     }
 
+    /// What nft 1.0.6 sent (`nft --debug=mnl`) for `add element inet p3probe job_tags { 190 :
+    /// 190 }` (a key, big-endian, with its mark as data in the host's order, then the end)
+    /// and `add element inet p3probe job_peers { 180 . 180, 5000-5999 . 180 }` (one element
+    /// each: the first key, and the last, inclusive, under attribute 10).
+    #[test]
+    fn tag_and_peer_elements_are_encoded_as_nft_sends_them() {
+        let elements_of = |add: Elements<'_>| {
+            let batch = encode("t", &[add]).unwrap();
+            let msg = &batch[20..];
+            let len = u32::from_ne_bytes(msg[..4].try_into().unwrap()) as usize;
+            // After the headers (20), the table (8) and the set's name (12 for "job_tags" or
+            // "job_peers", padded), the list's own header (4).
+            msg[20 + 8 + 16 + 4..len].to_vec()
+        };
+        let tags = elements_of(Elements {
+            set: "job_tags",
+            ranges: vec![[190, 190]],
+            data: Data::Mark(190),
+        });
+        let mut want = vec![0x1c, 0, 1, 0x80];
+        want.extend_from_slice(b"\x0c\x00\x01\x80\x08\x00\x01\x00\x00\x00\x00\xbe");
+        want.extend_from_slice(b"\x0c\x00\x02\x80\x08\x00\x01\x00");
+        want.extend_from_slice(&190u32.to_ne_bytes());
+        want.extend_from_slice(&[0x18, 0, 2, 0x80]);
+        want.extend_from_slice(
+            b"\x08\x00\x03\x00\x00\x00\x00\x01\x0c\x00\x01\x80\x08\x00\x01\x00\x00\x00\x00\xbf",
+        );
+        assert_eq!(tags, want);
+        let peers = elements_of(Elements {
+            set: "job_peers",
+            ranges: vec![[180, 180], [5000, 5999]],
+            data: Data::Pair(180),
+        });
+        let mut want = Vec::new();
+        for (n, first, last) in [(1u8, 180u32, 180u32), (2, 5000, 5999)] {
+            want.extend_from_slice(&[0x24, 0, n, 0x80]);
+            for (kind, uid) in [(1u8, first), (10, last)] {
+                want.extend_from_slice(&[0x10, 0, kind, 0x80, 0x0c, 0, 1, 0]);
+                want.extend_from_slice(&uid.to_be_bytes());
+                want.extend_from_slice(&180u32.to_be_bytes());
+            }
+        }
+        assert_eq!(peers, want);
+    }
+
     #[test]
     fn a_set_element_has_no_data_and_bad_intervals_are_refused() {
         let batch = encode(
@@ -375,7 +461,7 @@ mod tests {
             &[Elements {
                 set: "job_ranges",
                 ranges: vec![[7, 7]],
-                jump: None,
+                data: Data::None,
             }],
         )
         .unwrap();
@@ -385,7 +471,7 @@ mod tests {
             let adds = [Elements {
                 set: "s",
                 ranges,
-                jump: None,
+                data: Data::None,
             }];
             assert!(encode("t", &adds).is_err());
         }
@@ -393,7 +479,7 @@ mod tests {
             [Elements {
                 set,
                 ranges: vec![[1, 1]],
-                jump: Some("c\0"),
+                data: Data::Jump("c\0"),
             }]
         };
         assert!(encode("t\0", &named("s")).is_err());

@@ -54,6 +54,10 @@ pub struct Listing {
     /// The chains besides `output` and `jobs`: policy chains, and job chains of executors
     /// before them (`uid_<uid>`).
     pub chains: Vec<String>,
+    /// The tag map and the peer set exist (jobs apart on loopback).
+    pub has_apart: bool,
+    /// Tag-map elements: the key as nft writes it, and its tag.
+    pub tags: Vec<(Value, u32)>,
 }
 
 impl Listing {
@@ -81,13 +85,33 @@ impl Listing {
 
     /// The keys in the map that are `uid` or the range `subids`.
     pub fn keys_of(&self, uid: u32, subids: Option<[u32; 2]>) -> Vec<Value> {
+        let of = |k: &Value| {
+            Self::key_uid(k) == Some(uid) || (subids.is_some() && Self::key_range(k) == subids)
+        };
         self.elements
             .iter()
-            .filter(|(k, _)| {
-                Self::key_uid(k) == Some(uid) || (subids.is_some() && Self::key_range(k) == subids)
-            })
+            .filter(|(k, _)| of(k))
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// Everything the table holds for `uid` and the range `subids`: map keys, tag keys and
+    /// their peer pairs (a previous holder's, whatever its tag).
+    pub fn elements_of(&self, uid: u32, subids: Option<[u32; 2]>) -> render::Elements {
+        let of = |k: &Value| {
+            Self::key_uid(k) == Some(uid) || (subids.is_some() && Self::key_range(k) == subids)
+        };
+        self.elements_where(self.keys_of(uid, subids), of)
+    }
+
+    /// `map` keys, and the tag keys `of` selects with their peer pairs.
+    pub fn elements_where(&self, map: Vec<Value>, of: impl Fn(&Value) -> bool) -> render::Elements {
+        let tagged: Vec<&(Value, u32)> = self.tags.iter().filter(|(k, _)| of(k)).collect();
+        render::Elements {
+            map,
+            tags: tagged.iter().map(|(k, _)| k.clone()).collect(),
+            peers: tagged.iter().map(|(k, t)| render::peer(k, *t)).collect(),
+        }
     }
 }
 
@@ -97,6 +121,7 @@ pub fn parse_listing(json: &Value) -> Result<Listing, String> {
         .as_array()
         .ok_or("no \"nftables\" array in nft's output")?;
     let mut out = Listing::default();
+    let (mut has_tags, mut has_peers) = (false, false);
     for item in items {
         if let Some(map) = item.get("map") {
             if map["name"] == render::MAP {
@@ -107,7 +132,18 @@ pub fn parse_listing(json: &Value) -> Result<Listing, String> {
                         .ok_or_else(|| format!("map element {e} does not jump to a chain"))?;
                     out.elements.push((e[0].clone(), target.to_string()));
                 }
+            } else if map["name"] == render::TAGS {
+                has_tags = true;
+                for e in map["elem"].as_array().into_iter().flatten() {
+                    let tag = e[1]
+                        .as_u64()
+                        .and_then(|t| u32::try_from(t).ok())
+                        .ok_or_else(|| format!("tag map element {e} has no tag"))?;
+                    out.tags.push((e[0].clone(), tag));
+                }
             }
+        } else if item["set"]["name"] == render::PEERS {
+            has_peers = true;
         } else if let Some(chain) = item.get("chain") {
             let name = chain["name"].as_str().unwrap_or_default();
             if name == render::OUTPUT && chain["hook"] == "output" {
@@ -117,6 +153,7 @@ pub fn parse_listing(json: &Value) -> Result<Listing, String> {
             }
         }
     }
+    out.has_apart = has_tags && has_peers;
     Ok(out)
 }
 
@@ -286,6 +323,35 @@ mod tests {
         let empty = json!({"nftables": [{"map": {"name": "job_uids"}}]});
         assert!(parse_listing(&empty).unwrap().elements.is_empty());
         assert!(parse_listing(&json!({})).is_err());
+        assert!(!l.has_apart, "a table made before jobs were kept apart");
+    }
+
+    #[test]
+    fn listing_reads_tags_and_finds_a_previous_holders_peers() {
+        let out = json!({"nftables": [
+            {"map": {"name": "job_uids", "elem": [[200001, {"jump": {"target": "policy_ab"}}]]}},
+            {"map": {"name": "job_tags", "type": "uid", "map": "mark", "elem": [
+                [200001, 200001],
+                [{"range": [300000, 365535]}, 200007],
+                [200002, 200002]
+            ]}},
+            {"set": {"name": "job_peers", "type": ["uid", "mark"]}}
+        ]});
+        let l = parse_listing(&out).unwrap();
+        assert!(l.has_apart);
+        // The range's tag is a previous holder's (200007): its peer pair is found by the tag.
+        let e = l.elements_of(200_001, Some([300_000, 365_535]));
+        assert_eq!(e.map, [json!(200001)]);
+        assert_eq!(e.tags, [json!(200001), json!({"range": [300000, 365535]})]);
+        assert_eq!(
+            e.peers,
+            [
+                json!({"concat": [{"range": [200001, 200001]}, 200001]}),
+                json!({"concat": [{"range": [300000, 365535]}, 200007]})
+            ]
+        );
+        let bad = json!({"nftables": [{"map": {"name": "job_tags", "elem": [[1, "x"]]}}]});
+        assert!(parse_listing(&bad).is_err());
     }
 
     #[test]

@@ -7,8 +7,15 @@
 //! table inet p3_executor {
 //!     map job_uids { type uid : verdict; flags interval; }      # uid (or subid range) → jump policy_<digest>
 //!     set job_ranges { type uid; flags interval; auto-merge; } # every config's job ranges, added
+//!     map job_tags { type uid : mark; flags interval; }         # uid (or subid range) → its job's tag
+//!     set job_peers { type uid . mark; flags interval; }        # uid (or subid range) . its job's tag
 //!     chain output {
 //!         type filter hook output priority filter; policy accept;
+//!         oifname "lo" ct mark 0xffffffff tcp flags syn reject with tcp reset  # crossed: refused
+//!         oifname "lo" ct mark 0xffffffff meta l4proto != tcp drop
+//!         oifname "lo" ct state new meta skuid @job_ranges ct mark set meta skuid map @job_tags
+//!         oifname "lo" ct direction reply meta skuid @job_tags
+//!             meta skuid . ct mark != @job_peers ct mark set 0xffffffff drop   # another job's
 //!         meta skuid @job_ranges goto jobs                              # a job's uid; the rest
 //!     }                                                               # (no socket too) untouched
 //!     chain jobs {
@@ -27,6 +34,17 @@
 //! removing what is already gone is not an error); gc removes policy chains no element jumps
 //! to. Executors before policy chains gave each job a chain of its own (`uid_<uid>`); their
 //! jobs' cleanup removes it.
+//!
+//! **Jobs apart on loopback** ([`apart`]): jobs share the host's network namespace, so a port a
+//! job listens on is the host's. A loopback connection a job's socket opens is marked (its
+//! conntrack mark) with its job's tag, the job's private uid; a reply from a job's socket on
+//! a connection not marked with its own job's tag (another job's, or the host's) marks the
+//! connection crossed and is dropped, and the initiator's next SYN is answered with a reset:
+//! `connect` fails with "Connection refused" after one retransmission (about a second). The
+//! job's own connections (its uid and its subordinate range) pass. A UDP datagram still
+//! reaches another job's socket once; its answer does not, nor anything after it. A job
+//! without a tag (prepared before the executor kept jobs apart) is left as it was. The rules
+//! need the kernel's connection tracking, which the table's `ct` expressions load.
 
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -43,6 +61,15 @@ pub const OUTPUT: &str = "output";
 pub const JOBS: &str = "jobs";
 /// The set of job uid ranges (every sharing executor's private and subordinate ranges).
 pub const RANGES: &str = "job_ranges";
+/// The map from a job's uid (and subordinate range) to its job's tag, the conntrack mark of
+/// the loopback connections its sockets open.
+pub const TAGS: &str = "job_tags";
+/// The set of `uid . tag` pairs of every job: a reply from a job's socket on loopback passes
+/// only on a connection marked with its own job's tag.
+pub const PEERS: &str = "job_peers";
+/// The conntrack mark of a loopback connection that crossed from one job (or the host) to
+/// another job's socket: refused from then on. No job's tag (a uid is never 2^32 - 1).
+pub const CROSSED: u32 = u32::MAX;
 /// nft's limit on a comment and a log prefix (bytes, with the terminating NUL).
 const TEXT_MAX: usize = 127;
 
@@ -186,9 +213,24 @@ fn refuse(
     out
 }
 
+/// The table-wide settings of `[network]` the base chain follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switches {
+    /// `[network] log`: refusals in the kernel log.
+    pub log: bool,
+    /// `[network] loopback_apart`: the rules that keep jobs apart on loopback ([`apart`]).
+    pub loopback_apart: bool,
+}
+
 /// The transaction that makes the table, or brings it in line with the config (the uid ranges
-/// of the output chain), leaving every job's chain and element in place. Idempotent.
-pub fn base(table: &str, job_ranges: &[[u32; 2]], log: bool) -> Value {
+/// of the output chain), leaving every job's chain and element in place. Idempotent. The tag
+/// map and the peer set are made either way (jobs add their elements either way); only the
+/// rules that use them follow `loopback_apart`.
+pub fn base(table: &str, job_ranges: &[[u32; 2]], switches: Switches) -> Value {
+    let Switches {
+        log,
+        loopback_apart,
+    } = switches;
     let t = json!({"family": "inet", "name": table});
     let on = |extra: Value| {
         let mut v = json!({"family": "inet", "table": table});
@@ -220,8 +262,23 @@ pub fn base(table: &str, job_ranges: &[[u32; 2]], log: bool) -> Value {
             on(json!({"name": RANGES, "type": "uid", "flags": ["interval"], "auto-merge": true})),
         ),
         ranges_element(table, job_ranges),
+        cmd(
+            "add",
+            "map",
+            on(json!({"name": TAGS, "type": "uid", "map": "mark", "flags": ["interval"]})),
+        ),
+        cmd(
+            "add",
+            "set",
+            on(json!({"name": PEERS, "type": ["uid", "mark"], "flags": ["interval"]})),
+        ),
         cmd("flush", "chain", on(json!({"name": OUTPUT}))),
         cmd("flush", "chain", on(json!({"name": JOBS}))),
+    ];
+    if loopback_apart {
+        cmds.extend(apart(table, log));
+    }
+    cmds.extend([
         // Only a socket of a job's uid goes on: packets without a socket (the kernel's RST for
         // a closed port, ICMP errors, TIME_WAIT answers) never match `meta skuid` and must not
         // reach the refusal below, or the whole host's connections to closed ports would hang.
@@ -240,7 +297,7 @@ pub fn base(table: &str, job_ranges: &[[u32; 2]], log: bool) -> Value {
             Some("a job's uid: its own chain".into()),
             vec![json!({"vmap": {"key": {"meta": {"key": "skuid"}}, "data": format!("@{MAP}")}})],
         ),
-    ];
+    ]);
     cmds.extend(refuse(
         table,
         JOBS,
@@ -249,6 +306,144 @@ pub fn base(table: &str, job_ranges: &[[u32; 2]], log: bool) -> Value {
         log.then(|| "p3-executor unmapped uid: ".to_string()),
     ));
     json!({"nftables": cmds})
+}
+
+/// The output chain's rules that keep jobs apart on loopback (see the module's doc), first in
+/// the chain: a crossed connection refused; a job's new connection tagged; a reply from a
+/// job's socket on a connection not tagged with its job's tag crossed (logged, when `log`).
+fn apart(table: &str, log: bool) -> Vec<Value> {
+    let lo = matches(json!({"meta": {"key": "oifname"}}), json!("lo"));
+    let ct = |key: &str| json!({"ct": {"key": key}});
+    let crossed = matches(ct("mark"), json!(CROSSED));
+    let job_socket = matches(
+        json!({"meta": {"key": "skuid"}}),
+        json!(format!("@{RANGES}")),
+    );
+    let refused = |packets: Value, verdict: Value| {
+        let comment = "jobs apart on loopback: a crossed connection is refused";
+        let expr = vec![
+            lo.clone(),
+            crossed.clone(),
+            packets,
+            json!({"counter": null}),
+            verdict,
+        ];
+        rule(table, OUTPUT, Some(comment.into()), expr)
+    };
+    let mut out = vec![
+        // The initiator's SYN (retransmitted), and the listener's SYN-ACK, get a reset; the
+        // resets themselves must pass, as must every other packet of the host.
+        refused(
+            json!({"match": {"op": "in", "left": {"payload": {"protocol": "tcp", "field": "flags"}}, "right": "syn"}}),
+            json!({"reject": {"type": "tcp reset"}}),
+        ),
+        refused(
+            json!({"match": {"op": "!=", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}),
+            json!({"drop": null}),
+        ),
+        rule(
+            table,
+            OUTPUT,
+            Some("jobs apart on loopback: a job's connection carries its tag".into()),
+            vec![
+                lo.clone(),
+                json!({"match": {"op": "in", "left": ct("state"), "right": "new"}}),
+                job_socket,
+                json!({"mangle": {"key": ct("mark"), "value": {"map": {"key": {"meta": {"key": "skuid"}}, "data": format!("@{TAGS}")}}}}),
+            ],
+        ),
+    ];
+    // Only a tagged socket's replies are checked: a job prepared before its executor kept
+    // jobs apart (no tag) keeps its loopback as it was until it ends.
+    let tagged = matches(json!({"meta": {"key": "skuid"}}), json!(format!("@{TAGS}")));
+    let another = vec![
+        lo,
+        matches(ct("direction"), json!("reply")),
+        tagged,
+        json!({"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "skuid"}}, ct("mark")]}, "right": format!("@{PEERS}")}}),
+    ];
+    let comment = "jobs apart on loopback: a reply to another job or the host";
+    if log {
+        let mut e = another.clone();
+        e.extend([
+            json!({"limit": {"rate": 10, "per": "second"}}),
+            // The listener's uid on the line; the initiator is the packet's destination.
+            json!({"log": {"prefix": "p3-executor another job's listener: ", "level": "info", "flags": ["skuid"]}}),
+        ]);
+        out.push(rule(table, OUTPUT, Some(format!("log: {comment}")), e));
+    }
+    let mut e = another;
+    e.extend([
+        json!({"mangle": {"key": ct("mark"), "value": CROSSED}}),
+        json!({"counter": null}),
+        json!({"drop": null}),
+    ]);
+    out.push(rule(table, OUTPUT, Some(comment.into()), e));
+    out
+}
+
+/// A job's tag: its private uid (no other live job holds it), the mark its loopback
+/// connections carry.
+pub fn tag_of(key: &JobKey) -> u32 {
+    key.uid
+}
+
+/// The job's elements of the tag map (uid and subordinate range → its tag) and of the peer
+/// set (uid . tag, range . tag), as nft writes them.
+pub fn tag_elements(key: &JobKey) -> (Vec<Value>, Vec<Value>) {
+    let t = tag_of(key);
+    let mut keys = vec![json!(key.uid)];
+    if let Some([a, b]) = key.subids {
+        keys.push(range(a, b));
+    }
+    let tags = keys.iter().map(|k| json!([k, t])).collect();
+    let peers = keys.iter().map(|k| peer(k, t)).collect();
+    (tags, peers)
+}
+
+/// A peer-set element: a tag-map key and its tag. A single uid is written as the range of
+/// itself: nft 1.0.6 cannot delete a concatenation's single value from an interval set
+/// ("No such file or directory"), only a range.
+pub fn peer(key: &Value, tag: u32) -> Value {
+    let first = match key.as_u64() {
+        Some(uid) => json!({"range": [uid, uid]}),
+        None => key.clone(),
+    };
+    json!({"concat": [first, tag]})
+}
+
+/// Elements a transaction deletes, as nft writes them: verdict-map keys, tag-map keys and
+/// peer pairs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Elements {
+    /// Keys of [`MAP`].
+    pub map: Vec<Value>,
+    /// Keys of [`TAGS`].
+    pub tags: Vec<Value>,
+    /// Elements of [`PEERS`].
+    pub peers: Vec<Value>,
+}
+
+impl Elements {
+    /// Nothing to delete.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty() && self.tags.is_empty() && self.peers.is_empty()
+    }
+
+    /// The delete commands, one per non-empty kind.
+    fn delete(&self, table: &str) -> Vec<Value> {
+        [(MAP, &self.map), (TAGS, &self.tags), (PEERS, &self.peers)]
+            .into_iter()
+            .filter(|(_, elem)| !elem.is_empty())
+            .map(|(name, elem)| {
+                cmd(
+                    "delete",
+                    "element",
+                    json!({"family": "inet", "table": table, "name": name, "elem": elem}),
+                )
+            })
+            .collect()
+    }
 }
 
 /// The command adding `job_ranges` to the table's set of job ranges (idempotent). In base and
@@ -356,27 +551,30 @@ impl<'a> PolicyChain<'a> {
     }
 }
 
-/// A job's map elements: its uid (and subordinate range) → jump to `chain`.
-fn job_elements(table: &str, key: &JobKey, chain: &str) -> Value {
+/// A job's elements: of the map, its uid (and subordinate range) → jump to `chain`; of the
+/// tag map and the peer set, its tag ([`tag_elements`]).
+fn job_elements(table: &str, key: &JobKey, chain: &str) -> [Value; 3] {
     let jump = json!({"jump": {"target": chain}});
     let mut elem = vec![json!([key.uid, jump])];
     if let Some([a, b]) = key.subids {
         elem.push(json!([range(a, b), jump]));
     }
-    json!({"family": "inet", "table": table, "name": MAP, "elem": elem})
+    let (tags, peers) = tag_elements(key);
+    let on = |name: &str, elem: Vec<Value>| json!({"family": "inet", "table": table, "name": name, "elem": elem});
+    [on(MAP, elem), on(TAGS, tags), on(PEERS, peers)]
 }
 
 /// The transaction that gives the job running as `key` its policy: the executor's job uid
 /// ranges into the set, the policy's chain (made, or flushed and filled again with the same
 /// rules), `replace` (elements already there for the job's keys: a previous holder's, which
-/// the add would conflict with) deleted, and the job's map elements. prepare's slow path;
-/// the fast path adds the elements alone (`netlink.rs`).
+/// the add would conflict with) deleted, and the job's map, tag and peer elements. prepare's
+/// slow path; the fast path adds the elements alone (`netlink.rs`).
 pub fn add_job(
     table: &str,
     job_ranges: &[[u32; 2]],
     key: &JobKey,
     policy: &PolicyChain<'_>,
-    replace: &[Value],
+    replace: &Elements,
 ) -> Value {
     let on_chain = json!({"family": "inet", "table": table, "name": policy.name});
     let mut cmds = vec![
@@ -385,18 +583,8 @@ pub fn add_job(
         cmd("flush", "chain", on_chain),
     ];
     cmds.extend(policy.rules(table));
-    if !replace.is_empty() {
-        cmds.push(cmd(
-            "delete",
-            "element",
-            json!({"family": "inet", "table": table, "name": MAP, "elem": replace}),
-        ));
-    }
-    cmds.push(cmd(
-        "add",
-        "element",
-        job_elements(table, key, &policy.name),
-    ));
+    cmds.extend(replace.delete(table));
+    cmds.extend(job_elements(table, key, &policy.name).map(|e| cmd("add", "element", e)));
     json!({"nftables": cmds})
 }
 
@@ -412,8 +600,8 @@ pub fn remove_job(table: &str, key: &JobKey, chain: &str) -> Value {
     if own {
         cmds.push(cmd("add", "chain", on_chain.clone()));
     }
-    cmds.push(cmd("add", "element", elements.clone()));
-    cmds.push(cmd("delete", "element", elements));
+    cmds.extend(elements.iter().map(|e| cmd("add", "element", e.clone())));
+    cmds.extend(elements.into_iter().map(|e| cmd("delete", "element", e)));
     if own {
         cmds.push(cmd("flush", "chain", on_chain.clone()));
         cmds.push(cmd("delete", "chain", on_chain));
@@ -421,17 +609,10 @@ pub fn remove_job(table: &str, key: &JobKey, chain: &str) -> Value {
     json!({"nftables": cmds})
 }
 
-/// The transaction that removes map elements (stale keys found by gc or check) without their
+/// The transaction that removes elements (stale ones found by gc or check) without their
 /// chains; `chains` are then deleted (they must no longer be the target of any element).
-pub fn remove_stale(table: &str, keys: &[Value], chains: &[String]) -> Value {
-    let mut cmds = Vec::new();
-    if !keys.is_empty() {
-        cmds.push(cmd(
-            "delete",
-            "element",
-            json!({"family": "inet", "table": table, "name": MAP, "elem": keys}),
-        ));
-    }
+pub fn remove_stale(table: &str, elements: &Elements, chains: &[String]) -> Value {
+    let mut cmds = elements.delete(table);
     for c in chains {
         let on_chain = json!({"family": "inet", "table": table, "name": c});
         cmds.push(cmd("flush", "chain", on_chain.clone()));
@@ -510,7 +691,13 @@ mod tests {
         ];
         let chain = PolicyChain::new("devstages.dev", Mode::Allowlist, &rules, true);
         assert!(chain.name.starts_with("policy_") && chain.name.len() == 7 + 24);
-        let tx = add_job("t", &[[200_000, 265_535]], &key, &chain, &[]);
+        let tx = add_job(
+            "t",
+            &[[200_000, 265_535]],
+            &key,
+            &chain,
+            &Elements::default(),
+        );
         let named = format!("add chain {}", chain.name);
         let flushed = format!("flush chain {}", chain.name);
         assert_eq!(
@@ -531,6 +718,8 @@ mod tests {
                 "add rule mode = allowlist: not allowed",
                 "add rule mode = allowlist: not allowed",
                 "add element job_uids",
+                "add element job_tags",
+                "add element job_peers",
             ]
         );
         let cmds = tx["nftables"].as_array().unwrap();
@@ -637,9 +826,14 @@ mod tests {
             "network.plain.deny[0]",
         )];
         let chain = PolicyChain::new("plain", Mode::Open, &rules, false);
-        let tx = add_job("t", &[[7, 7]], &key, &chain, &[json!(7)]);
+        let replace = Elements {
+            map: vec![json!(7)],
+            tags: vec![json!(7)],
+            peers: vec![peer(&json!(7), 7)],
+        };
+        let tx = add_job("t", &[[7, 7]], &key, &chain, &replace);
         let cmds = tx["nftables"].as_array().unwrap();
-        assert_eq!(cmds.len(), 3 + 2 + 1 + 2);
+        assert_eq!(cmds.len(), 3 + 2 + 1 + 3 + 3);
         assert_eq!(
             cmds[3]["add"]["rule"]["expr"][0]["match"]["right"],
             json!({"set": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"prefix": {"addr": "10.1.0.0", "len": 16}}]})
@@ -654,9 +848,20 @@ mod tests {
         );
         // A previous holder's element is deleted before the job's is added.
         assert_eq!(cmds[6]["delete"]["element"]["elem"], json!([7]));
+        assert_eq!(cmds[7]["delete"]["element"]["name"], "job_tags");
         assert_eq!(
-            cmds[7]["add"]["element"]["elem"],
+            cmds[8]["delete"]["element"]["elem"],
+            json!([{"concat": [{"range": [7, 7]}, 7]}])
+        );
+        assert_eq!(
+            cmds[9]["add"]["element"]["elem"],
             json!([[7, {"jump": {"target": chain.name}}]])
+        );
+        // Its tag is its uid, for the uid and the subordinate range alike.
+        assert_eq!(cmds[10]["add"]["element"]["elem"], json!([[7, 7]]));
+        assert_eq!(
+            cmds[11]["add"]["element"]["elem"],
+            json!([{"concat": [{"range": [7, 7]}, 7]}])
         );
     }
 
@@ -669,7 +874,14 @@ mod tests {
         // A policy chain stays for its other jobs.
         assert_eq!(
             outline(&remove_job("t", &key, "policy_ab")),
-            ["add element job_uids", "delete element job_uids"]
+            [
+                "add element job_uids",
+                "add element job_tags",
+                "add element job_peers",
+                "delete element job_uids",
+                "delete element job_tags",
+                "delete element job_peers",
+            ]
         );
         // A job chain of an executor before policy chains goes with its elements.
         assert_eq!(
@@ -677,7 +889,11 @@ mod tests {
             [
                 "add chain uid_200002",
                 "add element job_uids",
+                "add element job_tags",
+                "add element job_peers",
                 "delete element job_uids",
+                "delete element job_tags",
+                "delete element job_peers",
                 "flush chain uid_200002",
                 "delete chain uid_200002",
             ]
@@ -686,7 +902,11 @@ mod tests {
 
     #[test]
     fn base_leaves_other_uids_alone_and_refuses_unmapped_job_uids() {
-        let tx = base("p3_test", &[[200_000, 265_535], [300_000, 300_000]], true);
+        let on = Switches {
+            log: true,
+            loopback_apart: true,
+        };
+        let tx = base("p3_test", &[[200_000, 265_535], [300_000, 300_000]], on);
         assert_eq!(
             outline(&tx),
             [
@@ -696,8 +916,15 @@ mod tests {
                 "add chain jobs",
                 "add set job_ranges",
                 "add element job_ranges",
+                "add map job_tags",
+                "add set job_peers",
                 "flush chain output",
                 "flush chain jobs",
+                "add rule jobs apart on loopback: a crossed connection is refused",
+                "add rule jobs apart on loopback: a crossed connection is refused",
+                "add rule jobs apart on loopback: a job's connection carries its tag",
+                "add rule log: jobs apart on loopback: a reply to another job or the host",
+                "add rule jobs apart on loopback: a reply to another job or the host",
                 "add rule a job's uid: its policy",
                 "add rule a job's uid: its own chain",
                 "add rule log: no job holds this uid: strictest policy",
@@ -708,7 +935,7 @@ mod tests {
         let cmds = tx["nftables"].as_array().unwrap();
         // Only job uids go on (`==`): a packet without a socket never matches, so the kernel's
         // own answers (RST for a closed port, ICMP errors) pass untouched.
-        let first = &cmds[8]["add"]["rule"]["expr"];
+        let first = &cmds[15]["add"]["rule"]["expr"];
         assert_eq!(first[0]["match"]["op"], "==");
         assert_eq!(first[0]["match"]["right"], "@job_ranges");
         assert_eq!(
@@ -717,6 +944,42 @@ mod tests {
         );
         assert_eq!(first[1]["goto"]["target"], "jobs");
         assert_eq!(cmds[2]["add"]["chain"]["hook"], "output");
+        // Apart: only loopback; a job socket's new connection takes its job's tag; a reply
+        // from a job socket whose (uid . mark) is no job's pair crosses the connection.
+        let tagging = &cmds[12]["add"]["rule"]["expr"];
+        assert_eq!(tagging[0]["match"]["right"], "lo");
+        assert_eq!(tagging[2]["match"]["right"], "@job_ranges");
+        assert_eq!(tagging[3]["mangle"]["value"]["map"]["data"], "@job_tags");
+        let crossing = &cmds[14]["add"]["rule"]["expr"];
+        assert_eq!(crossing[1]["match"]["right"], "reply");
+        assert_eq!(crossing[2]["match"]["right"], "@job_tags");
+        assert_eq!(crossing[3]["match"]["op"], "!=");
+        assert_eq!(crossing[3]["match"]["right"], "@job_peers");
+        assert_eq!(crossing[4]["mangle"]["value"], CROSSED);
+        // Only the SYNs of a crossed TCP connection are reset: the resets must pass.
+        let refusing = &cmds[10]["add"]["rule"]["expr"];
+        assert_eq!(refusing[2]["match"]["right"], "syn");
+        assert_eq!(refusing[4]["reject"]["type"], "tcp reset");
+        // Without log, no log rule.
+        let quiet = base("p3_test", &[[1, 2]], Switches { log: false, ..on });
+        assert!(
+            !outline(&quiet)
+                .iter()
+                .any(|r| r.starts_with("add rule log: jobs apart"))
+        );
+        // Off: no rule keeps jobs apart (and no `ct` expression loads connection tracking),
+        // but the map and the set a job's elements go to are there.
+        let off = outline(&base(
+            "p3_test",
+            &[[1, 2]],
+            Switches {
+                loopback_apart: false,
+                ..on
+            },
+        ));
+        assert!(!off.iter().any(|r| r.contains("jobs apart")), "{off:?}");
+        assert!(off.contains(&"add map job_tags".to_string()));
+        assert!(off.contains(&"add set job_peers".to_string()));
     }
 
     #[test]
