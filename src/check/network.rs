@@ -88,7 +88,47 @@ pub(super) fn network_findings(cfg: &Config, out: &mut Vec<Finding>) {
                     "something removed them by hand; retry the jobs (prepare adds them again)",
                 ));
             }
+            if cfg.network.loopback_apart {
+                let read = |name: &str| {
+                    std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+                        .ok()
+                        .and_then(|t| t.trim().parse().ok())
+                };
+                out.push(conntrack_finding(
+                    read("nf_conntrack_count"),
+                    read("nf_conntrack_max"),
+                ));
+            }
         }
+    }
+}
+
+/// How full the kernel's connection tracking table is: `[network] loopback_apart` loads it
+/// for the whole host, and a full table drops new connections host-wide. Pure.
+fn conntrack_finding(count: Option<u64>, max: Option<u64>) -> Finding {
+    match (count, max) {
+        (Some(n), Some(m)) if n.saturating_mul(5) >= m.saturating_mul(4) => finding(
+            Severity::Warning,
+            format!(
+                "network: the kernel's connection tracking table, which [network] loopback_apart uses, holds {n} of {m} entries: when it is full, new connections are dropped host-wide"
+            ),
+            format!(
+                "raise it (sysctl -w net.netfilter.nf_conntrack_max={}, and the same in /etc/sysctl.d/), or set [network] loopback_apart = false",
+                m.saturating_mul(2).max(65_536)
+            ),
+        ),
+        (Some(n), Some(m)) => finding(
+            Severity::Info,
+            format!(
+                "network: jobs' loopback listeners kept apart; connection tracking holds {n} of {m} entries"
+            ),
+            "nothing to do",
+        ),
+        _ => finding(
+            Severity::Warning,
+            "network: [network] loopback_apart is on, but the kernel's connection tracking is not loaded: jobs' loopback listeners are not kept apart yet".to_string(),
+            "p3-executor check --fix applies the table's rules, which load it (modprobe nf_conntrack if that fails)",
+        ),
     }
 }
 
@@ -119,4 +159,42 @@ pub fn fix(cfg: &Config) -> Vec<Finding> {
         )),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nearly_full_conntrack_table_warns_with_a_larger_max() {
+        let cases = [
+            (Some(10), Some(262_144), Severity::Info, "10 of 262144"),
+            (
+                Some(209_716),
+                Some(262_144),
+                Severity::Warning,
+                "nf_conntrack_max=524288",
+            ),
+            (
+                Some(262_144),
+                Some(262_144),
+                Severity::Warning,
+                "dropped host-wide",
+            ),
+            (
+                Some(900),
+                Some(1_000),
+                Severity::Warning,
+                "nf_conntrack_max=65536",
+            ),
+            (None, None, Severity::Warning, "not loaded"),
+            (Some(1), None, Severity::Warning, "not loaded"),
+        ];
+        for (count, max, severity, says) in cases {
+            let f = conntrack_finding(count, max);
+            assert_eq!(f.severity, severity, "{count:?}/{max:?}");
+            let text = format!("{} {}", f.problem, f.fix);
+            assert!(text.contains(says), "{says} not in {text}");
+        }
+    }
 }

@@ -843,6 +843,8 @@ fn check_names_a_missing_table_a_stale_element_and_a_host_without_nft() {
         out.contains(&format!("table inet {} in place, 0 job uids", net.table)),
         "{out}"
     );
+    // The table's rules loaded connection tracking, whose fill check reports.
+    assert!(out.contains("connection tracking holds"), "{out}");
     // An element of a uid no job holds (as a crash could leave): named, and gc removes it.
     let stale = lo + 5;
     net.nft(&format!("add chain inet {} uid_{stale}", net.table));
