@@ -1253,3 +1253,39 @@ fn loopback_apart_off_leaves_listeners_shared_and_conntrack_unused() {
     assert_eq!(a.cleanup(), 0, "{}", a.log);
     assert_eq!(b.cleanup(), 0, "{}", b.log);
 }
+
+/// A job prepared before its executor kept jobs apart has no tag. Once the upgrade's rules
+/// are in, its loopback stays as it was (its own listener still answers it: nothing is cut off
+/// mid-job), and its cleanup by the new executor succeeds and leaves nothing behind.
+#[test]
+fn a_job_prepared_before_loopback_apart_keeps_its_loopback_and_cleans_up() {
+    if !needs_root() {
+        return;
+    }
+    let net = Net::new();
+    let host = defaults_host(&net, uid_base());
+    let (mut a, ua) = prepared(&host, 640);
+    // What an earlier executor's prepare left: the map element, no tag and no peer.
+    net.nft(&format!(
+        "delete element inet {} job_tags {{ {ua} }}",
+        net.table
+    ));
+    net.nft(&format!(
+        "delete element inet {} job_peers {{ {ua}-{ua} . {ua} }}",
+        net.table
+    ));
+    assert_eq!(net.tags(), (vec![], 0));
+    let ip = net.ip(40);
+    let port = listener_port_free(ip);
+    let _a_service = listener_as(ua, ip, port);
+    assert_eq!(
+        run_body(&mut a, &format!("{PROBE}\nprobe {ip} {port}")),
+        0,
+        "{}",
+        a.log
+    );
+    assert!(ok(&a.log, ip, port), "{}", a.log);
+    assert_eq!(a.cleanup(), 0, "{}", a.log);
+    assert_eq!(net.tags(), (vec![], 0));
+    assert_eq!(net.mapped().0, Vec::<u64>::new());
+}
