@@ -321,10 +321,9 @@ pub fn release(cfg: &Config, job_id: u64, state: Option<&JobState>) -> Result<()
 /// jumps to.
 #[derive(Debug, Default)]
 pub struct Stale {
-    /// Map keys (as nft writes them) to remove.
-    pub keys: Vec<serde_json::Value>,
-    /// Tag-map keys and peer pairs to remove: those of the same uids and ranges.
-    pub tagged: render::Elements,
+    /// Elements (as nft writes them) to remove: map keys, and the tag-map keys and peer pairs
+    /// of the same uids and ranges.
+    pub elements: render::Elements,
     /// Chains to remove: policy chains no element jumps to once the stale keys are gone, and
     /// job chains of executors before policy chains whose uid no job holds.
     pub chains: Vec<String>,
@@ -367,10 +366,10 @@ pub fn stale(listing: &nft::Listing, h: &Holders<'_>) -> Stale {
         if held(key) && (own_chain || !ours(key)) {
             live.insert(target.as_str());
         } else {
-            out.keys.push(key.clone());
+            out.elements.map.push(key.clone());
         }
     }
-    out.tagged = listing.elements_where(Vec::new(), |k| !held(k));
+    out.elements = listing.elements_where(std::mem::take(&mut out.elements.map), |k| !held(k));
     out.chains = listing
         .chains
         .iter()
@@ -417,21 +416,18 @@ pub fn sweep(cfg: &Config) -> Result<Vec<String>, NetworkError> {
         return Ok(Vec::new());
     };
     let stale = stale_now(cfg, &listing);
-    let elements = render::Elements {
-        map: stale.keys.clone(),
-        ..stale.tagged.clone()
-    };
-    if elements.is_empty() && stale.chains.is_empty() {
+    if stale.elements.is_empty() && stale.chains.is_empty() {
         return Ok(Vec::new());
     }
     nft.apply(
-        &render::remove_stale(&cfg.network.table, &elements, &stale.chains),
+        &render::remove_stale(&cfg.network.table, &stale.elements, &stale.chains),
         "remove stale job rules",
     )?;
-    Ok(stale
-        .keys
+    let e = &stale.elements;
+    Ok(e.map
         .iter()
         .map(|k| format!("element {k}"))
+        .chain(e.tags.iter().map(|k| format!("tag {k}")))
         .chain(stale.chains.iter().map(|c| format!("chain {c}")))
         .collect())
 }
@@ -480,11 +476,12 @@ pub fn probe(cfg: &Config) -> Probe {
     }
     let stale_part = stale_now(cfg, &listing);
     let mut stale: Vec<String> = stale_part
-        .keys
+        .elements
+        .map
         .iter()
         .map(|k| format!("element {k}"))
         .collect();
-    stale.extend(stale_part.tagged.tags.iter().map(|k| format!("tag {k}")));
+    stale.extend(stale_part.elements.tags.iter().map(|k| format!("tag {k}")));
     stale.extend(stale_part.chains.iter().map(|c| format!("chain {c}")));
     let unmapped = crate::uid_pool::leases(cfg)
         .into_iter()
@@ -563,19 +560,18 @@ mod tests {
             },
         );
         assert_eq!(
-            s.keys,
+            s.elements.map,
             [json!(2), json!({"range": [200, 299]}), json!(6)],
             "unleased, a range no job holds, and a leased uid jumping to another uid's chain"
         );
-        assert_eq!(s.tagged.tags, [json!(2), json!({"range": [200, 299]})]);
+        assert_eq!(s.elements.tags, [json!(2), json!({"range": [200, 299]})]);
         assert_eq!(
-            s.tagged.peers,
+            s.elements.peers,
             [
                 json!({"concat": [{"range": [2, 2]}, 2]}),
                 json!({"concat": [{"range": [200, 299]}, 2]})
             ]
         );
-        assert!(s.tagged.map.is_empty());
         // policy_b lost its elements, policy_e had none; uid_4 is no one's; uid_6 is leased
         // (its job may be preparing); foreign and unknown chains stay.
         assert_eq!(s.chains, ["policy_b", "policy_e", "uid_4"]);
