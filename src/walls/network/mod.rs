@@ -113,7 +113,25 @@ pub fn ensure_table(cfg: &Config) -> Result<(), NetworkError> {
         loopback_apart: cfg.network.loopback_apart,
     };
     let tx = render::base(&cfg.network.table, &job_ranges(cfg), switches);
-    Nft::new(&cfg.network.nft).apply(&tx, "create the table")
+    Nft::new(&cfg.network.nft)
+        .apply(&tx, "create the table")
+        .map_err(|e| match e {
+            // nft's own words ("No such file or directory") do not name what is missing.
+            NetworkError::Nft { what, stderr } if switches.loopback_apart && !conntrack_loaded() => {
+                NetworkError::Nft {
+                    what: format!(
+                        "{what} (its rules that keep jobs apart on loopback need the kernel's connection tracking, which is not loaded: modprobe nf_conntrack, or set [network] loopback_apart = false)"
+                    ),
+                    stderr,
+                }
+            }
+            e => e,
+        })
+}
+
+/// Whether the kernel's connection tracking is loaded (in this network namespace).
+fn conntrack_loaded() -> bool {
+    std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists()
 }
 
 /// prepare: apply the job's policy. Returns warnings for the job log (an allowed name that did
