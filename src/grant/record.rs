@@ -200,6 +200,11 @@ pub(super) fn network(cfg: &Config, devstage: &str, applied: Option<&JobNetwork>
         if let Some(chain) = &n.chain {
             facts.insert("network_chain".into(), Value::String(chain.clone()));
         }
+        // Whether other jobs and the host were kept off this job's loopback listeners.
+        facts.insert(
+            "loopback_apart".into(),
+            Value::Bool(cfg.network.loopback_apart),
+        );
     }
     facts
 }

@@ -158,6 +158,11 @@ fn print_banner(cfg: &Config, state: &JobState) {
                 .clone()
                 .unwrap_or_else(|| crate::walls::network::render::chain_name(n.key.uid)),
         );
+        if cfg.network.loopback_apart {
+            println!(
+                "p3-executor: network: this job's loopback listeners answer this job only, and other jobs' refuse it ([network] loopback_apart)"
+            );
+        }
     }
     match &state.grant {
         Some(g) => println!(

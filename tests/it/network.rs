@@ -518,6 +518,7 @@ fn allowlist_devstages_reach_only_their_own_and_still_clone_and_resolve() {
         );
         assert_eq!(rec["extra"]["job_uid"], uid_of(&s.host, job), "{rec}");
         assert_eq!(rec["extra"]["network_chain"], chain_of(log), "{rec}");
+        assert_eq!(rec["extra"]["loopback_apart"], true, "{rec}");
     }
     // policy explain shows the rules a client_dev job would get.
     let claims = s.host.root().join("claims.json");
@@ -1157,6 +1158,11 @@ fn a_jobs_listener_answers_its_own_job_only() {
     let (mut a, ua) = prepared(&host, 620);
     let (mut b, ub) = prepared(&host, 621);
     assert_ne!(ua, ub);
+    assert!(
+        a.log.contains("loopback listeners answer this job only"),
+        "the job log says so: {}",
+        a.log
+    );
     let ip = net.ip(20);
     let port = listener_port_free(ip);
     let _a_service = listener_as(ua, ip, port);
@@ -1231,6 +1237,7 @@ fn loopback_apart_off_leaves_listeners_shared_and_conntrack_unused() {
     );
     let (mut a, ua) = prepared(&host, 630);
     let (mut b, _) = prepared(&host, 631);
+    assert!(!a.log.contains("loopback listeners"), "{}", a.log);
     let ip = net.ip(30);
     let port = listener_port_free(ip);
     let _a_service = listener_as(ua, ip, port);
