@@ -217,6 +217,9 @@ pub struct Gauges {
     /// With `[audit.s3]`: records not yet shipped, the age of the oldest in seconds, and
     /// whether the last ship failed.
     pub ship: Option<(u64, u64, bool)>,
+    /// With `[network] loopback_apart`: loopback connections refused because they reached
+    /// another job's (or, from the host, a job's) listener, since the table's rules were made.
+    pub loopback_crossed: Option<u64>,
 }
 
 /// A label value in the exposition format: `\`, `"` and line breaks escaped.
@@ -404,6 +407,16 @@ pub fn render(c: &Counters, g: &Gauges) -> String {
             let _ = writeln!(out, "{name} {value}");
         }
     }
+    if let Some(crossed) = g.loopback_crossed {
+        let name = "p3_executor_loopback_crossed_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "Loopback connections refused because they reached another job's listener, or a job's from the host ([network] loopback_apart; since the table's rules were made).",
+        );
+        let _ = writeln!(out, "{name} {crossed}");
+    }
     histogram(
         &mut out,
         "p3_executor_kinit_duration_seconds",
@@ -474,7 +487,20 @@ fn gauges(cfg: &Config) -> Gauges {
             let failing = l.state.as_ref().is_some_and(|s| s.last_error.is_some());
             (l.records, l.age_secs(chrono::Utc::now()), failing)
         }),
+        loopback_crossed: loopback_crossed(cfg),
     }
+}
+
+/// The crossing rule's counter, read from the table (None: off, no nftables, no table yet).
+fn loopback_crossed(cfg: &Config) -> Option<u64> {
+    if !cfg.network.loopback_apart || !nix::unistd::getuid().is_root() {
+        return None;
+    }
+    let nft = crate::walls::network::nft::Nft::new(&cfg.network.nft);
+    if !nft.installed() {
+        return None;
+    }
+    nft.list(&cfg.network.table).ok()??.crossed
 }
 
 /// Bring the counters up to date with the audit log and render the exposition.

@@ -1208,6 +1208,16 @@ fn a_jobs_listener_answers_its_own_job_only() {
     );
     // A's own connection still works after B's was refused (B's crossed, not A's).
     assert!(connects_as(ua, ip, port));
+    // The metrics count both crossings (B's and the host's).
+    let metrics = host.exec(&["metrics"]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let crossed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("p3_executor_loopback_crossed_total "))
+        .unwrap_or_else(|| panic!("no crossing counter in:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(crossed >= 2, "{metrics}");
 
     let (tags, peers) = net.tags();
     assert!(tags.contains(&u64::from(ua)) && tags.contains(&u64::from(ub)));
@@ -1256,6 +1266,11 @@ fn loopback_apart_off_leaves_listeners_shared_and_conntrack_unused() {
     assert!(
         chain.contains("goto jobs") && !chain.contains(" ct "),
         "{chain}"
+    );
+    let metrics = host.exec(&["metrics"]);
+    assert!(
+        !String::from_utf8_lossy(&metrics.stdout).contains("loopback_crossed"),
+        "no counter when off"
     );
     assert_eq!(a.cleanup(), 0, "{}", a.log);
     assert_eq!(b.cleanup(), 0, "{}", b.log);

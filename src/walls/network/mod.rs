@@ -533,6 +533,7 @@ mod tests {
             has_map: true,
             has_output: true,
             has_apart: true,
+            crossed: None,
             // Tags follow the map's keys: 2 and its range are stale, and so are their peers.
             tags: vec![
                 (json!(1), 1),

@@ -58,6 +58,8 @@ pub struct Listing {
     pub has_apart: bool,
     /// Tag-map elements: the key as nft writes it, and its tag.
     pub tags: Vec<(Value, u32)>,
+    /// Loopback connections crossed since the rule was made (its counter), when it is there.
+    pub crossed: Option<u64>,
 }
 
 impl Listing {
@@ -144,6 +146,12 @@ pub fn parse_listing(json: &Value) -> Result<Listing, String> {
             }
         } else if item["set"]["name"] == render::PEERS {
             has_peers = true;
+        } else if item["rule"]["comment"] == render::CROSSING {
+            let counted = item["rule"]["expr"].as_array().into_iter().flatten();
+            let packets = counted
+                .filter_map(|e| e["counter"]["packets"].as_u64())
+                .next();
+            out.crossed = Some(out.crossed.unwrap_or(0) + packets.unwrap_or(0));
         } else if let Some(chain) = item.get("chain") {
             let name = chain["name"].as_str().unwrap_or_default();
             if name == render::OUTPUT && chain["hook"] == "output" {
@@ -337,8 +345,12 @@ mod tests {
             ]}},
             {"set": {"name": "job_peers", "type": ["uid", "mark"]}}
         ]});
+        let counted = json!({"nftables": [{"rule": {"chain": "output", "comment": render::CROSSING,
+            "expr": [{"match": {}}, {"mangle": {}}, {"counter": {"packets": 3, "bytes": 180}}, {"drop": null}]}}]});
+        assert_eq!(parse_listing(&counted).unwrap().crossed, Some(3));
         let l = parse_listing(&out).unwrap();
         assert!(l.has_apart);
+        assert_eq!(l.crossed, None, "no crossing rule listed");
         // The range's tag is a previous holder's (200007): its peer pair is found by the tag.
         let e = l.elements_of(200_001, Some([300_000, 365_535]));
         assert_eq!(e.map, [json!(200001)]);

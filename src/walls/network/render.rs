@@ -70,6 +70,8 @@ pub const PEERS: &str = "job_peers";
 /// The conntrack mark of a loopback connection that crossed from one job (or the host) to
 /// another job's socket: refused from then on. No job's tag (a uid is never 2^32 - 1).
 pub const CROSSED: u32 = u32::MAX;
+/// The comment of the rule that crosses a connection: its counter counts them (the metrics).
+pub const CROSSING: &str = "jobs apart on loopback: a reply to another job or the host";
 /// nft's limit on a comment and a log prefix (bytes, with the terminating NUL).
 const TEXT_MAX: usize = 127;
 
@@ -362,7 +364,7 @@ fn apart(table: &str, log: bool) -> Vec<Value> {
         tagged,
         json!({"match": {"op": "!=", "left": {"concat": [{"meta": {"key": "skuid"}}, ct("mark")]}, "right": format!("@{PEERS}")}}),
     ];
-    let comment = "jobs apart on loopback: a reply to another job or the host";
+    let comment = CROSSING;
     if log {
         let mut e = another.clone();
         e.extend([
