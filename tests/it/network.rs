@@ -1112,10 +1112,11 @@ fn time_a_jobs_transaction_in_process_and_as_the_program() {
 
 /// A greeting server on `ip:port` run as `uid` (what a service a job's script starts is, seen
 /// from the network), ready when this returns.
-fn listener_as(uid: u32, ip: Ipv4Addr, port: u16) -> Daemon {
+fn listener_as(uid: u32, ip: std::net::IpAddr, port: u16) -> Daemon {
+    let family = if ip.is_ipv6() { "AF_INET6" } else { "AF_INET" };
     let server = format!(
         "import socket\n\
-         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s = socket.socket(socket.{family}); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
          s.bind(('{ip}', {port})); s.listen(16)\n\
          while True:\n    c, _ = s.accept(); c.sendall(b'hello\\n'); c.close()\n"
     );
@@ -1133,7 +1134,7 @@ fn listener_as(uid: u32, ip: Ipv4Addr, port: u16) -> Daemon {
     let daemon = Daemon(cmd.spawn().unwrap());
     for _ in 0..100 {
         let probe = Command::new("ss")
-            .args(["-Htln", &format!("src {ip}:{port}")])
+            .args(["-Htln", &format!("src {}", SocketAddr::from((ip, port)))])
             .output()
             .unwrap();
         if !probe.stdout.is_empty() {
@@ -1165,7 +1166,7 @@ fn a_jobs_listener_answers_its_own_job_only() {
     );
     let ip = net.ip(20);
     let port = listener_port_free(ip);
-    let _a_service = listener_as(ua, ip, port);
+    let _a_service = listener_as(ua, ip.into(), port);
     let host_ip = net.ip(21);
     let host_port = listener(host_ip);
 
@@ -1208,6 +1209,23 @@ fn a_jobs_listener_answers_its_own_job_only() {
     );
     // A's own connection still works after B's was refused (B's crossed, not A's).
     assert!(connects_as(ua, ip, port));
+    // The same over IPv6 (::1), where the host has it.
+    if let Ok(free) = TcpListener::bind("[::1]:0") {
+        let port6 = free.local_addr().unwrap().port();
+        drop(free);
+        let _a_service6 = listener_as(ua, std::net::Ipv6Addr::LOCALHOST.into(), port6);
+        let probe = format!("{PROBE}\nprobe ::1 {port6}");
+        assert_eq!(run_body(&mut a, &probe), 0, "{}", a.log);
+        assert!(a.log.contains(&format!("OK ::1:{port6}")), "{}", a.log);
+        assert_eq!(run_body(&mut b, &probe), 0, "{}", b.log);
+        assert!(
+            b.log
+                .lines()
+                .any(|l| l.starts_with(&format!("REFUSED ::1:{port6} ")) && l.contains("refused")),
+            "job B reached job A's IPv6 listener:\n{}",
+            b.log
+        );
+    }
     // The metrics count both crossings (B's and the host's).
     let metrics = host.exec(&["metrics"]);
     let metrics = String::from_utf8_lossy(&metrics.stdout);
@@ -1250,7 +1268,7 @@ fn loopback_apart_off_leaves_listeners_shared_and_conntrack_unused() {
     assert!(!a.log.contains("loopback listeners"), "{}", a.log);
     let ip = net.ip(30);
     let port = listener_port_free(ip);
-    let _a_service = listener_as(ua, ip, port);
+    let _a_service = listener_as(ua, ip.into(), port);
     assert_eq!(
         run_body(&mut b, &format!("{PROBE}\nprobe {ip} {port}")),
         0,
@@ -1299,7 +1317,7 @@ fn a_job_prepared_before_loopback_apart_keeps_its_loopback_and_cleans_up() {
     assert_eq!(net.tags(), (vec![], 0));
     let ip = net.ip(40);
     let port = listener_port_free(ip);
-    let _a_service = listener_as(ua, ip, port);
+    let _a_service = listener_as(ua, ip.into(), port);
     assert_eq!(
         run_body(&mut a, &format!("{PROBE}\nprobe {ip} {port}")),
         0,
