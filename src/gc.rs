@@ -118,7 +118,7 @@ pub fn sweep(cfg: &Config, max_age_secs: Option<u64>, dry_run: bool) -> Result<V
             Err(e) => tracing::warn!("network: sweeping stale rules failed: {e}"),
         }
         remove_stray_temp_files(cfg);
-        crate::metrics::update_textfile(cfg);
+        crate::metrics::update_textfile(cfg, crate::metrics::Table::Read);
     }
     Ok(swept)
 }

@@ -100,9 +100,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Metrics => {
             let cfg = load_config(&path)?;
-            let text = metrics::collect(&cfg)?;
+            let text = metrics::collect(&cfg, metrics::Table::Read)?;
             print!("{text}");
-            metrics::update_textfile(&cfg);
+            metrics::write_textfile(&cfg, &text);
             Ok(Outcome::Success)
         }
         Command::Check { probe, fix } => {

@@ -453,9 +453,21 @@ struct Progress {
     inode: u64,
     offset: u64,
     counters: Counters,
+    /// The crossing rule's counter at its last reading ([`Table::Read`]).
+    #[serde(default)]
+    loopback_crossed: Option<u64>,
 }
 
-fn gauges(cfg: &Config) -> Gauges {
+/// Whether an update reads the network table's counter now, or keeps its last reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Read it (`metrics`, gc): a listing of the table, a few milliseconds.
+    Read,
+    /// Keep the last reading (cleanup: every job would pay for the listing).
+    Kept,
+}
+
+fn gauges(cfg: &Config, loopback_crossed: Option<u64>) -> Gauges {
     let count = |dir: std::path::PathBuf| {
         std::fs::read_dir(dir).map_or(0, |d| {
             d.flatten()
@@ -487,13 +499,13 @@ fn gauges(cfg: &Config) -> Gauges {
             let failing = l.state.as_ref().is_some_and(|s| s.last_error.is_some());
             (l.records, l.age_secs(chrono::Utc::now()), failing)
         }),
-        loopback_crossed: loopback_crossed(cfg),
+        loopback_crossed,
     }
 }
 
 /// The crossing rule's counter, read from the table (None: off, no nftables, no table yet).
 fn loopback_crossed(cfg: &Config) -> Option<u64> {
-    if !cfg.network.loopback_apart || !nix::unistd::getuid().is_root() {
+    if !nix::unistd::getuid().is_root() {
         return None;
     }
     let nft = crate::walls::network::nft::Nft::new(&cfg.network.nft);
@@ -503,8 +515,9 @@ fn loopback_crossed(cfg: &Config) -> Option<u64> {
     nft.list(&cfg.network.table).ok()??.crossed
 }
 
-/// Bring the counters up to date with the audit log and render the exposition.
-pub fn collect(cfg: &Config) -> Result<String> {
+/// Bring the counters up to date with the audit log (and, with [`Table::Read`], the network
+/// table's counter) and render the exposition.
+pub fn collect(cfg: &Config, table: Table) -> Result<String> {
     crate::workspace::ensure_dir(&cfg.state_root, 0o711)?;
     let path = cfg.state_root.join("metrics.json");
     let file = std::fs::OpenOptions::new()
@@ -552,29 +565,43 @@ pub fn collect(cfg: &Config) -> Result<String> {
             }
         }
     }
+    progress.loopback_crossed = match table {
+        _ if !cfg.network.loopback_apart => None,
+        Table::Read => loopback_crossed(cfg),
+        Table::Kept => progress.loopback_crossed,
+    };
     let state = serde_json::to_vec(&progress).expect("metrics progress serialises");
     crate::atomic_file::write(&path, &state, crate::atomic_file::Options::PRIVATE)
         .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
     drop(file);
-    Ok(render(&progress.counters, &gauges(cfg)))
+    Ok(render(
+        &progress.counters,
+        &gauges(cfg, progress.loopback_crossed),
+    ))
 }
 
 /// Update the textfile-collector file if one is configured (gc and cleanup call this; a
 /// failure is logged, never a job's problem).
-pub fn update_textfile(cfg: &Config) {
+pub fn update_textfile(cfg: &Config, table: Table) {
+    if cfg.metrics.textfile.is_some() {
+        match collect(cfg, table) {
+            Ok(text) => write_textfile(cfg, &text),
+            Err(e) => tracing::warn!("metrics not updated: {e}"),
+        }
+    }
+}
+
+/// Write `text`, an exposition [`collect`] rendered, to the textfile if one is configured.
+pub fn write_textfile(cfg: &Config, text: &str) {
     let Some(textfile) = &cfg.metrics.textfile else {
         return;
     };
-    let written = collect(cfg).and_then(|text| {
-        let readable = crate::atomic_file::Options {
-            mode: 0o644,
-            ..crate::atomic_file::Options::PRIVATE
-        };
-        crate::atomic_file::write(textfile, text.as_bytes(), readable)
-            .map_err(|e| Error::io(format!("write {}", textfile.display()), e))
-    });
-    if let Err(e) = written {
-        tracing::warn!("metrics not updated: {e}");
+    let readable = crate::atomic_file::Options {
+        mode: 0o644,
+        ..crate::atomic_file::Options::PRIVATE
+    };
+    if let Err(e) = crate::atomic_file::write(textfile, text.as_bytes(), readable) {
+        tracing::warn!("metrics not updated: write {}: {e}", textfile.display());
     }
 }
 

@@ -89,15 +89,8 @@ pub(super) fn network_findings(cfg: &Config, out: &mut Vec<Finding>) {
                 ));
             }
             if cfg.network.loopback_apart {
-                let read = |name: &str| {
-                    std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
-                        .ok()
-                        .and_then(|t| t.trim().parse().ok())
-                };
-                out.push(conntrack_finding(
-                    read("nf_conntrack_count"),
-                    read("nf_conntrack_max"),
-                ));
+                let (count, max) = network::conntrack_fill();
+                out.push(conntrack_finding(count, max));
             }
         }
     }

@@ -33,7 +33,8 @@ pub fn execute(cfg: &Config, job: &JobContext) -> Result<()> {
             tracing::warn!("{e}");
         }
     }
-    // Incremental (only the records since the last update): a few file operations.
-    crate::metrics::update_textfile(cfg);
+    // Incremental (only the records since the last update): a few file operations; the
+    // network table's counter keeps its last reading (gc and `metrics` read it).
+    crate::metrics::update_textfile(cfg, crate::metrics::Table::Kept);
     announced
 }

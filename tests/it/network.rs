@@ -1155,7 +1155,18 @@ fn a_jobs_listener_answers_its_own_job_only() {
         return;
     }
     let net = Net::new();
-    let host = defaults_host(&net, uid_base());
+    let lo = uid_base();
+    let textfile_dir = tempfile::tempdir().unwrap();
+    let textfile = textfile_dir.path().join("p3_executor.prom");
+    let host = host_with_uids_and(
+        lo,
+        lo + 9,
+        &format!(
+            "[network]\ntable = \"{}\"\n[metrics]\ntextfile = \"{}\"\n",
+            net.table,
+            textfile.display()
+        ),
+    );
     let (mut a, ua) = prepared(&host, 620);
     let (mut b, ub) = prepared(&host, 621);
     assert_ne!(ua, ub);
@@ -1242,6 +1253,12 @@ fn a_jobs_listener_answers_its_own_job_only() {
     assert_eq!(peers, tags.len());
     assert_eq!(a.cleanup(), 0, "{}", a.log);
     assert_eq!(b.cleanup(), 0, "{}", b.log);
+    // Cleanup rewrote the textfile without listing the table: it keeps the last reading.
+    let written = std::fs::read_to_string(&textfile).unwrap();
+    assert!(
+        written.contains(&format!("p3_executor_loopback_crossed_total {crossed}\n")),
+        "{written}"
+    );
     assert_eq!(net.tags(), (vec![], 0), "a tag outlived its job");
 }
 

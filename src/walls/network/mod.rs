@@ -117,7 +117,9 @@ pub fn ensure_table(cfg: &Config) -> Result<(), NetworkError> {
         .apply(&tx, "create the table")
         .map_err(|e| match e {
             // nft's own words ("No such file or directory") do not name what is missing.
-            NetworkError::Nft { what, stderr } if switches.loopback_apart && !conntrack_loaded() => {
+            NetworkError::Nft { what, stderr }
+                if switches.loopback_apart && conntrack_fill().1.is_none() =>
+            {
                 NetworkError::Nft {
                     what: format!(
                         "{what} (its rules that keep jobs apart on loopback need the kernel's connection tracking, which is not loaded: modprobe nf_conntrack, or set [network] loopback_apart = false)"
@@ -129,9 +131,15 @@ pub fn ensure_table(cfg: &Config) -> Result<(), NetworkError> {
         })
 }
 
-/// Whether the kernel's connection tracking is loaded (in this network namespace).
-fn conntrack_loaded() -> bool {
-    std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists()
+/// The kernel's connection tracking table (this network namespace's): how many entries it
+/// holds and how many it may; None when it is not loaded.
+pub fn conntrack_fill() -> (Option<u64>, Option<u64>) {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    };
+    (read("nf_conntrack_count"), read("nf_conntrack_max"))
 }
 
 /// prepare: apply the job's policy. Returns warnings for the job log (an allowed name that did
@@ -377,6 +385,7 @@ pub fn stale(listing: &nft::Listing, h: &Holders<'_>) -> Stale {
                 (None, None) => true,
             }
     };
+    let mut map = Vec::new();
     for (key, target) in &listing.elements {
         // A job chain of an executor before policy chains is its own uid's.
         let own_chain = nft::Listing::key_uid(key)
@@ -384,10 +393,10 @@ pub fn stale(listing: &nft::Listing, h: &Holders<'_>) -> Stale {
         if held(key) && (own_chain || !ours(key)) {
             live.insert(target.as_str());
         } else {
-            out.elements.map.push(key.clone());
+            map.push(key.clone());
         }
     }
-    out.elements = listing.elements_where(std::mem::take(&mut out.elements.map), |k| !held(k));
+    out.elements = listing.elements_where(map, |k| !held(k));
     out.chains = listing
         .chains
         .iter()

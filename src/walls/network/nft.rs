@@ -87,12 +87,9 @@ impl Listing {
 
     /// The keys in the map that are `uid` or the range `subids`.
     pub fn keys_of(&self, uid: u32, subids: Option<[u32; 2]>) -> Vec<Value> {
-        let of = |k: &Value| {
-            Self::key_uid(k) == Some(uid) || (subids.is_some() && Self::key_range(k) == subids)
-        };
         self.elements
             .iter()
-            .filter(|(k, _)| of(k))
+            .filter(|(k, _)| Self::is_key_of(k, uid, subids))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -100,10 +97,14 @@ impl Listing {
     /// Everything the table holds for `uid` and the range `subids`: map keys, tag keys and
     /// their peer pairs (a previous holder's, whatever its tag).
     pub fn elements_of(&self, uid: u32, subids: Option<[u32; 2]>) -> render::Elements {
-        let of = |k: &Value| {
-            Self::key_uid(k) == Some(uid) || (subids.is_some() && Self::key_range(k) == subids)
-        };
-        self.elements_where(self.keys_of(uid, subids), of)
+        self.elements_where(self.keys_of(uid, subids), |k| {
+            Self::is_key_of(k, uid, subids)
+        })
+    }
+
+    /// Is `key` the uid `uid`, or the range `subids`?
+    fn is_key_of(key: &Value, uid: u32, subids: Option<[u32; 2]>) -> bool {
+        Self::key_uid(key) == Some(uid) || (subids.is_some() && Self::key_range(key) == subids)
     }
 
     /// `map` keys, and the tag keys `of` selects with their peer pairs.
